@@ -1,0 +1,3 @@
+from raw2rgb.cli import main
+
+main()

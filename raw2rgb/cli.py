@@ -1,0 +1,122 @@
+"""The ``raw2rgb`` command: parses options, builds configs and calls the library. Nothing else."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from raw2rgb import __version__
+
+log = logging.getLogger("raw2rgb")
+
+
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = "" if record.levelno <= logging.INFO else f"{record.levelname.lower()}: "
+        return prefix + record.getMessage()
+
+
+def _setup_logging(verbose: int) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine() if verbose < 2 else logging.Formatter(
+        "%(asctime)s %(name)s %(levelname)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+
+
+def _progress(quiet: bool):
+    """A tqdm factory for the stage machinery (bars only on a terminal)."""
+    from tqdm import tqdm
+
+    return functools.partial(tqdm, disable=quiet or not sys.stderr.isatty(), leave=False,
+                             dynamic_ncols=True)
+
+
+def _finish(result) -> None:
+    """Print a stage summary; exit 1 with the failures listed when any item failed."""
+    click.echo(result.summary(), err=True)
+    if result.failed:
+        for r in result.failed[:20]:
+            click.echo(f"  failed: {r.reason}", err=True)
+        if len(result.failed) > 20:
+            click.echo(f"  … and {len(result.failed) - 20} more (see manifest.json)", err=True)
+        sys.exit(1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="raw2rgb")
+@click.option("-v", "--verbose", count=True, help="More detail (-vv: debug, with tracebacks).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+@click.pass_context
+def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
+    """Learned RAW-to-RGB mapping: build datasets, train, convert."""
+    _setup_logging(verbose)
+    ctx.obj = {"quiet": quiet}
+
+
+# -- unpack ---------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
+# Output
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              metavar="DIR", help="Output folder (packed PNGs, JSON sidecars, manifest.json).")
+@click.option("--bit-depth", type=click.Choice(["16", "8"]), default="16",
+              help="16: lossless; 8: the AIM-2019 form.")
+# ZRR PNG inputs
+@click.option("--zrr-levels", type=click.Choice(["liteisp", "pynet"]), default="liteisp",
+              help="Black/white level for ZRR mosaic PNGs: liteisp = 63/1020, pynet = 0/1020.")
+# Execution
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, metavar="N",
+              help="Worker processes.")
+@click.option("--force", is_flag=True, help="Redo every file, even those up to date.")
+@click.pass_obj
+def unpack(obj, inputs: tuple[str, ...], out_dir: Path, bit_depth: str, zrr_levels: str,
+           jobs: int, force: bool) -> None:
+    """Unpack RAW files into 4-channel packed PNGs (R, G1, B, G2).
+
+    INPUTS are files, folders (searched recursively) or glob patterns: any Bayer RAW LibRaw
+    reads (DNG, CR2, NEF, ARW, RW2, ORF, …), ZRR mosaic PNGs and AIM-2019 packed PNGs. Every
+    mosaic is cropped to RGGB phase, black/white-level normalised and written losslessly with a
+    JSON sidecar of its metadata. Files already up to date are skipped.
+    """
+    from raw2rgb.pipeline import rawio
+    from raw2rgb.pipeline import unpack as unpack_stage
+
+    try:
+        items = unpack_stage.collect_inputs(inputs)
+    except unpack_stage.InputError as e:
+        raise click.ClickException(str(e)) from None
+    try:
+        result = unpack_stage.unpack(items, out_dir, bit_depth=int(bit_depth),
+                                     zrr_levels=rawio.ZRR_LEVELS[zrr_levels], jobs=jobs,
+                                     force=force, progress=_progress(obj["quiet"]))
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {len(result.manifest.ok)} packed PNGs to {out_dir}", err=True)
+    _finish(result)
+
+
+# -- synth ----------------------------------------------------------------------------------------
+
+@main.command()
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              metavar="DIR", help="Where to write the DNGs.")
+@click.option("--size", type=(click.IntRange(min=64), click.IntRange(min=64)), default=(512, 768),
+              metavar="H W", help="Sensor size in pixels.")
+@click.option("--seed", type=int, default=0, help="Noise seed.")
+def synth(out_dir: Path, size: tuple[int, int], seed: int) -> None:
+    """Write sample DNGs from a virtual camera (one per CFA pattern) to try raw2rgb on."""
+    from raw2rgb.pipeline import synth as virtual_camera
+
+    for p in virtual_camera.sample_dngs(out_dir, size=size, seed=seed):
+        click.echo(str(p))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,389 @@
+"""The stage machinery: items, cache keys, manifests, atomic writes, resume and parallel jobs.
+
+A stage turns a list of items (each naming its input files) into files under one folder and a
+``manifest.json`` there that records, per item, its input fingerprints, the outputs it wrote,
+its status and, when it failed, a one-line reason. Running a stage again with the same inputs
+and params does no work; a changed param or input redoes only what it touches; a killed run
+resumes; outputs are written under a temporary name and renamed, so a half-written file is never
+taken as done. This is the only module that writes manifests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+import traceback
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = 1
+PARTIAL_SUFFIX = ".partial"
+SAVE_INTERVAL_S = 1.0
+
+
+class ItemError(Exception):
+    """A failure of one item, with a one-line reason meant for the user."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of work: a key unique within the stage, its input files, any extra argument."""
+
+    key: str
+    inputs: tuple[str, ...]
+    payload: Any = None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named, versioned step. ``work`` must be a module-level function (it is pickled).
+
+    ``work(item, out_dir, params, hashes)`` writes its files with :func:`atomic_path` and returns
+    ``(outputs, info)``: output paths relative to ``out_dir`` and a JSON-ready dict. ``hashes``
+    maps each input path to its sha256. Bump ``version`` when the outputs change for the same
+    inputs and params, so that caches built by older code are redone.
+    """
+
+    name: str
+    version: int
+    work: Callable[[Item, Path, Mapping[str, Any], Mapping[str, str]], tuple[list[str], dict]]
+
+
+@dataclass
+class Record:
+    """What the manifest says of one item."""
+
+    key: str
+    status: str  # "ok" | "failed"
+    cache_key: str = ""
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # path -> size, mtime, sha256
+    outputs: dict[str, int] = field(default_factory=dict)  # relative path -> size in bytes
+    reason: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if not self.reason:
+            d.pop("reason")
+        return d
+
+
+@dataclass
+class Manifest:
+    """The record of one stage folder."""
+
+    stage: str
+    version: int
+    params: dict[str, Any]
+    records: dict[str, Record] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> list[Record]:
+        return [r for r in self.records.values() if r.status == "ok"]
+
+    @property
+    def failed(self) -> list[Record]:
+        return [r for r in self.records.values() if r.status != "ok"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": MANIFEST_FORMAT,
+            "stage": self.stage,
+            "version": self.version,
+            "params": self.params,
+            "items": [self.records[k].to_json() for k in sorted(self.records)],
+        }
+
+    def save(self, out_dir: Path) -> None:
+        """Write ``manifest.json`` atomically; an unchanged manifest is left untouched."""
+        path = Path(out_dir) / MANIFEST
+        data = _json_bytes(self.to_json())
+        try:
+            if path.read_bytes() == data:
+                return
+        except OSError:
+            pass
+        write_bytes(path, data)
+
+    @classmethod
+    def load(cls, out_dir: Path) -> Manifest | None:
+        """The manifest in ``out_dir``, or None when there is none or it is unreadable."""
+        path = Path(out_dir) / MANIFEST
+        try:
+            data = json.loads(path.read_text())
+            records = {}
+            for r in data["items"]:
+                rec = Record(**{k: v for k, v in r.items() if k in Record.__dataclass_fields__})
+                records[rec.key] = rec
+            return cls(data["stage"], int(data["version"]), dict(data["params"]), records)
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError) as e:
+            log.warning("%s: unreadable manifest (%s); every item will be redone", path, e)
+            return None
+
+
+@dataclass
+class StageResult:
+    """What one run of a stage did."""
+
+    manifest: Manifest
+    done: int = 0
+    cached: int = 0
+
+    @property
+    def failed(self) -> list[Record]:
+        return self.manifest.failed
+
+    def summary(self) -> str:
+        return (f"{self.manifest.stage}: {self.done} done, {self.cached} cached, "
+                f"{len(self.failed)} failed")
+
+
+class Progress(Protocol):
+    def update(self, n: int = 1) -> Any: ...
+    def close(self) -> Any: ...
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# -- atomic files ---------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
+
+    The temporary name ends in ``.partial`` and starts with a dot; a killed process leaves at
+    most such a file, which :func:`run_stage` removes before it starts.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_bytes(path: os.PathLike | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _json_bytes(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+
+
+def write_json(path: os.PathLike | str, obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
+    write_bytes(path, _json_bytes(obj))
+
+
+def remove_partials(out_dir: Path) -> int:
+    """Delete temporary files left by a killed run; return how many."""
+    n = 0
+    for p in Path(out_dir).rglob(f".*{PARTIAL_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            n += 1
+    return n
+
+
+# -- fingerprints and cache keys -------------------------------------------------------------------
+
+def file_sha256(path: os.PathLike | str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _stat(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _known_hashes(item: Item, previous: Record | None) -> dict[str, str | None]:
+    """sha256 of each input taken from the previous record where size and mtime are unchanged."""
+    out: dict[str, str | None] = {}
+    for p in item.inputs:
+        old = previous.inputs.get(p) if previous else None
+        st = _stat(p)
+        if old and st and (old.get("size"), old.get("mtime_ns")) == st:
+            out[p] = old.get("sha256")
+        else:
+            out[p] = None
+    return out
+
+
+def cache_key(stage: Stage, item: Item, params: Mapping[str, Any], hashes: Mapping[str, str]) -> str:
+    """Key of an item's outputs: stage name and version, params, the item, its inputs' content."""
+    blob = json.dumps(
+        {"stage": stage.name, "version": stage.version, "params": params, "key": item.key,
+         "payload": item.payload, "inputs": [hashes[p] for p in item.inputs]},
+        sort_keys=True, default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _outputs_intact(out_dir: Path, record: Record) -> bool:
+    for rel, size in record.outputs.items():
+        try:
+            if (out_dir / rel).stat().st_size != size:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+# -- running ---------------------------------------------------------------------------------------
+
+def _run_item(stage: Stage, item: Item, out_dir: Path, params: Mapping[str, Any],
+              known: Mapping[str, str | None]) -> Record:
+    """Run one item (in a worker process or in-process) and describe the result as a Record."""
+    inputs: dict[str, dict[str, Any]] = {}
+    try:
+        hashes: dict[str, str] = {}
+        for p in item.inputs:
+            st = _stat(p)
+            if st is None:
+                raise ItemError(f"{p}: no such file")
+            try:
+                hashes[p] = known.get(p) or file_sha256(p)
+            except OSError as e:
+                raise ItemError(f"{p}: cannot read ({e.strerror or e})") from None
+            inputs[p] = {"size": st[0], "mtime_ns": st[1], "sha256": hashes[p]}
+        key = cache_key(stage, item, params, hashes)
+        outputs, info = stage.work(item, out_dir, params, hashes)
+        sizes = {rel: (out_dir / rel).stat().st_size for rel in outputs}
+        return Record(item.key, "ok", key, inputs, sizes, info=info)
+    except ItemError as e:
+        return Record(item.key, "failed", inputs=inputs, reason=_one_line(str(e)))
+    except Exception as e:  # noqa: BLE001 - one item's bug must not stop the others
+        log.debug("item %s failed:\n%s", item.key, traceback.format_exc())
+        return Record(item.key, "failed", inputs=inputs,
+                      reason=_one_line(f"{item.inputs[0] if item.inputs else item.key}: "
+                                       f"{type(e).__name__}: {e}"))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def run_stage(
+    stage: Stage,
+    items: Iterable[Item],
+    out_dir: os.PathLike | str,
+    params: Mapping[str, Any],
+    jobs: int = 1,
+    force: bool = False,
+    progress: Callable[..., Progress] | None = None,
+) -> StageResult:
+    """Bring ``out_dir`` up to date for ``items``; return what was done.
+
+    Args:
+        stage: the step to run.
+        items: the work; keys must be unique.
+        out_dir: the stage folder; created when missing.
+        params: JSON-ready parameters; part of every item's cache key.
+        jobs: worker processes (joblib); 1 runs in this process.
+        force: redo every item even when its outputs are up to date.
+        progress: a tqdm-like factory ``progress(total=, desc=, unit=)``; nothing when None.
+
+    Returns:
+        The new manifest (saved in ``out_dir``) with counts of done and cached items. Failed
+        items are in ``result.failed`` with their reasons; the others completed.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stale = remove_partials(out_dir)
+    if stale:
+        log.info("%s: removed %d partial files left by an interrupted run", out_dir, stale)
+    items = list(items)
+    keys = [it.key for it in items]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"duplicate item keys: {', '.join(dup[:5])}")
+    params = json.loads(json.dumps(dict(params)))
+    previous = Manifest.load(out_dir)
+    if previous and previous.stage != stage.name:
+        raise ValueError(f"{out_dir} holds the output of stage {previous.stage!r}, "
+                         f"not {stage.name!r}")
+    old = previous.records if previous else {}
+    manifest = Manifest(stage.name, stage.version, params)
+    result = StageResult(manifest)
+
+    todo: list[tuple[Item, dict[str, str | None]]] = []
+    for item in items:
+        prev = old.get(item.key)
+        known = _known_hashes(item, prev)
+        if not force and prev is not None and prev.status == "ok":
+            if any(h is None for h in known.values()):
+                # Touched or moved since: hash now, so unchanged content stays cached.
+                known = {p: h or (file_sha256(p) if _stat(p) else None) for p, h in known.items()}
+            if all(known.values()):
+                key = cache_key(stage, item, params, known)  # type: ignore[arg-type]
+                if key == prev.cache_key and _outputs_intact(out_dir, prev):
+                    for p in item.inputs:  # refresh stat data in case of a touch
+                        st = _stat(p)
+                        prev.inputs[p] = {**prev.inputs[p], "size": st[0], "mtime_ns": st[1]}
+                    manifest.records[item.key] = prev
+                    result.cached += 1
+                    continue
+        todo.append((item, known))
+
+    bar = (progress or (lambda **kw: _NoProgress()))(total=len(items), desc=stage.name, unit="item")
+    bar.update(result.cached)
+    last_save = time.monotonic()
+    try:
+        for record in _execute(stage, todo, out_dir, params, jobs):
+            manifest.records[record.key] = record
+            if record.status == "ok":
+                result.done += 1
+            else:
+                log.debug("failed: %s", record.reason)
+            bar.update(1)
+            if time.monotonic() - last_save > SAVE_INTERVAL_S:
+                manifest.save(out_dir)
+                last_save = time.monotonic()
+    finally:
+        bar.close()
+        manifest.save(out_dir)
+    return result
+
+
+def _execute(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]], out_dir: Path,
+             params: Mapping[str, Any], jobs: int) -> Iterator[Record]:
+    if jobs == 1 or len(todo) <= 1:
+        for item, known in todo:
+            yield _run_item(stage, item, out_dir, params, known)
+        return
+    from joblib import Parallel, delayed
+
+    parallel = Parallel(n_jobs=jobs, return_as="generator_unordered")
+    yield from parallel(delayed(_run_item)(stage, item, out_dir, params, known)
+                        for item, known in todo)

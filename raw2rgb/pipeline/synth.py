@@ -1,0 +1,163 @@
+"""A virtual camera: natural images turned into RAW mosaics and written as real DNG files.
+
+Nothing can be downloaded here, so tests, the demo and the benchmarks make their RAW files:
+an sRGB image from ``skimage.data`` goes backwards through a camera pipeline (Brooks et al.,
+"Unprocessing Images for Learned Raw Denoising", CVPR 2019): inverse sRGB gamma, inverse colour
+matrix, inverse white balance, mosaic, black/white level, noise. The DNG holds the tags LibRaw
+needs (CFA, per-channel black level, white level, ColorMatrix1, AsShotNeutral), so reading it
+back exercises the same path as a real camera file.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from raw2rgb.pipeline import bayer, rawio
+
+# Canon EOS 350D ColorMatrix (XYZ -> camera, D65), as in its DNGs: a plausible real camera.
+CANON_350D_XYZ_TO_CAM = (
+    (0.6018, -0.0617, -0.0965),
+    (-0.8645, 1.5881, 0.2975),
+    (-0.1530, 0.1719, 0.7642),
+)
+SCENES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina")
+
+
+@dataclass(frozen=True)
+class Camera:
+    """What the virtual camera records: CFA, levels, colour, white balance, noise."""
+
+    pattern: str = "RGGB"
+    black: tuple[int, int, int, int] = (512, 512, 512, 512)  # R, G1, B, G2
+    white: int = 16383
+    xyz_to_cam: tuple[tuple[float, ...], ...] = CANON_350D_XYZ_TO_CAM
+    wb_gains: tuple[float, float, float] = (2.0, 1.0, 1.6)  # as shot, R G B
+    noise: float = 0.0  # Gaussian read noise, as a fraction of white - black
+    make: str = "raw2rgb"
+    model: str = "Virtual Camera"
+
+
+def srgb_to_linear(x: np.ndarray) -> np.ndarray:
+    """Inverse sRGB transfer function on values in [0, 1]."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x: np.ndarray) -> np.ndarray:
+    """sRGB transfer function on values in [0, 1]."""
+    x = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055)
+
+
+def unprocess(srgb: np.ndarray, camera: Camera) -> np.ndarray:
+    """sRGB image (H, W, 3) uint8 or float in [0, 1] → camera RGB before white balance, [0, 1]."""
+    x = srgb.astype(np.float64) / 255.0 if srgb.dtype == np.uint8 else np.asarray(srgb, np.float64)
+    lin = srgb_to_linear(x)
+    cam_from_rgb = np.linalg.inv(rawio.cam_to_srgb(np.array(camera.xyz_to_cam)))
+    cam = lin @ cam_from_rgb.T
+    cam /= np.asarray(camera.wb_gains)
+    return np.clip(cam, 0.0, 1.0)
+
+
+def capture(srgb: np.ndarray, camera: Camera, rng: np.random.Generator | None = None) -> np.ndarray:
+    """The mosaic (H, W) uint16 the virtual camera records of an sRGB scene."""
+    cam = bayer.mosaic(unprocess(srgb, camera), camera.pattern)
+    black = bayer.cell_values(camera.pattern, camera.black)
+    black_map = np.tile(black, (cam.shape[0] // 2 + 1, cam.shape[1] // 2 + 1))[: cam.shape[0], : cam.shape[1]]
+    values = black_map + cam * (camera.white - black_map)
+    if camera.noise > 0:
+        rng = rng or np.random.default_rng(0)
+        values += rng.normal(0.0, camera.noise * (camera.white - black_map.mean()), values.shape)
+    return np.clip(np.rint(values), 0, camera.white).astype(np.uint16)
+
+
+def _rationals(values, den: int = 1_000_000) -> tuple[int, ...]:
+    out: list[int] = []
+    for v in values:
+        out += [int(round(float(v) * den)), den]
+    return tuple(out)
+
+
+def write_dng(path: os.PathLike | str, data: np.ndarray, camera: Camera,
+              cfa: tuple[int, int, tuple[int, ...]] | None = None, linear: bool = False) -> Path:
+    """Write a DNG that LibRaw reads bit-exactly (DESIGN §8).
+
+    Args:
+        path: where to write.
+        data: (H, W) uint16 mosaic, or (H, W, 3) for ``linear=True``.
+        camera: levels, colour and names to record.
+        cfa: override (rows, cols, colour codes 0=R 1=G 2=B) — e.g. a 6×6 X-Trans cell.
+        linear: write a LinearRaw (demosaiced, 3 samples per pixel) DNG instead of a CFA one.
+    """
+    import tifffile
+
+    path = Path(path)
+    neutral = [1.0 / g for g in camera.wb_gains]
+    tags = [
+        (50706, "B", 4, (1, 4, 0, 0), True),  # DNGVersion
+        (50707, "B", 4, (1, 1, 0, 0), True),  # DNGBackwardVersion
+        (271, "s", 0, camera.make, True),
+        (272, "s", 0, camera.model, True),
+        (50708, "s", 0, f"{camera.make} {camera.model}", True),  # UniqueCameraModel
+        (50717, "I", 1, int(camera.white), True),  # WhiteLevel
+        (50721, "2i", 9, _rationals(np.ravel(camera.xyz_to_cam)), True),  # ColorMatrix1
+        (50778, "H", 1, 21, True),  # CalibrationIlluminant1 = D65
+        (50728, "2I", 3, _rationals(neutral), True),  # AsShotNeutral
+    ]
+    if linear:
+        photometric = 34892  # LinearRaw
+        tags.append((50714, "I", 1, int(camera.black[0]), True))
+    else:
+        photometric = 32803  # CFA
+        if cfa is None:
+            codes = {"R": 0, "G": 1, "B": 2}
+            cfa = (2, 2, tuple(codes[c] for c in bayer.check_pattern(camera.pattern)))
+        rows, cols, cells = cfa
+        tags += [
+            (33421, "H", 2, (rows, cols), True),  # CFARepeatPatternDim
+            (33422, "B", len(cells), tuple(cells), True),  # CFAPattern
+            (50710, "B", 3, (0, 1, 2), True),  # CFAPlaneColor
+            (50711, "H", 1, 1, True),  # CFALayout: rectangular
+        ]
+        if (rows, cols) == (2, 2):
+            cell = bayer.cell_values(camera.pattern, camera.black)
+            tags += [(50713, "H", 2, (2, 2), True),  # BlackLevelRepeatDim
+                     (50714, "I", 4, tuple(int(v) for v in cell.ravel()), True)]
+        else:
+            tags.append((50714, "I", 1, int(camera.black[0]), True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(path, np.ascontiguousarray(data, dtype=np.uint16), photometric=photometric,
+                     subfiletype=0, metadata=None, extratags=tags)
+    return path
+
+
+def scene(name: str = "astronaut", size: tuple[int, int] | None = None) -> np.ndarray:
+    """A natural sRGB image (H, W, 3) uint8 from ``skimage.data``, optionally resized to (H, W)."""
+    import skimage.data
+
+    img = getattr(skimage.data, name)()
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    img = img[..., :3]
+    if size is not None and tuple(size) != img.shape[:2]:
+        from skimage.transform import resize
+
+        img = (resize(img, size, order=1, anti_aliasing=True, preserve_range=True) + 0.5).astype(np.uint8)
+    return img
+
+
+def sample_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (512, 768),
+                seed: int = 0) -> list[Path]:
+    """One DNG per CFA pattern, each of another scene, with distinct per-channel black levels."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i, pattern in enumerate(bayer.PATTERNS):
+        camera = Camera(pattern=pattern, black=(500 + i, 510 + i, 520 + i, 530 + i),
+                        white=16383, noise=0.002, model=f"Virtual {pattern}")
+        mosaic = capture(scene(SCENES[i], size), camera, rng)
+        paths.append(write_dng(Path(out_dir) / f"{SCENES[i]}_{pattern.lower()}.dng", mosaic, camera))
+    return paths

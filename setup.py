@@ -1,0 +1,34 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="raw2rgb",
+    version="0.1.0",
+    description="Learned RAW-to-RGB mapping (saliency-map-aided GAN) with a dataset builder, "
+    "trainer and converter",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="MIT",
+    python_requires=">=3.10",
+    packages=find_packages(include=["raw2rgb", "raw2rgb.*"]),
+    install_requires=[
+        "numpy>=1.24",
+        "torch>=2.1",
+        "torchvision>=0.16",
+        "rawpy>=0.19",
+        "imageio>=2.31",
+        "imagecodecs>=2023.9.18",  # libpng for 16-bit 4-channel PNG
+        "tifffile>=2023.7.10",  # DNG tags; the virtual camera's DNG writer
+        "scikit-image>=0.21",
+        "h5py>=3.9",
+        "click>=8.1",
+        "joblib>=1.3",
+        "tqdm>=4.65",
+    ],
+    extras_require={
+        "dev": ["pytest>=7.4", "pytest-timeout>=2.1", "pypng>=0.20220715", "ruff>=0.4"],
+        "dist": ["dask[distributed]>=2023.9"],
+    },
+    entry_points={"console_scripts": ["raw2rgb=raw2rgb.cli:main"]},
+)

@@ -1,0 +1,38 @@
+"""Fixtures shared by the suite: synthetic DNGs from the virtual camera, never downloads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from raw2rgb.pipeline import bayer, synth
+
+# Non-zero, distinct per-channel black levels (R, G1, B, G2) so a channel mix-up shows.
+BLACK = (600, 610, 620, 630)
+WHITE = 15000
+# A flat scene with one value per colour in camera space (after black level): R, G, B.
+FLAT = {"R": 1000, "G": 3000, "B": 7000}
+
+
+def flat_mosaic(pattern: str, shape=(64, 96)) -> np.ndarray:
+    """A mosaic whose every sample reads its colour's value in FLAT plus its channel's black."""
+    m = np.zeros(shape, dtype=np.uint16)
+    for name, (dy, dx) in bayer.channel_offsets(pattern).items():
+        m[dy::2, dx::2] = FLAT[name[0]] + BLACK[bayer.CHANNELS.index(name)]
+    return m
+
+
+@pytest.fixture
+def make_dng(tmp_path: Path):
+    """make_dng(name, pattern, mosaic=None, **camera) -> path of a DNG written by the virtual camera."""
+
+    def make(name: str, pattern: str = "RGGB", mosaic: np.ndarray | None = None, **kw) -> Path:
+        camera = synth.Camera(pattern=pattern, black=kw.pop("black", BLACK),
+                              white=kw.pop("white", WHITE), **kw)
+        if mosaic is None:
+            mosaic = flat_mosaic(pattern)
+        return synth.write_dng(tmp_path / name, mosaic, camera)
+
+    return make

@@ -1,0 +1,114 @@
+"""CFA geometry: names, unification, pack/unpack, normalisation, Bayer-safe moves."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from raw2rgb.pipeline import bayer
+
+
+def test_channel_offsets_known_answers():
+    assert bayer.channel_offsets("RGGB") == {"R": (0, 0), "G1": (0, 1), "B": (1, 1), "G2": (1, 0)}
+    assert bayer.channel_offsets("BGGR") == {"R": (1, 1), "G1": (1, 0), "B": (0, 0), "G2": (0, 1)}
+    assert bayer.channel_offsets("GRBG") == {"R": (0, 1), "G1": (0, 0), "B": (1, 0), "G2": (1, 1)}
+    assert bayer.channel_offsets("GBRG") == {"R": (1, 0), "G1": (1, 1), "B": (0, 1), "G2": (0, 0)}
+
+
+def test_pattern_from_rawpy_colour_indices():
+    # rawpy: indices into b'RGBG', 3 = the green on the blue row.
+    assert bayer.pattern_from_colors(np.array([[0, 1], [3, 2]])) == "RGGB"
+    assert bayer.pattern_from_colors(np.array([[2, 3], [1, 0]])) == "BGGR"
+    assert bayer.pattern_from_colors(np.array([[1, 0], [2, 3]])) == "GRBG"
+    with pytest.raises(ValueError, match="unknown CFA"):
+        bayer.pattern_from_colors(np.array([[0, 0], [1, 2]]))
+
+
+@pytest.mark.parametrize("bad", ["RGBG", "XXXX", "rggbx"])
+def test_unknown_pattern_is_refused(bad):
+    with pytest.raises(ValueError, match="unknown CFA pattern"):
+        bayer.check_pattern(bad)
+
+
+@pytest.mark.parametrize("h,w", [(8, 12), (2, 2), (64, 30)])
+def test_pack_unpack_round_trip_is_exact(h, w):
+    m = np.random.default_rng(0).integers(0, 65536, (h, w), dtype=np.uint16)
+    packed = bayer.pack(m)
+    assert packed.shape == (4, h // 2, w // 2)
+    np.testing.assert_array_equal(bayer.unpack(packed), m)
+
+
+@pytest.mark.parametrize("pattern", bayer.PATTERNS)
+@pytest.mark.parametrize("h,w", [(10, 14), (11, 14), (10, 15), (11, 15)])
+def test_unify_puts_red_top_left_for_every_pattern_and_size(pattern, h, w):
+    rgb = np.zeros((h, w, 3), np.uint16)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 1, 2, 3  # R, G, B
+    m = bayer.mosaic(rgb, pattern)
+    u = bayer.unify_pattern(m, pattern)
+    assert u.shape[0] % 2 == 0 and u.shape[1] % 2 == 0
+    assert u.shape[0] >= h - 2 and u.shape[1] >= w - 2
+    np.testing.assert_array_equal(u[0:2, 0:2], [[1, 2], [2, 3]])
+    packed = bayer.pack(m, pattern)
+    assert [int(packed[c, 0, 0]) for c in range(4)] == [1, 2, 3, 2]
+
+
+@pytest.mark.parametrize("pattern", bayer.PATTERNS)
+def test_greens_keep_their_row_roles(pattern):
+    # Label each sample with its position so G1 (red row) and G2 (blue row) can be told apart.
+    m = np.arange(16 * 16, dtype=np.int64).reshape(16, 16)
+    packed = bayer.pack(m, pattern)
+    dy, dx = bayer.unify_offset(pattern)
+    ry, _ = bayer.channel_offsets(pattern)["R"]
+    g1_rows = (packed[1] // 16)
+    assert np.all(g1_rows % 2 == ry % 2)  # G1 samples sit on the red rows of the source
+    assert np.all(packed[3] // 16 % 2 != ry % 2)
+    assert (dy, dx) == bayer.channel_offsets(pattern)["R"]
+
+
+def test_pattern_after_crop():
+    assert bayer.pattern_after_crop("RGGB", 0, 1) == "GRBG"
+    assert bayer.pattern_after_crop("RGGB", 1, 0) == "GBRG"
+    assert bayer.pattern_after_crop("RGGB", 1, 1) == "BGGR"
+    for p in bayer.PATTERNS:
+        assert bayer.pattern_after_crop(p, *bayer.unify_offset(p)) == "RGGB"
+
+
+def test_normalize_golden_values():
+    packed = np.array([100, 600, 1100, 20000], np.uint16).reshape(4, 1, 1) * np.ones((4, 1, 2), np.uint16)
+    black = (100, 100, 100, 100)
+    out = bayer.normalize_packed(packed, black, 1100, np.uint16)
+    assert out[:, 0, 0].tolist() == [0, 32768, 65535, 65535]  # black, mid (32767.5 rounds up), white, clip
+    f = bayer.normalize_packed(packed, black, 1100, np.float32)
+    np.testing.assert_allclose(f[:, 0, 0], [0.0, 0.5, 1.0, 1.0])
+    low = bayer.normalize_packed(np.zeros((4, 1, 1), np.uint16), (50, 50, 50, 50), 1000, np.uint8)
+    assert low.ravel().tolist() == [0, 0, 0, 0]  # below black clips to 0
+
+
+def test_normalize_uses_each_channels_black():
+    packed = np.full((4, 2, 2), 1000, np.uint16)
+    out = bayer.normalize_packed(packed, (0, 200, 400, 600), 1000, np.float32)
+    np.testing.assert_allclose(out[:, 0, 0], [1.0, 1.0, 1.0, 1.0])
+    out = bayer.normalize_packed(packed // 2, (0, 200, 400, 600), 1000, np.float32)
+    np.testing.assert_allclose(out[:, 0, 0], [0.5, 300 / 800, 100 / 600, 0.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="not above black"):
+        bayer.normalize_packed(packed, (0, 0, 0, 1000), 1000)
+
+
+def test_shape_errors_name_the_shape():
+    with pytest.raises(ValueError, match=r"\(3, 4, 4\)"):
+        bayer.unpack(np.zeros((3, 4, 4)))
+    with pytest.raises(ValueError, match="too small"):
+        bayer.unify_pattern(np.zeros((1, 5)), "BGGR")
+
+
+@pytest.mark.parametrize("flip_h,flip_v,transpose", list(itertools.product([False, True], repeat=3)))
+@pytest.mark.parametrize("h,w", [(8, 10), (9, 11)])
+def test_transform_mosaic_pattern_matches_moved_colours(flip_h, flip_v, transpose, h, w):
+    # A colour-label mosaic moved as an image must read the pattern transform_mosaic reports.
+    labels = bayer.mosaic(np.broadcast_to(np.array([0, 1, 2]), (h, w, 3)).copy(), "RGGB")
+    moved, pattern = bayer.transform_mosaic(labels, "RGGB", flip_h, flip_v, transpose)
+    assert "".join("RGB"[v] for v in moved[:2, :2].ravel()) == pattern
+    u = bayer.unify_pattern(moved, pattern)
+    np.testing.assert_array_equal(u[:2, :2], [[0, 1], [1, 2]])
