@@ -40,11 +40,12 @@ def _progress(quiet: bool):
 def _finish(result) -> None:
     """Print a stage summary; exit 1 with the failures listed when any item failed."""
     click.echo(result.summary(), err=True)
-    if result.failed:
-        for r in result.failed[:20]:
-            click.echo(f"  failed: {r.reason}", err=True)
-        if len(result.failed) > 20:
-            click.echo(f"  … and {len(result.failed) - 20} more (see manifest.json)", err=True)
+    problems = result.problems()
+    for reason in problems[:20]:
+        click.echo(f"  failed: {reason}", err=True)
+    if len(problems) > 20:
+        click.echo(f"  … and {len(problems) - 20} more (see manifest.json)", err=True)
+    if problems:
         sys.exit(1)
 
 
@@ -87,10 +88,11 @@ def unpack(obj, inputs: tuple[str, ...], out_dir: Path, bit_depth: str, zrr_leve
     """
     from raw2rgb.pipeline import rawio
     from raw2rgb.pipeline import unpack as unpack_stage
+    from raw2rgb.pipeline.stage import InputError
 
     try:
         items = unpack_stage.collect_inputs(inputs)
-    except unpack_stage.InputError as e:
+    except InputError as e:
         raise click.ClickException(str(e)) from None
     try:
         result = unpack_stage.unpack(items, out_dir, bit_depth=int(bit_depth),

@@ -77,7 +77,7 @@ def test_folders_keep_subpaths_and_collisions_are_refused(make_dng, tmp_path):
     assert _run("unpack", tmp_path / "raw", "-o", out).exit_code == 0
     assert (out / "a" / "x.png").is_file() and (out / "b" / "x.png").is_file()
     result = _run("unpack", tmp_path / "raw/a/x.dng", tmp_path / "raw/b/x.dng", "-o", tmp_path / "o2")
-    assert result.exit_code == 1 and "would both write x.png" in result.output
+    assert result.exit_code == 1 and "would both be named 'x'" in result.output
     assert "Traceback" not in result.output
 
 

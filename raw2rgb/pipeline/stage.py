@@ -5,18 +5,19 @@ A stage turns a list of items (each naming its input files) into files under one
 its status and, when it failed, a one-line reason. Running a stage again with the same inputs
 and params does no work; a changed param or input redoes only what it touches; a killed run
 resumes; outputs are written under a temporary name and renamed, so a half-written file is never
-taken as done. This is the only module that writes manifests.
+taken as done; each finished item is journalled at once (``.journal/``), so even a SIGKILL loses
+no finished work. This is the only module that writes manifests.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import glob
 import hashlib
 import json
 import logging
 import os
-import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -28,7 +29,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
 PARTIAL_SUFFIX = ".partial"
-SAVE_INTERVAL_S = 1.0
 
 
 class ItemError(Exception):
@@ -45,18 +45,36 @@ class Item:
 
 
 @dataclass(frozen=True)
+class Context:
+    """What a stage's work function gets besides its item.
+
+    Attributes:
+        out_dir: the stage folder.
+        params: what the outputs depend on; part of every item's cache key.
+        options: how to run (device, batch size, workers); not part of the cache key.
+        hashes: sha256 of each of the item's input files.
+    """
+
+    out_dir: Path
+    params: Mapping[str, Any]
+    options: Mapping[str, Any]
+    hashes: Mapping[str, str]
+
+
+@dataclass(frozen=True)
 class Stage:
     """A named, versioned step. ``work`` must be a module-level function (it is pickled).
 
-    ``work(item, out_dir, params, hashes)`` writes its files with :func:`atomic_path` and returns
-    ``(outputs, info)``: output paths relative to ``out_dir`` and a JSON-ready dict. ``hashes``
-    maps each input path to its sha256. Bump ``version`` when the outputs change for the same
-    inputs and params, so that caches built by older code are redone.
+    ``work(item, ctx)`` writes its files with :func:`atomic_path` and returns ``(outputs, info)``:
+    output paths relative to ``ctx.out_dir`` and a JSON-ready dict. ``info["failed"]``, a dict of
+    sub-item → reason, reports parts of an item that failed while the rest was written (one bad
+    image in a shard). Bump ``version`` when the outputs change for the same inputs and params, so
+    that caches built by older code are redone.
     """
 
     name: str
     version: int
-    work: Callable[[Item, Path, Mapping[str, Any], Mapping[str, str]], tuple[list[str], dict]]
+    work: Callable[[Item, Context], tuple[list[str], dict]]
 
 
 @dataclass
@@ -145,9 +163,18 @@ class StageResult:
     def failed(self) -> list[Record]:
         return self.manifest.failed
 
+    def problems(self) -> list[str]:
+        """One line per failed item, and per failed part of an item that otherwise completed."""
+        out = [r.reason for r in self.failed]
+        for r in self.manifest.ok:
+            out += list(r.info.get("failed", {}).values())
+        return out
+
     def summary(self) -> str:
-        return (f"{self.manifest.stage}: {self.done} done, {self.cached} cached, "
+        parts = sum(len(r.info.get("failed", {})) for r in self.manifest.ok)
+        text = (f"{self.manifest.stage}: {self.done} done, {self.cached} cached, "
                 f"{len(self.failed)} failed")
+        return text + (f" ({parts} parts of completed items failed)" if parts else "")
 
 
 class Progress(Protocol):
@@ -161,6 +188,54 @@ class _NoProgress:
 
     def close(self) -> None:
         pass
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+class InputError(Exception):
+    """The command line names inputs that cannot be turned into a work list."""
+
+
+def collect_files(args: Iterable[str], accept: Callable[[Path], bool]) -> list[tuple[str, str]]:
+    """Turn files, folders and glob patterns into (key, path) pairs, in a stable order.
+
+    A folder contributes every accepted file below it (hidden ones skipped), keyed by its path
+    relative to the folder without suffix, so ``a/x.dng`` and ``b/x.dng`` stay apart; a file is
+    keyed by its stem. A path that does not exist is kept (its item fails with "no such file", so
+    the rest still run).
+
+    Raises:
+        InputError: two inputs get the same key, or nothing was named.
+    """
+    found: dict[str, str] = {}
+
+    def add(key: str, path: Path) -> None:
+        key = key.replace(os.sep, "/")
+        if key in found and found[key] != str(path):
+            raise InputError(f"{found[key]} and {path} would both be named {key!r} in the "
+                             "output; give them in separate runs or folders")
+        found[key] = str(path)
+
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            for p in sorted(path.rglob("*")):
+                rel = p.relative_to(path)
+                if p.is_file() and accept(p) and not any(s.startswith(".") for s in rel.parts):
+                    add(str(rel.with_suffix("")), p.resolve())
+        elif path.is_file():
+            add(path.stem, path.resolve())
+        elif glob.has_magic(arg):
+            files = [Path(m) for m in sorted(glob.glob(arg, recursive=True)) if Path(m).is_file()]
+            for m in files:
+                add(m.stem, m.resolve())
+            if not files:
+                add(path.stem or arg, path)
+        else:
+            add(path.stem or arg, path)
+    if not found:
+        raise InputError("no input files")
+    return list(found.items())
 
 
 # -- atomic files ---------------------------------------------------------------------------------
@@ -206,6 +281,36 @@ def remove_partials(out_dir: Path) -> int:
             p.unlink()
             n += 1
     return n
+
+
+JOURNAL = ".journal"
+
+
+def _journal_path(out_dir: Path, key: str) -> Path:
+    return out_dir / JOURNAL / (hashlib.sha1(key.encode()).hexdigest() + ".json")
+
+
+def _read_journal(out_dir: Path) -> dict[str, Record]:
+    """Records of items finished by a run that was killed before it saved its manifest."""
+    out = {}
+    for p in sorted((out_dir / JOURNAL).glob("*.json")):
+        try:
+            data = json.loads(p.read_text())
+            rec = Record(**{k: v for k, v in data.items() if k in Record.__dataclass_fields__})
+        except (OSError, ValueError, TypeError):
+            continue
+        out[rec.key] = rec
+    return out
+
+
+def _clear_journal(out_dir: Path) -> None:
+    journal = out_dir / JOURNAL
+    if journal.is_dir():
+        for p in journal.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        with contextlib.suppress(OSError):
+            journal.rmdir()
 
 
 # -- fingerprints and cache keys -------------------------------------------------------------------
@@ -263,8 +368,8 @@ def _outputs_intact(out_dir: Path, record: Record) -> bool:
 # -- running ---------------------------------------------------------------------------------------
 
 def _run_item(stage: Stage, item: Item, out_dir: Path, params: Mapping[str, Any],
-              known: Mapping[str, str | None]) -> Record:
-    """Run one item (in a worker process or in-process) and describe the result as a Record."""
+              options: Mapping[str, Any], known: Mapping[str, str | None]) -> Record:
+    """Run one item (in a worker process or in-process), journal its record and return it."""
     inputs: dict[str, dict[str, Any]] = {}
     try:
         hashes: dict[str, str] = {}
@@ -278,16 +383,18 @@ def _run_item(stage: Stage, item: Item, out_dir: Path, params: Mapping[str, Any]
                 raise ItemError(f"{p}: cannot read ({e.strerror or e})") from None
             inputs[p] = {"size": st[0], "mtime_ns": st[1], "sha256": hashes[p]}
         key = cache_key(stage, item, params, hashes)
-        outputs, info = stage.work(item, out_dir, params, hashes)
+        outputs, info = stage.work(item, Context(out_dir, params, options, hashes))
         sizes = {rel: (out_dir / rel).stat().st_size for rel in outputs}
-        return Record(item.key, "ok", key, inputs, sizes, info=info)
+        record = Record(item.key, "ok", key, inputs, sizes, info=info)
     except ItemError as e:
-        return Record(item.key, "failed", inputs=inputs, reason=_one_line(str(e)))
+        record = Record(item.key, "failed", inputs=inputs, reason=_one_line(str(e)))
     except Exception as e:  # noqa: BLE001 - one item's bug must not stop the others
         log.debug("item %s failed:\n%s", item.key, traceback.format_exc())
-        return Record(item.key, "failed", inputs=inputs,
-                      reason=_one_line(f"{item.inputs[0] if item.inputs else item.key}: "
-                                       f"{type(e).__name__}: {e}"))
+        record = Record(item.key, "failed", inputs=inputs,
+                        reason=_one_line(f"{item.inputs[0] if item.inputs else item.key}: "
+                                         f"{type(e).__name__}: {e}"))
+    write_json(_journal_path(out_dir, item.key), record.to_json())
+    return record
 
 
 def _one_line(text: str) -> str:
@@ -302,6 +409,7 @@ def run_stage(
     jobs: int = 1,
     force: bool = False,
     progress: Callable[..., Progress] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> StageResult:
     """Bring ``out_dir`` up to date for ``items``; return what was done.
 
@@ -313,6 +421,7 @@ def run_stage(
         jobs: worker processes (joblib); 1 runs in this process.
         force: redo every item even when its outputs are up to date.
         progress: a tqdm-like factory ``progress(total=, desc=, unit=)``; nothing when None.
+        options: how to run (device, batch size); passed to ``work``, not part of cache keys.
 
     Returns:
         The new manifest (saved in ``out_dir``) with counts of done and cached items. Failed
@@ -333,7 +442,8 @@ def run_stage(
     if previous and previous.stage != stage.name:
         raise ValueError(f"{out_dir} holds the output of stage {previous.stage!r}, "
                          f"not {stage.name!r}")
-    old = previous.records if previous else {}
+    old = dict(previous.records) if previous else {}
+    old.update(_read_journal(out_dir))  # items a killed run finished after its last save
     manifest = Manifest(stage.name, stage.version, params)
     result = StageResult(manifest)
 
@@ -358,32 +468,32 @@ def run_stage(
 
     bar = (progress or (lambda **kw: _NoProgress()))(total=len(items), desc=stage.name, unit="item")
     bar.update(result.cached)
-    last_save = time.monotonic()
+    options = dict(options or {})
     try:
-        for record in _execute(stage, todo, out_dir, params, jobs):
+        for record in _execute(stage, todo, out_dir, params, options, jobs):
             manifest.records[record.key] = record
             if record.status == "ok":
                 result.done += 1
             else:
                 log.debug("failed: %s", record.reason)
             bar.update(1)
-            if time.monotonic() - last_save > SAVE_INTERVAL_S:
-                manifest.save(out_dir)
-                last_save = time.monotonic()
     finally:
         bar.close()
-        manifest.save(out_dir)
+    # Every finished item is in the journal; once the manifest holds them all, drop it. An
+    # interrupted loop (an exception, ^C) leaves the journal for the next run instead.
+    manifest.save(out_dir)
+    _clear_journal(out_dir)
     return result
 
 
 def _execute(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]], out_dir: Path,
-             params: Mapping[str, Any], jobs: int) -> Iterator[Record]:
+             params: Mapping[str, Any], options: Mapping[str, Any], jobs: int) -> Iterator[Record]:
     if jobs == 1 or len(todo) <= 1:
         for item, known in todo:
-            yield _run_item(stage, item, out_dir, params, known)
+            yield _run_item(stage, item, out_dir, params, options, known)
         return
     from joblib import Parallel, delayed
 
     parallel = Parallel(n_jobs=jobs, return_as="generator_unordered")
-    yield from parallel(delayed(_run_item)(stage, item, out_dir, params, known)
+    yield from parallel(delayed(_run_item)(stage, item, out_dir, params, options, known)
                         for item, known in todo)

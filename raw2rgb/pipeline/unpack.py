@@ -2,71 +2,35 @@
 
 from __future__ import annotations
 
-import glob
 import os
-from collections.abc import Iterable, Mapping
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 
 from raw2rgb.pipeline import bayer, rawio
-from raw2rgb.pipeline.stage import Item, ItemError, Stage, StageResult, run_stage, write_bytes, write_json
+from raw2rgb.pipeline.stage import (
+    Context,
+    Item,
+    ItemError,
+    Stage,
+    StageResult,
+    collect_files,
+    run_stage,
+    write_bytes,
+    write_json,
+)
 
 SIDECAR_FORMAT = 1
 
 
-class InputError(Exception):
-    """The command line names inputs that cannot be turned into a work list."""
-
-
 def collect_inputs(args: Iterable[str]) -> list[Item]:
-    """Turn files, folders and glob patterns into unpack items.
-
-    A folder contributes every file below it with a RAW or PNG suffix, keyed by its path relative
-    to the folder (so ``a/x.dng`` and ``b/x.dng`` stay apart); a file is keyed by its stem. A path
-    that does not exist becomes an item that fails with "no such file", so the rest still run.
-
-    Raises:
-        InputError: two inputs map to the same output name, or nothing was named.
-    """
-    items: dict[str, Item] = {}
-
-    def add(key: str, path: Path) -> None:
-        key = key.replace(os.sep, "/")
-        if key in items and items[key].inputs[0] != str(path):
-            raise InputError(f"{items[key].inputs[0]} and {path} would both write {key}.png; "
-                             "unpack them into different folders")
-        items[key] = Item(key, (str(path),))
-
-    for arg in args:
-        path = Path(arg)
-        if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.is_file() and rawio.is_raw_path(p)
-                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
-            for p in found:
-                add(str(p.relative_to(path).with_suffix("")), p.resolve())
-        elif path.is_file():
-            add(path.stem, path.resolve())
-        elif glob.has_magic(arg):
-            matches = sorted(Path(m) for m in glob.glob(arg, recursive=True))
-            files = [m for m in matches if m.is_file()]
-            if not files:
-                add(path.stem or arg, path)  # fails with "no such file"
-            for m in files:
-                add(m.stem, m.resolve())
-        else:
-            add(path.stem or arg, path)
-    if not items:
-        raise InputError("no input files")
-    return list(items.values())
+    """Unpack items for files, folders (RAW and PNG files below them) and glob patterns."""
+    return [Item(key, (path,)) for key, path in collect_files(args, rawio.is_raw_path)]
 
 
-def unpack_item(item: Item, out_dir: Path, params: Mapping[str, Any],
-                hashes: Mapping[str, str]) -> tuple[list[str], dict]:
+def unpack_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     """Stage work: read one RAW, write ``KEY.png`` (packed, normalised) and ``KEY.json``."""
-    src = item.inputs[0]
+    src, params, out_dir = item.inputs[0], ctx.params, ctx.out_dir
     try:
         frame = rawio.read_raw(src, zrr_levels=tuple(params["zrr_levels"]))
     except rawio.RawReadError as e:
@@ -82,7 +46,7 @@ def unpack_item(item: Item, out_dir: Path, params: Mapping[str, Any],
     meta = {
         "format": SIDECAR_FORMAT,
         "source": src,
-        "sha256": hashes[src],
+        "sha256": ctx.hashes[src],
         "frame": frame.metadata(),
         "unify_crop": list(bayer.unify_offset(frame.pattern)),
         "channels": list(bayer.CHANNELS),

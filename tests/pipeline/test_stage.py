@@ -12,8 +12,9 @@ from raw2rgb.pipeline import stage as st
 CALLS: list[str] = []
 
 
-def _copy_upper(item, out_dir, params, hashes):
+def _copy_upper(item, ctx):
     """A toy stage: upper-cases its input (or fails on request)."""
+    out_dir, params = ctx.out_dir, ctx.params
     CALLS.append(item.key)
     text = Path(item.inputs[0]).read_text()
     if "fail" in text:
@@ -142,3 +143,20 @@ def test_version_bump_redoes_everything(inputs, tmp_path):
     CALLS.clear()
     r = st.run_stage(st.Stage("toy", 2, _copy_upper), _items(inputs), out, {"times": 1})
     assert r.done == 3
+
+
+def _interrupt_on_c(item, ctx):
+    if Path(item.inputs[0]).read_text() == "ccc":
+        raise KeyboardInterrupt  # like a kill: the loop stops before the manifest is saved
+    return _copy_upper(item, ctx)
+
+
+def test_items_finished_before_an_interrupt_are_not_redone(inputs, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        st.run_stage(st.Stage("toy", 1, _interrupt_on_c), _items(inputs), out, {"times": 1})
+    assert not (out / "manifest.json").exists() and len(list((out / ".journal").iterdir())) == 2
+    CALLS.clear()
+    r = st.run_stage(TOY, _items(inputs), out, {"times": 1})
+    assert CALLS == ["c"] and (r.done, r.cached) == (1, 2)
+    assert not (out / ".journal").exists()
