@@ -18,6 +18,8 @@ setup(
         "torchvision>=0.16",
         "rawpy>=0.19",
         "imageio>=2.31",
+        "pillow>=10",
+        "scipy>=1.10",
         "imagecodecs>=2023.9.18",  # libpng for 16-bit 4-channel PNG
         "tifffile>=2023.7.10",  # DNG tags; the virtual camera's DNG writer
         "scikit-image>=0.21",

@@ -104,6 +104,71 @@ def unpack(obj, inputs: tuple[str, ...], out_dir: Path, bit_depth: str, zrr_leve
     _finish(result)
 
 
+# -- saliency -------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              metavar="DIR", help="Output folder (saliency-NNNNN.h5 shards, manifest.json).")
+# Method
+@click.option("--method", type=click.Choice(["auto", "salgan", "spectral-residual"]), default="auto",
+              help="auto: SalGAN when its weights are found, else spectral residual (with a warning).")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PT",
+              help="Converted SalGAN weights [default: $RAW2RGB_SALGAN_WEIGHTS, then "
+                   "~/.cache/raw2rgb/salgan.pt].")
+# Execution
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, metavar="N", help="Images per batch.")
+@click.option("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N.")
+@click.option("--workers", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Image-decoding processes [default: min(4, cores)].")
+@click.option("--shard-size", type=click.IntRange(min=1), default=1024, metavar="N", help="Maps per shard.")
+@click.option("--force", is_flag=True, help="Recompute every shard.")
+@click.pass_obj
+def saliency(obj, inputs, out_dir, method, weights, batch_size, device, workers, shard_size, force) -> None:
+    """Label images with saliency maps, written as HDF5 shards.
+
+    IMAGES are image files, folders (searched recursively) or glob patterns. Maps have the size
+    of their image, uint8 0-255. Shards already up to date are skipped; a killed run resumes at
+    the first unfinished shard.
+    """
+    from raw2rgb.pipeline.stage import InputError, collect_files
+    from raw2rgb.salgan import label
+    from raw2rgb.salgan.weights import WeightsError
+
+    try:
+        images = collect_files(inputs, label.is_image_path)
+        resolved = label.resolve_method(method, weights)
+    except (InputError, WeightsError) as e:
+        raise click.ClickException(str(e)) from None
+    log.info("saliency: %d images, method %s", len(images), resolved.name)
+    result = label.label(images, out_dir, resolved, shard_size=shard_size, batch_size=batch_size,
+                         device=device, workers=workers, force=force, progress=_progress(obj["quiet"]))
+    _finish(result)
+
+
+@main.group()
+def salgan() -> None:
+    """SalGAN weights."""
+
+
+@salgan.command("import-weights")
+@click.argument("npz", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PT",
+              help="Where to write [default: ~/.cache/raw2rgb/salgan.pt, where lookup finds it].")
+def import_weights(npz: Path, out: Path | None) -> None:
+    """Convert the original SalGAN generator weights (gen_modelWeights0090.npz) for raw2rgb.
+
+    The decoder's kernels are flipped, since Lasagne ran those layers as true convolutions.
+    """
+    from raw2rgb.salgan import weights as w
+
+    try:
+        path = w.save_weights(w.import_npz(npz), out or w.default_path())
+    except w.WeightsError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"wrote {path}")
+
+
 # -- synth ----------------------------------------------------------------------------------------
 
 @main.command()

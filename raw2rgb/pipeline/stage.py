@@ -387,17 +387,18 @@ def _run_item(stage: Stage, item: Item, out_dir: Path, params: Mapping[str, Any]
         sizes = {rel: (out_dir / rel).stat().st_size for rel in outputs}
         record = Record(item.key, "ok", key, inputs, sizes, info=info)
     except ItemError as e:
-        record = Record(item.key, "failed", inputs=inputs, reason=_one_line(str(e)))
+        record = Record(item.key, "failed", inputs=inputs, reason=one_line(str(e)))
     except Exception as e:  # noqa: BLE001 - one item's bug must not stop the others
         log.debug("item %s failed:\n%s", item.key, traceback.format_exc())
         record = Record(item.key, "failed", inputs=inputs,
-                        reason=_one_line(f"{item.inputs[0] if item.inputs else item.key}: "
+                        reason=one_line(f"{item.inputs[0] if item.inputs else item.key}: "
                                          f"{type(e).__name__}: {e}"))
     write_json(_journal_path(out_dir, item.key), record.to_json())
     return record
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
+    """``text`` with every run of white space (newlines included) folded into one space."""
     return " ".join(text.split())
 
 

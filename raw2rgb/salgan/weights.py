@@ -93,8 +93,8 @@ def import_npz(npz_path: os.PathLike | str) -> dict[str, torch.Tensor]:
                     f"{tuple(conv.weight.shape)} for conv {i + 1} of {len(convs)}")
             if 2 * i >= N_ENCODER_ARRAYS:  # decoder and output: Lasagne's true convolution
                 w = w[:, :, ::-1, ::-1]
-            conv.weight.data = torch.from_numpy(np.ascontiguousarray(w, dtype=np.float32))
-            conv.bias.data = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float32))
+            conv.weight.data = torch.from_numpy(np.array(w, dtype=np.float32, order="C", copy=True))
+            conv.bias.data = torch.from_numpy(np.array(b, dtype=np.float32, copy=True))
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
