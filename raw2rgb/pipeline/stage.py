@@ -20,6 +20,7 @@ import logging
 import os
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -367,20 +368,31 @@ def _outputs_intact(out_dir: Path, record: Record) -> bool:
 
 # -- running ---------------------------------------------------------------------------------------
 
+def _hash_inputs(paths: tuple[str, ...], known: Mapping[str, str | None]) -> dict[str, str]:
+    """sha256 of each input not known already; many small files are hashed in threads."""
+
+    def one(p: str) -> str:
+        if _stat(p) is None:
+            raise ItemError(f"{p}: no such file")
+        try:
+            return known.get(p) or file_sha256(p)
+        except OSError as e:
+            raise ItemError(f"{p}: cannot read ({e.strerror or e})") from None
+
+    if len(paths) < 16:
+        return {p: one(p) for p in paths}
+    with ThreadPoolExecutor(8) as pool:
+        return dict(zip(paths, pool.map(one, paths)))
+
+
 def _run_item(stage: Stage, item: Item, out_dir: Path, params: Mapping[str, Any],
               options: Mapping[str, Any], known: Mapping[str, str | None]) -> Record:
     """Run one item (in a worker process or in-process), journal its record and return it."""
     inputs: dict[str, dict[str, Any]] = {}
     try:
-        hashes: dict[str, str] = {}
+        hashes = _hash_inputs(item.inputs, known)
         for p in item.inputs:
             st = _stat(p)
-            if st is None:
-                raise ItemError(f"{p}: no such file")
-            try:
-                hashes[p] = known.get(p) or file_sha256(p)
-            except OSError as e:
-                raise ItemError(f"{p}: cannot read ({e.strerror or e})") from None
             inputs[p] = {"size": st[0], "mtime_ns": st[1], "sha256": hashes[p]}
         key = cache_key(stage, item, params, hashes)
         outputs, info = stage.work(item, Context(out_dir, params, options, hashes))

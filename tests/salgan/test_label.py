@@ -54,7 +54,7 @@ def test_shards_equal_per_image_inference(images, tmp_path, weights_file):
             assert f["saliency"].chunks == (1, 96, 128)
     assert sorted(got) == [k for k, _ in pairs]
     for key, path in pairs:
-        rgb = torch.from_numpy(label.read_rgb(path)).permute(2, 0, 1)[None]
+        rgb = torch.from_numpy(label.read_rgb(path)).permute(2, 0, 1)[None].contiguous()
         np.testing.assert_array_equal(got[key], predict(model, rgb)[0].numpy())
     # Batched inference agrees to within one grey level.
     label.label(pairs, tmp_path / "sal2", method, shard_size=4, batch_size=3, device="cpu", workers=2)

@@ -163,3 +163,16 @@ def test_postprocess_and_predict_shapes_and_range(weights_file):
     out = predict(model, torch.randint(0, 256, (2, 3, 100, 140), dtype=torch.uint8))
     assert out.shape == (2, 100, 140) and out.dtype == torch.uint8
     assert int(out.max()) > int(out.min())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_predictor_matches_eager_predict():
+    from raw2rgb.salgan.model import Predictor
+
+    torch.manual_seed(0)
+    model = SalGAN().cuda().eval()
+    predictor = Predictor(model)
+    for shape in [(8, 3, 192, 256), (8, 3, 192, 256), (3, 3, 100, 140)]:
+        rgb = torch.randint(0, 256, shape, dtype=torch.uint8)
+        torch.testing.assert_close(predictor(rgb), predict(model, rgb), rtol=0, atol=0)
+    assert len(predictor._graphs) == 2
