@@ -423,6 +423,7 @@ def run_stage(
     force: bool = False,
     progress: Callable[..., Progress] | None = None,
     options: Mapping[str, Any] | None = None,
+    on_plan: Callable[[list[Item]], None] | None = None,
 ) -> StageResult:
     """Bring ``out_dir`` up to date for ``items``; return what was done.
 
@@ -435,6 +436,8 @@ def run_stage(
         force: redo every item even when its outputs are up to date.
         progress: a tqdm-like factory ``progress(total=, desc=, unit=)``; nothing when None.
         options: how to run (device, batch size); passed to ``work``, not part of cache keys.
+        on_plan: called with the items that will run, in order, before the first one starts
+            (lets a stage prefetch across items).
 
     Returns:
         The new manifest (saved in ``out_dir``) with counts of done and cached items. Failed
@@ -482,6 +485,8 @@ def run_stage(
     bar = (progress or (lambda **kw: _NoProgress()))(total=len(items), desc=stage.name, unit="item")
     bar.update(result.cached)
     options = dict(options or {})
+    if on_plan is not None:
+        on_plan([item for item, _ in todo])
     try:
         for record in _execute(stage, todo, out_dir, params, options, jobs):
             manifest.records[record.key] = record

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,8 +105,10 @@ def plan_shards(images: list[tuple[str, str]], shard_size: int = DEFAULT_SHARD_S
             ids.clear()
             paths.clear()
 
-    for key, path in sorted(images):
-        s = _image_size(path)
+    images = sorted(images)
+    with ThreadPoolExecutor(8) as pool:  # header reads are mostly waiting on the file system
+        sizes = list(pool.map(_image_size, [p for _, p in images]))
+    for (key, path), s in zip(images, sizes):
         if ids and ((s is not None and s != size) or len(ids) >= shard_size):
             flush()
         if s is not None and not ids:
@@ -175,39 +178,53 @@ def _collate(batch: list[tuple[int, Any, str]]) -> tuple[list[int], Any, list[tu
     return [i for i, _ in good], stacked, failed
 
 
-class _ShardBatches:
-    """Batch sampler whose indices are set shard by shard, so that one DataLoader — and its
-    worker processes — serves every shard of a run instead of starting anew for each."""
+class _Batches:
+    """Batch sampler over the images of the shards that will run, in order; a batch never spans
+    two shards. One pass feeds every shard, so decoding runs ahead across shard boundaries."""
 
     def __init__(self, batch_size: int):
         self.batch_size = batch_size
-        self.indices: list[int] = []
+        self.shards: list[list[int]] = []
 
     def __iter__(self):
-        for start in range(0, len(self.indices), self.batch_size):
-            yield self.indices[start : start + self.batch_size]
+        for indices in self.shards:
+            for start in range(0, len(indices), self.batch_size):
+                yield indices[start : start + self.batch_size]
 
     def __len__(self) -> int:
-        return -(-len(self.indices) // self.batch_size)
+        return sum(-(-len(s) // self.batch_size) for s in self.shards)
 
 
 class RunLoader:
-    """The images of a whole run behind one persistent DataLoader; ``batches(paths)`` yields
-    (positions in ``paths``, stacked tensor, failures) for one shard."""
+    """The images of a whole run behind one DataLoader pass.
+
+    ``plan(items)`` fixes the shards that will run; ``batches(item)`` then yields that shard's
+    (positions in ``item.inputs``, stacked tensor, failures) from the shared iterator.
+    """
 
     def __init__(self, paths: list[str], method: str, batch_size: int, workers: int, pin: bool):
         from torch.utils.data import DataLoader
 
         self.index = {p: k for k, p in enumerate(paths)}
-        self.sampler = _ShardBatches(batch_size)
+        self.sampler = _Batches(batch_size)
         self.loader = DataLoader(_Images(tuple(paths), method), batch_sampler=self.sampler,
                                  num_workers=workers, collate_fn=_collate, pin_memory=pin,
-                                 persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+                                 prefetch_factor=4 if workers else None)
+        self._iter = None
+        self._pending: list[tuple[str, int]] = []  # (shard key, batches) still to be consumed
 
-    def batches(self, paths: tuple[str, ...]):
-        position = {self.index[p]: k for k, p in enumerate(paths)}
-        self.sampler.indices = sorted(position)
-        for indices, data, bad in self.loader:
+    def plan(self, items: list[Item]) -> None:
+        self.sampler.shards = [[self.index[p] for p in it.inputs] for it in items]
+        self._pending = [(it.key, -(-len(it.inputs) // self.sampler.batch_size)) for it in items]
+        self._iter = iter(self.loader) if items else None
+
+    def batches(self, item: Item):
+        if not self._pending or self._pending[0][0] != item.key:
+            raise RuntimeError(f"{item.key} was not planned next")
+        _, count = self._pending.pop(0)
+        position = {self.index[p]: k for k, p in enumerate(item.inputs)}
+        for _ in range(count):
+            indices, data, bad = next(self._iter)
             yield ([position[i] for i in indices], data, [(position[i], r) for i, r in bad])
 
 
@@ -241,14 +258,15 @@ def label_shard(item: Item, ctx: Context) -> tuple[list[str], dict]:
     method = ctx.params["method"]
     device = resolve_device(ctx.options.get("device", "auto"))
     run_loader = ctx.options.get("loader")
-    if run_loader is None or any(p not in run_loader.index for p in item.inputs):
+    if run_loader is None:  # called on its own: a loader for this shard alone
         run_loader = RunLoader(list(item.inputs), method, int(ctx.options.get("batch_size", 8)),
                                int(ctx.options.get("workers", 0)), device.startswith("cuda"))
+        run_loader.plan([item])
     model = _salgan(ctx.options["weights"], device) if method == "salgan" else None
     maps: dict[int, torch.Tensor] = {}
     failed: dict[str, str] = {}
     shape = None
-    for indices, data, bad in run_loader.batches(item.inputs):
+    for indices, data, bad in run_loader.batches(item):
         for i, reason in bad:
             failed[item.payload[i]] = reason if reason.startswith(item.inputs[i]) else f"{item.inputs[i]}: {reason}"
         if data is None:
@@ -321,4 +339,5 @@ def label(images: list[tuple[str, str]], out_dir: os.PathLike | str, method: Met
     loader = RunLoader([p for _, p in sorted(images)], method.name, batch_size, workers, device.startswith("cuda"))
     options = {"weights": method.weights, "batch_size": batch_size, "device": device, "workers": workers,
                "loader": loader}
-    return run_stage(SALIENCY, items, out_dir, params, progress=progress, options=options, force=force)
+    return run_stage(SALIENCY, items, out_dir, params, progress=progress, options=options, force=force,
+                     on_plan=loader.plan)
