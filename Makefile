@@ -23,7 +23,9 @@ demo: $(VENV)/.core
 	@mkdir -p $(DEMO)
 	$(VENV)/bin/raw2rgb synth -o $(DEMO)/raw
 	$(VENV)/bin/raw2rgb unpack $(DEMO)/raw -o $(DEMO)/packed --jobs 2
+	$(VENV)/bin/raw2rgb saliency $(DEMO)/raw -o $(DEMO)/saliency --shard-size 2
 	@echo "demo: packed RAW (4-channel 16-bit PNG + JSON sidecar) in $(DEMO)/packed"
+	@echo "demo: saliency maps of the camera JPEGs (HDF5 shards) in $(DEMO)/saliency"
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
@@ -33,6 +35,7 @@ lint: $(VENV)/.dev
 
 bench: $(VENV)/.core
 	$(PY) benchmarks/unpack.py
+	$(PY) benchmarks/saliency.py
 
 clean:
 	rm -rf build $(VENV) *.egg-info .pytest_cache

@@ -178,7 +178,7 @@ def import_weights(npz: Path, out: Path | None) -> None:
               metavar="H W", help="Sensor size in pixels.")
 @click.option("--seed", type=int, default=0, help="Noise seed.")
 def synth(out_dir: Path, size: tuple[int, int], seed: int) -> None:
-    """Write sample DNGs from a virtual camera (one per CFA pattern) to try raw2rgb on."""
+    """Write sample DNGs from a virtual camera (one per CFA pattern), each with its JPEG."""
     from raw2rgb.pipeline import synth as virtual_camera
 
     for p in virtual_camera.sample_dngs(out_dir, size=size, seed=seed):

@@ -152,12 +152,18 @@ def scene(name: str = "astronaut", size: tuple[int, int] | None = None) -> np.nd
 
 def sample_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (512, 768),
                 seed: int = 0) -> list[Path]:
-    """One DNG per CFA pattern, each of another scene, with distinct per-channel black levels."""
+    """One DNG per CFA pattern, each of another scene, with distinct per-channel black levels,
+    and beside each the camera's own JPEG of the scene (``NAME.jpg``), as a camera writes
+    RAW+JPEG."""
+    from PIL import Image
+
     rng = np.random.default_rng(seed)
     paths = []
     for i, pattern in enumerate(bayer.PATTERNS):
         camera = Camera(pattern=pattern, black=(500 + i, 510 + i, 520 + i, 530 + i),
                         white=16383, noise=0.002, model=f"Virtual {pattern}")
-        mosaic = capture(scene(SCENES[i], size), camera, rng)
-        paths.append(write_dng(Path(out_dir) / f"{SCENES[i]}_{pattern.lower()}.dng", mosaic, camera))
+        rgb = scene(SCENES[i], size)
+        path = Path(out_dir) / f"{SCENES[i]}_{pattern.lower()}.dng"
+        paths.append(write_dng(path, capture(rgb, camera, rng), camera))
+        Image.fromarray(rgb).save(path.with_suffix(".jpg"), quality=92)
     return paths
