@@ -20,7 +20,7 @@ import logging
 import os
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -63,19 +63,31 @@ class Context:
 
 
 @dataclass(frozen=True)
+class Deferred:
+    """Returned by a work function whose last part (a write) may finish while the next item runs.
+
+    ``finish()`` completes the item and returns ``(outputs, info)``. In-process runs call it on a
+    writer thread; worker processes call it at once. The item counts as done, and is journalled,
+    only when ``finish`` has returned.
+    """
+
+    finish: Callable[[], tuple[list[str], dict]]
+
+
+@dataclass(frozen=True)
 class Stage:
     """A named, versioned step. ``work`` must be a module-level function (it is pickled).
 
     ``work(item, ctx)`` writes its files with :func:`atomic_path` and returns ``(outputs, info)``:
-    output paths relative to ``ctx.out_dir`` and a JSON-ready dict. ``info["failed"]``, a dict of
-    sub-item → reason, reports parts of an item that failed while the rest was written (one bad
-    image in a shard). Bump ``version`` when the outputs change for the same inputs and params, so
-    that caches built by older code are redone.
+    output paths relative to ``ctx.out_dir`` and a JSON-ready dict — or a :class:`Deferred`.
+    ``info["failed"]``, a dict of sub-item → reason, reports parts of an item that failed while
+    the rest was written (one bad image in a shard). Bump ``version`` when the outputs change for
+    the same inputs and params, so that caches built by older code are redone.
     """
 
     name: str
     version: int
-    work: Callable[[Item, Context], tuple[list[str], dict]]
+    work: Callable[[Item, Context], tuple[list[str], dict] | Deferred]
 
 
 @dataclass
@@ -369,44 +381,75 @@ def _outputs_intact(out_dir: Path, record: Record) -> bool:
 # -- running ---------------------------------------------------------------------------------------
 
 def _hash_inputs(paths: tuple[str, ...], known: Mapping[str, str | None]) -> dict[str, str]:
-    """sha256 of each input not known already; many small files are hashed in threads."""
+    """sha256 of each input not known already.
 
-    def one(p: str) -> str:
+    Raises:
+        ItemError: an input is missing or unreadable.
+    """
+    out = {}
+    for p in paths:
         if _stat(p) is None:
             raise ItemError(f"{p}: no such file")
         try:
-            return known.get(p) or file_sha256(p)
+            out[p] = known.get(p) or file_sha256(p)
         except OSError as e:
             raise ItemError(f"{p}: cannot read ({e.strerror or e})") from None
-
-    if len(paths) < 16:
-        return {p: one(p) for p in paths}
-    with ThreadPoolExecutor(8) as pool:
-        return dict(zip(paths, pool.map(one, paths)))
+    return out
 
 
 def _run_item(stage: Stage, item: Item, out_dir: Path, params: Mapping[str, Any],
-              options: Mapping[str, Any], known: Mapping[str, str | None]) -> Record:
-    """Run one item (in a worker process or in-process), journal its record and return it."""
+              options: Mapping[str, Any], known: Mapping[str, str | None],
+              hashing: Future | None = None, writer: ThreadPoolExecutor | None = None) -> Record | Future:
+    """Run one item (in a worker process or in-process), journal its record and return it.
+
+    ``hashing``, when given, is the item's input hashes being computed in a thread. With a
+    ``writer``, a :class:`Deferred` result is finished there and a Future of the record returned.
+    """
     inputs: dict[str, dict[str, Any]] = {}
+
+    def failed(e: BaseException) -> Record:
+        if isinstance(e, ItemError):
+            return Record(item.key, "failed", inputs=inputs, reason=one_line(str(e)))
+        log.debug("item %s failed:\n%s", item.key, "".join(traceback.format_exception(e)))
+        return Record(item.key, "failed", inputs=inputs,
+                      reason=one_line(f"{item.inputs[0] if item.inputs else item.key}: "
+                                      f"{type(e).__name__}: {e}"))
+
+    def complete(key: str, result: tuple[list[str], dict]) -> Record:
+        try:
+            outputs, info = result
+            sizes = {rel: (out_dir / rel).stat().st_size for rel in outputs}
+            record = Record(item.key, "ok", key, inputs, sizes, info=info)
+        except Exception as e:  # noqa: BLE001
+            record = failed(e)
+        write_json(_journal_path(out_dir, item.key), record.to_json())
+        return record
+
+    def finish(key: str, deferred: Deferred) -> Record:
+        try:
+            result = deferred.finish()
+        except Exception as e:  # noqa: BLE001 - one item's failure must not stop the others
+            record = failed(e)
+            write_json(_journal_path(out_dir, item.key), record.to_json())
+            return record
+        return complete(key, result)
+
     try:
-        hashes = _hash_inputs(item.inputs, known)
+        hashes = hashing.result() if hashing is not None else _hash_inputs(item.inputs, known)
         for p in item.inputs:
             st = _stat(p)
             inputs[p] = {"size": st[0], "mtime_ns": st[1], "sha256": hashes[p]}
         key = cache_key(stage, item, params, hashes)
-        outputs, info = stage.work(item, Context(out_dir, params, options, hashes))
-        sizes = {rel: (out_dir / rel).stat().st_size for rel in outputs}
-        record = Record(item.key, "ok", key, inputs, sizes, info=info)
-    except ItemError as e:
-        record = Record(item.key, "failed", inputs=inputs, reason=one_line(str(e)))
-    except Exception as e:  # noqa: BLE001 - one item's bug must not stop the others
-        log.debug("item %s failed:\n%s", item.key, traceback.format_exc())
-        record = Record(item.key, "failed", inputs=inputs,
-                        reason=one_line(f"{item.inputs[0] if item.inputs else item.key}: "
-                                         f"{type(e).__name__}: {e}"))
-    write_json(_journal_path(out_dir, item.key), record.to_json())
-    return record
+        result = stage.work(item, Context(out_dir, params, options, hashes))
+    except Exception as e:  # noqa: BLE001 - one item's failure must not stop the others
+        record = failed(e)
+        write_json(_journal_path(out_dir, item.key), record.to_json())
+        return record
+    if isinstance(result, Deferred):
+        if writer is not None:
+            return writer.submit(finish, key, result)
+        return finish(key, result)
+    return complete(key, result)
 
 
 def one_line(text: str) -> str:
@@ -485,6 +528,7 @@ def run_stage(
     bar = (progress or (lambda **kw: _NoProgress()))(total=len(items), desc=stage.name, unit="item")
     bar.update(result.cached)
     options = dict(options or {})
+    log.debug("%s: %d items, %d cached, %d to run", stage.name, len(items), result.cached, len(todo))
     if on_plan is not None:
         on_plan([item for item, _ in todo])
     try:
@@ -507,8 +551,25 @@ def run_stage(
 def _execute(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]], out_dir: Path,
              params: Mapping[str, Any], options: Mapping[str, Any], jobs: int) -> Iterator[Record]:
     if jobs == 1 or len(todo) <= 1:
-        for item, known in todo:
-            yield _run_item(stage, item, out_dir, params, options, known)
+        # In-process (the GPU stages): inputs are hashed ahead in threads while earlier items
+        # run, and a deferred write finishes on a writer thread while the next item starts.
+        with ThreadPoolExecutor(4) as pool, ThreadPoolExecutor(1) as writer:
+            hashing = [pool.submit(_hash_inputs, item.inputs, known) for item, known in todo]
+            pending: list[Future] = []
+            try:
+                for (item, known), future in zip(todo, hashing):
+                    out = _run_item(stage, item, out_dir, params, options, known, future, writer)
+                    if isinstance(out, Future):
+                        pending.append(out)
+                    else:
+                        yield out
+                    while pending and pending[0].done():
+                        yield pending.pop(0).result()
+                for future in pending:
+                    yield future.result()
+            finally:
+                for future in hashing:
+                    future.cancel()
         return
     from joblib import Parallel, delayed
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import numpy as np
 
 from raw2rgb.pipeline.stage import (
     Context,
+    Deferred,
     Item,
     ItemError,
     Stage,
@@ -105,10 +106,10 @@ def plan_shards(images: list[tuple[str, str]], shard_size: int = DEFAULT_SHARD_S
             ids.clear()
             paths.clear()
 
-    images = sorted(images)
-    with ThreadPoolExecutor(8) as pool:  # header reads are mostly waiting on the file system
-        sizes = list(pool.map(_image_size, [p for _, p in images]))
-    for (key, path), s in zip(images, sizes):
+    # Serial on purpose: PIL's header parsing holds the interpreter, and 8 threads made it 7×
+    # slower (1.9 s against 0.27 s for 8,192 JPEGs).
+    for key, path in sorted(images):
+        s = _image_size(path)
         if ids and ((s is not None and s != size) or len(ids) >= shard_size):
             flush()
         if s is not None and not ids:
@@ -214,9 +215,11 @@ class RunLoader:
         self._pending: list[tuple[str, int]] = []  # (shard key, batches) still to be consumed
 
     def plan(self, items: list[Item]) -> None:
+        t0 = time.perf_counter()
         self.sampler.shards = [[self.index[p] for p in it.inputs] for it in items]
         self._pending = [(it.key, -(-len(it.inputs) // self.sampler.batch_size)) for it in items]
         self._iter = iter(self.loader) if items else None
+        log.debug("saliency: loader started in %.3f s", time.perf_counter() - t0)
 
     def batches(self, item: Item):
         if not self._pending or self._pending[0][0] != item.key:
@@ -251,8 +254,8 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def label_shard(item: Item, ctx: Context) -> tuple[list[str], dict]:
-    """Stage work: compute the maps of one shard and write ``KEY.h5``."""
+def label_shard(item: Item, ctx: Context) -> Deferred:
+    """Stage work: compute the maps of one shard; its ``KEY.h5`` is written by the returned finisher."""
     import torch
 
     method = ctx.params["method"]
@@ -266,7 +269,16 @@ def label_shard(item: Item, ctx: Context) -> tuple[list[str], dict]:
     maps: dict[int, torch.Tensor] = {}
     failed: dict[str, str] = {}
     shape = None
-    for indices, data, bad in run_loader.batches(item):
+    t_start = time.perf_counter()
+    t_wait = t_infer = 0.0
+    batches = run_loader.batches(item)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            indices, data, bad = next(batches)
+        except StopIteration:
+            break
+        t_wait += time.perf_counter() - t0
         for i, reason in bad:
             failed[item.payload[i]] = reason if reason.startswith(item.inputs[i]) else f"{item.inputs[i]}: {reason}"
         if data is None:
@@ -276,6 +288,7 @@ def label_shard(item: Item, ctx: Context) -> tuple[list[str], dict]:
             for i in indices:
                 failed[item.payload[i]] = f"{item.inputs[i]}: size {tuple(data.shape[-2:])} differs from {shape}"
             continue
+        t0 = time.perf_counter()
         if model is None:
             out = data
         else:
@@ -283,14 +296,31 @@ def label_shard(item: Item, ctx: Context) -> tuple[list[str], dict]:
             out = model(data)
         for i, m in zip(indices, out):
             maps[i] = m
+        t_infer += time.perf_counter() - t0
     if not maps:
         raise ItemError(f"{item.key}: no readable image ({'; '.join(list(failed.values())[:2])})")
     order = sorted(maps)
-    stacked = torch.stack([maps[i] for i in order]).cpu().numpy()
+    ids = [item.payload[i] for i in order]
+    stacked = torch.stack([maps[i] for i in order])
+    if stacked.is_cuda:  # copy back without waiting; the write waits for it on the writer thread
+        host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+        host.copy_(stacked, non_blocking=True)
+        copied = torch.cuda.Event()
+        copied.record()
+    else:
+        host, copied = stacked, None
     name = f"{item.key}.h5"
-    write_shard(ctx.out_dir / name, [item.payload[i] for i in order], stacked,
-                method=method, weights_sha256=ctx.params.get("weights_sha256", ""))
-    return [name], {"count": len(order), "failed": failed}
+    log.debug("%s: %d maps in %.3f s (waiting for images %.3f s, inference %.3f s)", item.key,
+              len(order), time.perf_counter() - t_start, t_wait, t_infer)
+
+    def finish() -> tuple[list[str], dict]:
+        if copied is not None:
+            copied.synchronize()
+        write_shard(ctx.out_dir / name, ids, host.numpy(), method=method,
+                    weights_sha256=ctx.params.get("weights_sha256", ""))
+        return [name], {"count": len(order), "failed": failed}
+
+    return Deferred(finish)
 
 
 def write_shard(path: Path, ids: list[str], maps: np.ndarray, method: str, weights_sha256: str) -> None:
@@ -332,7 +362,10 @@ def label(images: list[tuple[str, str]], out_dir: os.PathLike | str, method: Met
           shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 8, device: str = "auto",
           workers: int | None = None, force: bool = False, progress=None) -> StageResult:
     """Run the saliency stage over (id, image path) pairs into ``out_dir``."""
+    t0 = time.perf_counter()
     items = plan_shards(images, shard_size)
+    log.debug("saliency: %d images in %d shards, planned in %.3f s", len(images), len(items),
+              time.perf_counter() - t0)
     params = {"method": method.name, "weights_sha256": method.weights_sha256, "shard_size": shard_size}
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
     device = resolve_device(device)

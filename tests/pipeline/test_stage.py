@@ -160,3 +160,26 @@ def test_items_finished_before_an_interrupt_are_not_redone(inputs, tmp_path):
     r = st.run_stage(TOY, _items(inputs), out, {"times": 1})
     assert CALLS == ["c"] and (r.done, r.cached) == (1, 2)
     assert not (out / ".journal").exists()
+
+
+def _deferred_upper(item, ctx):
+    text = Path(item.inputs[0]).read_text()
+
+    def finish():
+        if text == "bbb":
+            raise st.ItemError(f"{item.inputs[0]}: failed while writing")
+        out = f"{item.key}.txt"
+        st.write_bytes(ctx.out_dir / out, text.upper().encode())
+        return [out], {}
+
+    return st.Deferred(finish)
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_deferred_writes_complete_and_fail_like_direct_ones(inputs, tmp_path, jobs):
+    out = tmp_path / "out"
+    r = st.run_stage(st.Stage("deferred", 1, _deferred_upper), _items(inputs), out, {}, jobs=jobs)
+    assert r.done == 2 and [f.reason for f in r.failed] == [f"{inputs / 'b.in'}: failed while writing"]
+    assert (out / "a.txt").read_text() == "AAA" and (out / "c.txt").read_text() == "CCC"
+    r = st.run_stage(st.Stage("deferred", 1, _deferred_upper), _items(inputs), out, {}, jobs=jobs)
+    assert r.cached == 2 and len(r.failed) == 1
