@@ -169,6 +169,109 @@ def import_weights(npz: Path, out: Path | None) -> None:
     click.echo(f"wrote {path}")
 
 
+# -- prepare --------------------------------------------------------------------------------------
+
+def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
+    try:
+        parts = [float(v) for v in value.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+        raise click.BadParameter("three non-negative ratios train,val,test, e.g. 0.9,0.1,0")
+    return tuple(parts)  # type: ignore[return-value]
+
+
+@main.command()
+@click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              metavar="DATASET", help="Dataset folder: one sub-folder per stage.")
+# Source
+@click.option("--layout", type=click.Choice(["auto", "zrr", "aim2019", "raw+jpeg", "pairs"]), default="auto",
+              help="How SRC is organised (README: prepare).")
+@click.option("--pairs-csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="CSV", help="pairs layout: a CSV with columns raw,rgb[,scene], paths inside SRC.")
+@click.option("--zrr-levels", type=click.Choice(["liteisp", "pynet"]), default="liteisp",
+              help="ZRR black/white level: liteisp = 63/1020, pynet = 0/1020.")
+# Patches
+@click.option("--patch-size", type=click.IntRange(min=8), default=224, metavar="P", help="Patch size, packed pixels.")
+@click.option("--stride", type=click.IntRange(min=1), default=None, metavar="S", help="[default: patch size]")
+@click.option("--scale", type=click.Choice(["1", "2"]), default="1",
+              help="Target at packed resolution (1, the paper) or full sensor resolution (2).")
+@click.option("--min-score", type=float, default=0.5, metavar="NCC", help="Drop patches scoring below.")
+@click.option("--max-clipped", type=click.FloatRange(0, 1), default=1.0, metavar="FRAC",
+              help="Drop patches with more clipped RAW samples than this fraction.")
+@click.option("--min-mean", type=click.FloatRange(0, 1), default=0.0, metavar="LEVEL",
+              help="Drop patches whose mean RAW level is below.")
+@click.option("--min-inliers", type=click.IntRange(min=4), default=25, metavar="N",
+              help="Feature matches that must agree on a homography.")
+# Splits
+@click.option("--split", "split", default="0.9,0.1,0", callback=_ratios, metavar="TR,VA,TE",
+              help="Split ratios by scene.")
+@click.option("--seed", type=int, default=0, help="Split seed.")
+# Saliency
+@click.option("--saliency-method", type=click.Choice(["auto", "salgan", "spectral-residual"]), default="auto")
+@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PT",
+              help="SalGAN weights (see raw2rgb saliency --help).")
+@click.option("--device", default="auto", metavar="DEV", help="Saliency device.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, metavar="N", help="Saliency batch size.")
+# Execution
+@click.option("--until", type=click.Choice(["unpack", "patches", "saliency"]), default="saliency",
+              help="Last stage to run.")
+@click.option("--force", "force", multiple=True, type=click.Choice(["unpack", "patches", "saliency"]),
+              help="Redo a stage even when up to date (repeatable).")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Worker processes for unpack and patches [default: min(4, cores)].")
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration and plan as JSON; run nothing.")
+@click.pass_obj
+def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride, scale, min_score, max_clipped,
+            min_mean, min_inliers, split, seed, saliency_method, weights, device, batch_size, until, force, jobs,
+            dry_run) -> None:
+    """Build a paired training dataset from SRC into DATASET.
+
+    Stages: unpack (RAW -> packed PNG), patches (pair, align, cut, score), saliency (maps of the
+    target patches). Each is cached in its own folder; a rerun redoes only what changed.
+    """
+    import json
+
+    from raw2rgb import prepare as prep
+    from raw2rgb.pipeline.pairs import PairError, PatchParams
+    from raw2rgb.salgan.weights import WeightsError
+
+    try:
+        resolved = prep.resolve_layout(src, layout)
+    except PairError as e:
+        raise click.ClickException(str(e)) from None
+    cfg = prep.PrepareConfig(
+        src=str(src.resolve()), out=str(out_dir.resolve()), layout=resolved,
+        pairs_csv=str(pairs_csv) if pairs_csv else None, zrr_levels=zrr_levels,
+        patch=PatchParams(size=patch_size, stride=stride or patch_size, scale=int(scale), min_score=min_score,
+                          max_clipped=max_clipped, min_mean=min_mean),
+        min_inliers=min_inliers, split=split, seed=seed, saliency_method=saliency_method,
+        weights=str(weights) if weights else None, device=device, batch_size=batch_size,
+        jobs=jobs or prep.default_jobs())
+    if dry_run:
+        found, unpaired = prep.plan(cfg)
+        click.echo(json.dumps({"config": cfg.to_json(), "pairs": len(found), "unpaired": unpaired,
+                               "stages": list(prep.STAGES[: prep.STAGES.index(until) + 1]),
+                               "force": sorted(force)}, indent=1))
+        return
+    try:
+        result = prep.run(cfg, until=until, force=frozenset(force), progress=_progress(obj["quiet"]))
+    except (WeightsError, ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    for r in result.stages.values():
+        click.echo(r.summary(), err=True)
+    for line in prep.summary_lines(result.summary):
+        click.echo(line, err=True)
+    problems = result.problems()
+    for reason in problems[:20]:
+        click.echo(f"  failed: {reason}", err=True)
+    if len(problems) > 20:
+        click.echo(f"  … and {len(problems) - 20} more (see {out_dir}/summary.json)", err=True)
+    if problems:
+        sys.exit(1)
+
+
 # -- synth ----------------------------------------------------------------------------------------
 
 @main.command()

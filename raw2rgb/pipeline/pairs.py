@@ -1,0 +1,504 @@
+"""Pairs of RAW and RGB frames: finding them, aligning them, cutting and scoring patches.
+
+Coordinates are (x, y) with pixel centres on integers, as in scikit-image. A homography maps
+*packed* coordinates (the (4, h, w) grid of a unified mosaic) to target-image coordinates. The
+target is warped onto the packed grid at the output scale s: s = 1 gives the target at packed
+resolution (area-downsampled from a warp at sensor resolution — the paper's setting), s = 2 at
+full sensor resolution.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from raw2rgb.pipeline import rawio
+
+log = logging.getLogger(__name__)
+
+LAYOUTS = ("zrr", "aim2019", "raw+jpeg", "pairs")
+RGB_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
+_LUMA = np.array([0.299, 0.587, 0.114])
+
+
+class PairError(Exception):
+    """A pair that cannot be used; the message names the files and the reason."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One scene: a RAW frame and its RGB target.
+
+    ``scene`` names it in outputs and splits; ``fixed_split`` is set where the source already
+    splits (ZRR's test folder); ``aligned`` says the two are pixel-aligned already (ZRR,
+    AIM-2019) so no homography is estimated.
+    """
+
+    scene: str
+    raw: str
+    rgb: str
+    aligned: bool = False
+    fixed_split: str | None = None
+
+
+# -- finding pairs ----------------------------------------------------------------------------------
+
+def detect_layout(src: Path) -> str:
+    """Guess the layout of a source folder (see README, "prepare: layouts").
+
+    Raises:
+        PairError: nothing recognisable.
+    """
+    if any((src / d / "huawei_raw").is_dir() for d in ("train", "test", ".")):
+        return "zrr"
+    if (src / "TrainingPhoneRaw").is_dir() or (src / "ValidationPhoneRaw").is_dir():
+        return "aim2019"
+    if (src / "raw").is_dir() and (src / "rgb").is_dir():
+        return "pairs"
+    files = [p for p in src.iterdir() if p.is_file()] if src.is_dir() else []
+    stems = {p.stem for p in files if p.suffix.lower() in RGB_SUFFIXES}
+    if any(p.suffix.lower() in rawio.RAW_SUFFIXES and p.stem in stems for p in files):
+        return "raw+jpeg"
+    raise PairError(f"{src}: no known layout (zrr: train|test/huawei_raw + canon; aim2019: "
+                    "TrainingPhoneRaw + TrainingCanonRGB; pairs: raw/ + rgb/; raw+jpeg: RAW files "
+                    "with same-name JPEGs); choose one with --layout")
+
+
+def _inside(root: Path, path: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def find_pairs(src: os.PathLike | str, layout: str, pairs_csv: os.PathLike | str | None = None
+               ) -> tuple[list[Pair], list[str]]:
+    """The pairs of a source folder, sorted by scene, and one line per file left unpaired."""
+    src = Path(src)
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    problems: list[str] = []
+    pairs: list[Pair] = []
+
+    def by_stem(folder: Path, suffixes) -> dict[str, Path]:
+        if not folder.is_dir():
+            return {}
+        return {p.stem: p for p in sorted(folder.iterdir())
+                if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")}
+
+    def match(raws: dict[str, Path], rgbs: dict[str, Path], prefix: str, aligned: bool,
+              split: str | None) -> None:
+        for stem in sorted(set(raws) | set(rgbs)):
+            if stem not in rgbs:
+                problems.append(f"{raws[stem]}: no RGB image named {stem}.* beside it")
+            elif stem not in raws:
+                problems.append(f"{rgbs[stem]}: no RAW file named {stem}.* for it")
+            else:
+                pairs.append(Pair(f"{prefix}{stem}", str(raws[stem]), str(rgbs[stem]), aligned, split))
+
+    raw_suffixes = rawio.RAW_SUFFIXES | rawio.PNG_SUFFIXES
+    if layout == "zrr":
+        for part in ("train", "test", "."):
+            base = src / part
+            split = {"test": "test"}.get(part)
+            prefix = "" if part == "." else f"{part}/"
+            match(by_stem(base / "huawei_raw", {".png"}), by_stem(base / "canon", RGB_SUFFIXES),
+                  prefix, True, split)
+    elif layout == "aim2019":
+        for part in ("Training", "Validation"):
+            split = "val" if part == "Validation" else None
+            match(by_stem(src / f"{part}PhoneRaw", {".png"}), by_stem(src / f"{part}CanonRGB", RGB_SUFFIXES),
+                  f"{part.lower()}/", True, split)
+    elif layout == "pairs" and pairs_csv:
+        with open(pairs_csv, newline="") as f:
+            for row in csv.DictReader(f):
+                raw, rgb = src / row.get("raw", ""), src / row.get("rgb", "")
+                scene = row.get("scene") or Path(row.get("raw", "")).stem
+                if not row.get("raw") or not row.get("rgb"):
+                    problems.append(f"{pairs_csv}: a row without raw and rgb columns: {row}")
+                elif not (_inside(src, raw) and _inside(src, rgb)):
+                    problems.append(f"{pairs_csv}: {row['raw']} / {row['rgb']} lies outside {src}; refused")
+                else:
+                    pairs.append(Pair(scene, str(raw), str(rgb)))
+    elif layout == "pairs":
+        match(by_stem(src / "raw", raw_suffixes), by_stem(src / "rgb", RGB_SUFFIXES),
+              "", False, None)
+    else:  # raw+jpeg: a camera's RAW and its own JPEG side by side
+        files = by_stem(src, rawio.RAW_SUFFIXES)
+        jpegs = by_stem(src, {".jpg", ".jpeg"})
+        match(files, jpegs, "", False, None)
+    pairs.sort(key=lambda p: p.scene)
+    return pairs, problems
+
+
+# -- images -----------------------------------------------------------------------------------------
+
+def read_rgb(path: os.PathLike | str) -> np.ndarray:
+    """An RGB image as (H, W, 3) uint8, in stored orientation (EXIF rotation is not applied, so
+    a camera's JPEG keeps the sensor's orientation, like its RAW)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return np.array(im.convert("RGB"))
+    except Exception as e:  # noqa: BLE001 - any decoder error is this file's problem
+        raise PairError(f"{path}: unreadable image ({' '.join(str(e).split())})") from None
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma of an (H, W, 3) image; uint8 input is scaled to [0, 1]."""
+    x = rgb.astype(np.float32)
+    if rgb.dtype == np.uint8:
+        x /= 255.0
+    return x @ _LUMA.astype(np.float32)
+
+
+def develop_preview(packed: np.ndarray, wb_gains=None, cam_to_rgb=None) -> np.ndarray:
+    """A quick sRGB rendering (h, w, 3) in [0, 1] of normalised packed planes (4, h, w) in [0, 1].
+
+    Greens averaged, white balance (as shot, else grey world), colour matrix when known, sRGB
+    gamma. Good enough to find features and score alignment; not a finished photograph.
+    """
+    from raw2rgb.pipeline.synth import linear_to_srgb
+
+    r, g1, b, g2 = (packed[c].astype(np.float32) for c in range(4))
+    cam = np.stack([r, (g1 + g2) * 0.5, b], axis=-1)
+    if wb_gains is None:
+        means = cam.reshape(-1, 3).mean(axis=0) + 1e-6
+        wb_gains = means[1] / means
+    cam = cam * np.asarray(wb_gains, dtype=np.float32)
+    if cam_to_rgb is not None:
+        cam = cam @ np.asarray(cam_to_rgb, dtype=np.float32).T
+    return linear_to_srgb(np.clip(cam, 0, 1)).astype(np.float32)
+
+
+def preview_luma(raw_norm: np.ndarray) -> np.ndarray:
+    """The RAW's brightness at packed resolution, for alignment and scoring: (G1 + G2) / 2, exposed
+    so its 99th percentile sits at 0.9, sRGB gamma.
+
+    The two greens sit symmetrically about the cell's centre, so this image is sampled exactly
+    at packed pixel centres. A luma mixed from R, G and B is not: R sits at the cell's top-left
+    and B at its bottom-right, which biased corner positions by a quarter of a pixel.
+    """
+    from raw2rgb.pipeline.synth import linear_to_srgb
+
+    g = (raw_norm[1].astype(np.float32) + raw_norm[3].astype(np.float32)) * 0.5
+    top = float(np.percentile(g, 99)) or 1.0
+    return linear_to_srgb(np.clip(g * (0.9 / top), 0, 1)).astype(np.float32)
+
+
+# -- alignment --------------------------------------------------------------------------------------
+
+@dataclass
+class Alignment:
+    """A homography from packed coordinates to target coordinates, and how well it is supported."""
+
+    matrix: np.ndarray  # (3, 3)
+    inliers: int
+    matches: int
+
+    def to_json(self) -> dict:
+        return {"matrix": [[round(float(v), 9) for v in row] for row in self.matrix],
+                "inliers": self.inliers, "matches": self.matches}
+
+
+def _work_scale(shape: tuple[int, int], max_side: int) -> float:
+    return min(1.0, max_side / max(shape))
+
+
+def align(preview: np.ndarray, target: np.ndarray, *, min_inliers: int = 25, max_side: int = 1200,
+          n_keypoints: int = 3000, seed: int = 0, refine: int = 2, name: str = "pair") -> Alignment:
+    """Estimate the homography from a RAW preview luma (h, w) to a target luma (H, W).
+
+    ORB features on both (at most ``max_side`` pixels on a side), cross-checked matches with a
+    ratio test, RANSAC on a projective model, a least-squares fit on all inliers, then ``refine``
+    rounds of sub-pixel refinement (:func:`refine_homography`).
+
+    Raises:
+        PairError: too few matches or inliers (the message gives the counts).
+    """
+    from skimage.feature import ORB, match_descriptors
+    from skimage.measure import ransac
+    from skimage.transform import ProjectiveTransform, rescale
+
+    def features(img: np.ndarray, scale: float):
+        small = rescale(img, scale, anti_aliasing=True) if scale < 1 else img
+        orb = ORB(n_keypoints=n_keypoints, fast_threshold=0.05, downscale=1.3, n_scales=6)
+        try:
+            orb.detect_and_extract(small)
+        except (RuntimeError, ValueError, IndexError):
+            return np.zeros((0, 2)), np.zeros((0, 256), bool)
+        # (row, col) at working scale -> (x, y) at full scale, centres on integers
+        xy = (orb.keypoints[:, ::-1] + 0.5) / scale - 0.5
+        return xy, orb.descriptors
+
+    sp, st = _work_scale(preview.shape, max_side), _work_scale(target.shape, max_side)
+    xy_p, d_p = features(preview, sp)
+    xy_t, d_t = features(target, st)
+    if len(xy_p) < 4 or len(xy_t) < 4:
+        raise PairError(f"{name}: too few features to align ({len(xy_p)} in the RAW, {len(xy_t)} in the RGB)")
+    matches = match_descriptors(d_p, d_t, cross_check=True, max_ratio=0.85)
+    if len(matches) < min_inliers:
+        raise PairError(f"{name}: not the same scene? {len(matches)} feature matches, need {min_inliers}")
+    src, dst = xy_p[matches[:, 0]], xy_t[matches[:, 1]]
+    threshold = 1.5 / min(sp, st)  # pixels, at full target scale
+    model, inliers = ransac((src, dst), ProjectiveTransform, min_samples=4, residual_threshold=threshold,
+                            max_trials=3000, rng=np.random.default_rng(seed))
+    n = int(inliers.sum()) if inliers is not None else 0
+    if model is None or n < min_inliers:
+        raise PairError(f"{name}: not the same scene? {n} of {len(matches)} matches agree on a homography, "
+                        f"need {min_inliers}")
+    matrix = _fit_homography(src[inliers], dst[inliers])
+    if matrix is None:
+        matrix = model.params
+    for _ in range(refine):
+        matrix = refine_homography(preview, target, matrix)
+    return Alignment(matrix / matrix[2, 2], n, len(matches))
+
+
+def _fit_homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
+    from skimage.transform import ProjectiveTransform
+
+    t = ProjectiveTransform.from_estimate(src, dst)
+    return t.params if t else None
+
+
+def refine_homography(preview: np.ndarray, target: np.ndarray, matrix: np.ndarray, window: int = 48,
+                      step: int = 32) -> np.ndarray:
+    """Sub-pixel refinement: warp the target into the preview's frame, measure the residual shift
+    of each textured window by phase correlation, refit the homography on those correspondences.
+
+    Feature positions are quantised on their pyramid level; phase correlation with 20× upsampling
+    resolves 0.05 px, which is what brings corners within half a target pixel.
+    """
+    from scipy.ndimage import gaussian_filter
+    from skimage.measure import ransac
+    from skimage.registration import phase_cross_correlation
+    from skimage.transform import ProjectiveTransform, warp
+
+    h, w = preview.shape
+    # The target is usually sampled more finely than the packed grid (2× and more); sampling it
+    # down without a low-pass would alias and bias the shifts.
+    ratio = float(np.sqrt(abs(np.linalg.det(matrix[:2, :2] / matrix[2, 2]))))
+    if ratio > 1.2:
+        target = gaussian_filter(target, sigma=0.5 * ratio)
+    moved = warp(target, ProjectiveTransform(matrix), output_shape=(h, w), order=1, mode="constant",
+                 cval=np.nan, preserve_range=True)
+    # A Hann window: unwindowed, the patch borders (which do not move) pull every shift to zero.
+    hann = np.outer(np.hanning(window), np.hanning(window))
+    src, dst = [], []
+    for y in range(0, h - window + 1, step):
+        for x in range(0, w - window + 1, step):
+            a, b = preview[y : y + window, x : x + window], moved[y : y + window, x : x + window]
+            if np.isnan(b).any() or a.std() < 0.03 or b.std() < 0.03:
+                continue
+            shift, error, _ = phase_cross_correlation((a - a.mean()) * hann, (b - b.mean()) * hann,
+                                                      upsample_factor=20)
+            if np.abs(shift).max() > window / 8 or not np.isfinite(error):
+                continue
+            # reference(c) ≈ moving(c - shift): the preview's point c sits at matrix(c - shift).
+            c = np.array([x + (window - 1) / 2, y + (window - 1) / 2])
+            src.append(c)
+            dst.append(c - shift[::-1])
+    if len(src) < 8:
+        return matrix
+    src, dst = np.array(src), np.array(dst)
+    dst = ProjectiveTransform(matrix)(dst)
+    model, inliers = ransac((src, dst), ProjectiveTransform, min_samples=4, residual_threshold=1.0,
+                            max_trials=500, rng=np.random.default_rng(0))
+    if model is None or inliers.sum() < 8:
+        return matrix
+    fitted = _fit_homography(src[inliers], dst[inliers])
+    return matrix if fitted is None else fitted
+
+
+def packed_to_output(scale: int) -> np.ndarray:
+    """Matrix from output-grid coordinates (scale s) to packed coordinates."""
+    s = float(scale)
+    return np.array([[1 / s, 0, (0.5 / s) - 0.5], [0, 1 / s, (0.5 / s) - 0.5], [0, 0, 1]])
+
+
+def warp_target(target: np.ndarray, matrix: np.ndarray, packed_shape: tuple[int, int],
+                scale: int) -> tuple[np.ndarray, np.ndarray]:
+    """Warp the target onto the packed grid at ``scale``; return (image float [0, 1], coverage).
+
+    Warps at sensor resolution (scale 2) and area-downsamples 2×2 for scale 1, so the target at
+    packed resolution is not aliased.
+    """
+    from skimage.transform import ProjectiveTransform, warp
+
+    h, w = packed_shape
+    inverse = ProjectiveTransform(matrix @ packed_to_output(2))
+    img = target.astype(np.float32) / 255.0 if target.dtype == np.uint8 else target.astype(np.float32)
+    out = warp(img, inverse, output_shape=(2 * h, 2 * w), order=1, mode="constant", cval=0.0,
+               preserve_range=True).astype(np.float32)
+    ones = np.ones(target.shape[:2], np.float32)
+    cover = warp(ones, inverse, output_shape=(2 * h, 2 * w), order=1, mode="constant", cval=0.0,
+                 preserve_range=True).astype(np.float32)
+    if scale == 1:
+        out = area_downsample(out)
+        cover = area_downsample(cover)
+    return out, cover
+
+
+def area_downsample(img: np.ndarray) -> np.ndarray:
+    """2×2 mean (area interpolation by a factor of 2) of an (H, W[, C]) array with even H, W."""
+    h, w = img.shape[:2]
+    return img.reshape(h // 2, 2, w // 2, 2, *img.shape[2:]).mean(axis=(1, 3), dtype=np.float32)
+
+
+# -- patches ----------------------------------------------------------------------------------------
+
+def ncc(a: np.ndarray, b: np.ndarray) -> float:
+    """Normalised cross-correlation of two same-shaped arrays (0 where either is flat)."""
+    a = a.astype(np.float64).ravel() - a.mean()
+    b = b.astype(np.float64).ravel() - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 1e-12 else 0.0
+
+
+@dataclass(frozen=True)
+class PatchParams:
+    """How patches are cut and which are kept."""
+
+    size: int = 224  # packed pixels
+    stride: int = 224
+    scale: int = 1  # 1: target at packed resolution; 2: at sensor resolution
+    min_score: float = 0.5  # NCC of RAW preview luma and target luma
+    max_clipped: float = 1.0  # largest fraction of clipped RAW samples (1: keep all)
+    min_mean: float = 0.0  # smallest mean RAW level (0: keep all)
+
+
+@dataclass
+class Patch:
+    """One cut patch, kept or not, with the reason when dropped."""
+
+    id: str
+    y: int
+    x: int
+    score: float
+    raw: np.ndarray | None = field(default=None, repr=False)  # (4, P, P) as stored
+    rgb: np.ndarray | None = field(default=None, repr=False)  # (sP, sP, 3) uint8
+    reason: str = ""
+
+    @property
+    def kept(self) -> bool:
+        return not self.reason
+
+
+def cut_patches(packed: np.ndarray, raw_norm: np.ndarray, preview_luma: np.ndarray, target: np.ndarray,
+                cover: np.ndarray | None, params: PatchParams) -> list[Patch]:
+    """Cut aligned patches on a grid and score each.
+
+    Args:
+        packed: (4, h, w) stored RAW (uint16) to cut from.
+        raw_norm: (4, h, w) the same in [0, 1], for the clipped/dark tests.
+        preview_luma: (h, w) luma of the RAW preview.
+        target: (s·h, s·w, 3) float [0, 1], the aligned target.
+        cover: (s·h, s·w) fraction of each target pixel inside the source image, or None.
+        params: sizes and thresholds.
+    """
+    p, st, s = params.size, params.stride, params.scale
+    _, h, w = packed.shape
+    if target.shape[:2] != (s * h, s * w):
+        raise PairError(f"target of size {target.shape[:2]} does not match the RAW's packed size "
+                        f"{(h, w)} at scale {s}")
+    t_luma = luma(target)
+    if s == 2:
+        t_luma = area_downsample(t_luma)
+    out = []
+    for y in range(0, h - p + 1, st):
+        for x in range(0, w - p + 1, st):
+            pid = f"y{y:05d}_x{x:05d}"
+            score = ncc(preview_luma[y : y + p, x : x + p], t_luma[y : y + p, x : x + p])
+            patch = Patch(pid, y, x, round(score, 6))
+            rn = raw_norm[:, y : y + p, x : x + p]
+            if cover is not None and cover[s * y : s * (y + p), s * x : s * (x + p)].min() < 0.999:
+                patch.reason = "outside the target"
+            elif (rn >= 0.999).mean() > params.max_clipped:
+                patch.reason = "clipped"
+            elif rn.mean() < params.min_mean:
+                patch.reason = "too dark"
+            elif score < params.min_score:
+                patch.reason = f"score {score:.2f} < {params.min_score}"
+            else:
+                patch.raw = packed[:, y : y + p, x : x + p]
+                rgb = target[s * y : s * (y + p), s * x : s * (x + p)]
+                patch.rgb = np.clip(np.rint(rgb * 255), 0, 255).astype(np.uint8)
+            out.append(patch)
+    return out
+
+
+# -- the patches stage ------------------------------------------------------------------------------
+
+def encode_rgb_png(rgb: np.ndarray) -> bytes:
+    """An (H, W, 3) uint8 image as PNG (lossless: patches keep the target's exact values)."""
+    import imagecodecs
+
+    return imagecodecs.png_encode(np.ascontiguousarray(rgb), level=rawio.PNG_LEVEL)
+
+
+def patch_item(item, ctx):
+    """Stage work: align one pair (unless already aligned), cut, score and write its patches.
+
+    Inputs: the packed PNG and sidecar from the unpack stage, and the target image. Outputs:
+    ``raw/SCENE/ID.png`` (packed, as unpacked) and ``rgb/SCENE/ID.png`` (uint8) per kept patch.
+    """
+    import json
+    import shutil
+
+    from raw2rgb.pipeline.stage import ItemError, write_bytes
+
+    packed_path, sidecar_path, rgb_path = item.inputs
+    params = PatchParams(**ctx.params["patch"])
+    try:
+        packed = rawio.read_packed_png(packed_path)
+        meta = json.loads(Path(sidecar_path).read_text())
+        raw_norm = packed.astype(np.float32) / np.float32(np.iinfo(packed.dtype).max)
+        target = read_rgb(rgb_path)
+        _, h, w = packed.shape
+        preview = preview_luma(raw_norm)
+        alignment = None
+        if item.payload["aligned"]:
+            if target.shape[:2] != (2 * h, 2 * w):
+                raise PairError(f"{rgb_path}: size {target.shape[:2]} is not twice the RAW's packed size "
+                                f"{(h, w)}, as an aligned pair must be")
+            aligned = target.astype(np.float32) / 255.0
+            cover = None
+            if params.scale == 1:
+                aligned = area_downsample(aligned)
+        else:
+            alignment = align(preview, luma(target), min_inliers=ctx.params["min_inliers"],
+                              name=f"{meta.get('source', packed_path)} ~ {rgb_path}")
+            aligned, cover = warp_target(target, alignment.matrix, (h, w), params.scale)
+        patches = cut_patches(packed, raw_norm, preview, aligned, cover, params)
+    except PairError as e:
+        raise ItemError(str(e)) from None
+    for part in ("raw", "rgb"):  # patches of an earlier run of this scene (other sizes, say)
+        shutil.rmtree(ctx.out_dir / part / item.key, ignore_errors=True)
+    outputs = []
+    for p in patches:
+        if p.kept:
+            raw_rel, rgb_rel = f"raw/{item.key}/{p.id}.png", f"rgb/{item.key}/{p.id}.png"
+            write_bytes(ctx.out_dir / raw_rel, rawio.encode_packed_png(np.ascontiguousarray(p.raw)))
+            write_bytes(ctx.out_dir / rgb_rel, encode_rgb_png(p.rgb))
+            outputs += [raw_rel, rgb_rel]
+    dropped: dict[str, int] = {}
+    for p in patches:
+        if not p.kept:
+            key = "score below threshold" if p.reason.startswith("score") else p.reason
+            dropped[key] = dropped.get(key, 0) + 1
+    info = {
+        "alignment": alignment.to_json() if alignment else None,
+        "kept": sum(p.kept for p in patches),
+        "dropped": dropped,
+        "patches": [{"id": p.id, "y": p.y, "x": p.x, "score": p.score, **({"reason": p.reason} if p.reason else {})}
+                    for p in patches],
+    }
+    return outputs, info

@@ -1,0 +1,176 @@
+"""`raw2rgb prepare`: a paired dataset from a source folder, as a chain of cached stages.
+
+    SRC ──unpack──▶ DATASET/unpack ──patches──▶ DATASET/patches ──saliency──▶ DATASET/saliency
+
+Each stage is a folder with its manifest (see ``pipeline/stage.py``); a rerun redoes only what
+changed, so changing one stage's params redoes that stage and, through their inputs, the stages
+after it. Splits are by scene, from a hash of the seed and the scene name, so adding scenes never
+moves others and no scene is in two splits. ``prepare.json``, ``splits.json`` and
+``summary.json`` in DATASET say what was done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raw2rgb.pipeline import pairs as pairs_mod
+from raw2rgb.pipeline import rawio
+from raw2rgb.pipeline.stage import Item, Stage, StageResult, run_stage, write_json
+
+log = logging.getLogger(__name__)
+
+STAGES = ("unpack", "patches", "saliency")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Everything ``prepare`` does, resolved; saved as DATASET/prepare.json."""
+
+    src: str
+    out: str
+    layout: str
+    pairs_csv: str | None = None
+    zrr_levels: str = rawio.ZRR_DEFAULT_LEVELS
+    patch: pairs_mod.PatchParams = field(default_factory=pairs_mod.PatchParams)
+    min_inliers: int = 25
+    split: tuple[float, float, float] = (0.9, 0.1, 0.0)
+    seed: int = 0
+    saliency_method: str = "auto"
+    weights: str | None = None
+    device: str = "auto"
+    batch_size: int = 8
+    jobs: int = 1
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def split_of(scene: str, seed: int, ratios: tuple[float, float, float], fixed: str | None = None) -> str:
+    """The split of a scene: ``fixed`` when the source decides, else from a hash of seed and scene."""
+    if fixed:
+        return fixed
+    u = int.from_bytes(hashlib.sha256(f"{seed}:{scene}".encode()).digest()[:8], "big") / 2**64
+    total = sum(ratios)
+    edge = 0.0
+    for name, r in zip(SPLITS, ratios):
+        edge += r / total
+        if u < edge:
+            return name
+    return SPLITS[-1]
+
+
+@dataclass
+class PrepareResult:
+    stages: dict[str, StageResult]
+    summary: dict[str, Any]
+
+    def problems(self) -> list[str]:
+        out = list(self.summary["unpaired"])
+        for r in self.stages.values():
+            out += r.problems()
+        return out
+
+
+PATCHES = Stage("patches", 1, pairs_mod.patch_item)
+
+
+def resolve_layout(src: Path, layout: str) -> str:
+    return pairs_mod.detect_layout(src) if layout == "auto" else layout
+
+
+def plan(cfg: PrepareConfig) -> tuple[list[pairs_mod.Pair], list[str]]:
+    return pairs_mod.find_pairs(cfg.src, cfg.layout, cfg.pairs_csv)
+
+
+def run(cfg: PrepareConfig, until: str = "saliency", force: frozenset[str] = frozenset(),
+        progress=None) -> PrepareResult:
+    """Run the stages up to ``until``; ``force`` names stages to redo even when up to date."""
+    from raw2rgb.pipeline import unpack as unpack_stage
+
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "prepare.json", cfg.to_json())
+    found, unpaired = plan(cfg)
+    stages: dict[str, StageResult] = {}
+    last = STAGES.index(until)
+
+    # unpack: one packed PNG per RAW, keyed by scene
+    items = [Item(p.scene, (str(Path(p.raw).resolve()),)) for p in found]
+    stages["unpack"] = unpack_stage.unpack(
+        items, out / "unpack", zrr_levels=rawio.ZRR_LEVELS[cfg.zrr_levels], jobs=cfg.jobs,
+        force="unpack" in force, progress=progress)
+    unpacked = {r.key for r in stages["unpack"].manifest.ok}
+
+    if last >= 1:  # patches: align (where needed), cut, score
+        items = [Item(p.scene, (str(out / "unpack" / f"{p.scene}.png"), str(out / "unpack" / f"{p.scene}.json"),
+                                str(Path(p.rgb).resolve())), {"aligned": p.aligned})
+                 for p in found if p.scene in unpacked]
+        params = {"patch": dataclasses.asdict(cfg.patch), "min_inliers": cfg.min_inliers}
+        stages["patches"] = run_stage(PATCHES, items, out / "patches", params, jobs=cfg.jobs,
+                                      force="patches" in force, progress=progress)
+
+    if last >= 2:  # saliency of every kept target patch
+        from raw2rgb.salgan import label
+
+        images = [(rel[len("rgb/"):-len(".png")], str(out / "patches" / rel))
+                  for r in stages["patches"].manifest.ok for rel in r.outputs if rel.startswith("rgb/")]
+        method = label.resolve_method(cfg.saliency_method, cfg.weights)
+        if images:
+            stages["saliency"] = label.label(images, out / "saliency", method, batch_size=cfg.batch_size,
+                                             device=cfg.device, force="saliency" in force, progress=progress)
+
+    summary = _summary(cfg, found, unpaired, stages)
+    write_json(out / "splits.json", {"seed": cfg.seed, "ratios": list(cfg.split),
+                                     "scenes": {p.scene: split_of(p.scene, cfg.seed, cfg.split, p.fixed_split)
+                                                for p in found}})
+    write_json(out / "summary.json", summary)
+    return PrepareResult(stages, summary)
+
+
+def _summary(cfg: PrepareConfig, found, unpaired, stages) -> dict[str, Any]:
+    split = {p.scene: split_of(p.scene, cfg.seed, cfg.split, p.fixed_split) for p in found}
+    s: dict[str, Any] = {"layout": cfg.layout, "pairs_found": len(found), "unpaired": unpaired,
+                         "unpack_failed": [r.reason for r in stages["unpack"].failed]}
+    if "patches" in stages:
+        ok = stages["patches"].manifest.ok
+        s["aligned"] = len(ok)
+        s["align_failed"] = [r.reason for r in stages["patches"].failed]
+        dropped: dict[str, int] = {}
+        per_split = {name: {"scenes": 0, "patches": 0} for name in SPLITS}
+        for r in ok:
+            for reason, n in r.info.get("dropped", {}).items():
+                dropped[reason] = dropped.get(reason, 0) + n
+            per_split[split[r.key]]["scenes"] += 1
+            per_split[split[r.key]]["patches"] += r.info.get("kept", 0)
+        s["patches_kept"] = sum(r.info.get("kept", 0) for r in ok)
+        s["patches_dropped"] = dropped
+        s["splits"] = per_split
+    if "saliency" in stages:
+        s["saliency_method"] = stages["saliency"].manifest.params["method"]
+    return s
+
+
+def summary_lines(summary: dict[str, Any]) -> list[str]:
+    """The summary as a few lines for the terminal."""
+    lines = [f"layout {summary['layout']}: {summary['pairs_found']} pairs found, "
+             f"{len(summary['unpaired'])} files without a partner, {len(summary['unpack_failed'])} RAW unreadable"]
+    if "aligned" in summary:
+        lines.append(f"{summary['aligned']} pairs aligned and cut, {len(summary['align_failed'])} rejected")
+        dropped = ", ".join(f"{n} {k}" for k, n in sorted(summary["patches_dropped"].items())) or "none"
+        lines.append(f"{summary['patches_kept']} patches kept; dropped: {dropped}")
+        lines.append("splits: " + ", ".join(f"{k} {v['scenes']} scenes / {v['patches']} patches"
+                                            for k, v in summary["splits"].items()))
+    if "saliency_method" in summary:
+        lines.append(f"saliency: {summary['saliency_method']}")
+    return lines
+
+
+def default_jobs() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
