@@ -4,7 +4,7 @@ Prints files/s for `--jobs 1` and `--jobs 2`, the floor (rawpy decode, copy out,
 packed planes, nothing else) and the ratios. Targets: overhead over the floor <= 25 %;
 jobs 2 >= 1.6x jobs 1 (on a machine with at least 2 free cores).
 
-    python benchmarks/unpack.py [--files 8] [--size 3000 4000]
+    python benchmarks/unpack.py [--files 24] [--size 3000 4000] [--repeats 2]
 """
 
 from __future__ import annotations
@@ -32,13 +32,15 @@ def floor(paths: list[Path], out: Path) -> None:
     for p in paths:
         with rawpy.imread(str(p)) as raw:
             m = np.array(raw.raw_image_visible, copy=True)
-        (out / f"{p.stem}.png").write_bytes(rawio.encode_packed_png(bayer.pack(m)))
+        hwc = np.ascontiguousarray(np.moveaxis(bayer.pack(m), 0, 2))
+        (out / f"{p.stem}.png").write_bytes(rawio.encode_packed_png(hwc, channels_last=True))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--files", type=int, default=8)
+    ap.add_argument("--files", type=int, default=24)
     ap.add_argument("--size", type=int, nargs=2, default=(3000, 4000), metavar=("H", "W"))
+    ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="raw2rgb-bench-"))
@@ -53,16 +55,19 @@ def main() -> None:
             paths.append(synth.write_dng(work / "raw" / f"f{i:02d}.dng", m, cam))
         items = collect_inputs([str(work / "raw")])
 
+        # Best of --repeats for each: this machine is shared and single runs vary by ±15 %.
         t: dict[str, float] = {}
         floor(paths[:1], work / "warm")  # import and page-cache warm-up
-        with timer(t, "floor"):
-            floor(paths, work / "floor")
-        with timer(t, "jobs1"):
-            r1 = unpack(items, work / "out1", jobs=1)
-        with timer(t, "jobs2"):
-            r2 = unpack(items, work / "out2", jobs=2)
-        assert r1.done == r2.done == args.files, (r1.summary(), r2.summary())
-
+        for rep in range(args.repeats):
+            with timer(t, "floor"):
+                floor(paths, work / f"floor{rep}")
+            t["floor_best"] = min(t.get("floor_best", 1e9), t["floor"])
+            for jobs in (1, 2):
+                with timer(t, "run"):
+                    r = unpack(items, work / f"out{jobs}-{rep}", jobs=jobs)
+                assert r.done == args.files, r.summary()
+                t[f"jobs{jobs}"] = min(t.get(f"jobs{jobs}", 1e9), t["run"])
+        t["floor"] = t["floor_best"]
         n = args.files
         mp = args.size[0] * args.size[1] / 1e6
         report(f"unpack: {n} synthetic {mp:.0f}-MP DNGs ({args.size[0]}x{args.size[1]}), GRBG", [

@@ -139,32 +139,47 @@ def cell_values(pattern: str, per_channel: Sequence[float]) -> np.ndarray:
     return cell
 
 
+def planes(mosaic: np.ndarray, pattern: str = "RGGB") -> list[np.ndarray]:
+    """Views (no copy) of the four planes R, G1, B, G2 of a mosaic, unified to RGGB phase."""
+    m = unify_pattern(mosaic, pattern)
+    return [m[0::2, 0::2], m[0::2, 1::2], m[1::2, 1::2], m[1::2, 0::2]]
+
+
 def normalize_packed(
-    packed: np.ndarray, black: Sequence[float], white: float, out_dtype: type = np.uint16
+    packed: np.ndarray | list[np.ndarray], black: Sequence[float], white: float, out_dtype: type = np.uint16,
+    channels_last: bool = False,
 ) -> np.ndarray:
     """Black/white-level normalisation of packed planes, quantised to ``out_dtype``.
 
     Computes ``clip((x - black[c]) / (white - black[c]), 0, 1)`` per channel c (R, G1, B, G2),
     scaled to the full range of ``out_dtype`` (65535 for uint16, 255 for uint8) and rounded;
     ``out_dtype=np.float32`` returns the [0, 1] values.
+
+    Args:
+        packed: (4, h, w) array, or the four planes as views (see :func:`planes`).
+        channels_last: return (h, w, 4) — the layout a PNG encoder takes — instead of (4, h, w).
     """
-    if packed.ndim != 3 or packed.shape[0] != 4:
-        raise ValueError(f"packed raw is (4, h, w), got shape {packed.shape}")
+    if len(packed) != 4 or any(np.ndim(p) != 2 for p in packed):
+        raise ValueError(f"packed raw is (4, h, w), got shape {np.shape(packed)}")
     if len(black) != 4:
         raise ValueError(f"need 4 black levels (R, G1, B, G2), got {len(black)}")
     scale = 1.0 if out_dtype == np.float32 else float(np.iinfo(out_dtype).max)
-    out = np.empty(packed.shape, dtype=out_dtype)
+    h, w = packed[0].shape
+    out = np.empty((h, w, 4) if channels_last else (4, h, w), dtype=out_dtype)
+    plane = np.empty((h, w), dtype=np.float32)
     for c in range(4):
         span = float(white) - float(black[c])
         if span <= 0:
             raise ValueError(f"white level {white} is not above black level {black[c]}")
-        plane = packed[c].astype(np.float32)
-        plane -= np.float32(black[c])
+        np.subtract(packed[c], np.float32(black[c]), out=plane, dtype=np.float32)
         plane *= np.float32(scale / span)
         np.clip(plane, 0.0, scale, out=plane)
         if out_dtype != np.float32:
             np.rint(plane, out=plane)
-        out[c] = plane
+        if channels_last:
+            out[..., c] = plane
+        else:
+            out[c] = plane
     return out
 
 

@@ -441,7 +441,7 @@ def encode_rgb_png(rgb: np.ndarray) -> bytes:
     """An (H, W, 3) uint8 image as PNG (lossless: patches keep the target's exact values)."""
     import imagecodecs
 
-    return imagecodecs.png_encode(np.ascontiguousarray(rgb), level=rawio.PNG_LEVEL)
+    return imagecodecs.png_encode(np.ascontiguousarray(rgb), **rawio.PNG_OPTIONS)
 
 
 def patch_item(item, ctx):

@@ -38,11 +38,11 @@ def unpack_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     bits = int(params["bit_depth"])
     dtype = np.uint16 if bits == 16 else np.uint8
     try:
-        packed = frame.packed(dtype)
+        packed = frame.packed(dtype, channels_last=True)  # (h, w, 4): no transpose before the PNG
     except ValueError as e:
         raise ItemError(f"{src}: {e}") from None
     png, sidecar = f"{item.key}.png", f"{item.key}.json"
-    write_bytes(out_dir / png, rawio.encode_packed_png(packed, level=int(params["png_level"])))
+    write_bytes(out_dir / png, rawio.encode_packed_png(packed, channels_last=True))
     meta = {
         "format": SIDECAR_FORMAT,
         "source": src,
@@ -50,7 +50,7 @@ def unpack_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
         "frame": frame.metadata(),
         "unify_crop": list(bayer.unify_offset(frame.pattern)),
         "channels": list(bayer.CHANNELS),
-        "shape": [int(s) for s in packed.shape],
+        "shape": [4, int(packed.shape[0]), int(packed.shape[1])],
         "bit_depth": bits,
         "normalisation": f"clip((x - black[c]) / (white - black[c]), 0, 1) * {2 ** bits - 1}",
     }
@@ -58,7 +58,7 @@ def unpack_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     return [png, sidecar], {"pattern": frame.pattern, "shape": meta["shape"]}
 
 
-UNPACK = Stage("unpack", 1, unpack_item)
+UNPACK = Stage("unpack", 2, unpack_item)  # 2: faster PNG settings
 
 
 def unpack(items: list[Item], out_dir: os.PathLike | str, bit_depth: int = 16,
@@ -67,5 +67,5 @@ def unpack(items: list[Item], out_dir: os.PathLike | str, bit_depth: int = 16,
     """Run the unpack stage over ``items`` into ``out_dir``."""
     if bit_depth not in (8, 16):
         raise ValueError(f"bit depth must be 8 or 16, got {bit_depth}")
-    params = {"bit_depth": bit_depth, "zrr_levels": list(zrr_levels), "png_level": rawio.PNG_LEVEL}
+    params = {"bit_depth": bit_depth, "zrr_levels": list(zrr_levels)}
     return run_stage(UNPACK, items, out_dir, params, jobs=jobs, force=force, progress=progress)
