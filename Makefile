@@ -24,8 +24,10 @@ demo: $(VENV)/.core
 	$(VENV)/bin/raw2rgb synth -o $(DEMO)/raw
 	$(VENV)/bin/raw2rgb unpack $(DEMO)/raw -o $(DEMO)/packed --jobs 2
 	$(VENV)/bin/raw2rgb saliency $(DEMO)/raw -o $(DEMO)/saliency --shard-size 2
+	$(VENV)/bin/raw2rgb prepare $(DEMO)/raw -o $(DEMO)/dataset --patch-size 64 --split 0.75,0.25,0 --seed 1
 	@echo "demo: packed RAW (4-channel 16-bit PNG + JSON sidecar) in $(DEMO)/packed"
 	@echo "demo: saliency maps of the camera JPEGs (HDF5 shards) in $(DEMO)/saliency"
+	@echo "demo: a paired dataset (raw+jpeg layout: aligned, cut, scored, labelled) in $(DEMO)/dataset"
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
@@ -36,6 +38,7 @@ lint: $(VENV)/.dev
 bench: $(VENV)/.core
 	$(PY) benchmarks/unpack.py
 	$(PY) benchmarks/saliency.py
+	$(PY) benchmarks/prepare.py
 
 clean:
 	rm -rf build $(VENV) *.egg-info .pytest_cache
