@@ -244,9 +244,9 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
     cfg = prep.PrepareConfig(
         src=str(src.resolve()), out=str(out_dir.resolve()), layout=resolved,
         pairs_csv=str(pairs_csv) if pairs_csv else None, zrr_levels=zrr_levels,
-        patch=PatchParams(size=patch_size, stride=stride or patch_size, scale=int(scale), min_score=min_score,
+        patch=PatchParams(size=patch_size, stride=stride or patch_size, min_score=min_score,
                           max_clipped=max_clipped, min_mean=min_mean),
-        min_inliers=min_inliers, split=split, seed=seed, saliency_method=saliency_method,
+        min_inliers=min_inliers, scale=int(scale), split=split, seed=seed, saliency_method=saliency_method,
         weights=str(weights) if weights else None, device=device, batch_size=batch_size,
         jobs=jobs or prep.default_jobs())
     if dry_run:

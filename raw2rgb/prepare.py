@@ -40,6 +40,9 @@ class PrepareConfig:
     zrr_levels: str = rawio.ZRR_DEFAULT_LEVELS
     patch: pairs_mod.PatchParams = field(default_factory=pairs_mod.PatchParams)
     min_inliers: int = 25
+    scale: int = 1  # output scale of the training shards
+    copies: int = 1  # offline augmentation: transformed copies per patch (1: none)
+    crop: int | None = None  # shard patch size [default: patch size, or the largest multiple of 8 below it]
     split: tuple[float, float, float] = (0.9, 0.1, 0.0)
     seed: int = 0
     saliency_method: str = "auto"
@@ -78,7 +81,7 @@ class PrepareResult:
         return out
 
 
-PATCHES = Stage("patches", 1, pairs_mod.patch_item)
+PATCHES = Stage("patches", 2, pairs_mod.patch_item)  # 2: targets kept at sensor resolution
 
 
 def resolve_layout(src: Path, layout: str) -> str:

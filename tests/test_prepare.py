@@ -13,7 +13,7 @@ from skimage.transform import ProjectiveTransform, warp
 
 from raw2rgb import prepare as prep
 from raw2rgb.cli import main
-from raw2rgb.pipeline import bayer, pairs, rawio, synth
+from raw2rgb.pipeline import bayer, pairs, rawio, synth  # noqa: F401
 from raw2rgb.salgan.label import read_shard
 
 
@@ -92,7 +92,7 @@ def test_aligned_patches_match_the_scene(two_camera_dataset):
     assert np.median(scores) > 0.8  # preview luma and aligned target agree
     rgb = np.array(Image.open(out / "patches" / "rgb" / "astronaut" / "y00064_x00064.png"))
     raw = rawio.read_packed_png(out / "patches" / "raw" / "astronaut" / "y00064_x00064.png")
-    assert rgb.shape == (64, 64, 3) and raw.shape == (4, 64, 64) and raw.dtype == np.uint16
+    assert rgb.shape == (128, 128, 3) and raw.shape == (4, 64, 64) and raw.dtype == np.uint16
 
 
 def test_mismatched_pair_and_unpaired_file_are_reported(two_camera_dataset):
@@ -140,20 +140,10 @@ def test_zrr_folder_values_channel_order_and_fixed_test_split(tmp_path):
         part, index = key.split("/")
         canon = np.array(Image.open(tmp_path / "zrr" / part / "canon" / f"{index}.jpg"))
         rgb = np.array(Image.open(out / "patches" / "rgb" / key / "y00000_x00000.png"))
-        want = np.rint(pairs.area_downsample(canon.astype(np.float32) / 255) * 255)
-        np.testing.assert_allclose(rgb, want, atol=1)  # scale 1: area-downsampled target
+        np.testing.assert_array_equal(rgb, canon)  # patches keep the target at sensor resolution
     splits = json.loads((out / "splits.json").read_text())["scenes"]
     assert splits["test/0"] == splits["test/1"] == "test"
     assert all(splits[f"train/{i}"] in ("train", "val") for i in range(6))
-
-
-def test_zrr_scale_2_keeps_the_target_as_is(tmp_path):
-    _zrr_source(tmp_path / "zrr", n_train=1, n_test=0)
-    out = tmp_path / "ds"
-    assert _cli("prepare", tmp_path / "zrr", "-o", out, "--until", "patches", "--scale", "2",
-                "--min-score", "-1").exit_code == 0
-    rgb = np.array(Image.open(out / "patches" / "rgb" / "train" / "0" / "y00000_x00000.png"))
-    np.testing.assert_array_equal(rgb, np.array(Image.open(tmp_path / "zrr" / "train" / "canon" / "0.jpg")))
 
 
 def test_aim2019_folder_channel_order(tmp_path):

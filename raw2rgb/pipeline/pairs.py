@@ -2,9 +2,9 @@
 
 Coordinates are (x, y) with pixel centres on integers, as in scikit-image. A homography maps
 *packed* coordinates (the (4, h, w) grid of a unified mosaic) to target-image coordinates. The
-target is warped onto the packed grid at the output scale s: s = 1 gives the target at packed
-resolution (area-downsampled from a warp at sensor resolution — the paper's setting), s = 2 at
-full sensor resolution.
+target is warped onto the sensor grid (2h, 2w) and patches keep it at that resolution: the
+output scale is applied by the shards stage, after any flip (a flip moves the CFA phase by one
+sensor pixel, which at packed resolution would be half a target pixel).
 """
 
 from __future__ import annotations
@@ -324,13 +324,9 @@ def packed_to_output(scale: int) -> np.ndarray:
     return np.array([[1 / s, 0, (0.5 / s) - 0.5], [0, 1 / s, (0.5 / s) - 0.5], [0, 0, 1]])
 
 
-def warp_target(target: np.ndarray, matrix: np.ndarray, packed_shape: tuple[int, int],
-                scale: int) -> tuple[np.ndarray, np.ndarray]:
-    """Warp the target onto the packed grid at ``scale``; return (image float [0, 1], coverage).
-
-    Warps at sensor resolution (scale 2) and area-downsamples 2×2 for scale 1, so the target at
-    packed resolution is not aliased.
-    """
+def warp_target(target: np.ndarray, matrix: np.ndarray, packed_shape: tuple[int, int]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Warp the target onto the sensor grid (2h, 2w); return (image float [0, 1], coverage)."""
     from skimage.transform import ProjectiveTransform, warp
 
     h, w = packed_shape
@@ -341,9 +337,6 @@ def warp_target(target: np.ndarray, matrix: np.ndarray, packed_shape: tuple[int,
     ones = np.ones(target.shape[:2], np.float32)
     cover = warp(ones, inverse, output_shape=(2 * h, 2 * w), order=1, mode="constant", cval=0.0,
                  preserve_range=True).astype(np.float32)
-    if scale == 1:
-        out = area_downsample(out)
-        cover = area_downsample(cover)
     return out, cover
 
 
@@ -369,7 +362,6 @@ class PatchParams:
 
     size: int = 224  # packed pixels
     stride: int = 224
-    scale: int = 1  # 1: target at packed resolution; 2: at sensor resolution
     min_score: float = 0.5  # NCC of RAW preview luma and target luma
     max_clipped: float = 1.0  # largest fraction of clipped RAW samples (1: keep all)
     min_mean: float = 0.0  # smallest mean RAW level (0: keep all)
@@ -384,7 +376,7 @@ class Patch:
     x: int
     score: float
     raw: np.ndarray | None = field(default=None, repr=False)  # (4, P, P) as stored
-    rgb: np.ndarray | None = field(default=None, repr=False)  # (sP, sP, 3) uint8
+    rgb: np.ndarray | None = field(default=None, repr=False)  # (2P, 2P, 3) uint8, sensor resolution
     reason: str = ""
 
     @property
@@ -400,18 +392,15 @@ def cut_patches(packed: np.ndarray, raw_norm: np.ndarray, preview_luma: np.ndarr
         packed: (4, h, w) stored RAW (uint16) to cut from.
         raw_norm: (4, h, w) the same in [0, 1], for the clipped/dark tests.
         preview_luma: (h, w) luma of the RAW preview.
-        target: (s·h, s·w, 3) float [0, 1], the aligned target.
-        cover: (s·h, s·w) fraction of each target pixel inside the source image, or None.
+        target: (2h, 2w, 3) float [0, 1], the aligned target at sensor resolution.
+        cover: (2h, 2w) fraction of each target pixel inside the source image, or None.
         params: sizes and thresholds.
     """
-    p, st, s = params.size, params.stride, params.scale
+    p, st, s = params.size, params.stride, 2
     _, h, w = packed.shape
     if target.shape[:2] != (s * h, s * w):
-        raise PairError(f"target of size {target.shape[:2]} does not match the RAW's packed size "
-                        f"{(h, w)} at scale {s}")
-    t_luma = luma(target)
-    if s == 2:
-        t_luma = area_downsample(t_luma)
+        raise PairError(f"target of size {target.shape[:2]} is not twice the RAW's packed size {(h, w)}")
+    t_luma = area_downsample(luma(target))
     out = []
     for y in range(0, h - p + 1, st):
         for x in range(0, w - p + 1, st):
@@ -448,7 +437,8 @@ def patch_item(item, ctx):
     """Stage work: align one pair (unless already aligned), cut, score and write its patches.
 
     Inputs: the packed PNG and sidecar from the unpack stage, and the target image. Outputs:
-    ``raw/SCENE/ID.png`` (packed, as unpacked) and ``rgb/SCENE/ID.png`` (uint8) per kept patch.
+    ``raw/SCENE/ID.png`` (packed, as unpacked) and ``rgb/SCENE/ID.png`` (uint8, sensor resolution)
+    per kept patch.
     """
     import json
     import shutil
@@ -471,12 +461,10 @@ def patch_item(item, ctx):
                                 f"{(h, w)}, as an aligned pair must be")
             aligned = target.astype(np.float32) / 255.0
             cover = None
-            if params.scale == 1:
-                aligned = area_downsample(aligned)
         else:
             alignment = align(preview, luma(target), min_inliers=ctx.params["min_inliers"],
                               name=f"{meta.get('source', packed_path)} ~ {rgb_path}")
-            aligned, cover = warp_target(target, alignment.matrix, (h, w), params.scale)
+            aligned, cover = warp_target(target, alignment.matrix, (h, w))
         patches = cut_patches(packed, raw_norm, preview, aligned, cover, params)
     except PairError as e:
         raise ItemError(str(e)) from None
