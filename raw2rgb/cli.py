@@ -196,7 +196,12 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
 @click.option("--patch-size", type=click.IntRange(min=8), default=224, metavar="P", help="Patch size, packed pixels.")
 @click.option("--stride", type=click.IntRange(min=1), default=None, metavar="S", help="[default: patch size]")
 @click.option("--scale", type=click.Choice(["1", "2"]), default="1",
-              help="Target at packed resolution (1, the paper) or full sensor resolution (2).")
+              help="Shards: target at packed resolution (1, the paper) or full sensor resolution (2).")
+@click.option("--copies", type=click.IntRange(min=1), default=1, metavar="K",
+              help="Shards: K Bayer-safe transformed copies per patch (1: none).")
+@click.option("--crop", type=click.IntRange(min=8), default=None, metavar="C",
+              help="Shards: patch size [default: the patch size; with --copies > 1 the largest multiple of 8 "
+                   "below it].")
 @click.option("--min-score", type=float, default=0.5, metavar="NCC", help="Drop patches scoring below.")
 @click.option("--max-clipped", type=click.FloatRange(0, 1), default=1.0, metavar="FRAC",
               help="Drop patches with more clipped RAW samples than this fraction.")
@@ -215,21 +220,23 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
 @click.option("--device", default="auto", metavar="DEV", help="Saliency device.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, metavar="N", help="Saliency batch size.")
 # Execution
-@click.option("--until", type=click.Choice(["unpack", "patches", "saliency"]), default="saliency",
+@click.option("--until", type=click.Choice(["unpack", "patches", "saliency", "shards"]), default="shards",
               help="Last stage to run.")
-@click.option("--force", "force", multiple=True, type=click.Choice(["unpack", "patches", "saliency"]),
+@click.option("--force", "force", multiple=True, type=click.Choice(["unpack", "patches", "saliency", "shards"]),
               help="Redo a stage even when up to date (repeatable).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
               help="Worker processes for unpack and patches [default: min(4, cores)].")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and plan as JSON; run nothing.")
 @click.pass_obj
-def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride, scale, min_score, max_clipped,
+def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride, scale, copies, crop, min_score,
+            max_clipped,
             min_mean, min_inliers, split, seed, saliency_method, weights, device, batch_size, until, force, jobs,
             dry_run) -> None:
     """Build a paired training dataset from SRC into DATASET.
 
     Stages: unpack (RAW -> packed PNG), patches (pair, align, cut, score), saliency (maps of the
-    target patches). Each is cached in its own folder; a rerun redoes only what changed.
+    target patches), shards (HDF5 training shards per split, with Bayer-safe augmentation). Each
+    is cached in its own folder; a rerun redoes only what changed.
     """
     import json
 
@@ -246,7 +253,8 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
         pairs_csv=str(pairs_csv) if pairs_csv else None, zrr_levels=zrr_levels,
         patch=PatchParams(size=patch_size, stride=stride or patch_size, min_score=min_score,
                           max_clipped=max_clipped, min_mean=min_mean),
-        min_inliers=min_inliers, scale=int(scale), split=split, seed=seed, saliency_method=saliency_method,
+        min_inliers=min_inliers, scale=int(scale), copies=copies, crop=crop, split=split, seed=seed,
+        saliency_method=saliency_method,
         weights=str(weights) if weights else None, device=device, batch_size=batch_size,
         jobs=jobs or prep.default_jobs())
     if dry_run:
@@ -270,6 +278,48 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
         click.echo(f"  … and {len(problems) - 20} more (see {out_dir}/summary.json)", err=True)
     if problems:
         sys.exit(1)
+
+
+# -- augment --------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("patches", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("saliency_dir", metavar="SALIENCY", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
+              metavar="SHARDS", help="Output folder: SPLIT-NNNNN.h5, index.json, manifest.json.")
+@click.option("--splits", "splits_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="JSON", help="splits.json of prepare [default: PATCHES/../splits.json; else all train].")
+@click.option("--scale", type=click.Choice(["1", "2"]), default="1", help="Target at packed (1) or sensor (2) size.")
+@click.option("--copies", type=click.IntRange(min=1), default=1, metavar="K", help="Transformed copies per patch.")
+@click.option("--crop", type=click.IntRange(min=8), default=None, metavar="C", help="Patch size in the shards.")
+@click.option("--seed", type=int, default=0, help="Augmentation seed.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=512, metavar="N", help="Patches per shard.")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, metavar="N", help="Worker processes.")
+@click.option("--force", is_flag=True, help="Rewrite every shard.")
+@click.pass_obj
+def augment(obj, patches, saliency_dir, out_dir, splits_file, scale, copies, crop, seed, shard_size, jobs,
+            force) -> None:
+    """Write training shards from a patches folder and its saliency shards.
+
+    The last stage of `prepare`, on its own: per split, HDF5 shards of raw, target and saliency,
+    with K Bayer-safe transformed copies of each patch.
+    """
+    import json
+
+    from raw2rgb.pipeline import shards
+    from raw2rgb.pipeline.stage import Manifest
+
+    splits_file = splits_file or (patches.parent / "splits.json")
+    splits = json.loads(Path(splits_file).read_text())["scenes"] if Path(splits_file).is_file() else {}
+    sal = Manifest.load(saliency_dir)
+    try:
+        samples, owners = shards.samples_from(patches, saliency_dir, splits)
+        result = shards.build(samples, owners, out_dir, scale=int(scale), copies=copies, crop=crop, seed=seed,
+                              saliency_method=sal.params.get("method", "") if sal else "", shard_size=shard_size,
+                              jobs=jobs, force=force, progress=_progress(obj["quiet"]))
+    except (ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    _finish(result)
 
 
 # -- synth ----------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """`raw2rgb prepare`: a paired dataset from a source folder, as a chain of cached stages.
 
     SRC ──unpack──▶ DATASET/unpack ──patches──▶ DATASET/patches ──saliency──▶ DATASET/saliency
+                                                       └──────────────────┴──shards──▶ DATASET/shards
 
 Each stage is a folder with its manifest (see ``pipeline/stage.py``); a rerun redoes only what
 changed, so changing one stage's params redoes that stage and, through their inputs, the stages
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -25,7 +27,7 @@ from raw2rgb.pipeline.stage import Item, Stage, StageResult, run_stage, write_js
 
 log = logging.getLogger(__name__)
 
-STAGES = ("unpack", "patches", "saliency")
+STAGES = ("unpack", "patches", "saliency", "shards")
 SPLITS = ("train", "val", "test")
 
 
@@ -92,7 +94,7 @@ def plan(cfg: PrepareConfig) -> tuple[list[pairs_mod.Pair], list[str]]:
     return pairs_mod.find_pairs(cfg.src, cfg.layout, cfg.pairs_csv)
 
 
-def run(cfg: PrepareConfig, until: str = "saliency", force: frozenset[str] = frozenset(),
+def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = frozenset(),
         progress=None) -> PrepareResult:
     """Run the stages up to ``until``; ``force`` names stages to redo even when up to date."""
     from raw2rgb.pipeline import unpack as unpack_stage
@@ -129,10 +131,18 @@ def run(cfg: PrepareConfig, until: str = "saliency", force: frozenset[str] = fro
             stages["saliency"] = label.label(images, out / "saliency", method, batch_size=cfg.batch_size,
                                              device=cfg.device, force="saliency" in force, progress=progress)
 
+    splits = {p.scene: split_of(p.scene, cfg.seed, cfg.split, p.fixed_split) for p in found}
+    if last >= 3 and "saliency" in stages:  # training shards per split, with offline augmentation
+        from raw2rgb.pipeline import shards
+
+        samples, owners = shards.samples_from(out / "patches", out / "saliency", splits)
+        stages["shards"] = shards.build(
+            samples, owners, out / "shards", scale=cfg.scale, copies=cfg.copies, crop=cfg.crop, seed=cfg.seed,
+            saliency_method=stages["saliency"].manifest.params["method"], jobs=cfg.jobs,
+            force="shards" in force, progress=progress)
+
     summary = _summary(cfg, found, unpaired, stages)
-    write_json(out / "splits.json", {"seed": cfg.seed, "ratios": list(cfg.split),
-                                     "scenes": {p.scene: split_of(p.scene, cfg.seed, cfg.split, p.fixed_split)
-                                                for p in found}})
+    write_json(out / "splits.json", {"seed": cfg.seed, "ratios": list(cfg.split), "scenes": splits})
     write_json(out / "summary.json", summary)
     return PrepareResult(stages, summary)
 
@@ -157,6 +167,9 @@ def _summary(cfg: PrepareConfig, found, unpaired, stages) -> dict[str, Any]:
         s["splits"] = per_split
     if "saliency" in stages:
         s["saliency_method"] = stages["saliency"].manifest.params["method"]
+    if "shards" in stages:
+        index = Path(cfg.out) / "shards" / "index.json"
+        s["shards"] = json.loads(index.read_text())["splits"] if index.exists() else {}
     return s
 
 
@@ -172,6 +185,9 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
                                             for k, v in summary["splits"].items()))
     if "saliency_method" in summary:
         lines.append(f"saliency: {summary['saliency_method']}")
+    if "shards" in summary:
+        lines.append("shards: " + ", ".join(f"{k} {v['count']} samples in {len(v['shards'])} shards"
+                                            for k, v in summary["shards"].items()))
     return lines
 
 

@@ -1,0 +1,121 @@
+"""ShardDataset: training samples from HDF5 shards, as tensors in the model's ranges.
+
+Random access across the shards of one split. Each DataLoader worker opens its own h5py handles
+lazily; no open handle is pickled (``__getstate__`` drops them), as in NVlabs/edm's dataset.
+Samples are deterministic functions of (index, epoch, seed), augmentation included, so any
+number of workers, and ``DistributedSampler``, see the same data.
+
+Returned tensors (DESIGN §4): ``raw`` (4, h, w) in [-1, 1]; ``rgb`` (3, s·h, s·w) in [-1, 1];
+``saliency`` (1, s·h, s·w) in [0, 1]; ``id`` the sample's name.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from raw2rgb.pipeline import augment
+from raw2rgb.pipeline.shards import INDEX, ShardError
+
+
+class ShardDataset(Dataset):
+    """One split of a shards folder (``index.json`` beside the shards).
+
+    Args:
+        root: the shards folder.
+        split: ``train``, ``val`` or ``test``.
+        augment: random Bayer-safe geometry on the fly: at scale 2 the whole dihedral group, at
+            scale 1 the phase-preserving part (identity, transpose), whose results are exact
+            there (``pipeline/augment.py`` says why). Offline copies (``--copies``) cover the rest.
+        crop: random crop to this size (packed pixels), on the 2-pixel grid of the mosaic.
+        seed: base of the per-sample random streams; ``set_epoch`` varies them per epoch.
+    """
+
+    def __init__(self, root: os.PathLike | str, split: str = "train", augment: bool = False,
+                 crop: int | None = None, seed: int = 0):
+        self.root = Path(root)
+        try:
+            index = json.loads((self.root / INDEX).read_text())
+        except (OSError, ValueError) as e:
+            raise ShardError(f"{self.root / INDEX}: unreadable shard index ({e})") from None
+        if split not in index["splits"]:
+            raise ShardError(f"{self.root}: no split {split!r} (has {', '.join(sorted(index['splits']))})")
+        self.scale = int(index["scale"])
+        self.shards = [s["file"] for s in index["splits"][split]["shards"]]
+        for name in self.shards:
+            if not (self.root / name).resolve().is_relative_to(self.root.resolve()):
+                raise ShardError(f"{self.root / INDEX}: {name} lies outside the folder; refused")
+        self.starts = list(np.cumsum([0] + [s["count"] for s in index["splits"][split]["shards"]]))
+        self.augment, self.crop, self.seed, self.epoch = augment, crop, seed, 0
+        self._files: dict[str, Any] = {}
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_files"] = {}  # each worker opens its own handles
+        return state
+
+    def _file(self, name: str):
+        import h5py
+
+        f = self._files.get(name)
+        if f is None:
+            f = self._files[name] = h5py.File(self.root / name, "r")
+        return f
+
+    def _read(self, index: int) -> tuple[str, str, int, np.ndarray, np.ndarray, np.ndarray]:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        k = bisect.bisect_right(self.starts, index) - 1
+        name, j = self.shards[k], index - int(self.starts[k])
+        try:
+            f = self._file(name)
+            sid = f["id"][j]
+            return (name, sid.decode() if isinstance(sid, bytes) else str(sid), j,
+                    f["raw"][j], f["rgb"][j], f["saliency"][j])
+        except Exception as e:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError…
+            raise ShardError(f"{self.root / name}: sample {j} unreadable ({' '.join(str(e).split())})") from None
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        name, sid, j, raw, rgb, sal = self._read(index)
+        if self.augment or self.crop:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            if self.augment:
+                t = augment.random_transform(rng, raw.shape[1:], self.crop, phase_moving=self.scale == 2)
+            else:
+                t = augment.random_transform(rng, raw.shape[1:], self.crop, phase_moving=False)
+                t = augment.Transform(crop=t.crop)
+            raw, rgb, sal = self._move(raw, rgb, sal, t)
+        return {
+            "raw": torch.from_numpy(raw.astype(np.float32) * (2 / 65535) - 1),
+            "rgb": torch.from_numpy(rgb.astype(np.float32) * (2 / 255) - 1),
+            "saliency": torch.from_numpy(sal.astype(np.float32) * (1 / 255)),
+            "id": sid,
+        }
+
+    def _move(self, raw, rgb, sal, t: augment.Transform):
+        """Apply t to a stored sample. At scale 2 the stored target is at sensor resolution and
+        augment.apply does it all; at scale 1 only phase-preserving moves happen here, which move
+        the packed grid by whole pixels, so the target moves by whole pixels too."""
+        if self.scale == 2:
+            r, g, s = augment.apply(raw, np.moveaxis(rgb, 0, 2), sal[0], t, 2)
+            return r, np.moveaxis(g, 2, 0), s[None]
+        if t.transpose:  # RGGB stays RGGB; G1 and G2 swap rows, so swap the planes too
+            raw = raw[[0, 3, 2, 1]].swapaxes(1, 2)
+            rgb, sal = rgb.swapaxes(1, 2), sal.swapaxes(1, 2)
+        if t.crop:
+            y, x, c = t.crop
+            raw, rgb, sal = raw[:, y : y + c, x : x + c], rgb[:, y : y + c, x : x + c], sal[:, y : y + c, x : x + c]
+        return np.ascontiguousarray(raw), np.ascontiguousarray(rgb), np.ascontiguousarray(sal)

@@ -1,0 +1,204 @@
+"""Training shards: the augment stage (patches + saliency → HDF5 shards per split) and their format.
+
+A shard ``SPLIT-NNNNN.h5`` holds ``raw`` (N, 4, h, w) uint16, ``rgb`` (N, 3, H, W) uint8,
+``saliency`` (N, 1, H, W) uint8 and ``id`` (N,) strings, one sample per chunk, uncompressed;
+attributes give the format, normalisation, output scale, saliency method and the cache key of
+the stage inputs. ``index.json`` lists the shards of each split with their counts.
+
+Uncompressed by measurement (256 samples of 224² packed, random reads on one core): none 4,946
+samples/s at 602 kB/sample; lzf 487/s at 567 kB; gzip-1 289/s at 485 kB. Sensor noise leaves
+16-bit raw little to compress, and the loader must keep a GPU fed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from raw2rgb.pipeline import augment, rawio
+from raw2rgb.pipeline.stage import Context, Item, ItemError, Stage, StageResult, atomic_path, run_stage, write_json
+
+log = logging.getLogger(__name__)
+
+SHARD_FORMAT = 1
+INDEX = "index.json"
+DEFAULT_SHARD_SIZE = 512
+NORMALISATION = "raw: clip((x - black[c]) / (white - black[c]), 0, 1) * 65535; rgb, saliency: 0-255"
+
+
+class ShardError(Exception):
+    """A training shard that cannot be read; the message names the shard and the sample."""
+
+
+def write_shard(path: Path, ids: list[str], raw: np.ndarray, rgb: np.ndarray, saliency: np.ndarray,
+                attrs: Mapping[str, Any]) -> None:
+    """Write one training shard atomically and byte-reproducibly (no timestamps)."""
+    import h5py
+
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for name, data in (("raw", raw), ("rgb", rgb), ("saliency", saliency)):
+            f.create_dataset(name, data=data, chunks=(1, *data.shape[1:]), track_times=False)
+        f.create_dataset("id", data=np.array(ids, dtype=object), dtype=h5py.string_dtype(), track_times=False)
+        for k, v in attrs.items():
+            f.attrs[k] = v
+
+
+def read_shard(path: os.PathLike | str) -> dict[str, Any]:
+    """A whole shard: arrays, ids and attributes."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            out = {k: f[k][()] for k in ("raw", "rgb", "saliency")}
+            out["id"] = [s.decode() if isinstance(s, bytes) else str(s) for s in f["id"][()]]
+            out["attrs"] = dict(f.attrs)
+            return out
+    except (OSError, KeyError) as e:
+        raise ShardError(f"{path}: unreadable training shard ({e})") from None
+
+
+def _sample_seed(seed: int, sample_id: str, copy: int) -> list[int]:
+    digest = hashlib.sha256(sample_id.encode()).digest()
+    return [seed, int.from_bytes(digest[:8], "big"), copy]
+
+
+def shard_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
+    """Stage work: load a group of patches and their saliency, write ``K`` copies each."""
+    from raw2rgb.salgan.label import read_shard as read_saliency
+
+    ids: list[str] = item.payload["ids"]
+    n = len(ids)
+    raw_paths, rgb_paths, sal_paths = item.inputs[:n], item.inputs[n : 2 * n], item.inputs[2 * n :]
+    p = ctx.params
+    maps: dict[str, np.ndarray] = {}
+    wanted = set(ids)
+    for sp in sal_paths:
+        s = read_saliency(sp)
+        maps.update((i, m) for i, m in zip(s.ids, s.maps) if i in wanted)
+    out_ids, raws, rgbs, sals = [], [], [], []
+    for sid, rp, gp in zip(ids, raw_paths, rgb_paths):
+        if sid not in maps:
+            raise ItemError(f"{gp}: no saliency map for {sid}")
+        raw = rawio.read_packed_png(rp)
+        rgb = _read_png(gp)
+        size = raw.shape[1]
+        for k in range(p["copies"]):
+            rng = np.random.default_rng(_sample_seed(p["seed"], sid, k))
+            if k == 0:  # the patch itself (cropped when copies must share a smaller size)
+                crop = p["crop"]
+                t = augment.Transform(crop=None if crop == size else
+                                      (int(rng.integers(size - crop + 1)), int(rng.integers(size - crop + 1)), crop))
+            else:
+                t = augment.random_transform(rng, raw.shape[1:], p["crop"])
+            r, g, s = augment.apply(raw, rgb, maps[sid], t, p["scale"])
+            raws.append(r)
+            rgbs.append(np.moveaxis(_to_uint8(g), 2, 0))
+            sals.append(_to_uint8(s)[None])
+            out_ids.append(sid if p["copies"] == 1 else f"{sid}#{k}")
+    name = f"{item.key}.h5"
+    attrs = {"format": SHARD_FORMAT, "normalisation": NORMALISATION, "scale": p["scale"],
+             "saliency_method": p["saliency_method"], "split": item.payload["split"],
+             "inputs_key": hashlib.sha256(json.dumps(sorted(ctx.hashes.values())).encode()).hexdigest()}
+    write_shard(ctx.out_dir / name, out_ids, np.stack(raws), np.stack(rgbs), np.stack(sals), attrs)
+    return [name], {"count": len(out_ids), "split": item.payload["split"]}
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+    return x if x.dtype == np.uint8 else np.clip(np.rint(x), 0, 255).astype(np.uint8)
+
+
+def _read_png(path: str) -> np.ndarray:
+    import imagecodecs
+
+    try:
+        return imagecodecs.png_decode(Path(path).read_bytes())
+    except Exception as e:  # noqa: BLE001
+        raise ItemError(f"{path}: unreadable patch ({' '.join(str(e).split())})") from None
+
+
+AUGMENT = Stage("shards", 1, shard_item)
+
+
+def build(samples: list[tuple[str, str, str, str]], saliency_shards: dict[str, str], out_dir: os.PathLike | str,
+          *, scale: int = 1, copies: int = 1, crop: int | None = None, seed: int = 0,
+          saliency_method: str = "", shard_size: int = DEFAULT_SHARD_SIZE, jobs: int = 1, force: bool = False,
+          progress=None) -> StageResult:
+    """Run the augment stage and write ``index.json``.
+
+    Args:
+        samples: (id, split, raw patch path, rgb patch path), sorted or not.
+        saliency_shards: id -> the saliency shard holding its map.
+        crop: patch size in the shards; default the patch size for ``copies == 1``, else the
+            largest multiple of 8 below it (a flip's re-crop costs one packed pixel).
+    """
+    import imagecodecs
+
+    out_dir = Path(out_dir)
+    if copies < 1:
+        raise ValueError("copies must be at least 1")
+    samples = sorted(samples, key=lambda s: (s[1], s[0]))
+    if not samples:
+        raise ValueError("no patches to write")
+    first = imagecodecs.png_decode(Path(samples[0][2]).read_bytes())
+    size = first.shape[0]
+    if crop is None:
+        crop = size if copies == 1 else (size - 1) // 8 * 8
+    if crop > size or (copies > 1 and crop > size - 1):
+        raise ValueError(f"crop {crop} does not fit patches of {size} (transformed copies lose one pixel)")
+    items = []
+    for split in sorted({s[1] for s in samples}):
+        group = [s for s in samples if s[1] == split]
+        for n, start in enumerate(range(0, len(group), shard_size)):
+            chunk = group[start : start + shard_size]
+            ids = [s[0] for s in chunk]
+            sal = sorted({saliency_shards[i] for i in ids if i in saliency_shards})
+            items.append(Item(f"{split}-{n:05d}", tuple([s[2] for s in chunk] + [s[3] for s in chunk] + sal),
+                              {"ids": ids, "split": split}))
+    params = {"scale": scale, "copies": copies, "crop": crop, "seed": seed, "saliency_method": saliency_method,
+              "shard_size": shard_size}
+    result = run_stage(AUGMENT, items, out_dir, params, jobs=jobs, force=force, progress=progress)
+    splits: dict[str, dict[str, Any]] = {}
+    for r in sorted(result.manifest.ok, key=lambda r: r.key):
+        entry = splits.setdefault(r.info["split"], {"count": 0, "shards": []})
+        entry["count"] += r.info["count"]
+        entry["shards"].append({"file": next(iter(r.outputs)), "count": r.info["count"]})
+    write_json(out_dir / INDEX, {"format": SHARD_FORMAT, "scale": scale, "crop": crop, "copies": copies,
+                                 "normalisation": NORMALISATION, "saliency_method": saliency_method,
+                                 "splits": splits})
+    return result
+
+
+def samples_from(patches_dir: Path, saliency_dir: Path, splits: Mapping[str, str]
+                 ) -> tuple[list[tuple[str, str, str, str]], dict[str, str]]:
+    """(id, split, raw path, rgb path) of every kept patch, from the patches stage's manifest, and
+    id -> saliency shard, from the saliency shards. Manifest paths are never followed outside
+    their stage folder."""
+    from raw2rgb.pipeline.stage import Manifest
+    from raw2rgb.salgan.label import read_shard as read_saliency
+
+    manifest = Manifest.load(patches_dir)
+    if manifest is None:
+        raise ValueError(f"{patches_dir}: no manifest.json (run the patches stage first)")
+    root = patches_dir.resolve()
+    samples = []
+    for r in manifest.ok:
+        for rel in r.outputs:
+            if not rel.startswith("rgb/"):
+                continue
+            rgb, raw = root / rel, root / ("raw/" + rel[len("rgb/"):])
+            if not (rgb.resolve().is_relative_to(root) and raw.resolve().is_relative_to(root)):
+                raise ValueError(f"{patches_dir}/manifest.json: {rel} points outside the folder; refused")
+            sid = rel[len("rgb/") : -len(".png")]
+            samples.append((sid, splits.get(r.key, "train"), str(raw), str(rgb)))
+    owners: dict[str, str] = {}
+    for shard in sorted(Path(saliency_dir).glob("saliency-*.h5")):
+        for sid in read_saliency(shard).ids:
+            owners[sid] = str(shard)
+    return samples, owners
