@@ -219,7 +219,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path):
     _zrr_source(tmp_path / "zrr", n_train=2, n_test=1)
     result = _cli("prepare", tmp_path / "zrr", "-o", tmp_path / "ds", "--dry-run")
     plan = json.loads(result.output)
-    assert plan["pairs"] == 3 and plan["config"]["layout"] == "zrr" and plan["stages"][-1] == "saliency"
+    assert plan["pairs"] == 3 and plan["config"]["layout"] == "zrr" and plan["stages"][-1] == "shards"
     assert not (tmp_path / "ds").exists()
 
 
