@@ -39,6 +39,7 @@ bench: $(VENV)/.core
 	$(PY) benchmarks/unpack.py
 	$(PY) benchmarks/saliency.py
 	$(PY) benchmarks/prepare.py
+	$(PY) benchmarks/loader.py
 
 clean:
 	rm -rf build $(VENV) *.egg-info .pytest_cache

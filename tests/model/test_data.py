@@ -178,3 +178,17 @@ def test_killed_augment_stage_resumes(labelled, tmp_path):
     subprocess.run(cmd + [str(clean)], capture_output=True, check=True)
     tree = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
     assert tree(killed) == tree(clean)
+
+
+def test_compact_samples_and_to_model_equal_the_float_samples(shard_root):
+    from raw2rgb.model.data import to_model
+
+    compact = ShardDataset(shard_root, "train", augment=True, crop=96, compact=True)
+    floats = ShardDataset(shard_root, "train", augment=True, crop=96)
+    batch = next(iter(DataLoader(compact, batch_size=4)))
+    assert batch["raw"].dtype == torch.uint16 and batch["rgb"].dtype == torch.uint8
+    converted = to_model(batch, "cpu")
+    want = next(iter(DataLoader(floats, batch_size=4)))
+    for k in ("raw", "rgb", "saliency"):
+        torch.testing.assert_close(converted[k], want[k], rtol=0, atol=1e-6)
+    assert to_model(want)["raw"] is want["raw"]  # float batches pass through
