@@ -24,10 +24,11 @@ demo: $(VENV)/.core
 	$(VENV)/bin/raw2rgb synth -o $(DEMO)/raw
 	$(VENV)/bin/raw2rgb unpack $(DEMO)/raw -o $(DEMO)/packed --jobs 2
 	$(VENV)/bin/raw2rgb saliency $(DEMO)/raw -o $(DEMO)/saliency --shard-size 2
-	$(VENV)/bin/raw2rgb prepare $(DEMO)/raw -o $(DEMO)/dataset --patch-size 64 --split 0.75,0.25,0 --seed 1
+	$(VENV)/bin/raw2rgb prepare $(DEMO)/raw -o $(DEMO)/dataset --patch-size 64 --split 0.75,0.25,0 --seed 1 --copies 2
+	$(VENV)/bin/raw2rgb inspect $(DEMO)/dataset
 	@echo "demo: packed RAW (4-channel 16-bit PNG + JSON sidecar) in $(DEMO)/packed"
 	@echo "demo: saliency maps of the camera JPEGs (HDF5 shards) in $(DEMO)/saliency"
-	@echo "demo: a paired dataset (raw+jpeg layout: aligned, cut, scored, labelled) in $(DEMO)/dataset"
+	@echo "demo: a paired dataset (raw+jpeg layout: aligned, cut, scored, labelled, sharded) in $(DEMO)/dataset"
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q

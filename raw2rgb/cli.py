@@ -322,6 +322,37 @@ def augment(obj, patches, saliency_dir, out_dir, splits_file, scale, copies, cro
     _finish(result)
 
 
+# -- inspect --------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("shards_dir", metavar="SHARDS", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, metavar="N", help="Batch to load per split.")
+def inspect(shards_dir: Path, batch_size: int) -> None:
+    """Load a batch of every split of a shards folder and print counts, shapes and value ranges.
+
+    SHARDS is a shards folder or a prepare DATASET (its shards/ is used).
+    """
+    import json
+
+    from torch.utils.data import DataLoader
+
+    from raw2rgb.model.data import ShardDataset
+    from raw2rgb.pipeline.shards import INDEX, ShardError
+
+    root = shards_dir / "shards" if (shards_dir / "shards" / INDEX).is_file() else shards_dir
+    try:
+        index = json.loads((root / INDEX).read_text())
+        click.echo(f"{root}: scale {index['scale']}, crop {index.get('crop')}, copies {index.get('copies')}, "
+                   f"saliency {index.get('saliency_method') or '?'}")
+        for split, entry in sorted(index["splits"].items()):
+            batch = next(iter(DataLoader(ShardDataset(root, split), batch_size=batch_size)))
+            ranges = ", ".join(f"{k} {tuple(batch[k].shape)} [{batch[k].min():.2f}, {batch[k].max():.2f}]"
+                               for k in ("raw", "rgb", "saliency"))
+            click.echo(f"  {split}: {entry['count']} samples in {len(entry['shards'])} shards; {ranges}")
+    except (OSError, ValueError, KeyError, ShardError) as e:
+        raise click.ClickException(f"{root}: {e}") from None
+
+
 # -- synth ----------------------------------------------------------------------------------------
 
 @main.command()

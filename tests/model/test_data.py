@@ -192,3 +192,13 @@ def test_compact_samples_and_to_model_equal_the_float_samples(shard_root):
     for k in ("raw", "rgb", "saliency"):
         torch.testing.assert_close(converted[k], want[k], rtol=0, atol=1e-6)
     assert to_model(want)["raw"] is want["raw"]  # float batches pass through
+
+
+def test_inspect_command(shard_root, tmp_path):
+    result = _cli("inspect", shard_root, "--batch-size", "2")
+    assert result.exit_code == 0, result.output
+    count = json.loads((shard_root / "index.json").read_text())["splits"]["train"]["count"]
+    assert f"train: {count} samples" in result.output and "raw (2, 4, 112, 112)" in result.output
+    (tmp_path / "empty").mkdir()
+    bad = _cli("inspect", tmp_path / "empty")
+    assert bad.exit_code == 1 and "index.json" in bad.output and "Traceback" not in bad.output
