@@ -37,14 +37,15 @@ def _progress(quiet: bool):
                              dynamic_ncols=True)
 
 
-def _finish(result) -> None:
-    """Print a stage summary; exit 1 with the failures listed when any item failed."""
-    click.echo(result.summary(), err=True)
+def _finish(result, summary: list[str] | None = None, details: str = "manifest.json") -> None:
+    """Print a run's summary; exit 1 with the failures listed (20 at most) when any failed."""
+    for line in summary or [result.summary()]:
+        click.echo(line, err=True)
     problems = result.problems()
     for reason in problems[:20]:
         click.echo(f"  failed: {reason}", err=True)
     if len(problems) > 20:
-        click.echo(f"  … and {len(problems) - 20} more (see manifest.json)", err=True)
+        click.echo(f"  … and {len(problems) - 20} more (see {details})", err=True)
     if problems:
         sys.exit(1)
 
@@ -267,17 +268,8 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
         result = prep.run(cfg, until=until, force=frozenset(force), progress=_progress(obj["quiet"]))
     except (WeightsError, ValueError, OSError) as e:
         raise click.ClickException(str(e)) from None
-    for r in result.stages.values():
-        click.echo(r.summary(), err=True)
-    for line in prep.summary_lines(result.summary):
-        click.echo(line, err=True)
-    problems = result.problems()
-    for reason in problems[:20]:
-        click.echo(f"  failed: {reason}", err=True)
-    if len(problems) > 20:
-        click.echo(f"  … and {len(problems) - 20} more (see {out_dir}/summary.json)", err=True)
-    if problems:
-        sys.exit(1)
+    lines = [r.summary() for r in result.stages.values()] + prep.summary_lines(result.summary)
+    _finish(result, lines, details=f"{out_dir}/summary.json")
 
 
 # -- augment --------------------------------------------------------------------------------------
