@@ -7,9 +7,12 @@ packed 4-channel PNG. Non-Bayer sensors are refused with a message that says so.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+import sys
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,7 +128,41 @@ def read_raw(path: os.PathLike | str, zrr_levels: tuple[float, float] | None = N
     return _read_libraw(path)
 
 
+@contextlib.contextmanager
+def _libraw_stderr(notes: list[str]):
+    """Collect what LibRaw prints to the process's stderr (it reports data errors there itself),
+    so that it ends up in the file's one-line reason instead of on the terminal."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # no real stderr (captured by a test runner)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), fd)
+        try:
+            yield
+        finally:
+            os.dup2(saved, fd)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode(errors="replace")
+            notes += [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+
+
 def _read_libraw(path: Path) -> RawFrame:
+    notes: list[str] = []
+    with _libraw_stderr(notes):
+        try:
+            return _decode_libraw(path)
+        except RawReadError as e:
+            error = e
+    detail = "; ".join(n.replace(f"{path}: ", "") for n in notes[:2])
+    raise RawReadError(path, f"{error.reason} [LibRaw: {detail}]" if detail else error.reason)
+
+
+def _decode_libraw(path: Path) -> RawFrame:
     import rawpy
 
     try:

@@ -110,3 +110,13 @@ def test_packed_png_round_trip_checked_by_independent_decoder(tmp_path, dtype):
     assert info["bitdepth"] == 8 * planes.itemsize and info["planes"] == 4 and info["alpha"]
     decoded = np.array(rows, dtype=np.int64).reshape(height, width, 4)
     np.testing.assert_array_equal(np.moveaxis(decoded, 2, 0), planes)
+
+
+def test_truncated_dng_reason_includes_what_libraw_printed(tmp_path, capfd):
+    path = synth.write_dng(tmp_path / "t.dng", np.full((256, 384), 1000, np.uint16), synth.Camera())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(rawio.RawReadError) as info:
+        rawio.read_raw(path)
+    assert str(info.value) == f"{path}: LibRaw cannot decode it (Input/output error) [LibRaw: Unexpected end of file]"
+    assert "Unexpected end of file" not in capfd.readouterr().err  # not on the terminal
