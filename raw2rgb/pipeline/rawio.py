@@ -132,13 +132,13 @@ def read_raw(path: os.PathLike | str, zrr_levels: tuple[float, float] | None = N
 def _libraw_stderr(notes: list[str]):
     """Collect what LibRaw prints to the process's stderr (it reports data errors there itself),
     so that it ends up in the file's one-line reason instead of on the terminal."""
+    fd = 2  # C's stderr, where LibRaw writes, whatever Python's sys.stderr is
     try:
-        fd = sys.stderr.fileno()
-    except (AttributeError, OSError, ValueError):  # no real stderr (captured by a test runner)
+        sys.stderr.flush()
+        saved = os.dup(fd)
+    except OSError:  # no stderr at all
         yield
         return
-    sys.stderr.flush()
-    saved = os.dup(fd)
     with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), fd)
         try:
