@@ -227,3 +227,22 @@ def test_unknown_layout_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
     result = _cli("prepare", tmp_path / "empty", "-o", tmp_path / "ds")
     assert result.exit_code == 1 and "no known layout" in result.output and "Traceback" not in result.output
+
+
+def test_patch_rejection_reasons():
+    rng = np.random.default_rng(0)
+    h, w, p = 32, 64, 16
+    norm = rng.uniform(0.2, 0.6, (4, h, w)).astype(np.float32)
+    norm[:, :p, p : 2 * p] = 1.0  # clipped
+    norm[:, :p, 2 * p : 3 * p] = 0.01  # dark
+    packed = (norm * 65535).astype(np.uint16)
+    preview = pairs.preview_luma(norm)
+    target = np.repeat(np.repeat(np.repeat(preview[..., None], 3, 2), 2, 0), 2, 1)
+    cover = np.ones((2 * h, 2 * w), np.float32)
+    cover[: 2 * p, 6 * p :] = 0.5  # the last patch of the first row is half outside the target
+    target[2 * p :, : 2 * p] = rng.uniform(0, 1, (2 * (h - p), 2 * p, 3))  # unrelated content
+    params = pairs.PatchParams(size=p, stride=p, min_score=0.5, max_clipped=0.5, min_mean=0.05)
+    got = {(q.y, q.x): q.reason or "kept" for q in pairs.cut_patches(packed, norm, preview, target, cover, params)}
+    assert got[(0, 0)] == "kept" and got[(0, p)] == "clipped" and got[(0, 2 * p)] == "too dark"
+    assert got[(0, 3 * p)] == "outside the target" and got[(p, 0)].startswith("score")
+    assert got[(p, p)] == "kept"

@@ -36,11 +36,16 @@ def test_unpack_all_patterns_with_a_bad_file_among_them(make_dng, tmp_path):
         mosaics[p] = rng.integers(0, WHITE + 1, (66, 98), dtype=np.uint16)
         make_dng(f"raw/{p}.dng", p, mosaics[p])
     (src / "broken.dng").write_bytes(b"II*\x00garbage" * 50)
+    cells = (1, 1, 0, 1, 1, 2, 1, 1, 2, 1, 1, 0, 2, 0, 1, 0, 2, 1, 1, 1, 2, 1, 1, 0, 1, 1, 0, 1, 1, 2, 0, 2, 1, 2, 0, 1)
+    synth.write_dng(src / "xtrans.dng", np.full((96, 96), 1000, np.uint16), synth.Camera(), cfa=(6, 6, cells))
+    synth.write_dng(src / "linear.dng", np.full((64, 96, 3), 1000, np.uint16), synth.Camera(), linear=True)
     out = tmp_path / "out"
     result = _run("unpack", src, "-o", out)
     assert result.exit_code == 1
     assert f"{src / 'broken.dng'}: LibRaw cannot read it" in result.output
-    assert "Traceback" not in result.output and "4 done, 0 cached, 1 failed" in result.output
+    assert f"{src / 'xtrans.dng'}: X-Trans sensor" in result.output
+    assert f"{src / 'linear.dng'}: not a Bayer mosaic" in result.output
+    assert "Traceback" not in result.output and "4 done, 0 cached, 3 failed" in result.output
     for p, m in mosaics.items():
         got = rawio.read_packed_png(out / f"{p}.png")
         want = bayer.normalize_packed(bayer.pack(m, p), BLACK, WHITE)
@@ -52,7 +57,7 @@ def test_unpack_all_patterns_with_a_bad_file_among_them(make_dng, tmp_path):
     # A second run rewrites nothing.
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
     result = _run("unpack", src, "-o", out)
-    assert "0 done, 4 cached, 1 failed" in result.output
+    assert "0 done, 4 cached, 3 failed" in result.output
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
 
 
