@@ -1,4 +1,5 @@
-"""Training shards: the augment stage (patches + saliency → HDF5 shards per split) and their format.
+"""HDF5 shards: saliency shards (written by the saliency stage) and training shards (the augment
+stage: patches + saliency → shards per split), their formats and readers.
 
 A shard ``SPLIT-NNNNN.h5`` holds ``raw`` (N, 4, h, w) uint16, ``rgb`` (N, 3, H, W) uint8,
 ``saliency`` (N, 1, H, W) uint8 and ``id`` (N,) strings, one sample per chunk, uncompressed;
@@ -17,6 +18,7 @@ import json
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +66,45 @@ def read_shard(path: os.PathLike | str) -> dict[str, Any]:
         raise ShardError(f"{path}: unreadable training shard ({e})") from None
 
 
+# -- saliency shards (the saliency stage's output) -------------------------------------------------
+# Uncompressed: on an H100 the stage makes ~2,000 maps/s, and writing 1,024 maps of 256×192 took
+# 1.34 s with gzip-1 and 0.74 s with lzf (for files 29 % and 14 % smaller) against 0.07 s plain.
+SALIENCY_FORMAT = 1
+
+
+def write_saliency_shard(path: Path, ids: list[str], maps: np.ndarray, method: str, weights_sha256: str) -> None:
+    """Write one saliency shard atomically (and byte-reproducibly: no timestamps)."""
+    import h5py
+
+    n, h, w = maps.shape
+    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
+        f.create_dataset("saliency", data=maps, chunks=(1, h, w), track_times=False)
+        f.create_dataset("id", data=np.array(ids, dtype=object), dtype=h5py.string_dtype(),
+                         track_times=False)
+        f.attrs["format"] = SALIENCY_FORMAT
+        f.attrs["method"] = method
+        f.attrs["weights_sha256"] = weights_sha256
+
+
+@dataclass
+class SaliencyShard:
+    ids: list[str]
+    maps: np.ndarray  # (N, H, W) uint8
+    method: str
+    weights_sha256: str
+
+
+def read_saliency_shard(path: os.PathLike | str) -> SaliencyShard:
+    """Read a whole saliency shard."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["id"][()]]
+        return SaliencyShard(ids, f["saliency"][()], str(f.attrs["method"]),
+                             str(f.attrs["weights_sha256"]))
+
+
+
 def _sample_seed(seed: int, sample_id: str, copy: int) -> list[int]:
     digest = hashlib.sha256(sample_id.encode()).digest()
     return [seed, int.from_bytes(digest[:8], "big"), copy]
@@ -71,8 +112,6 @@ def _sample_seed(seed: int, sample_id: str, copy: int) -> list[int]:
 
 def shard_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     """Stage work: load a group of patches and their saliency, write ``K`` copies each."""
-    from raw2rgb.salgan.label import read_shard as read_saliency
-
     ids: list[str] = item.payload["ids"]
     n = len(ids)
     raw_paths, rgb_paths, sal_paths = item.inputs[:n], item.inputs[n : 2 * n], item.inputs[2 * n :]
@@ -80,7 +119,7 @@ def shard_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     maps: dict[str, np.ndarray] = {}
     wanted = set(ids)
     for sp in sal_paths:
-        s = read_saliency(sp)
+        s = read_saliency_shard(sp)
         maps.update((i, m) for i, m in zip(s.ids, s.maps) if i in wanted)
     out_ids, raws, rgbs, sals = [], [], [], []
     for sid, rp, gp in zip(ids, raw_paths, rgb_paths):
@@ -181,7 +220,6 @@ def samples_from(patches_dir: Path, saliency_dir: Path, splits: Mapping[str, str
     id -> saliency shard, from the saliency shards. Manifest paths are never followed outside
     their stage folder."""
     from raw2rgb.pipeline.stage import Manifest
-    from raw2rgb.salgan.label import read_shard as read_saliency
 
     manifest = Manifest.load(patches_dir)
     if manifest is None:
@@ -199,6 +237,6 @@ def samples_from(patches_dir: Path, saliency_dir: Path, splits: Mapping[str, str
             samples.append((sid, splits.get(r.key, "train"), str(raw), str(rgb)))
     owners: dict[str, str] = {}
     for shard in sorted(Path(saliency_dir).glob("saliency-*.h5")):
-        for sid in read_saliency(shard).ids:
+        for sid in read_saliency_shard(shard).ids:
             owners[sid] = str(shard)
     return samples, owners
