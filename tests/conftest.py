@@ -36,3 +36,20 @@ def make_dng(tmp_path: Path):
         return synth.write_dng(tmp_path / name, mosaic, camera)
 
     return make
+
+
+def kill_midway(cmd: list[str], out_dir: Path, pattern: str, at_least: int, timeout: float = 120) -> int:
+    """Start ``cmd``; SIGKILL its process group once ``at_least`` files match ``pattern`` in
+    ``out_dir``; return how many matched at the kill."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and len(list(out_dir.glob(pattern))) < at_least:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return len(list(out_dir.glob(pattern)))

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +15,7 @@ from click.testing import CliRunner
 from raw2rgb.cli import main
 from raw2rgb.pipeline import bayer, rawio, synth
 from raw2rgb.pipeline.stage import file_sha256
-from tests.conftest import BLACK, WHITE
+from tests.conftest import BLACK, WHITE, kill_midway
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -107,14 +105,7 @@ def test_sigkill_mid_run_then_resume_equals_uninterrupted_run(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + [str(killed)], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(killed.glob("f*.png"))) < 3:
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done_at_kill = len(list(killed.glob("f*.png")))
+    done_at_kill = kill_midway(cmd + [str(killed)], killed, "f*.png", 3)
     assert 3 <= done_at_kill < n, "the run must be killed mid-way"
 
     subprocess.run(cmd + [str(killed)], env=env, check=True, capture_output=True)

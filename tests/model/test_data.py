@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +18,7 @@ from raw2rgb.cli import main
 from raw2rgb.model.data import ShardDataset
 from raw2rgb.pipeline import augment, bayer, rawio, shards, synth
 from raw2rgb.pipeline.pairs import area_downsample
+from tests.conftest import kill_midway
 
 
 def _cli(*args):
@@ -159,14 +157,7 @@ def test_killed_augment_stage_resumes(labelled, tmp_path):
     cmd = [sys.executable, "-m", "raw2rgb", "-q", "augment", str(labelled / "patches"), str(labelled / "saliency"),
            "--shard-size", "1", "--copies", "4", "-o"]
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(cmd + [str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list(killed.glob("*.h5"))) < 3:
-        time.sleep(0.005)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert 3 <= len(list(killed.glob("*.h5"))) < 24, "the run must be killed mid-way"  # 6 scenes × 4 patches
+    assert 3 <= kill_midway(cmd + [str(killed)], killed, "*.h5", 3) < 24, "killed mid-way"  # 6 scenes × 4 patches
     # Journalled shards are done; one renamed into place just before the kill may not be yet.
     journalled = [json.loads(p.read_text()) for p in (killed / ".journal").glob("*.json")]
     finished = {out: (killed / out).stat().st_mtime_ns for r in journalled for out in r["outputs"]}

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import h5py
 import imageio.v3 as iio
@@ -22,6 +19,7 @@ from raw2rgb.salgan import label
 from raw2rgb.salgan.classical import spectral_residual
 from raw2rgb.salgan.model import predict
 from raw2rgb.salgan.weights import ENV_VAR, load_salgan
+from tests.conftest import kill_midway
 
 
 @pytest.fixture
@@ -119,14 +117,7 @@ def test_killed_run_resumes_without_recomputing_finished_shards(tmp_path, weight
     cmd = [sys.executable, "-m", "raw2rgb", "-q", "saliency", str(folder), "-o", str(out),
            "--method", "salgan", "--weights", str(weights_file), "--shard-size", "1",
            "--device", "cpu", "--workers", "0"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(list(out.glob("saliency-*.h5"))) < 2:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert 2 <= len(list(out.glob("saliency-*.h5"))) < 6, "the run must be killed mid-way"
+    assert 2 <= kill_midway(cmd, out, "saliency-*.h5", 2, timeout=180) < 6, "the run must be killed mid-way"
     assert not (out / "manifest.json").exists()
     # Journalled shards are done; one renamed into place just before the kill may not be yet.
     journalled = [json.loads(p.read_text()) for p in (out / ".journal").glob("*.json")]
