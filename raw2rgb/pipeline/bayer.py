@@ -96,8 +96,7 @@ def pack(mosaic: np.ndarray, pattern: str = "RGGB") -> np.ndarray:
     size is accepted; pass ``pattern='RGGB'`` with even sizes for an exact inverse of
     :func:`unpack`.
     """
-    m = unify_pattern(mosaic, pattern)
-    return np.stack([m[0::2, 0::2], m[0::2, 1::2], m[1::2, 1::2], m[1::2, 0::2]])
+    return np.stack(planes(mosaic, pattern))
 
 
 def unpack(packed: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from raw2rgb.pipeline.pairs import PairError, read_rgb
 from raw2rgb.pipeline.shards import SaliencyShard, read_saliency_shard, write_saliency_shard
 from raw2rgb.pipeline.stage import (
     Context,
@@ -30,7 +31,6 @@ from raw2rgb.pipeline.stage import (
     Stage,
     StageResult,
     file_sha256,
-    one_line,
     run_stage,
 )
 
@@ -118,14 +118,6 @@ def plan_shards(images: list[tuple[str, str]], shard_size: int = DEFAULT_SHARD_S
 
 # -- decoding -------------------------------------------------------------------------------------
 
-def read_rgb(path: str) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB (grey is repeated, alpha dropped)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return np.array(im.convert("RGB"))
-
-
 class _Images:
     """torch Dataset of one shard's images: (index, HWC uint8 array or None, reason).
 
@@ -142,8 +134,8 @@ class _Images:
     def __getitem__(self, i: int) -> tuple[int, Any, str]:
         try:
             rgb = read_rgb(self.paths[i])
-        except Exception as e:  # noqa: BLE001 - any decoder error is this image's problem
-            return i, None, one_line(f"{self.paths[i]}: unreadable image ({e})")
+        except PairError as e:  # names the file and the reason
+            return i, None, str(e)
         if self.method == "spectral-residual":
             from raw2rgb.salgan.classical import spectral_residual
 
