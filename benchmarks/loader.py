@@ -33,7 +33,7 @@ from _common import report  # noqa: E402
 
 from raw2rgb.model.data import ShardDataset, to_model  # noqa: E402
 from raw2rgb.pipeline import bayer, rawio, shards, synth  # noqa: E402
-from raw2rgb.pipeline.pairs import area_downsample  # noqa: E402
+from raw2rgb.pipeline.develop import area_downsample  # noqa: E402
 
 
 class PerFile(Dataset):

@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report  # noqa: E402
 
+from raw2rgb.device import resolve_device  # noqa: E402
 from raw2rgb.pipeline import synth  # noqa: E402
 from raw2rgb.salgan import label  # noqa: E402
 from raw2rgb.salgan.classical import spectral_residual  # noqa: E402
@@ -47,7 +48,7 @@ def main() -> None:
         import logging
 
         logging.basicConfig(level=logging.DEBUG, format="%(relativeCreated)8.0f ms %(message)s")
-    device = label.resolve_device(args.device)
+    device = str(resolve_device(args.device))
     n = args.images or (16384 if device.startswith("cuda") else 24)
     bs = args.batch_size
     torch.manual_seed(0)

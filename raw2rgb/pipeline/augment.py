@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from raw2rgb.pipeline import bayer
+from raw2rgb.pipeline import bayer, develop
 
 # The eight elements of the dihedral group as (transpose, flip_h, flip_v).
 DIHEDRAL = tuple((t, h, v) for t in (False, True) for h in (False, True) for v in (False, True))
@@ -105,9 +105,8 @@ def apply(raw: np.ndarray, rgb: np.ndarray, saliency: np.ndarray, t: Transform, 
         saliency = saliency[2 * y : 2 * (y + size), 2 * x : 2 * (x + size)]
     packed = bayer.pack(mosaic)
     if scale == 1:
-        from raw2rgb.pipeline.pairs import area_downsample
-
-        return packed, area_downsample(rgb.astype(np.float32)), area_downsample(saliency.astype(np.float32))
+        down = develop.area_downsample
+        return packed, down(rgb.astype(np.float32)), down(saliency.astype(np.float32))
     return packed, np.ascontiguousarray(rgb), np.ascontiguousarray(saliency)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from raw2rgb.pipeline import rawio
+from raw2rgb.pipeline.develop import area_downsample, linear_to_srgb
 
 log = logging.getLogger(__name__)
 
@@ -159,25 +160,6 @@ def luma(rgb: np.ndarray) -> np.ndarray:
     return x @ _LUMA.astype(np.float32)
 
 
-def develop_preview(packed: np.ndarray, wb_gains=None, cam_to_rgb=None) -> np.ndarray:
-    """A quick sRGB rendering (h, w, 3) in [0, 1] of normalised packed planes (4, h, w) in [0, 1].
-
-    Greens averaged, white balance (as shot, else grey world), colour matrix when known, sRGB
-    gamma. Good enough to find features and score alignment; not a finished photograph.
-    """
-    from raw2rgb.pipeline.synth import linear_to_srgb
-
-    r, g1, b, g2 = (packed[c].astype(np.float32) for c in range(4))
-    cam = np.stack([r, (g1 + g2) * 0.5, b], axis=-1)
-    if wb_gains is None:
-        means = cam.reshape(-1, 3).mean(axis=0) + 1e-6
-        wb_gains = means[1] / means
-    cam = cam * np.asarray(wb_gains, dtype=np.float32)
-    if cam_to_rgb is not None:
-        cam = cam @ np.asarray(cam_to_rgb, dtype=np.float32).T
-    return linear_to_srgb(np.clip(cam, 0, 1)).astype(np.float32)
-
-
 def preview_luma(raw_norm: np.ndarray) -> np.ndarray:
     """The RAW's brightness at packed resolution, for alignment and scoring: (G1 + G2) / 2, exposed
     so its 99th percentile sits at 0.9, sRGB gamma.
@@ -186,8 +168,6 @@ def preview_luma(raw_norm: np.ndarray) -> np.ndarray:
     at packed pixel centres. A luma mixed from R, G and B is not: R sits at the cell's top-left
     and B at its bottom-right, which biased corner positions by a quarter of a pixel.
     """
-    from raw2rgb.pipeline.synth import linear_to_srgb
-
     g = (raw_norm[1].astype(np.float32) + raw_norm[3].astype(np.float32)) * 0.5
     top = float(np.percentile(g, 99)) or 1.0
     return linear_to_srgb(np.clip(g * (0.9 / top), 0, 1)).astype(np.float32)
@@ -341,12 +321,6 @@ def warp_target(target: np.ndarray, matrix: np.ndarray, packed_shape: tuple[int,
     cover = warp(ones, inverse, output_shape=(2 * h, 2 * w), order=1, mode="constant", cval=0.0,
                  preserve_range=True).astype(np.float32)
     return out, cover
-
-
-def area_downsample(img: np.ndarray) -> np.ndarray:
-    """2×2 mean (area interpolation by a factor of 2) of an (H, W[, C]) array with even H, W."""
-    h, w = img.shape[:2]
-    return img.reshape(h // 2, 2, w // 2, 2, *img.shape[2:]).mean(axis=(1, 3), dtype=np.float32)
 
 
 # -- patches ----------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from typing import Any
 import imagecodecs
 import numpy as np
 
-from raw2rgb.pipeline import bayer
+from raw2rgb.pipeline import bayer, develop
 
 RAW_SUFFIXES = frozenset(
     ".dng .cr2 .cr3 .crw .nef .nrw .arw .srf .sr2 .rw2 .raw .orf .pef .ptx .kdc .dcr .k25 .mos "
@@ -36,13 +36,6 @@ ZRR_LEVELS = {
     "pynet": (0.0, 1020.0),  # PyNET: x / 1020
 }
 ZRR_DEFAULT_LEVELS = "liteisp"
-
-# sRGB (D65) -> XYZ, to turn a DNG ColorMatrix (XYZ -> camera) into camera -> sRGB.
-_SRGB_TO_XYZ = np.array(
-    [[0.4124564, 0.3575761, 0.1804375],
-     [0.2126729, 0.7151522, 0.0721750],
-     [0.0193339, 0.1191920, 0.9503041]]
-)
 
 # DNG / TIFF tags read for metadata. Codes from the DNG 1.4 specification.
 _TAG_MAKE, _TAG_MODEL, _TAG_UNIQUE_MODEL = 271, 272, 50708
@@ -301,23 +294,12 @@ def _dng_color(tags: dict[int, Any]) -> tuple[np.ndarray | None, str | None]:
     if best is None:
         return None, None
     xyz_to_cam = best[1]
-    return cam_to_srgb(xyz_to_cam), best[2]
+    return develop.cam_to_srgb(xyz_to_cam), best[2]
 
 
 def _tag_matrix(value) -> np.ndarray | None:
     values = _tag_floats(value, 9)
     return None if values is None else np.array(values).reshape(3, 3)
-
-
-def cam_to_srgb(xyz_to_cam: np.ndarray) -> np.ndarray:
-    """Camera RGB → linear sRGB from a DNG-style XYZ → camera matrix (dcraw's construction).
-
-    ``cam_from_srgb = xyz_to_cam @ srgb_to_xyz``, rows normalised so that sRGB white maps to
-    camera (1, 1, 1) after white balance, then inverted.
-    """
-    cam_from_srgb = np.asarray(xyz_to_cam, dtype=np.float64) @ _SRGB_TO_XYZ
-    cam_from_srgb = cam_from_srgb / cam_from_srgb.sum(axis=1, keepdims=True)
-    return np.linalg.inv(cam_from_srgb)
 
 
 def _read_png_raw(path: Path, zrr_levels: tuple[float, float]) -> RawFrame:

@@ -240,3 +240,57 @@ def samples_from(patches_dir: Path, saliency_dir: Path, splits: Mapping[str, str
         for sid in read_saliency_shard(shard).ids:
             owners[sid] = str(shard)
     return samples, owners
+
+
+# -- reading a shards folder -----------------------------------------------------------------------
+
+def shards_root(path: os.PathLike | str) -> Path:
+    """The shards folder of ``path``: ``path`` itself or, for a prepare DATASET, its ``shards/``."""
+    path = Path(path)
+    return path / "shards" if (path / "shards" / INDEX).is_file() else path
+
+
+def read_index(root: os.PathLike | str) -> dict[str, Any]:
+    """``index.json`` of a shards folder, checked: format, scale and every shard inside the folder.
+
+    Raises:
+        ShardError: missing, unreadable, of another format, or naming files outside the folder.
+    """
+    root = Path(root)
+    try:
+        index = json.loads((root / INDEX).read_text())
+    except FileNotFoundError:
+        raise ShardError(f"{root}: no {INDEX} (not a shards folder; build one with raw2rgb prepare)") from None
+    except (OSError, ValueError) as e:
+        raise ShardError(f"{root / INDEX}: unreadable shard index ({e})") from None
+    if not isinstance(index, dict) or index.get("format") != SHARD_FORMAT or "splits" not in index:
+        raise ShardError(f"{root / INDEX}: shard format {index.get('format') if isinstance(index, dict) else '?'}, "
+                         f"this raw2rgb reads format {SHARD_FORMAT}")
+    for split in index["splits"].values():
+        for s in split["shards"]:
+            if not (root / s["file"]).resolve().is_relative_to(root.resolve()):
+                raise ShardError(f"{root / INDEX}: {s['file']} lies outside the folder; refused")
+    return index
+
+
+def split_count(index: Mapping[str, Any], split: str) -> int:
+    return int(index["splits"].get(split, {}).get("count", 0))
+
+
+def dataset_key(root: os.PathLike | str) -> str:
+    """A fingerprint of a shards folder from what its shards record (each shard's ``inputs_key``
+    and ``index.json``), never re-hashing the shards' bytes."""
+    import h5py
+
+    root = Path(root)
+    index = read_index(root)
+    keys = []
+    for split in sorted(index["splits"]):
+        for s in index["splits"][split]["shards"]:
+            try:
+                with h5py.File(root / s["file"], "r") as f:
+                    keys.append(f"{s['file']}:{f.attrs.get('inputs_key', '')}:{f['raw'].shape[0]}")
+            except (OSError, KeyError) as e:
+                raise ShardError(f"{root / s['file']}: unreadable training shard ({e})") from None
+    blob = json.dumps({"index": index, "shards": keys}, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()

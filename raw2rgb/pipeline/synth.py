@@ -16,7 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from raw2rgb.pipeline import bayer, rawio
+from raw2rgb.pipeline import bayer
+from raw2rgb.pipeline.develop import cam_to_srgb, srgb_to_linear
 
 # Canon EOS 350D ColorMatrix (XYZ -> camera, D65), as in its DNGs: a plausible real camera.
 CANON_350D_XYZ_TO_CAM = (
@@ -41,23 +42,11 @@ class Camera:
     model: str = "Virtual Camera"
 
 
-def srgb_to_linear(x: np.ndarray) -> np.ndarray:
-    """Inverse sRGB transfer function on values in [0, 1]."""
-    x = np.asarray(x, dtype=np.float64)
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(x: np.ndarray) -> np.ndarray:
-    """sRGB transfer function on values in [0, 1]."""
-    x = np.clip(np.asarray(x, dtype=np.float64), 0.0, 1.0)
-    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * x ** (1 / 2.4) - 0.055)
-
-
 def unprocess(srgb: np.ndarray, camera: Camera) -> np.ndarray:
     """sRGB image (H, W, 3) uint8 or float in [0, 1] → camera RGB before white balance, [0, 1]."""
     x = srgb.astype(np.float64) / 255.0 if srgb.dtype == np.uint8 else np.asarray(srgb, np.float64)
     lin = srgb_to_linear(x)
-    cam_from_rgb = np.linalg.inv(rawio.cam_to_srgb(np.array(camera.xyz_to_cam)))
+    cam_from_rgb = np.linalg.inv(cam_to_srgb(np.array(camera.xyz_to_cam)))
     cam = lin @ cam_from_rgb.T
     cam /= np.asarray(camera.wb_gains)
     return np.clip(cam, 0.0, 1.0)

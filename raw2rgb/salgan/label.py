@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from raw2rgb.device import resolve_device
 from raw2rgb.pipeline.pairs import PairError, read_rgb
 from raw2rgb.pipeline.shards import SaliencyShard, read_saliency_shard, write_saliency_shard
 from raw2rgb.pipeline.stage import (
@@ -219,27 +220,13 @@ class RunLoader:
             yield ([position[i] for i in indices], data, [(position[i], r) for i, r in bad])
 
 
-_MODELS: dict[tuple[str, str], Any] = {}
-
-
 def _salgan(weights: str, device: str):
     """A :class:`Predictor` for the weights on the device, loaded once per process."""
+    from raw2rgb.device import cached
     from raw2rgb.salgan.model import Predictor
     from raw2rgb.salgan.weights import load_salgan
 
-    key = (weights, device)
-    if key not in _MODELS:
-        _MODELS.clear()
-        _MODELS[key] = Predictor(load_salgan(weights, device))
-    return _MODELS[key]
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    return cached(("salgan", weights, device), lambda: Predictor(load_salgan(weights, device)))
 
 
 def label_shard(item: Item, ctx: Context) -> Deferred:
@@ -247,7 +234,7 @@ def label_shard(item: Item, ctx: Context) -> Deferred:
     import torch
 
     method = ctx.params["method"]
-    device = resolve_device(ctx.options.get("device", "auto"))
+    device = str(resolve_device(ctx.options.get("device", "auto")))
     run_loader = ctx.options.get("loader")
     if run_loader is None:  # called on its own: a loader for this shard alone
         run_loader = RunLoader(list(item.inputs), method, int(ctx.options.get("batch_size", 8)),
@@ -324,7 +311,7 @@ def label(images: list[tuple[str, str]], out_dir: os.PathLike | str, method: Met
               time.perf_counter() - t0)
     params = {"method": method.name, "weights_sha256": method.weights_sha256, "shard_size": shard_size}
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     loader = RunLoader([p for _, p in sorted(images)], method.name, batch_size, workers, device.startswith("cuda"))
     options = {"weights": method.weights, "batch_size": batch_size, "device": device, "workers": workers,
                "loader": loader}

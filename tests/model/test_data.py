@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from raw2rgb.cli import main
 from raw2rgb.model.data import ShardDataset
 from raw2rgb.pipeline import augment, bayer, rawio, shards, synth
-from raw2rgb.pipeline.pairs import area_downsample
+from raw2rgb.pipeline.develop import area_downsample
 from tests.conftest import kill_midway
 
 

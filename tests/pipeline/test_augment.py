@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from raw2rgb.pipeline import augment, bayer, pairs
+from raw2rgb.pipeline import augment, bayer, develop
 
 
 def _scene(h: int = 40, w: int = 56) -> np.ndarray:
@@ -19,7 +19,7 @@ def _capture(scene: np.ndarray, scale: int):
     raw = bayer.pack(bayer.mosaic(scene.astype(np.uint16), "RGGB"))
     sal = scene[..., 0]
     if scale == 1:
-        return raw, pairs.area_downsample(scene.astype(np.float32)), pairs.area_downsample(sal.astype(np.float32))
+        return raw, develop.area_downsample(scene.astype(np.float32)), develop.area_downsample(sal.astype(np.float32))
     return raw, scene, sal
 
 

@@ -1,0 +1,219 @@
+"""The generator: a U-Net with a residual bottleneck (G1, RAW → RGB) and its saliency decoder (G2).
+
+Layer table in DESIGN §6 (the paper's published code). Every conv: reflection padding, no bias,
+spectral norm, InstanceNorm without affine parameters and LeakyReLU(0.2) unless stated. The
+normalisation layers are :class:`FrameNorm`, an InstanceNorm that can also take its statistics
+jointly over a batch (``collect``) and then hold them (``fixed``): that is how tiled inference
+gets the statistics of the whole frame (``model/infer.py``).
+
+Shapes: raw (B, 4, h, w) in [-1, 1] with h, w multiples of 8 → rgb (B, 3, s·h, s·w) in [-1, 1]
+and saliency (B, 1, s·h, s·w) in [0, 1]; s is the output scale (1 or 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils import parametrizations, parametrize
+
+PAPER_PARAMETERS = 24_352_448
+EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """What builds a generator. The defaults are the paper's configuration."""
+
+    base: int = 64  # channels of E1; E2..E4 have 2, 4, 8 times as many
+    res_blocks: int = 4
+    saliency_width: int = 64
+    scale: int = 1  # output scale: 1 (the paper: RGB at packed resolution) or 2 (full sensor resolution)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> GeneratorConfig:
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+
+PRESETS = {
+    "paper": GeneratorConfig(),
+    "tiny": GeneratorConfig(base=16, res_blocks=2, saliency_width=16),
+}
+
+
+class FrameNorm(nn.Module):
+    """InstanceNorm (no affine, biased variance, eps 1e-5) with two extra modes for tiled inference.
+
+    - ``instance`` (default): each image by its own statistics, as ``nn.InstanceNorm2d``.
+    - ``collect``: statistics per channel jointly over the batch and space; stored, then used.
+      A batch of tiles that covers a frame is then normalised as the whole frame would be.
+    - ``fixed``: the stored statistics, whatever the input.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mode = "instance"
+        self.mean: torch.Tensor | None = None
+        self.var: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "instance":
+            return F.instance_norm(x, eps=EPS)
+        if self.mode == "collect":
+            xf = x.float()
+            self.var, self.mean = torch.var_mean(xf, dim=(0, 2, 3), correction=0)
+        if self.mean is None or self.var is None:
+            raise RuntimeError("FrameNorm in fixed mode has no statistics (run a collect pass first)")
+        scale = torch.rsqrt(self.var + EPS)[None, :, None, None]
+        return ((x.float() - self.mean[None, :, None, None]) * scale).to(x.dtype)
+
+
+def conv(cin: int, cout: int, k: int, stride: int = 1, norm: bool = True, act: bool = True) -> nn.Sequential:
+    """Reflection pad → spectral-norm conv (no bias) → [FrameNorm] → [LeakyReLU 0.2].
+
+    Padding keeps the size at stride 1 and halves it at stride 2 (k = 4, pad 1)."""
+    pad = (k - 1) // 2 if stride == 1 else (k - stride) // 2
+    layers: list[nn.Module] = [nn.ReflectionPad2d(pad) if pad else nn.Identity(),
+                               parametrizations.spectral_norm(nn.Conv2d(cin, cout, k, stride, bias=False))]
+    if norm:
+        layers.append(FrameNorm())
+    if act:
+        layers.append(nn.LeakyReLU(0.2))
+    return nn.Sequential(*layers)
+
+
+class ResBlock(nn.Module):
+    """conv3 IN lrelu → conv3 (no norm, no act), plus the identity."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(conv(ch, ch, 3), conv(ch, ch, 3, norm=False, act=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def _up(x: torch.Tensor) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=2.0, mode="nearest")
+
+
+class Up(nn.Module):
+    """Nearest ×2, then a conv block."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = conv(cin, cout, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(_up(x))
+
+
+class Generator(nn.Module):
+    """G1 (RGB) and G2 (saliency) of the paper. ``forward`` returns (rgb, saliency);
+    :meth:`rgb` runs G1 alone (inference needs nothing else)."""
+
+    def __init__(self, cfg: GeneratorConfig = GeneratorConfig()) -> None:
+        super().__init__()
+        if cfg.scale not in (1, 2):
+            raise ValueError(f"output scale must be 1 or 2, got {cfg.scale}")
+        self.cfg = cfg
+        b, sw = cfg.base, cfg.saliency_width
+        self.e1 = conv(4, b, 7, norm=False)
+        self.e2 = conv(b, 2 * b, 4, stride=2)
+        self.e3 = conv(2 * b, 4 * b, 4, stride=2)
+        self.e4 = conv(4 * b, 8 * b, 4, stride=2)
+        self.bottleneck = nn.Sequential(*[ResBlock(8 * b) for _ in range(cfg.res_blocks)])
+        self.d1 = Up(8 * b, 4 * b)
+        self.d2 = Up(8 * b, 2 * b)
+        self.d3 = Up(4 * b, b)
+        # Output scale 2: one more nearest ×2 + conv stage at sensor resolution before D4.
+        self.d_up = Up(2 * b, b) if cfg.scale == 2 else None
+        self.d4 = conv(2 * b if cfg.scale == 1 else b, 3, 7, norm=False, act=False)
+        # Saliency decoder (its own weights), fed by the three concatenated decoder tensors.
+        self.s1a = nn.Sequential(conv(8 * b, sw, 3), conv(sw, sw, 3))
+        self.s1b = nn.Sequential(conv(sw, sw, 3), conv(sw, sw, 3))
+        self.s2 = nn.Sequential(conv(4 * b, sw, 3), conv(sw, sw, 3))
+        self.s3 = conv(2 * b, sw, 3)
+        self.s_fuse = conv(3 * sw, sw, 3)
+        self.s_out = conv(sw, 1, 7, norm=False, act=False)
+
+    def _decode(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        h, w = raw.shape[-2:]
+        if raw.ndim != 4 or raw.shape[1] != 4 or h % 8 or w % 8:
+            raise ValueError(f"generator input is (B, 4, h, w) with h, w multiples of 8, got {tuple(raw.shape)}")
+        e1 = self.e1(raw)
+        e2 = self.e2(e1)
+        e3 = self.e3(e2)
+        x = self.bottleneck(self.e4(e3))
+        c1 = torch.cat([self.d1(x), e3], 1)
+        c2 = torch.cat([self.d2(c1), e2], 1)
+        c3 = torch.cat([self.d3(c2), e1], 1)
+        return c1, c2, c3
+
+    def _head(self, c3: torch.Tensor) -> torch.Tensor:
+        y = self.d_up(c3) if self.d_up is not None else c3
+        return torch.tanh(self.d4(y))
+
+    def rgb(self, raw: torch.Tensor) -> torch.Tensor:
+        """G1 alone: raw (B, 4, h, w) in [-1, 1] → rgb (B, 3, s·h, s·w) in [-1, 1]."""
+        return self._head(self._decode(raw)[2])
+
+    def forward(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        c1, c2, c3 = self._decode(raw)
+        s = torch.cat([self.s1b(_up(self.s1a(_up(c1)))), self.s2(_up(c2)), self.s3(c3)], 1)
+        s = self.s_fuse(s)
+        if self.cfg.scale == 2:
+            s = _up(s)
+        return self._head(c3), torch.sigmoid(self.s_out(s))
+
+
+def convs(model: nn.Module) -> list[nn.Conv2d]:
+    return [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def init_weights(model: nn.Module, std: float = 0.02, generator: torch.Generator | None = None) -> None:
+    """N(0, std) on every conv's weight. Under spectral norm the trainable tensor is
+    ``parametrizations.weight.original`` — the paper's code initialised ``.weight``, which its
+    spectral-norm wrapper hid, so its init never reached a conv."""
+    with torch.no_grad():
+        for m in convs(model):
+            target = m.parametrizations.weight.original if parametrize.is_parametrized(m, "weight") else m.weight
+            target.normal_(0.0, std, generator=generator)
+            if m.bias is not None:
+                m.bias.zero_()
+
+
+def fold_spectral_norm(model: nn.Module) -> nn.Module:
+    """Replace every spectral-norm parametrisation by the plain weight it currently gives
+    (W / σ with the stored power-iteration vectors), in place; returns the model. Inference then
+    runs no power iteration and no division."""
+    was_training = model.training
+    model.eval()  # eval: the parametrisation uses its stored u, v without another iteration
+    for m in convs(model):
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+    model.train(was_training)
+    return model
+
+
+def norms(model: nn.Module) -> list[FrameNorm]:
+    return [m for m in model.modules() if isinstance(m, FrameNorm)]
+
+
+def set_norm_mode(model: nn.Module, mode: str) -> None:
+    """Put every FrameNorm of ``model`` in ``instance``, ``collect`` or ``fixed`` mode."""
+    if mode not in ("instance", "collect", "fixed"):
+        raise ValueError(f"unknown norm mode {mode!r}")
+    for m in norms(model):
+        m.mode = mode
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

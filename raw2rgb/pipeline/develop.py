@@ -1,0 +1,131 @@
+"""Classical rendering: sRGB curves, white balance, colour matrices, demosaicing, orientation, and
+the classical pipeline of ``raw2rgb convert --method isp``.
+
+Everything here is numpy on arrays in [0, 1]. Packed data is (4, h, w) R, G1, B, G2 in RGGB phase
+(DESIGN §4); a mosaic is (H, W) in RGGB phase (``bayer.unify_pattern`` makes it so).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raw2rgb.pipeline import bayer
+
+# sRGB (D65) -> XYZ, to turn a DNG ColorMatrix (XYZ -> camera) into camera -> sRGB.
+SRGB_TO_XYZ = np.array(
+    [[0.4124564, 0.3575761, 0.1804375],
+     [0.2126729, 0.7151522, 0.0721750],
+     [0.0193339, 0.1191920, 0.9503041]]
+)
+
+
+def srgb_to_linear(x: np.ndarray) -> np.ndarray:
+    """Inverse sRGB transfer function on values in [0, 1]."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x: np.ndarray) -> np.ndarray:
+    """sRGB transfer function on values in [0, 1] (clipped first); keeps float32 as float32."""
+    x = np.clip(np.asarray(x), 0.0, 1.0)
+    if x.dtype != np.float32:
+        x = x.astype(np.float64)
+    return np.where(x <= 0.0031308, 12.92 * x, 1.055 * np.power(x, 1 / 2.4) - 0.055).astype(x.dtype)
+
+
+def cam_to_srgb(xyz_to_cam: np.ndarray) -> np.ndarray:
+    """Camera RGB → linear sRGB from a DNG-style XYZ → camera matrix (dcraw's construction).
+
+    ``cam_from_srgb = xyz_to_cam @ srgb_to_xyz``, rows normalised so that sRGB white maps to
+    camera (1, 1, 1) after white balance, then inverted.
+    """
+    cam_from_srgb = np.asarray(xyz_to_cam, dtype=np.float64) @ SRGB_TO_XYZ
+    cam_from_srgb = cam_from_srgb / cam_from_srgb.sum(axis=1, keepdims=True)
+    return np.linalg.inv(cam_from_srgb)
+
+
+def grey_world(rgb: np.ndarray) -> np.ndarray:
+    """White-balance gains (R, G, B) with G = 1 that make the image's mean grey."""
+    means = rgb.reshape(-1, 3).mean(axis=0, dtype=np.float64) + 1e-6
+    return (means[1] / means).astype(np.float32)
+
+
+def white_balance(rgb: np.ndarray, gains) -> np.ndarray:
+    """Multiply camera RGB (…, 3) by gains and clip to [0, 1] (highlights clip, as dcraw does)."""
+    return np.clip(rgb * np.asarray(gains, dtype=np.float32), 0.0, 1.0)
+
+
+def apply_matrix(rgb: np.ndarray, matrix) -> np.ndarray:
+    """(…, 3) @ matrixᵀ, clipped to [0, 1]."""
+    return np.clip(rgb @ np.asarray(matrix, dtype=np.float32).T, 0.0, 1.0)
+
+
+def area_downsample(img: np.ndarray) -> np.ndarray:
+    """2×2 mean (area interpolation by a factor of 2) of an (H, W[, C]) array with even H, W."""
+    h, w = img.shape[:2]
+    return img.reshape(h // 2, 2, w // 2, 2, *img.shape[2:]).mean(axis=(1, 3), dtype=np.float32)
+
+
+def demosaic_bilinear(mosaic: np.ndarray) -> np.ndarray:
+    """Bilinear demosaicing of an RGGB mosaic (H, W) in [0, 1] → (H, W, 3) float32.
+
+    Each colour is its samples convolved with a kernel that interpolates the missing ones and
+    keeps the measured ones; mirror borders keep the Bayer phase at the edges."""
+    from scipy.ndimage import correlate
+
+    m = np.asarray(mosaic, dtype=np.float32)
+    k_rb = np.array([[1, 2, 1], [2, 4, 2], [1, 2, 1]], np.float32) / 4
+    k_g = np.array([[0, 1, 0], [1, 4, 1], [0, 1, 0]], np.float32) / 4
+    out = np.empty((*m.shape, 3), np.float32)
+    offsets = bayer.channel_offsets("RGGB")
+    for c, (names, k) in enumerate(((("R",), k_rb), (("G1", "G2"), k_g), (("B",), k_rb))):
+        plane = np.zeros_like(m)
+        for name in names:
+            dy, dx = offsets[name]
+            plane[dy::2, dx::2] = m[dy::2, dx::2]
+        out[..., c] = correlate(plane, k, mode="mirror")
+    return out
+
+
+def orient(img: np.ndarray, flip: int) -> np.ndarray:
+    """Apply LibRaw's orientation code (0 none, 3 180°, 5 90° CCW, 6 90° CW) to (H, W[, C])."""
+    if flip == 3:
+        return img[::-1, ::-1]
+    if flip == 5:
+        return np.rot90(img, 1)
+    if flip == 6:
+        return np.rot90(img, -1)
+    return img
+
+
+def camera_rgb(packed: np.ndarray, scale: int = 1) -> np.ndarray:
+    """Camera RGB (H, W, 3) float32 of normalised packed planes (4, h, w) in [0, 1]: at scale 1
+    one pixel per cell (greens averaged), at scale 2 demosaiced to sensor resolution."""
+    if scale == 1:
+        p = packed.astype(np.float32)
+        return np.stack([p[0], (p[1] + p[3]) * 0.5, p[2]], axis=-1)
+    if scale == 2:
+        return demosaic_bilinear(bayer.unpack(packed.astype(np.float32)))
+    raise ValueError(f"scale must be 1 or 2, got {scale}")
+
+
+def develop(packed: np.ndarray, wb_gains=None, cam_to_rgb=None, scale: int = 1, orientation: int = 0
+            ) -> np.ndarray:
+    """The classical pipeline: normalised packed planes (4, h, w) in [0, 1] → sRGB (H, W, 3) float32 in
+    [0, 1], H = scale·h.
+
+    White balance (as shot; grey world when unknown), demosaicing, camera → sRGB matrix (identity
+    when unknown), sRGB gamma, orientation. Black and white level are applied by the normalisation
+    that made ``packed`` (``RawFrame.packed``)."""
+    cam = camera_rgb(packed, scale)
+    gains = grey_world(cam) if wb_gains is None else wb_gains
+    rgb = white_balance(cam, gains)
+    if cam_to_rgb is not None:
+        rgb = apply_matrix(rgb, cam_to_rgb)
+    return np.ascontiguousarray(orient(linear_to_srgb(rgb), orientation))
+
+
+def develop_preview(packed: np.ndarray, wb_gains=None, cam_to_rgb=None) -> np.ndarray:
+    """A quick sRGB rendering (h, w, 3) in [0, 1] of normalised packed planes, one pixel per cell:
+    good enough to look at or to find features; not a finished photograph."""
+    return develop(packed, wb_gains, cam_to_rgb, scale=1)
