@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -21,12 +22,77 @@ class _OneLine(logging.Formatter):
 
 
 def _setup_logging(verbose: int) -> None:
+    """0: progress and results; -v: raw2rgb's debug detail (timings, per-item notes); -vv: every
+    library's debug output with timestamps, and tracebacks for errors."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLine() if verbose < 2 else logging.Formatter(
         "%(asctime)s %(name)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    logging.getLogger("raw2rgb").setLevel(logging.DEBUG if verbose >= 1 else logging.INFO)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The library's exceptions that mean a user mistake or a bad file: one line, no traceback."""
+    from raw2rgb.device import DeviceError
+    from raw2rgb.pipeline.pairs import PairError
+    from raw2rgb.pipeline.rawio import RawReadError
+    from raw2rgb.pipeline.shards import ShardError
+    from raw2rgb.pipeline.stage import InputError
+    from raw2rgb.salgan.weights import WeightsError
+
+    found: list[type[Exception]] = [DeviceError, PairError, RawReadError, ShardError, InputError, WeightsError,
+                                    ValueError, OSError]
+    for module, name in (("raw2rgb.model.train", "TrainError"), ("raw2rgb.model.losses", "WeightsMissing"),
+                         ("raw2rgb.model.infer", "ConvertError")):
+        mod = sys.modules.get(module)  # only what a command imported can have been raised
+        if mod is not None and hasattr(mod, name):
+            found.append(getattr(mod, name))
+    return tuple(found)
+
+
+def user_errors(fn):
+    """Turn the library's user-facing exceptions into a one-line ClickException (-vv: re-raise)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except click.ClickException:
+            raise
+        except Exception as e:
+            if logging.getLogger().level <= logging.DEBUG or not isinstance(e, _user_errors()):
+                raise
+            raise click.ClickException(" ".join(str(e).split())) from None
+
+    return wrapper
+
+
+# -- options every command shares, one default each -------------------------------------------------
+
+def out_option(help: str, metavar: str = "DIR"):
+    return click.option("-o", "--out", "out_dir", required=True, metavar=metavar, help=help,
+                        type=click.Path(file_okay=False, path_type=Path))
+
+
+device_option = click.option("--device", default="auto", metavar="DEV",
+                             help="auto (CUDA when present), cpu, cuda or cuda:N.")
+jobs_option = click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
+                           help="Worker processes [default: min(4, cores)].")
+seed_option = click.option("--seed", type=int, default=0, help="Random seed (splits, augmentation, init).")
+
+
+def batch_option(help: str = "Images per batch."):
+    return click.option("--batch-size", type=click.IntRange(min=1), default=8, metavar="N", help=help)
+
+
+def force_option(help: str):
+    return click.option("--force", is_flag=True, help=help)
+
+
+def _jobs(jobs: int | None) -> int:
+    return jobs or min(4, os.cpu_count() or 1)
 
 
 def _progress(quiet: bool):
@@ -66,41 +132,36 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 # Output
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              metavar="DIR", help="Output folder (packed PNGs, JSON sidecars, manifest.json).")
+@out_option("Output folder (packed PNGs, JSON sidecars, manifest.json).")
 @click.option("--bit-depth", type=click.Choice(["16", "8"]), default="16",
               help="16: lossless; 8: the AIM-2019 form.")
 # ZRR PNG inputs
 @click.option("--zrr-levels", type=click.Choice(["liteisp", "pynet"]), default="liteisp",
               help="Black/white level for ZRR mosaic PNGs: liteisp = 63/1020, pynet = 0/1020.")
 # Execution
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, metavar="N",
-              help="Worker processes.")
-@click.option("--force", is_flag=True, help="Redo every file, even those up to date.")
+@jobs_option
+@force_option("Redo every file, even those up to date.")
 @click.pass_obj
+@user_errors
 def unpack(obj, inputs: tuple[str, ...], out_dir: Path, bit_depth: str, zrr_levels: str,
-           jobs: int, force: bool) -> None:
+           jobs: int | None, force: bool) -> None:
     """Unpack RAW files into 4-channel packed PNGs (R, G1, B, G2).
 
     INPUTS are files, folders (searched recursively) or glob patterns: any Bayer RAW LibRaw
     reads (DNG, CR2, NEF, ARW, RW2, ORF, …), ZRR mosaic PNGs and AIM-2019 packed PNGs. Every
     mosaic is cropped to RGGB phase, black/white-level normalised and written losslessly with a
     JSON sidecar of its metadata. Files already up to date are skipped.
+
+    \b
+    Example:
+      raw2rgb unpack photos/ 'more/*.dng' -o packed/ -j 4
     """
     from raw2rgb.pipeline import rawio
     from raw2rgb.pipeline import unpack as unpack_stage
-    from raw2rgb.pipeline.stage import InputError
 
-    try:
-        items = unpack_stage.collect_inputs(inputs)
-    except InputError as e:
-        raise click.ClickException(str(e)) from None
-    try:
-        result = unpack_stage.unpack(items, out_dir, bit_depth=int(bit_depth),
-                                     zrr_levels=rawio.ZRR_LEVELS[zrr_levels], jobs=jobs,
-                                     force=force, progress=_progress(obj["quiet"]))
-    except (ValueError, OSError) as e:
-        raise click.ClickException(str(e)) from None
+    items = unpack_stage.collect_inputs(inputs)
+    result = unpack_stage.unpack(items, out_dir, bit_depth=int(bit_depth), zrr_levels=rawio.ZRR_LEVELS[zrr_levels],
+                                 jobs=_jobs(jobs), force=force, progress=_progress(obj["quiet"]))
     click.echo(f"wrote {len(result.manifest.ok)} packed PNGs to {out_dir}", err=True)
     _finish(result)
 
@@ -109,8 +170,7 @@ def unpack(obj, inputs: tuple[str, ...], out_dir: Path, bit_depth: str, zrr_leve
 
 @main.command()
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              metavar="DIR", help="Output folder (saliency-NNNNN.h5 shards, manifest.json).")
+@out_option("Output folder (saliency-NNNNN.h5 shards, manifest.json).")
 # Method
 @click.option("--method", type=click.Choice(["auto", "salgan", "spectral-residual"]), default="auto",
               help="auto: SalGAN when its weights are found, else spectral residual (with a warning).")
@@ -118,29 +178,30 @@ def unpack(obj, inputs: tuple[str, ...], out_dir: Path, bit_depth: str, zrr_leve
               help="Converted SalGAN weights [default: $RAW2RGB_SALGAN_WEIGHTS, then "
                    "~/.cache/raw2rgb/salgan.pt].")
 # Execution
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, metavar="N", help="Images per batch.")
-@click.option("--device", default="auto", metavar="DEV", help="auto, cpu, cuda or cuda:N.")
+@batch_option()
+@device_option
 @click.option("--workers", type=click.IntRange(min=0), default=None, metavar="N",
               help="Image-decoding processes [default: min(4, cores)].")
 @click.option("--shard-size", type=click.IntRange(min=1), default=1024, metavar="N", help="Maps per shard.")
-@click.option("--force", is_flag=True, help="Recompute every shard.")
+@force_option("Recompute every shard.")
 @click.pass_obj
+@user_errors
 def saliency(obj, inputs, out_dir, method, weights, batch_size, device, workers, shard_size, force) -> None:
     """Label images with saliency maps, written as HDF5 shards.
 
     IMAGES are image files, folders (searched recursively) or glob patterns. Maps have the size
     of their image, uint8 0-255. Shards already up to date are skipped; a killed run resumes at
     the first unfinished shard.
-    """
-    from raw2rgb.pipeline.stage import InputError, collect_files
-    from raw2rgb.salgan import label
-    from raw2rgb.salgan.weights import WeightsError
 
-    try:
-        images = collect_files(inputs, label.is_image_path)
-        resolved = label.resolve_method(method, weights)
-    except (InputError, WeightsError) as e:
-        raise click.ClickException(str(e)) from None
+    \b
+    Example:
+      raw2rgb saliency canon/ -o saliency/ --weights salgan.pt
+    """
+    from raw2rgb.pipeline.stage import collect_files
+    from raw2rgb.salgan import label
+
+    images = collect_files(inputs, label.is_image_path)
+    resolved = label.resolve_method(method, weights)
     log.info("saliency: %d images, method %s", len(images), resolved.name)
     result = label.label(images, out_dir, resolved, shard_size=shard_size, batch_size=batch_size,
                          device=device, workers=workers, force=force, progress=_progress(obj["quiet"]))
@@ -156,6 +217,7 @@ def salgan() -> None:
 @click.argument("npz", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PT",
               help="Where to write [default: ~/.cache/raw2rgb/salgan.pt, where lookup finds it].")
+@user_errors
 def import_weights(npz: Path, out: Path | None) -> None:
     """Convert the original SalGAN generator weights (gen_modelWeights0090.npz) for raw2rgb.
 
@@ -163,10 +225,7 @@ def import_weights(npz: Path, out: Path | None) -> None:
     """
     from raw2rgb.salgan import weights as w
 
-    try:
-        path = w.save_weights(w.import_npz(npz), out or w.default_path())
-    except w.WeightsError as e:
-        raise click.ClickException(str(e)) from None
+    path = w.save_weights(w.import_npz(npz), out or w.default_path())
     click.echo(f"wrote {path}")
 
 
@@ -184,8 +243,7 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
 
 @main.command()
 @click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              metavar="DATASET", help="Dataset folder: one sub-folder per stage.")
+@out_option("Dataset folder: one sub-folder per stage.", metavar="DATASET")
 # Source
 @click.option("--layout", type=click.Choice(["auto", "zrr", "aim2019", "raw+jpeg", "pairs"]), default="auto",
               help="How SRC is organised (README: prepare).")
@@ -213,104 +271,93 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
 # Splits
 @click.option("--split", "split", default="0.9,0.1,0", callback=_ratios, metavar="TR,VA,TE",
               help="Split ratios by scene.")
-@click.option("--seed", type=int, default=0, help="Split seed.")
+@seed_option
 # Saliency
 @click.option("--saliency-method", type=click.Choice(["auto", "salgan", "spectral-residual"]), default="auto")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PT",
               help="SalGAN weights (see raw2rgb saliency --help).")
-@click.option("--device", default="auto", metavar="DEV", help="Saliency device.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, metavar="N", help="Saliency batch size.")
+@device_option
+@batch_option("Saliency batch size.")
 # Execution
 @click.option("--until", type=click.Choice(["unpack", "patches", "saliency", "shards"]), default="shards",
               help="Last stage to run.")
 @click.option("--force", "force", multiple=True, type=click.Choice(["unpack", "patches", "saliency", "shards"]),
               help="Redo a stage even when up to date (repeatable).")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Worker processes for unpack and patches [default: min(4, cores)].")
+@jobs_option
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and plan as JSON; run nothing.")
 @click.pass_obj
+@user_errors
 def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride, scale, copies, crop, min_score,
-            max_clipped,
-            min_mean, min_inliers, split, seed, saliency_method, weights, device, batch_size, until, force, jobs,
-            dry_run) -> None:
+            max_clipped, min_mean, min_inliers, split, seed, saliency_method, weights, device, batch_size, until,
+            force, jobs, dry_run) -> None:
     """Build a paired training dataset from SRC into DATASET.
 
     Stages: unpack (RAW -> packed PNG), patches (pair, align, cut, score), saliency (maps of the
     target patches), shards (HDF5 training shards per split, with Bayer-safe augmentation). Each
     is cached in its own folder; a rerun redoes only what changed.
+
+    \b
+    Examples:
+      raw2rgb prepare ZRR/ -o zrr-ds --layout zrr
+      raw2rgb prepare my-pairs/ -o ds --layout pairs --patch-size 224 --split 0.8,0.1,0.1
     """
     import json
 
     from raw2rgb import prepare as prep
-    from raw2rgb.pipeline.pairs import PairError, PatchParams
-    from raw2rgb.salgan.weights import WeightsError
+    from raw2rgb.pipeline.pairs import PatchParams
 
-    try:
-        resolved = prep.resolve_layout(src, layout)
-    except PairError as e:
-        raise click.ClickException(str(e)) from None
     cfg = prep.PrepareConfig(
-        src=str(src.resolve()), out=str(out_dir.resolve()), layout=resolved,
+        src=str(src.resolve()), out=str(out_dir.resolve()), layout=prep.resolve_layout(src, layout),
         pairs_csv=str(pairs_csv) if pairs_csv else None, zrr_levels=zrr_levels,
         patch=PatchParams(size=patch_size, stride=stride or patch_size, min_score=min_score,
                           max_clipped=max_clipped, min_mean=min_mean),
         min_inliers=min_inliers, scale=int(scale), copies=copies, crop=crop, split=split, seed=seed,
         saliency_method=saliency_method,
-        weights=str(weights) if weights else None, device=device, batch_size=batch_size,
-        jobs=jobs or prep.default_jobs())
+        weights=str(weights) if weights else None, device=device, batch_size=batch_size, jobs=_jobs(jobs))
     if dry_run:
         found, unpaired = prep.plan(cfg)
         click.echo(json.dumps({"config": cfg.to_json(), "pairs": len(found), "unpaired": unpaired,
                                "stages": list(prep.STAGES[: prep.STAGES.index(until) + 1]),
                                "force": sorted(force)}, indent=1))
         return
-    try:
-        result = prep.run(cfg, until=until, force=frozenset(force), progress=_progress(obj["quiet"]))
-    except (WeightsError, ValueError, OSError) as e:
-        raise click.ClickException(str(e)) from None
+    result = prep.run(cfg, until=until, force=frozenset(force), progress=_progress(obj["quiet"]))
     lines = [r.summary() for r in result.stages.values()] + prep.summary_lines(result.summary)
     _finish(result, lines, details=f"{out_dir}/summary.json")
 
 
-# -- augment --------------------------------------------------------------------------------------
+# -- shards ---------------------------------------------------------------------------------------
 
-@main.command()
+@main.command("shards")
 @click.argument("patches", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("saliency_dir", metavar="SALIENCY", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              metavar="SHARDS", help="Output folder: SPLIT-NNNNN.h5, index.json, manifest.json.")
+@out_option("Output folder: SPLIT-NNNNN.h5, index.json, manifest.json.", metavar="SHARDS")
 @click.option("--splits", "splits_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               metavar="JSON", help="splits.json of prepare [default: PATCHES/../splits.json; else all train].")
 @click.option("--scale", type=click.Choice(["1", "2"]), default="1", help="Target at packed (1) or sensor (2) size.")
 @click.option("--copies", type=click.IntRange(min=1), default=1, metavar="K", help="Transformed copies per patch.")
 @click.option("--crop", type=click.IntRange(min=8), default=None, metavar="C", help="Patch size in the shards.")
-@click.option("--seed", type=int, default=0, help="Augmentation seed.")
+@seed_option
 @click.option("--shard-size", type=click.IntRange(min=1), default=512, metavar="N", help="Patches per shard.")
-@click.option("-j", "--jobs", type=click.IntRange(min=1), default=1, metavar="N", help="Worker processes.")
-@click.option("--force", is_flag=True, help="Rewrite every shard.")
+@jobs_option
+@force_option("Rewrite every shard.")
 @click.pass_obj
-def augment(obj, patches, saliency_dir, out_dir, splits_file, scale, copies, crop, seed, shard_size, jobs,
-            force) -> None:
+@user_errors
+def shards_command(obj, patches, saliency_dir, out_dir, splits_file, scale, copies, crop, seed, shard_size, jobs,
+                   force) -> None:
     """Write training shards from a patches folder and its saliency shards.
 
     The last stage of `prepare`, on its own: per split, HDF5 shards of raw, target and saliency,
     with K Bayer-safe transformed copies of each patch.
+
+    \b
+    Example:
+      raw2rgb shards ds/patches ds/saliency -o ds/shards-x4 --copies 4
     """
-    import json
-
     from raw2rgb.pipeline import shards
-    from raw2rgb.pipeline.stage import Manifest
 
-    splits_file = splits_file or (patches.parent / "splits.json")
-    splits = json.loads(Path(splits_file).read_text())["scenes"] if Path(splits_file).is_file() else {}
-    sal = Manifest.load(saliency_dir)
-    try:
-        samples, owners = shards.samples_from(patches, saliency_dir, splits)
-        result = shards.build(samples, owners, out_dir, scale=int(scale), copies=copies, crop=crop, seed=seed,
-                              saliency_method=sal.params.get("method", "") if sal else "", shard_size=shard_size,
-                              jobs=jobs, force=force, progress=_progress(obj["quiet"]))
-    except (ValueError, OSError) as e:
-        raise click.ClickException(str(e)) from None
+    result = shards.build_from_stages(patches, saliency_dir, out_dir, splits_file=splits_file, scale=int(scale),
+                                      copies=copies, crop=crop, seed=seed, shard_size=shard_size, jobs=_jobs(jobs),
+                                      force=force, progress=_progress(obj["quiet"]))
     _finish(result)
 
 
@@ -318,41 +365,128 @@ def augment(obj, patches, saliency_dir, out_dir, splits_file, scale, copies, cro
 
 @main.command()
 @click.argument("shards_dir", metavar="SHARDS", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, metavar="N", help="Batch to load per split.")
+@batch_option("Batch to load per split.")
+@user_errors
 def inspect(shards_dir: Path, batch_size: int) -> None:
     """Load a batch of every split of a shards folder and print counts, shapes and value ranges.
 
     SHARDS is a shards folder or a prepare DATASET (its shards/ is used).
     """
+    from raw2rgb.model.data import describe
+
+    for line in describe(shards_dir, batch_size):
+        click.echo(line)
+
+
+# -- train ----------------------------------------------------------------------------------------
+
+def _pair(ctx, param, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        parts = [int(v) for v in value.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts = parts * 2
+    if len(parts) != 2 or min(parts) < 0:
+        raise click.BadParameter("epochs of stage 1 and stage 2, e.g. 10,30 (or one number for both)")
+    return parts[0], parts[1]
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@out_option("Run folder: config.json, stats.jsonl, checkpoints/, samples/, tensorboard/.", metavar="RUN")
+# Recipe (the run's identity; defaults are the paper's)
+@click.option("--preset", type=click.Choice(["paper", "tiny"]), default="paper",
+              help="Network sizes: paper (24.4 M-parameter generator) or tiny (tests, demo).")
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="JSON", help="TrainConfig fields as JSON (a run's config.json works); options override it.")
+@click.option("--epochs", callback=_pair, default=None, metavar="E1,E2", help="Epochs of stage 1 and 2 [10,30].")
+@batch_option("Batch size per process [paper code: 8].")
+@click.option("--crop", type=click.IntRange(min=8), default=None, metavar="C",
+              help="Random crop of the training patches (a multiple of 8).")
+@click.option("--perceptual-weight", type=click.FloatRange(min=0), default=None, metavar="W",
+              help="Weight of the VGG16 perceptual term in stage 2 [1]; 0: no VGG needed.")
+@click.option("--scale", type=click.Choice(["1", "2"]), default=None, help="Output scale [default: the shards'].")
+@seed_option
+# Execution (not part of the run's identity)
+@click.option("--stage", "stages", type=click.Choice(["1", "2", "all"]), default="all", help="Stages to run.")
+@click.option("--max-steps", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Stop (with a checkpoint) at this global step; rerun with a larger one to go on.")
+@device_option
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
+              help="auto: bf16 autocast on CUDA, fp32 on CPU.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks.")
+@click.option("--workers", type=click.IntRange(min=0), default=2, metavar="N", help="Data-loading processes.")
+@click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, metavar="STEPS",
+              help="Checkpoint interval (also at every epoch's end).")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, metavar="STEPS", help="stats.jsonl interval.")
+@click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="PTH", help="VGG16 ImageNet weights [default: torchvision's cache].")
+@force_option("Start RUN over even when it holds another config or dataset.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON; train nothing.")
+@click.pass_obj
+@user_errors
+def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, perceptual_weight, scale, seed,
+          stages, max_steps, device, precision, compile_, workers, checkpoint_every, log_every, vgg_weights, force,
+          dry_run) -> None:
+    """Train the saliency-aided GAN on a prepared DATASET into RUN.
+
+    Stage 1: L1 + attention loss; stage 2: + LSGAN discriminator + VGG16 perceptual loss (the
+    paper's recipe, DESIGN §6). Rerunning the same command continues an interrupted run and does
+    nothing on a finished one. Multi-GPU: launch with torchrun.
+
+    \b
+    Examples:
+      raw2rgb train ds/ -o runs/paper
+      raw2rgb train ds/ -o runs/quick --preset tiny --epochs 2,1 --perceptual-weight 0
+      torchrun --nproc_per_node 4 -m raw2rgb train ds/ -o runs/ddp
+    """
+    import dataclasses
     import json
 
-    from torch.utils.data import DataLoader
+    from raw2rgb.model.train import Runtime, TrainConfig
+    from raw2rgb.model.train import train as run_training
+    from raw2rgb.pipeline.shards import read_index, shards_root
 
-    from raw2rgb.model.data import ShardDataset
-    from raw2rgb.pipeline.shards import INDEX, ShardError
-
-    root = shards_dir / "shards" if (shards_dir / "shards" / INDEX).is_file() else shards_dir
-    try:
-        index = json.loads((root / INDEX).read_text())
-        click.echo(f"{root}: scale {index['scale']}, crop {index.get('crop')}, copies {index.get('copies')}, "
-                   f"saliency {index.get('saliency_method') or '?'}")
-        for split, entry in sorted(index["splits"].items()):
-            batch = next(iter(DataLoader(ShardDataset(root, split), batch_size=batch_size)))
-            ranges = ", ".join(f"{k} {tuple(batch[k].shape)} [{batch[k].min():.2f}, {batch[k].max():.2f}]"
-                               for k in ("raw", "rgb", "saliency"))
-            click.echo(f"  {split}: {entry['count']} samples in {len(entry['shards'])} shards; {ranges}")
-    except (OSError, ValueError, KeyError, ShardError) as e:
-        raise click.ClickException(f"{root}: {e}") from None
+    ctx = click.get_current_context()
+    given = {k for k in ctx.params if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
+    base = json.loads(config_file.read_text()) if config_file else {}
+    base = base.get("config", base)  # a run's config.json holds {"config": …}
+    cfg = TrainConfig.from_json(base) if base and "preset" not in given else TrainConfig.preset_config(preset)
+    changes: dict = {}
+    if epochs:
+        changes.update(stage1_epochs=epochs[0], stage2_epochs=epochs[1])
+    for name, value in (("batch_size", batch_size), ("crop", crop), ("w_perceptual", perceptual_weight),
+                        ("seed", seed)):
+        option = {"w_perceptual": "perceptual_weight"}.get(name, name)
+        if option in given or (not base and value is not None):
+            changes[name] = value
+    out_scale = int(scale) if scale else int(read_index(shards_root(dataset))["scale"])
+    changes["generator"] = dataclasses.replace(cfg.generator, scale=out_scale)
+    cfg = dataclasses.replace(cfg, **changes)
+    rt = Runtime(stages=stages, device=device, precision=precision, compile=compile_, max_steps=max_steps,
+                 checkpoint_every=checkpoint_every, log_every=log_every, workers=workers,
+                 vgg_weights=str(vgg_weights) if vgg_weights else None)
+    if dry_run:
+        click.echo(json.dumps({"config": cfg.to_json(), "runtime": rt.to_json()}, indent=1))
+        return
+    result = run_training(dataset, out_dir, cfg, rt, force=force, progress_bar=_progress(obj["quiet"]))
+    click.echo(result.message, err=True)
+    if result.last_val:
+        click.echo(f"validation: PSNR {result.last_val['val_psnr']:.2f} dB, SSIM {result.last_val['val_ssim']:.4f}",
+                   err=True)
 
 
 # -- synth ----------------------------------------------------------------------------------------
 
 @main.command()
-@click.option("-o", "--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path),
-              metavar="DIR", help="Where to write the DNGs.")
+@out_option("Where to write the DNGs.")
 @click.option("--size", type=(click.IntRange(min=64), click.IntRange(min=64)), default=(512, 768),
               metavar="H W", help="Sensor size in pixels.")
-@click.option("--seed", type=int, default=0, help="Noise seed.")
+@seed_option
+@user_errors
 def synth(out_dir: Path, size: tuple[int, int], seed: int) -> None:
     """Write sample DNGs from a virtual camera (one per CFA pattern), each with its JPEG."""
     from raw2rgb.pipeline import synth as virtual_camera

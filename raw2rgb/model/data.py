@@ -138,3 +138,22 @@ def to_model(batch: dict[str, Any], device: torch.device | str | None = None,
             x = x.to(torch.float32) * ((1.0 - lo) / top) + lo
         out[key] = x
     return out
+
+
+def describe(path: os.PathLike | str, batch_size: int = 8) -> list[str]:
+    """Lines saying what a shards folder (or a prepare DATASET) holds: per split, the count and
+    the shapes and value ranges of a loaded batch."""
+    from torch.utils.data import DataLoader
+
+    from raw2rgb.pipeline.shards import read_index, shards_root
+
+    root = shards_root(path)
+    index = read_index(root)
+    lines = [f"{root}: scale {index['scale']}, crop {index.get('crop')}, copies {index.get('copies')}, "
+             f"saliency {index.get('saliency_method') or '?'}"]
+    for split, entry in sorted(index["splits"].items()):
+        batch = next(iter(DataLoader(ShardDataset(root, split), batch_size=batch_size)))
+        ranges = ", ".join(f"{k} {tuple(batch[k].shape)} [{batch[k].min():.2f}, {batch[k].max():.2f}]"
+                           for k in ("raw", "rgb", "saliency"))
+        lines.append(f"  {split}: {entry['count']} samples in {len(entry['shards'])} shards; {ranges}")
+    return lines

@@ -488,7 +488,7 @@ def _resume(run_dir: Path, nets: _Nets, opts_for: Callable[[int], dict[str, Any]
     for k, v in opts.items():
         v.load_state_dict(blob[k])
     _set_rng_state(blob["rng"])
-    log.info("resuming %s at step %d (stage %d, epoch %d, batch %d)", run_dir, progress.step, progress.stage,
+    log.debug("resuming %s at step %d (stage %d, epoch %d, batch %d)", run_dir, progress.step, progress.stage,
              progress.epoch + 1, progress.batch)
     return progress, opts
 
@@ -564,6 +564,9 @@ def train(dataset: os.PathLike | str, run_dir: os.PathLike | str, cfg: TrainConf
     amp = torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
                          enabled=precision != "fp32")
     stats = _Stats(run_dir, progress.stats_lines, dist.main)
+    if dist.main and progress.step:
+        log.info("resuming %s at step %d (stage %d, epoch %d, batch %d)", run_dir, progress.step, progress.stage,
+                 progress.epoch + 1, progress.batch)
     if dist.main:
         log.info("training %s on %s: %s, %s, %d train / %d val samples, batch %d × %d process(es)", run_dir, root,
                  cfg.preset, precision, index["splits"]["train"]["count"],
@@ -716,8 +719,9 @@ class _Loop:
                 return f"{self.run_dir}: {why} at step {p.step}; checkpoint saved, rerun the command to continue"
         if bar is not None:
             bar.close()
-        for sched in ("sched_G", "sched_D"):
-            self.opts[sched].step()
+        self.opts["sched_G"].step()
+        if stage == 2:  # D is idle in stage 1
+            self.opts["sched_D"].step()
         self._end_of_epoch(stage)
         p.epoch += 1
         p.batch = 0
@@ -748,7 +752,7 @@ class _Loop:
 
     def _log_step(self, stage: int, terms: dict[str, torch.Tensor], rate: float) -> None:
         self._check_finite()
-        record = {"step": self.p.step, "stage": stage, "epoch": self.p.epoch + 1,
+        record = {"step": self.p.step, "event": "step", "stage": stage, "epoch": self.p.epoch + 1,
                   **{k: round(float(v), 6) for k, v in terms.items()},
                   "lr_g": self.opts["opt_G"].param_groups[0]["lr"], "samples_per_s": round(rate, 2)}
         if stage == 2:
@@ -760,7 +764,7 @@ class _Loop:
         if not self.dist.main:
             _barrier(self.dist)
             return
-        record: dict[str, Any] = {"step": self.p.step, "stage": stage, "epoch": self.p.epoch + 1}
+        record: dict[str, Any] = {"step": self.p.step, "event": "epoch", "stage": stage, "epoch": self.p.epoch + 1}
         record.update({k: round(float(v), 6) for k, v in self.last_terms.items()})
         if self.val_set is not None:
             self.last_val = validate(self.nets.G, self._loader(self.val_set, _plain_batches(len(self.val_set),

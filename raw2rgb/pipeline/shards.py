@@ -1,4 +1,4 @@
-"""HDF5 shards: saliency shards (written by the saliency stage) and training shards (the augment
+"""HDF5 shards: saliency shards (written by the saliency stage) and training shards (the shards
 stage: patches + saliency → shards per split), their formats and readers.
 
 A shard ``SPLIT-NNNNN.h5`` holds ``raw`` (N, 4, h, w) uint16, ``rgb`` (N, 3, H, W) uint8,
@@ -162,14 +162,14 @@ def _read_png(path: str) -> np.ndarray:
         raise ItemError(f"{path}: unreadable patch ({' '.join(str(e).split())})") from None
 
 
-AUGMENT = Stage("shards", 1, shard_item)
+SHARDS = Stage("shards", 1, shard_item)
 
 
 def build(samples: list[tuple[str, str, str, str]], saliency_shards: dict[str, str], out_dir: os.PathLike | str,
           *, scale: int = 1, copies: int = 1, crop: int | None = None, seed: int = 0,
           saliency_method: str = "", shard_size: int = DEFAULT_SHARD_SIZE, jobs: int = 1, force: bool = False,
           progress=None) -> StageResult:
-    """Run the augment stage and write ``index.json``.
+    """Run the shards stage and write ``index.json``.
 
     Args:
         samples: (id, split, raw patch path, rgb patch path), sorted or not.
@@ -202,7 +202,7 @@ def build(samples: list[tuple[str, str, str, str]], saliency_shards: dict[str, s
                               {"ids": ids, "split": split}))
     params = {"scale": scale, "copies": copies, "crop": crop, "seed": seed, "saliency_method": saliency_method,
               "shard_size": shard_size}
-    result = run_stage(AUGMENT, items, out_dir, params, jobs=jobs, force=force, progress=progress)
+    result = run_stage(SHARDS, items, out_dir, params, jobs=jobs, force=force, progress=progress)
     splits: dict[str, dict[str, Any]] = {}
     for r in sorted(result.manifest.ok, key=lambda r: r.key):
         entry = splits.setdefault(r.info["split"], {"count": 0, "shards": []})
@@ -294,3 +294,20 @@ def dataset_key(root: os.PathLike | str) -> str:
                 raise ShardError(f"{root / s['file']}: unreadable training shard ({e})") from None
     blob = json.dumps({"index": index, "shards": keys}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+def build_from_stages(patches_dir: os.PathLike | str, saliency_dir: os.PathLike | str, out_dir: os.PathLike | str,
+                      splits_file: os.PathLike | str | None = None, **kwargs: Any) -> StageResult:
+    """The shards stage on its own: patches and saliency folders of ``prepare`` → training shards.
+
+    ``splits_file`` defaults to ``splits.json`` beside the patches folder; without one every
+    patch goes to ``train``. Other arguments as :func:`build`."""
+    from raw2rgb.pipeline.stage import Manifest
+
+    patches_dir, saliency_dir = Path(patches_dir), Path(saliency_dir)
+    splits_path = Path(splits_file) if splits_file else patches_dir.parent / "splits.json"
+    splits = json.loads(splits_path.read_text())["scenes"] if splits_path.is_file() else {}
+    sal = Manifest.load(saliency_dir)
+    samples, owners = samples_from(patches_dir, saliency_dir, splits)
+    method = sal.params.get("method", "") if sal else ""
+    return build(samples, owners, out_dir, saliency_method=method, **kwargs)

@@ -43,7 +43,7 @@ def labelled(tmp_path_factory):
 
 
 def _augment(ds: Path, out: Path, *extra):
-    result = _cli("augment", ds / "patches", ds / "saliency", "-o", out, *extra)
+    result = _cli("shards", ds / "patches", ds / "saliency", "-o", out, *extra)
     assert result.exit_code == 0, result.output
     return json.loads((out / "index.json").read_text())
 
@@ -154,7 +154,7 @@ def test_corrupt_shard_names_the_shard_and_sample(shard_root, tmp_path):
 
 @pytest.mark.timeout(240)
 def test_killed_augment_stage_resumes(labelled, tmp_path):
-    cmd = [sys.executable, "-m", "raw2rgb", "-q", "augment", str(labelled / "patches"), str(labelled / "saliency"),
+    cmd = [sys.executable, "-m", "raw2rgb", "-q", "shards", str(labelled / "patches"), str(labelled / "saliency"),
            "--shard-size", "1", "--copies", "4", "-o"]
     killed = tmp_path / "killed"
     assert 3 <= kill_midway(cmd + [str(killed)], killed, "*.h5", 3) < 24, "killed mid-way"  # 6 scenes × 4 patches

@@ -1,0 +1,86 @@
+"""Generator and discriminator: the paper's sizes, shapes at both scales, init, spectral-norm folding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from raw2rgb.model import discriminator as dmod
+from raw2rgb.model import generator as gmod
+from raw2rgb.model.discriminator import Discriminator, DiscriminatorConfig
+from raw2rgb.model.generator import Generator, GeneratorConfig
+
+
+def test_paper_parameter_counts():
+    assert gmod.count_parameters(Generator()) == gmod.PAPER_PARAMETERS == 24_352_448
+    assert gmod.count_parameters(Discriminator()) == dmod.PAPER_PARAMETERS == 8_151_488
+
+
+def test_paper_shapes_at_224():
+    g, d = Generator(), Discriminator()
+    x = torch.rand(1, 4, 224, 224) * 2 - 1
+    with torch.no_grad():
+        rgb, sal = g(x)
+        assert rgb.shape == (1, 3, 224, 224) and sal.shape == (1, 1, 224, 224)
+        assert d(x, rgb).shape == (1, 1, 26, 26)  # the paper's label map, not hard-coded here
+    assert rgb.abs().max() <= 1 and 0 <= sal.min() and sal.max() <= 1
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+@pytest.mark.parametrize("hw", [(32, 48), (64, 40), (56, 56)])
+def test_tiny_shapes(scale, hw):
+    cfg = GeneratorConfig(**{**gmod.PRESETS["tiny"].to_json(), "scale": scale})
+    g, d = Generator(cfg), Discriminator(dmod.PRESETS["tiny"])
+    x = torch.rand(2, 4, *hw) * 2 - 1
+    rgb, sal = g(x)
+    assert rgb.shape == (2, 3, scale * hw[0], scale * hw[1])
+    assert sal.shape == (2, 1, scale * hw[0], scale * hw[1])
+    assert g.rgb(x).shape == rgb.shape
+    score = d(x, rgb)
+    assert score.shape[:2] == (2, 1) and score.shape[-1] > 0
+
+
+def test_bad_input_shape_is_named():
+    g = Generator(gmod.PRESETS["tiny"])
+    with pytest.raises(ValueError, match=r"\(1, 4, 30, 32\)"):
+        g(torch.zeros(1, 4, 30, 32))
+    with pytest.raises(ValueError, match="1 or 2 times"):
+        Discriminator(DiscriminatorConfig(8))(torch.zeros(1, 4, 32, 32), torch.zeros(1, 3, 48, 48))
+
+
+def test_init_reaches_every_conv():
+    """N(0, 0.02) on the trainable tensor under spectral norm, for every conv of G and D."""
+    for net in (Generator(), Discriminator()):
+        gmod.init_weights(net, 0.02, torch.Generator().manual_seed(0))
+        convs = gmod.convs(net)
+        assert len(convs) == (25 if isinstance(net, Generator) else 10)
+        for c in convs:
+            std = float(c.parametrizations.weight.original.std())
+            assert abs(std - 0.02) / 0.02 < 0.10, (c, std)
+
+
+def test_fold_spectral_norm_keeps_outputs_and_drops_parametrisations():
+    torch.manual_seed(0)
+    g = Generator(gmod.PRESETS["tiny"])
+    x = torch.rand(1, 4, 32, 32) * 2 - 1
+    g.train()
+    g(x)  # one power iteration, as in training
+    g.eval()
+    with torch.no_grad():
+        before = g.rgb(x)
+        gmod.fold_spectral_norm(g)
+        after = g.rgb(x)
+    assert not any(hasattr(c, "parametrizations") for c in gmod.convs(g))
+    assert torch.allclose(before, after, atol=1e-6)
+
+
+def test_frame_norm_collect_equals_instance_norm_on_one_image_and_fixed_reuses():
+    x = torch.randn(1, 5, 8, 8) * 3 + 2
+    n = gmod.FrameNorm()
+    ref = torch.nn.functional.instance_norm(x)
+    n.mode = "collect"
+    assert torch.allclose(n(x), ref, atol=1e-5)
+    n.mode = "fixed"
+    y = torch.randn(1, 5, 4, 4)
+    assert torch.allclose(n(y), (y - x.mean((0, 2, 3))[None, :, None, None])
+                          / torch.sqrt(x.var((0, 2, 3), unbiased=False) + 1e-5)[None, :, None, None], atol=1e-5)
