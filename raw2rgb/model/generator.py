@@ -184,8 +184,17 @@ def init_weights(model: nn.Module, std: float = 0.02, generator: torch.Generator
     spectral-norm wrapper hid, so its init never reached a conv."""
     with torch.no_grad():
         for m in convs(model):
-            target = m.parametrizations.weight.original if parametrize.is_parametrized(m, "weight") else m.weight
-            target.normal_(0.0, std, generator=generator)
+            if not parametrize.is_parametrized(m, "weight"):
+                m.weight.normal_(0.0, std, generator=generator)
+                continue
+            m.parametrizations.weight.original.normal_(0.0, std, generator=generator)
+            # spectral_norm drew its power-iteration vectors from the global RNG; redraw them from
+            # ours so that the same seed gives the same network in every process.
+            sn = m.parametrizations.weight[0]
+            for vec in (sn._u, sn._v):
+                vec.normal_(0.0, 1.0, generator=generator)
+                vec.div_(vec.norm().clamp_min(1e-12))
+            sn._power_method(sn._reshape_weight_to_matrix(m.parametrizations.weight.original), 15)
             if m.bias is not None:
                 m.bias.zero_()
 

@@ -20,6 +20,9 @@ def make_shards(root: Path, counts: dict[str, int], size: int = 32, scale: int =
     scenes = [synth.scene(name, (256, 256)) for name in synth.SCENES[:4]]
     splits = {}
     for split, n in counts.items():
+        if n == 0:
+            splits[split] = {"count": 0, "shards": []}
+            continue
         raws, rgbs, sals, ids = [], [], [], []
         for i in range(n):
             img = scenes[int(rng.integers(len(scenes)))]

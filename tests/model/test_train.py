@@ -1,0 +1,265 @@
+"""`raw2rgb train`: learning, the two stages, resume, refusals, DDP, checkpoints, the VGG message."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from raw2rgb.cli import main
+from raw2rgb.model import losses
+from raw2rgb.model.train import Runtime, TrainConfig, TrainError, iter_stats, load_checkpoint, train, weights_digest
+from tests.model.conftest import make_shards
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny(**kw) -> TrainConfig:
+    base = {"stage1_epochs": 1, "stage2_epochs": 1, "batch_size": 4, "w_perceptual": 0.0}
+    return TrainConfig.preset_config("tiny", **{**base, **kw})
+
+
+def rt(**kw) -> Runtime:
+    return Runtime(**{"workers": 0, "log_every": 1, "samples": 2, **kw})
+
+
+def _cli(*args):
+    return CliRunner().invoke(main, ["-q", *map(str, args)])
+
+
+def test_tiny_preset_overfits_eight_samples(tmp_path):
+    """Stage 1 on 8 samples, no augmentation: L1 at least halves and validation PSNR (on the same
+    8 samples) rises."""
+    root = make_shards(tmp_path / "s", {"train": 8, "val": 8}, seed=3)
+    val = root / "val-00000.h5"
+    val.unlink()
+    os.link(root / "train-00000.h5", val)  # validate on the training samples themselves
+    cfg = tiny(stage1_epochs=60, augment=False, lr_stage1=1e-3, halve_every=1000)
+    result = train(root, tmp_path / "run", cfg, rt(stages="1"))
+    steps = [r for r in iter_stats(tmp_path / "run") if r["event"] == "step"]
+    epochs = [r for r in iter_stats(tmp_path / "run") if r["event"] == "epoch"]
+    first = sum(r["rgb"] for r in steps[:4]) / 4
+    last = sum(r["rgb"] for r in steps[-4:]) / 4
+    assert result.finished and result.steps_run == 120
+    assert last <= 0.5 * first, (first, last)
+    assert epochs[-1]["val_psnr"] > epochs[0]["val_psnr"] + 3, (epochs[0]["val_psnr"], epochs[-1]["val_psnr"])
+
+
+def test_two_stages_step_both_networks_and_write_everything(tiny_shards, tmp_path):
+    run = tmp_path / "run"
+    result = train(tiny_shards, run, tiny(), rt())
+    assert result.finished and result.step == 4  # 8 samples, batch 4: 2 steps per epoch, 2 epochs
+    s1, final = load_checkpoint(run / "checkpoints" / "stage1.pt"), load_checkpoint(run / "checkpoints" / "final.pt")
+    changed = [k for k in s1["D"] if not torch.equal(s1["D"][k], final["D"][k])]
+    assert any(k.endswith("original") for k in changed)  # D's weights moved in stage 2
+    assert s1["G"].keys() == final["G"].keys() and not all(torch.equal(s1["G"][k], final["G"][k]) for k in s1["G"])
+    assert final["opt_D"]["state"]  # Adam state exists: D's optimiser was stepped
+    records = list(iter_stats(run))
+    assert [r["step"] for r in records if r["event"] == "step"] == [1, 2, 3, 4]
+    stage2 = [r for r in records if r["event"] == "step" and r["stage"] == 2]
+    assert all({"d", "adversarial", "rgb", "attention"} <= set(r) for r in stage2)
+    assert stage2[0]["lr_g"] == 1e-4 and stage2[0]["lr_d"] == 4e-4
+    vals = [r for r in records if r["event"] == "epoch"]
+    assert len(vals) == 2 and all(0 < r["val_ssim"] <= 1 and r["val_psnr"] > 0 for r in vals)
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["stage1-epoch001.png", "stage2-epoch001.png"]
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((run / "config.json").read_text())["config"]["preset"] == "tiny"
+
+
+def test_learning_rates_halve_every_k_epochs(tiny_shards, tmp_path):
+    train(tiny_shards, tmp_path / "run", tiny(stage1_epochs=3, halve_every=1), rt(stages="1"))
+    lrs = [r["lr_g"] for r in iter_stats(tmp_path / "run") if r["event"] == "step"]
+    assert lrs == [2e-4, 2e-4, 1e-4, 1e-4, 5e-5, 5e-5]
+
+
+def test_finished_run_does_nothing_and_other_config_is_refused(tiny_shards, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_shards, run, tiny(), rt())
+    before = (run / "checkpoints" / "final.pt").stat().st_mtime_ns, (run / "stats.jsonl").read_bytes()
+    again = train(tiny_shards, run, tiny(), rt())
+    assert again.steps_run == 0 and "nothing to do" in again.message
+    assert ((run / "checkpoints" / "final.pt").stat().st_mtime_ns, (run / "stats.jsonl").read_bytes()) == before
+    with pytest.raises(TrainError, match="another config .*lr_g.*--force"):
+        train(tiny_shards, run, tiny(lr_g=3e-4), rt())
+    forced = train(tiny_shards, run, tiny(lr_g=3e-4), rt(), force=True)
+    assert forced.steps_run == 4
+
+
+def test_changed_dataset_is_refused(tmp_path):
+    root = make_shards(tmp_path / "s", {"train": 8, "val": 4})
+    train(root, tmp_path / "run", tiny(), rt(max_steps=1))
+    make_shards(root, {"train": 8, "val": 4}, seed=5)  # new shards, same folder
+    with pytest.raises(TrainError, match="other shards"):
+        train(root, tmp_path / "run", tiny(), rt())
+
+
+KILL_SCRIPT = textwrap.dedent("""
+    import os, signal, sys
+    from raw2rgb.model.train import Runtime, TrainConfig, train
+    cfg = TrainConfig.preset_config("tiny", stage1_epochs=1, stage2_epochs=1, batch_size=4, w_perceptual=0.0)
+    kill_at = int(sys.argv[3])
+    def on_step(step):
+        if step == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+    train(sys.argv[1], sys.argv[2], cfg, Runtime(workers=0, log_every=1, checkpoint_every=2), on_step=on_step)
+""")
+
+
+def test_resume_after_sigkill_is_bit_identical(tiny_shards, tmp_path):
+    """4 steps straight (both stages) equal 3 steps, SIGKILL (checkpoint at step 2), rerun."""
+    straight = train(tiny_shards, tmp_path / "a", tiny(), rt(checkpoint_every=2))
+    script = tmp_path / "kill.py"
+    script.write_text(KILL_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, str(script), str(tiny_shards), str(tmp_path / "b"), "3"], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    killed = load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt")
+    assert killed["progress"]["step"] == 2 and killed["progress"]["stage"] == 2
+    assert [r["step"] for r in iter_stats(tmp_path / "b") if r["event"] == "step"] == [1, 2, 3]
+    resumed = train(tiny_shards, tmp_path / "b", tiny(), rt(checkpoint_every=2))
+    assert resumed.steps_run == 2 and resumed.step == straight.step == 4
+    a, b = (load_checkpoint(p / "checkpoints" / "final.pt") for p in (tmp_path / "a", tmp_path / "b"))
+    for net in ("G", "D", "opt_G", "opt_D"):
+        flat_a = {k: v for k, v in _flatten(a[net])}
+        flat_b = {k: v for k, v in _flatten(b[net])}
+        assert flat_a.keys() == flat_b.keys()
+        for k in flat_a:
+            assert torch.equal(flat_a[k], flat_b[k]) if torch.is_tensor(flat_a[k]) else flat_a[k] == flat_b[k], k
+    # what was logged after the checkpoint (step 3) was dropped and redone: stats read as one run
+    steps = [r for r in iter_stats(tmp_path / "b") if r["event"] == "step"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    want = [r for r in iter_stats(tmp_path / "a") if r["event"] == "step"]
+    assert [r["total"] for r in steps] == [r["total"] for r in want]
+
+
+def _flatten(obj, prefix=""):
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _flatten(v, f"{prefix}/{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from _flatten(v, f"{prefix}/{i}")
+    else:
+        yield prefix, obj
+
+
+def test_max_steps_stops_with_a_checkpoint_and_a_larger_one_continues(tiny_shards, tmp_path):
+    first = train(tiny_shards, tmp_path / "run", tiny(), rt(max_steps=1))
+    assert not first.finished and first.step == 1 and "max-steps 1" in first.message
+    assert train(tiny_shards, tmp_path / "run", tiny(), rt(max_steps=1)).steps_run == 0
+    assert train(tiny_shards, tmp_path / "run", tiny(), rt(max_steps=3)).step == 3
+
+
+def test_checkpoints_load_with_weights_only(tiny_shards, tmp_path):
+    train(tiny_shards, tmp_path / "run", tiny(), rt(max_steps=1))
+    blob = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=True)
+    assert blob["format"] == 1 and blob["config"]["preset"] == "tiny"
+    assert {"G", "D", "opt_G", "opt_D", "sched_G", "sched_D", "scaler", "rng", "progress"} <= set(blob)
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainError, match="bad.pt: not a readable checkpoint"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_missing_vgg_names_the_three_ways_out(tiny_shards, tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    with pytest.raises(TrainError) as e:
+        train(tiny_shards, tmp_path / "run", tiny(w_perceptual=1.0), rt())
+    msg = str(e.value)
+    assert "vgg16-397923af.pth" in msg and "--vgg-weights" in msg and "--perceptual-weight 0" in msg
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
+    result = _cli("train", tiny_shards, "-o", tmp_path / "run2", "--preset", "tiny", "--workers", "0")
+    assert result.exit_code == 1 and "--perceptual-weight 0" in result.output and "Traceback" not in result.output
+
+
+def test_perceptual_term_with_given_vgg_weights(tiny_shards, tmp_path):
+    """A VGG16 file (random weights here: nothing can be downloaded) passed with --vgg-weights."""
+    from torchvision.models import vgg16
+
+    torch.save(vgg16(weights=None).state_dict(), tmp_path / "vgg.pth")
+    feats = losses.load_vgg_features(tmp_path / "vgg.pth")
+    assert len(feats) == 22 and isinstance(feats[-1], torch.nn.Conv2d)  # conv4_3, before its ReLU
+    train(tiny_shards, tmp_path / "run", tiny(w_perceptual=1.0), rt(stages="2", vgg_weights=str(tmp_path / "vgg.pth")))
+    assert all("perceptual" in r for r in iter_stats(tmp_path / "run") if r["event"] == "step")
+
+
+def test_bad_inputs_are_one_line(tmp_path):
+    empty = make_shards(tmp_path / "empty", {"train": 0, "val": 2})
+    r = _cli("train", empty, "-o", tmp_path / "r1", "--preset", "tiny", "--perceptual-weight", "0")
+    assert r.exit_code == 1 and "train split is empty" in r.output
+    scale2 = make_shards(tmp_path / "s2", {"train": 4}, scale=2)
+    r = _cli("train", scale2, "-o", tmp_path / "r2", "--preset", "tiny", "--scale", "1", "--perceptual-weight", "0")
+    assert r.exit_code == 1 and "output scale 2" in r.output
+    r = _cli("train", tmp_path, "-o", tmp_path / "r3")
+    assert r.exit_code == 1 and "index.json" in r.output
+    if not torch.cuda.is_available():
+        r = _cli("train", scale2, "-o", tmp_path / "r4", "--device", "cuda", "--perceptual-weight", "0")
+        assert r.exit_code == 1 and "CUDA is not available" in r.output
+    for r in (r,):
+        assert "Traceback" not in r.output
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_shards, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_shards, run, tiny(), rt(max_steps=1))
+    # poisoned after step 2 (the end of stage 1, checkpointed): step 3 diverges
+    with pytest.raises(TrainError, match="loss rgb, attention became NaN .*step 3.*last good checkpoint"):
+        train(tiny_shards, run, tiny(), rt(), on_step=lambda s: _poison(tmp_path) if s == 2 else None)
+    kept = load_checkpoint(run / "checkpoints" / "latest.pt")
+    assert kept["progress"]["step"] == 2 and all(torch.isfinite(v).all() for v in kept["G"].values())
+
+
+def _poison(tmp_path):
+    """Make the next forward produce NaN, as a diverged run would."""
+    import raw2rgb.model.losses as L
+
+    L.l1 = lambda a, b: (a - b).abs().mean() * float("nan")
+
+
+@pytest.fixture(autouse=True)
+def _restore_l1():
+    original = losses.l1
+    yield
+    losses.l1 = original
+
+
+def test_dry_run_prints_the_resolved_config(tiny_shards, tmp_path):
+    r = _cli("train", tiny_shards, "-o", tmp_path / "run", "--preset", "tiny", "--epochs", "3,5", "--dry-run")
+    assert r.exit_code == 0, r.output
+    d = json.loads(r.output)
+    assert d["config"]["stage1_epochs"] == 3 and d["config"]["stage2_epochs"] == 5
+    assert d["config"]["generator"]["base"] == 16 and d["config"]["lr_d"] == 4e-4
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "cfg.json").write_text(json.dumps({"config": d["config"]}))
+    r = _cli("train", tiny_shards, "-o", tmp_path / "run", "--config", tmp_path / "cfg.json", "--batch-size", "2",
+             "--dry-run")
+    d2 = json.loads(r.output)
+    assert d2["config"]["stage1_epochs"] == 3 and d2["config"]["batch_size"] == 2
+
+
+def test_ddp_two_processes_on_cpu_end_with_identical_weights(tiny_shards, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "raw2rgb", "-q", "train", str(tiny_shards), "-o", str(tmp_path / "run"), "--preset", "tiny",
+           "--epochs", "1,1", "--batch-size", "2", "--perceptual-weight", "0", "--workers", "0", "--log-every", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = list(iter_stats(tmp_path / "run"))
+    ranks = [r for r in records if r.get("event") == "ranks"]
+    assert len(ranks) == 1 and len(ranks[0]["weights_sha256"]) == 2
+    assert len(set(ranks[0]["weights_sha256"])) == 1
+    # 8 samples, 2 per process × 2 processes: 2 steps per epoch
+    assert [r["step"] for r in records if r["event"] == "step"] == [1, 2, 3, 4]
+    final = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")
+    from raw2rgb.model.generator import Generator, GeneratorConfig
+
+    g = Generator(GeneratorConfig.from_json(final["config"]["generator"]))
+    g.load_state_dict(final["G"])
+    assert ranks[0]["weights_sha256"][0].split(":")[0] == weights_digest(g)
