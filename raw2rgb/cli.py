@@ -479,6 +479,124 @@ def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, 
                    err=True)
 
 
+# -- convert --------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
+@out_option("Output folder (one image per RAW file, manifest.json).")
+# Method
+@click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), default=None, metavar="CKPT|RUN",
+              help="A trained checkpoint, or a RUN folder (its final checkpoint).")
+@click.option("--method", type=click.Choice(["model", "isp"]), default=None,
+              help="model (needs --checkpoint) or isp, the classical pipeline [default: model with a checkpoint, "
+                   "else isp].")
+# Tiling
+@click.option("--tile", type=click.IntRange(min=16), default=512, metavar="N", help="Tile size, packed pixels.")
+@click.option("--overlap", type=click.IntRange(min=0), default=64, metavar="N", help="Tile overlap, packed pixels.")
+# Output
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "tiff16"]), default="png",
+              help="png and jpg: 8-bit sRGB; tiff16: 16-bit sRGB.")
+@click.option("--quality", type=click.IntRange(1, 100), default=95, metavar="Q", help="JPEG quality.")
+@click.option("--zrr-levels", type=click.Choice(["liteisp", "pynet"]), default="liteisp",
+              help="Black/white level for ZRR mosaic PNG inputs.")
+# Execution
+@device_option
+@jobs_option
+@force_option("Convert every file, even those up to date.")
+@click.pass_obj
+@user_errors
+def convert(obj, inputs, out_dir, checkpoint, method, tile, overlap, fmt, quality, zrr_levels, device, jobs,
+            force) -> None:
+    """Convert RAW files to full-resolution RGB images.
+
+    INPUTS are files, folders (searched recursively) or glob patterns of any Bayer RAW (DNG, CR2,
+    NEF, ARW, …). With a checkpoint the trained model runs over overlapping tiles with frame-wide
+    normalisation (no seams, memory bounded by the tile); without one, the classical pipeline
+    (black/white level, as-shot white balance, demosaicing, the file's colour matrix, sRGB).
+    Files already converted with the same settings are skipped.
+
+    \b
+    Examples:
+      raw2rgb convert photo.dng -o out/                       # classical pipeline
+      raw2rgb convert shoot/ -o out/ --checkpoint runs/paper  # the trained model
+    """
+    from raw2rgb import convert as conv
+    from raw2rgb.pipeline import rawio
+
+    cfg = conv.resolve(method, checkpoint, tile=tile, overlap=overlap, format=fmt, quality=quality,
+                       zrr_levels=rawio.ZRR_LEVELS[zrr_levels])
+    items = conv.collect_inputs(inputs)
+    result = conv.convert(items, out_dir, cfg, device=device, jobs=_jobs(jobs) if cfg.method == "isp" else 1,
+                          force=force, progress=_progress(obj["quiet"]))
+    click.echo(f"{cfg.method}: {len(result.manifest.ok)} images in {out_dir}", err=True)
+    _finish(result)
+
+
+# -- evaluate -------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", help="Split to evaluate.")
+@click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), default=None, metavar="CKPT|RUN",
+              help="A trained checkpoint or RUN folder.")
+@click.option("--method", type=click.Choice(["model", "isp"]), default=None,
+              help="model (needs --checkpoint) or isp [default: model with a checkpoint, else isp].")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DIR", help="Write per_image.csv and summary.json here.")
+@batch_option()
+@device_option
+@user_errors
+def evaluate(dataset, split, checkpoint, method, out_dir, batch_size, device) -> None:
+    """PSNR, SSIM and colour-corrected PSNR on a split of a prepared DATASET.
+
+    PSNR as in the paper (255 scale, per image, averaged); SSIM with a Gaussian window (as
+    scikit-image's gaussian_weights=True); colour-corrected PSNR after an affine colour fit per
+    image. Prints summary.json.
+
+    \b
+    Examples:
+      raw2rgb evaluate ds/ --checkpoint runs/paper -o runs/paper/eval
+      raw2rgb evaluate ds/ --method isp --split test
+    """
+    import json
+
+    from raw2rgb.model import evaluate as ev
+
+    result = ev.evaluate(dataset, split, checkpoint, method or ("model" if checkpoint else "isp"), device,
+                         batch_size)
+    if out_dir:
+        ev.write(result, out_dir)
+    click.echo(json.dumps(result.summary, indent=1))
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(exists=True, path_type=Path), metavar="CKPT|RUN")
+@click.option("--onnx", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="OUT.onnx",
+              help="Write an ONNX model (opset 18).")
+@click.option("--pt2", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="OUT.pt2",
+              help="Write a torch.export program.")
+@user_errors
+def export(checkpoint, onnx, pt2) -> None:
+    """Export the inference generator: spectral norm folded, dynamic batch, height and width.
+
+    Input raw (B, 4, h, w) in [-1, 1] with h, w multiples of 8; output rgb in [-1, 1].
+
+    \b
+    Example:
+      raw2rgb export runs/paper --onnx g.onnx --pt2 g.pt2
+    """
+    from raw2rgb.model import export as ex
+
+    if not onnx and not pt2:
+        raise click.UsageError("give --onnx OUT.onnx and/or --pt2 OUT.pt2")
+    if onnx:
+        click.echo(f"wrote {ex.export_onnx(checkpoint, onnx)}")
+    if pt2:
+        click.echo(f"wrote {ex.export_pt2(checkpoint, pt2)}")
+
+
 # -- synth ----------------------------------------------------------------------------------------
 
 @main.command()

@@ -52,14 +52,19 @@ class FrameNorm(nn.Module):
     """InstanceNorm (no affine, biased variance, eps 1e-5) with two extra modes for tiled inference.
 
     - ``instance`` (default): each image by its own statistics, as ``nn.InstanceNorm2d``.
-    - ``collect``: statistics per channel jointly over the batch and space; stored, then used.
-      A batch of tiles that covers a frame is then normalised as the whole frame would be.
+    - ``collect``: statistics per channel jointly over the batch and space — over the pixels where
+      ``mask`` is 1 when a mask is set — stored, then used. A batch of tiles whose masks partition
+      a frame is then normalised as the whole frame would be.
     - ``fixed``: the stored statistics, whatever the input.
+
+    ``mask`` is (B, 1, H, W) at the network's input size; each layer takes it at its own size by
+    nearest sampling, exact when the masked regions are aligned to the network's stride (8).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.mode = "instance"
+        self.mask: torch.Tensor | None = None
         self.mean: torch.Tensor | None = None
         self.var: torch.Tensor | None = None
 
@@ -67,12 +72,21 @@ class FrameNorm(nn.Module):
         if self.mode == "instance":
             return F.instance_norm(x, eps=EPS)
         if self.mode == "collect":
-            xf = x.float()
-            self.var, self.mean = torch.var_mean(xf, dim=(0, 2, 3), correction=0)
+            self.mean, self.var = self._statistics(x.float())
         if self.mean is None or self.var is None:
             raise RuntimeError("FrameNorm in fixed mode has no statistics (run a collect pass first)")
         scale = torch.rsqrt(self.var + EPS)[None, :, None, None]
         return ((x.float() - self.mean[None, :, None, None]) * scale).to(x.dtype)
+
+    def _statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.mask is None:
+            var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+            return mean, var
+        m = F.interpolate(self.mask.to(x.dtype), size=x.shape[-2:], mode="nearest")
+        n = m.sum()
+        mean = (x * m).sum(dim=(0, 2, 3)) / n
+        var = (((x - mean[None, :, None, None]) ** 2) * m).sum(dim=(0, 2, 3)) / n
+        return mean, var
 
 
 def conv(cin: int, cout: int, k: int, stride: int = 1, norm: bool = True, act: bool = True) -> nn.Sequential:
@@ -216,12 +230,12 @@ def norms(model: nn.Module) -> list[FrameNorm]:
     return [m for m in model.modules() if isinstance(m, FrameNorm)]
 
 
-def set_norm_mode(model: nn.Module, mode: str) -> None:
-    """Put every FrameNorm of ``model`` in ``instance``, ``collect`` or ``fixed`` mode."""
+def set_norm_mode(model: nn.Module, mode: str, mask: torch.Tensor | None = None) -> None:
+    """Put every FrameNorm of ``model`` in ``instance``, ``collect`` (over ``mask``) or ``fixed`` mode."""
     if mode not in ("instance", "collect", "fixed"):
         raise ValueError(f"unknown norm mode {mode!r}")
     for m in norms(model):
-        m.mode = mode
+        m.mode, m.mask = mode, mask
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -191,19 +191,23 @@ def test_perceptual_term_with_given_vgg_weights(tiny_shards, tmp_path):
 
 
 def test_bad_inputs_are_one_line(tmp_path):
+    outputs = []
     empty = make_shards(tmp_path / "empty", {"train": 0, "val": 2})
     r = _cli("train", empty, "-o", tmp_path / "r1", "--preset", "tiny", "--perceptual-weight", "0")
     assert r.exit_code == 1 and "train split is empty" in r.output
+    outputs.append(r.output)
     scale2 = make_shards(tmp_path / "s2", {"train": 4}, scale=2)
     r = _cli("train", scale2, "-o", tmp_path / "r2", "--preset", "tiny", "--scale", "1", "--perceptual-weight", "0")
     assert r.exit_code == 1 and "output scale 2" in r.output
+    outputs.append(r.output)
     r = _cli("train", tmp_path, "-o", tmp_path / "r3")
     assert r.exit_code == 1 and "index.json" in r.output
+    outputs.append(r.output)
     if not torch.cuda.is_available():
         r = _cli("train", scale2, "-o", tmp_path / "r4", "--device", "cuda", "--perceptual-weight", "0")
         assert r.exit_code == 1 and "CUDA is not available" in r.output
-    for r in (r,):
-        assert "Traceback" not in r.output
+        outputs.append(r.output)
+    assert all("Traceback" not in out and out.count("\n") == 1 for out in outputs), outputs
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_shards, tmp_path):

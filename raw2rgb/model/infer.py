@@ -1,0 +1,228 @@
+"""Full-resolution inference: a trained generator over overlapping tiles, with frame-wide normalisation.
+
+Why tiles agree (DESIGN §3): InstanceNorm normalises by the statistics of what it sees, so a tile
+run on its own is normalised by its own statistics and comes out brighter or darker, warmer or
+cooler than its neighbours — the paper's seams. Here a statistics pass first runs a set of tiles
+that partition the frame (all of them, or an even sample when the frame is larger than the
+budget) as one batch whose normalisation statistics are taken jointly, layer after layer, as one
+whole-frame pass would take them; every normalisation layer keeps its statistics, and the tiles
+then run with them fixed. Memory stays bounded by the tile size and the statistics budget.
+Tiles overlap and are blended with weights that fall off towards each tile's border.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from raw2rgb.model.generator import Generator, GeneratorConfig, fold_spectral_norm, set_norm_mode
+
+log = logging.getLogger(__name__)
+
+
+class ConvertError(Exception):
+    """A checkpoint, option or file that conversion cannot use; the message names it and why."""
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """Tiling of a frame, in packed pixels (multiples of 8)."""
+
+    tile: int = 512
+    overlap: int = 64
+    batch: int = 4  # tiles per forward pass
+    stats_pixels: int = 1 << 20  # packed pixels the statistics pass may see at once (a sample beyond)
+    frame_norm: bool = True  # False: each tile by its own statistics (the paper's seams; for comparison)
+
+    def check(self) -> None:
+        if self.tile % 8 or self.tile < 16:
+            raise ConvertError(f"--tile {self.tile}: a multiple of 8, at least 16")
+        if self.overlap < 0 or self.overlap % 8:
+            raise ConvertError(f"--overlap {self.overlap}: a non-negative multiple of 8")
+        if self.overlap * 2 >= self.tile:
+            raise ConvertError(f"--tile {self.tile} must be more than twice --overlap {self.overlap}")
+
+
+# -- loading a trained generator --------------------------------------------------------------------
+
+def checkpoint_path(path: os.PathLike | str) -> Path:
+    """A checkpoint file, or a RUN folder's final checkpoint (its latest, with a warning, when the run
+    has not finished)."""
+    path = Path(path)
+    if path.is_dir():
+        for name, note in (("final.pt", None), ("latest.pt", "the run has not finished; using its latest")):
+            candidate = path / "checkpoints" / name
+            if candidate.is_file():
+                if note:
+                    log.warning("%s: %s checkpoint (%s)", path, note, candidate)
+                return candidate
+        raise ConvertError(f"{path}: no checkpoints/final.pt or latest.pt (not a raw2rgb run folder)")
+    if not path.is_file():
+        raise ConvertError(f"{path}: no such checkpoint")
+    return path
+
+
+def load_generator(path: os.PathLike | str, device: torch.device | str = "cpu") -> tuple[Generator, dict[str, Any]]:
+    """The inference generator of a checkpoint (or RUN folder): rebuilt from the stored config,
+    spectral norm folded into plain weights, eval mode, on ``device``; and the checkpoint's metadata
+    (``config``, ``cameras``, ``progress``)."""
+    from raw2rgb.model.train import TrainError, load_checkpoint
+
+    ckpt = checkpoint_path(path)
+    try:
+        blob = load_checkpoint(ckpt)
+        g = Generator(GeneratorConfig.from_json(blob["config"]["generator"]))
+        g.load_state_dict(blob["G"])
+    except TrainError as e:
+        raise ConvertError(str(e)) from None
+    except (KeyError, RuntimeError, TypeError) as e:
+        raise ConvertError(f"{ckpt}: incompatible generator weights ({str(e).strip().splitlines()[0]})") from None
+    fold_spectral_norm(g)
+    meta = {k: blob.get(k) for k in ("config", "cameras", "progress")}
+    meta["path"] = str(ckpt)
+    return g.to(device).eval(), meta
+
+
+# -- tiling ----------------------------------------------------------------------------------------
+
+def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
+    """Starts (multiples of 8) of tiles of ``tile`` covering [0, size) with at least ``overlap``
+    shared between neighbours, the last flush with the end. ``size`` and ``tile`` are multiples of 8."""
+    if size <= tile:
+        return [0]
+    n = math.ceil((size - overlap) / (tile - overlap))
+    while True:
+        starts = [round(i * (size - tile) / (n - 1) / 8) * 8 for i in range(n)]
+        if all(b - a <= tile - overlap for a, b in zip(starts, starts[1:])):
+            return starts
+        n += 1
+
+
+def owned_spans(starts: list[int], tile: int, size: int) -> list[tuple[int, int]]:
+    """The part of each tile (relative to its start) that it owns: neighbours split their overlap
+    at its middle, on the 8-pixel grid, so the owned parts partition [0, size)."""
+    cuts = [0] + [((a + tile + b) // 2) // 8 * 8 for a, b in zip(starts, starts[1:])] + [size]
+    return [(cuts[i] - s, cuts[i + 1] - s) for i, s in enumerate(starts)]
+
+
+def blend_window(size: int, overlap: int, start_edge: bool, end_edge: bool) -> torch.Tensor:
+    """1-D weights: a raised-cosine ramp over ``overlap`` at each side that meets another tile, 1 elsewhere."""
+    w = torch.ones(size, dtype=torch.float64)
+    if overlap > 0:
+        ramp = 0.5 - 0.5 * torch.cos(torch.pi * (torch.arange(overlap, dtype=torch.float64) + 0.5) / overlap)
+        if not start_edge:
+            w[:overlap] = ramp
+        if not end_edge:
+            w[size - overlap :] = ramp.flip(0)
+    return w.float()
+
+
+@dataclass(frozen=True)
+class _Tile:
+    y: int
+    x: int
+    owned: tuple[int, int, int, int]  # y0, y1, x0, x1 relative to the tile
+    edges: tuple[bool, bool, bool, bool]  # top, bottom, left, right at the frame's border
+
+
+def plan_tiles(h: int, w: int, th: int, tw: int, overlap: int) -> list[_Tile]:
+    ys, xs = tile_starts(h, th, overlap), tile_starts(w, tw, overlap)
+    oy, ox = owned_spans(ys, th, h), owned_spans(xs, tw, w)
+    return [_Tile(y, x, (*oy[i], *ox[j]), (y == 0, y + th == h, x == 0, x + tw == w))
+            for i, y in enumerate(ys) for j, x in enumerate(xs)]
+
+
+def _masks(tiles: list[_Tile], th: int, tw: int, device: torch.device) -> torch.Tensor:
+    m = torch.zeros(len(tiles), 1, th, tw, device=device)
+    for k, t in enumerate(tiles):
+        y0, y1, x0, x1 = t.owned
+        m[k, :, y0:y1, x0:x1] = 1
+    return m
+
+
+def _sample(tiles: list[_Tile], th: int, tw: int, budget: int) -> list[_Tile]:
+    """All tiles when they fit the budget, else an even sample of as many as fit (at least one)."""
+    k = max(1, budget // (th * tw))
+    if k >= len(tiles):
+        return tiles
+    idx = np.linspace(0, len(tiles) - 1, k).round().astype(int)
+    return [tiles[i] for i in sorted(set(idx.tolist()))]
+
+
+@torch.no_grad()
+def run_tiled(g: Generator, packed: np.ndarray | torch.Tensor, tiles: TileConfig = TileConfig(),
+              device: torch.device | str = "cpu", amp: bool | None = None) -> torch.Tensor:
+    """Convert one frame: packed (4, h, w) in [0, 1] → RGB (3, s·h, s·w) in [0, 1] (float32, on
+    ``device``). Frames whose sides are not multiples of 8 are reflection-padded, then cropped.
+
+    With ``tiles.frame_norm`` the statistics pass runs the tiles (all, or a sample beyond the budget)
+    as one batch in ``collect`` mode over the parts they own; when that was every tile, its outputs
+    are the result (one pass in all), else every tile then runs with the statistics fixed."""
+    tiles.check()
+    device = torch.device(device)
+    amp = device.type == "cuda" if amp is None else amp
+    x = torch.as_tensor(packed, dtype=torch.float32).to(device)[None] * 2 - 1
+    _, _, h, w = x.shape
+    ph, pw = -h % 8, -w % 8
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+    s, (hh, ww) = g.cfg.scale, x.shape[-2:]
+    th, tw = min(tiles.tile, hh), min(tiles.tile, ww)
+    plan = plan_tiles(hh, ww, th, tw, tiles.overlap)
+    out = _Blend(x.device, s, hh, ww, th, tw, tiles.overlap)
+    crop = lambda ts: torch.cat([x[:, :, t.y : t.y + th, t.x : t.x + tw] for t in ts])  # noqa: E731
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        try:
+            todo = plan
+            if tiles.frame_norm:
+                sample = _sample(plan, th, tw, tiles.stats_pixels)
+                set_norm_mode(g, "collect", _masks(sample, th, tw, x.device))
+                result = g.rgb(crop(sample))
+                set_norm_mode(g, "fixed")
+                if len(sample) == len(plan):
+                    out.add(sample, result)
+                    todo = []
+            for i in range(0, len(todo), tiles.batch):
+                chunk = todo[i : i + tiles.batch]
+                out.add(chunk, g.rgb(crop(chunk)))
+        finally:
+            set_norm_mode(g, "instance")
+    return out.result()[:, : s * h, : s * w].clamp_(0, 1)
+
+
+class _Blend:
+    """Weighted accumulation of tile outputs (in [-1, 1]) into a frame in [0, 1]."""
+
+    def __init__(self, device, s: int, hh: int, ww: int, th: int, tw: int, overlap: int) -> None:
+        self.s, self.th, self.tw, self.overlap = s, th, tw, overlap
+        self.acc = torch.zeros(3, s * hh, s * ww, device=device)
+        self.wsum = torch.zeros(1, s * hh, s * ww, device=device)
+
+    def add(self, tiles: list[_Tile], outputs: torch.Tensor) -> None:
+        s, th, tw = self.s, self.th, self.tw
+        for t, o in zip(tiles, outputs.float()):
+            top, bottom, left, right = t.edges
+            wy = blend_window(s * th, s * self.overlap, top, bottom).to(o.device)
+            wx = blend_window(s * tw, s * self.overlap, left, right).to(o.device)
+            wgt = wy[:, None] * wx[None, :]
+            self.acc[:, s * t.y : s * (t.y + th), s * t.x : s * (t.x + tw)] += (o + 1) * 0.5 * wgt
+            self.wsum[:, s * t.y : s * (t.y + th), s * t.x : s * (t.x + tw)] += wgt
+
+    def result(self) -> torch.Tensor:
+        return self.acc / self.wsum
+
+
+@torch.no_grad()
+def run_whole(g: Generator, packed: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The reference: the whole frame in one pass (memory grows with the frame). Same ranges as
+    :func:`run_tiled`; sides must be multiples of 8."""
+    x = torch.as_tensor(packed, dtype=torch.float32).to(device)[None] * 2 - 1
+    return ((g.rgb(x)[0].float() + 1) * 0.5).clamp_(0, 1)
