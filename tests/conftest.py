@@ -53,3 +53,10 @@ def kill_midway(cmd: list[str], out_dir: Path, pattern: str, at_least: int, time
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return len(list(out_dir.glob(pattern)))
+
+
+def torch_image(img: np.ndarray):
+    """(H, W, 3) array → (1, 3, H, W) float32 tensor, values unchanged."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]

@@ -38,7 +38,7 @@ class TileConfig:
 
     tile: int = 512
     overlap: int = 64
-    batch: int = 4  # tiles per forward pass
+    batch: int = 1  # tiles per forward pass (more on a GPU: memory grows with it)
     stats_pixels: int = 1 << 20  # packed pixels the statistics pass may see at once (a sample beyond)
     frame_norm: bool = True  # False: each tile by its own statistics (the paper's seams; for comparison)
 
@@ -114,14 +114,20 @@ def owned_spans(starts: list[int], tile: int, size: int) -> list[tuple[int, int]
 
 
 def blend_window(size: int, overlap: int, start_edge: bool, end_edge: bool) -> torch.Tensor:
-    """1-D weights: a raised-cosine ramp over ``overlap`` at each side that meets another tile, 1 elsewhere."""
+    """1-D weights of a tile: at each side that meets another tile, 0 over the outer quarter of the
+    overlap (the pixels whose context the tile lacks most), a raised-cosine ramp over its middle
+    half, 1 inside. Neighbours' weights sum to 1 across the overlap."""
     w = torch.ones(size, dtype=torch.float64)
+    q = overlap // 4
+    ramp_len = overlap - 2 * q
     if overlap > 0:
-        ramp = 0.5 - 0.5 * torch.cos(torch.pi * (torch.arange(overlap, dtype=torch.float64) + 0.5) / overlap)
+        t = (torch.arange(ramp_len, dtype=torch.float64) + 0.5) / ramp_len
+        side = torch.cat([torch.zeros(q, dtype=torch.float64), 0.5 - 0.5 * torch.cos(torch.pi * t),
+                          torch.ones(q, dtype=torch.float64)])
         if not start_edge:
-            w[:overlap] = ramp
+            w[:overlap] = side
         if not end_edge:
-            w[size - overlap :] = ramp.flip(0)
+            w[size - overlap :] = side.flip(0)
     return w.float()
 
 
@@ -148,13 +154,25 @@ def _masks(tiles: list[_Tile], th: int, tw: int, device: torch.device) -> torch.
     return m
 
 
-def _sample(tiles: list[_Tile], th: int, tw: int, budget: int) -> list[_Tile]:
-    """All tiles when they fit the budget, else an even sample of as many as fit (at least one)."""
-    k = max(1, budget // (th * tw))
-    if k >= len(tiles):
-        return tiles
-    idx = np.linspace(0, len(tiles) - 1, k).round().astype(int)
-    return [tiles[i] for i in sorted(set(idx.tolist()))]
+def _even_sample(items: list, k: int) -> list:
+    if k >= len(items):
+        return items
+    idx = np.linspace(0, len(items) - 1, max(1, k)).round().astype(int)
+    return [items[i] for i in sorted(set(idx.tolist()))]
+
+
+def stats_plan(plan: list[_Tile], hh: int, ww: int, th: int, tw: int, budget: int) -> tuple[list[_Tile], int, int]:
+    """The tiles of the statistics pass and their size: every tile of ``plan`` when they fit the
+    budget; else small tiles (a quarter of the area, at least 64²) that partition the frame,
+    sampled evenly to fit — many small windows spread over the frame estimate its statistics
+    better than a few large ones."""
+    if len(plan) * th * tw <= budget:
+        return plan, th, tw
+    sh, sw = max(64, th // 2 // 8 * 8), max(64, tw // 2 // 8 * 8)
+    sh, sw = min(sh, hh), min(sw, ww)
+    grid = [_Tile(y, x, (0, sh, 0, sw), (False,) * 4) for y in range(0, hh - sh + 1, sh)
+            for x in range(0, ww - sw + 1, sw)]
+    return _even_sample(grid, budget // (sh * sw)), sh, sw
 
 
 @torch.no_grad()
@@ -178,16 +196,18 @@ def run_tiled(g: Generator, packed: np.ndarray | torch.Tensor, tiles: TileConfig
     th, tw = min(tiles.tile, hh), min(tiles.tile, ww)
     plan = plan_tiles(hh, ww, th, tw, tiles.overlap)
     out = _Blend(x.device, s, hh, ww, th, tw, tiles.overlap)
-    crop = lambda ts: torch.cat([x[:, :, t.y : t.y + th, t.x : t.x + tw] for t in ts])  # noqa: E731
+    def crop(ts: list[_Tile], h_: int = th, w_: int = tw) -> torch.Tensor:
+        return torch.cat([x[:, :, t.y : t.y + h_, t.x : t.x + w_] for t in ts])
+
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         try:
             todo = plan
             if tiles.frame_norm:
-                sample = _sample(plan, th, tw, tiles.stats_pixels)
-                set_norm_mode(g, "collect", _masks(sample, th, tw, x.device))
-                result = g.rgb(crop(sample))
+                sample, sh, sw = stats_plan(plan, hh, ww, th, tw, tiles.stats_pixels)
+                set_norm_mode(g, "collect", _masks(sample, sh, sw, x.device))
+                result = g.rgb(crop(sample, sh, sw))
                 set_norm_mode(g, "fixed")
-                if len(sample) == len(plan):
+                if sample is plan:  # the statistics pass ran every tile: its outputs are the result
                     out.add(sample, result)
                     todo = []
             for i in range(0, len(todo), tiles.batch):

@@ -302,13 +302,13 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_checkpoint(path: Path, nets: dict[str, nn.Module], opts: dict[str, Any], cfg: TrainConfig,
-                    progress: Progress) -> None:
-    """One dict of state dicts, progress, RNG states, config and format; written atomically (a
-    failed save raises)."""
+                    progress: Progress, cameras: list[str] | None = None) -> None:
+    """One dict of state dicts, progress, RNG states, config, the training cameras and format;
+    written atomically (a failed save raises)."""
     from raw2rgb.pipeline.stage import atomic_path
 
     blob = {"format": CHECKPOINT_FORMAT, "kind": "raw2rgb-train", "config": cfg.to_json(),
-            "progress": dataclasses.asdict(progress), "rng": _rng_state(),
+            "progress": dataclasses.asdict(progress), "rng": _rng_state(), "cameras": list(cameras or []),
             **{k: v.state_dict() for k, v in nets.items()},
             **{k: v.state_dict() for k, v in opts.items()}}
     with atomic_path(path) as tmp:
@@ -619,6 +619,7 @@ class _Loop:
             self.val_set = None
         if self.val_set is None and dist.main:
             log.warning("%s: no val split; no validation (prepare with --split giving val a share)", root)
+        self.cameras = dataset_cameras(root)
         self.steps_run = 0
         self.last_val: dict[str, float] = {}
         self.bad = torch.zeros(8, dtype=torch.bool, device=device)
@@ -794,7 +795,26 @@ class _Loop:
         if self.dist.main:
             self.p.stats_lines = self.stats.lines
             save_checkpoint(self.run_dir / "checkpoints" / "latest.pt", {"G": self.nets.G, "D": self.nets.D},
-                            self.opts, self.cfg, self.p)
+                            self.opts, self.cfg, self.p, self.cameras)
+
+
+def dataset_cameras(shards: Path, limit: int = 10_000) -> list[str]:
+    """The cameras ("make model") of a prepare DATASET's RAW files, from its unpack sidecars
+    (none for a bare shards folder); convert warns when a file comes from another camera."""
+    unpack = shards.parent / "unpack"
+    found: set[str] = set()
+    if shards.name == "shards" and unpack.is_dir():
+        for k, path in enumerate(sorted(unpack.glob("*.json"))):
+            if k >= limit:
+                break
+            try:
+                frame = json.loads(path.read_text()).get("frame", {})
+            except (OSError, ValueError):
+                continue
+            name = " ".join(p for p in (frame.get("make"), frame.get("model")) if p)
+            if name:
+                found.add(name)
+    return sorted(found)
 
 
 def _plain_batches(n: int, batch_size: int) -> list[list[int]]:
