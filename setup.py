@@ -1,12 +1,14 @@
+import re
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 setup(
     name="raw2rgb",
-    version="0.1.0",
-    description="Learned RAW-to-RGB mapping (saliency-map-aided GAN) with a dataset builder, "
-    "trainer and converter",
+    version=re.search(r'__version__ = "(.+?)"', Path(__file__).with_name("raw2rgb").joinpath("__init__.py")
+                      .read_text()).group(1),  # one place: raw2rgb/__init__.py
+    description="Learned RAW-to-RGB mapping (saliency-map-aided GAN, Zhao et al. 2019): dataset builder, "
+    "two-stage GAN trainer, seam-free full-resolution converter, evaluation and export",
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="MIT",
@@ -27,9 +29,13 @@ setup(
         "click>=8.1",
         "joblib>=1.3",
         "tqdm>=4.65",
+        "tensorboard>=2.14",  # training scalars
+        "matplotlib>=3.7",  # the run report's training curve
     ],
     extras_require={
-        "dev": ["pytest>=7.4", "pytest-timeout>=2.1", "pypng>=0.20220715", "ruff>=0.4"],
+        "export": ["onnx>=1.16", "onnxscript>=0.2", "onnxruntime>=1.18"],
+        "dev": ["pytest>=7.4", "pytest-timeout>=2.1", "pypng>=0.20220715", "ruff>=0.4", "onnx>=1.16",
+                "onnxscript>=0.2", "onnxruntime>=1.18", "dask[distributed]>=2023.9"],
         "dist": ["dask[distributed]>=2023.9"],
     },
     entry_points={"console_scripts": ["raw2rgb=raw2rgb.cli:main"]},

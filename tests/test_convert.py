@@ -99,7 +99,7 @@ def test_save_checkpoint_failure_is_an_error(run_dir, tmp_path):
     (tmp_path / "ro").mkdir()
     (tmp_path / "ro" / "latest.pt").mkdir()  # a folder where the file should go: the rename fails
     from raw2rgb.model.discriminator import Discriminator
-    from raw2rgb.model.generator import Generator, PRESETS
+    from raw2rgb.model.generator import PRESETS, Generator
     from raw2rgb.model.train import Progress
 
     with pytest.raises(OSError):
