@@ -119,8 +119,10 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
         from raw2rgb.model.infer import TileConfig, run_tiled
 
         g, meta = _model(ctx)
-        tiles = TileConfig(tile=cfg.tile, overlap=cfg.overlap, stats_pixels=cfg.stats_pixels)
-        out = run_tiled(g, packed, tiles, ctx.options["device"])
+        device = ctx.options["device"]
+        tiles = TileConfig(tile=cfg.tile, overlap=cfg.overlap, stats_pixels=cfg.stats_pixels,
+                           batch=4 if device.type == "cuda" else 1)
+        out = run_tiled(g, packed, tiles, device)
         rgb = develop.orient(out.permute(1, 2, 0).cpu().numpy(), frame.orientation)
         cameras = meta.get("cameras") or []
         if cameras and info["camera"] not in cameras:

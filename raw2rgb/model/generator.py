@@ -118,14 +118,38 @@ def _up(x: torch.Tensor) -> torch.Tensor:
     return F.interpolate(x, scale_factor=2.0, mode="nearest")
 
 
+# Rows (and columns) of a 3×3 kernel that fall on each low-resolution row, for output phase 0 and
+# 1 of a nearest ×2 upsampling: phase 0 sees rows i-1 (tap 0) and i (taps 1, 2); phase 1 sees
+# rows i (taps 0, 1) and i+1 (tap 2).
+_PHASE_TAPS = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
 class Up(nn.Module):
-    """Nearest ×2, then a conv block."""
+    """Nearest ×2, then a conv block (reflection pad 1, conv3, norm, LeakyReLU).
+
+    Computed without the ×2 tensor: a 3×3 conv over a nearest-upsampled image is, per output
+    phase, a 2×2 conv over the original with summed taps (the sub-pixel identity), and reflection
+    padding of the upsampled image is edge padding of the original. Same result, 2.25× fewer
+    multiply-adds, and the 4× larger intermediate (the decoder's largest tensor) never exists.
+    """
 
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
         self.conv = conv(cin, cout, 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.conv[1].weight  # (cout, cin, 3, 3), spectral norm applied
+        taps = torch.tensor(_PHASE_TAPS, dtype=w.dtype, device=w.device)  # (phase, 2, 3)
+        k = torch.einsum("ayi,ocij,bxj->aboc" "yx", taps, w, taps)  # (2, 2, cout, cin, 2, 2)
+        cout, h, wd = w.shape[0], x.shape[-2], x.shape[-1]
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k.reshape(4 * cout, *k.shape[3:]))
+        y = y.view(y.shape[0], 2, 2, cout, h + 1, wd + 1)
+        z = torch.stack([y[:, a, b, :, a : a + h, b : b + wd] for a in (0, 1) for b in (0, 1)], dim=2)
+        out = F.pixel_shuffle(z.reshape(z.shape[0], 4 * cout, h, wd), 2)
+        return self.conv[2:](out)  # norm, LeakyReLU
+
+    def reference(self, x: torch.Tensor) -> torch.Tensor:
+        """The plain form, for tests: upsample, then the conv block."""
         return self.conv(_up(x))
 
 
@@ -151,9 +175,9 @@ class Generator(nn.Module):
         self.d_up = Up(2 * b, b) if cfg.scale == 2 else None
         self.d4 = conv(2 * b if cfg.scale == 1 else b, 3, 7, norm=False, act=False)
         # Saliency decoder (its own weights), fed by the three concatenated decoder tensors.
-        self.s1a = nn.Sequential(conv(8 * b, sw, 3), conv(sw, sw, 3))
-        self.s1b = nn.Sequential(conv(sw, sw, 3), conv(sw, sw, 3))
-        self.s2 = nn.Sequential(conv(4 * b, sw, 3), conv(sw, sw, 3))
+        self.s1a = nn.Sequential(Up(8 * b, sw), conv(sw, sw, 3))
+        self.s1b = nn.Sequential(Up(sw, sw), conv(sw, sw, 3))
+        self.s2 = nn.Sequential(Up(4 * b, sw), conv(sw, sw, 3))
         self.s3 = conv(2 * b, sw, 3)
         self.s_fuse = conv(3 * sw, sw, 3)
         self.s_out = conv(sw, 1, 7, norm=False, act=False)
@@ -181,7 +205,7 @@ class Generator(nn.Module):
 
     def forward(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         c1, c2, c3 = self._decode(raw)
-        s = torch.cat([self.s1b(_up(self.s1a(_up(c1)))), self.s2(_up(c2)), self.s3(c3)], 1)
+        s = torch.cat([self.s1b(self.s1a(c1)), self.s2(c2), self.s3(c3)], 1)
         s = self.s_fuse(s)
         if self.cfg.scale == 2:
             s = _up(s)

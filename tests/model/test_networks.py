@@ -84,3 +84,18 @@ def test_frame_norm_collect_equals_instance_norm_on_one_image_and_fixed_reuses()
     y = torch.randn(1, 5, 4, 4)
     assert torch.allclose(n(y), (y - x.mean((0, 2, 3))[None, :, None, None])
                           / torch.sqrt(x.var((0, 2, 3), unbiased=False) + 1e-5)[None, :, None, None], atol=1e-5)
+
+
+@pytest.mark.parametrize("hw", [(6, 9), (7, 4), (28, 28)])
+def test_sub_pixel_up_block_equals_upsample_then_conv(hw):
+    """The decoder's Up block runs the 3×3 conv on the low-resolution input with per-phase summed
+    taps; it must equal nearest ×2 → reflection pad → conv3 (→ norm → LeakyReLU)."""
+    torch.manual_seed(0)
+    up = gmod.Up(8, 5)
+    x = torch.randn(2, 8, *hw, requires_grad=True)
+    out, ref = up(x), up.reference(x)
+    assert out.shape == (2, 5, 2 * hw[0], 2 * hw[1])
+    assert torch.allclose(out, ref, atol=1e-5)
+    g_out = torch.autograd.grad(out.square().sum(), x)[0]
+    g_ref = torch.autograd.grad(ref.square().sum(), x)[0]
+    assert torch.allclose(g_out, g_ref, atol=1e-4)
