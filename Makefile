@@ -19,16 +19,37 @@ $(VENV)/.dev: $(VENV)/.core
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
+# The whole mission on embedded data, a few minutes on 2 cores: a two-camera dataset from the virtual
+# camera, prepare, train (tiny preset), evaluate model and classical pipeline, convert a held-out
+# DNG both ways, export, and a report. Every stage is cached: a second `make demo` redoes nothing.
+R2R     := $(VENV)/bin/raw2rgb
+HELDOUT := chelsea# in the val split at --seed 8 (splits are by scene)
 demo: $(VENV)/.core
 	@mkdir -p $(DEMO)
-	$(VENV)/bin/raw2rgb synth -o $(DEMO)/raw
-	$(VENV)/bin/raw2rgb unpack $(DEMO)/raw -o $(DEMO)/packed --jobs 2
-	$(VENV)/bin/raw2rgb saliency $(DEMO)/raw -o $(DEMO)/saliency --shard-size 2
-	$(VENV)/bin/raw2rgb prepare $(DEMO)/raw -o $(DEMO)/dataset --patch-size 64 --split 0.75,0.25,0 --seed 1 --copies 2
-	$(VENV)/bin/raw2rgb inspect $(DEMO)/dataset
-	@echo "demo: packed RAW (4-channel 16-bit PNG + JSON sidecar) in $(DEMO)/packed"
-	@echo "demo: saliency maps of the camera JPEGs (HDF5 shards) in $(DEMO)/saliency"
-	@echo "demo: a paired dataset (raw+jpeg layout: aligned, cut, scored, labelled, sharded) in $(DEMO)/dataset"
+	$(R2R) synth -o $(DEMO)/raw --pairs --size 512 768
+	$(R2R) unpack $(DEMO)/raw -o $(DEMO)/packed --jobs 2
+	$(R2R) prepare $(DEMO)/raw -o $(DEMO)/dataset --patch-size 64 --split 0.7,0.3,0 --seed 8 --copies 2 \
+	    --min-inliers 12
+	$(R2R) inspect $(DEMO)/dataset
+	$(R2R) train $(DEMO)/dataset -o $(DEMO)/run --preset tiny --epochs 40,10 --perceptual-weight 0 --log-every 31
+	$(R2R) evaluate $(DEMO)/dataset --checkpoint $(DEMO)/run -o $(DEMO)/eval/model
+	$(R2R) evaluate $(DEMO)/dataset --method isp -o $(DEMO)/eval/isp
+	$(R2R) convert $(DEMO)/raw/$(HELDOUT).dng -o $(DEMO)/convert/model --checkpoint $(DEMO)/run
+	$(R2R) convert $(DEMO)/raw/$(HELDOUT).dng -o $(DEMO)/convert/isp --method isp
+	$(R2R) export $(DEMO)/run --pt2 $(DEMO)/generator.pt2
+	$(R2R) report $(DEMO)/run --dataset $(DEMO)/dataset -o $(DEMO)/report.html \
+	    --image "$(HELDOUT).dng, classical pipeline=$(DEMO)/convert/isp/$(HELDOUT).png" \
+	    --image "$(HELDOUT).dng, trained model=$(DEMO)/convert/model/$(HELDOUT).png" \
+	    --image "$(HELDOUT).dng, the other camera's JPEG (target)=$(DEMO)/raw/$(HELDOUT).jpg"
+	@echo
+	@echo "demo: RAW+JPEG pairs (virtual camera; JPEGs from 'another camera')  $(DEMO)/raw"
+	@echo "demo: packed RAW (4-channel 16-bit PNG + JSON sidecar)                $(DEMO)/packed"
+	@echo "demo: dataset (unpack, patches, saliency, shards; splits by scene)    $(DEMO)/dataset"
+	@echo "demo: training run (config, stats.jsonl, checkpoints, samples, TB)    $(DEMO)/run"
+	@echo "demo: metrics, model vs classical (per_image.csv, summary.json)      $(DEMO)/eval"
+	@echo "demo: $(HELDOUT).dng converted by the model and the classical pipeline $(DEMO)/convert"
+	@echo "demo: exported generator (torch.export)                              $(DEMO)/generator.pt2"
+	@echo "demo: report                                                          $(DEMO)/report.html, $(DEMO)/report.png"
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q
@@ -41,6 +62,8 @@ bench: $(VENV)/.core
 	$(PY) benchmarks/saliency.py
 	$(PY) benchmarks/prepare.py
 	$(PY) benchmarks/loader.py
+	$(PY) benchmarks/train.py
+	$(PY) benchmarks/convert.py
 
 clean:
 	rm -rf build $(VENV) *.egg-info .pytest_cache

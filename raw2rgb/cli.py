@@ -597,19 +597,64 @@ def export(checkpoint, onnx, pt2) -> None:
         click.echo(f"wrote {ex.export_pt2(checkpoint, pt2)}")
 
 
+# -- report ---------------------------------------------------------------------------------------
+
+def _captioned(ctx, param, values) -> list[tuple[str, Path]]:
+    out = []
+    for v in values:
+        caption, sep, path = v.partition("=")
+        if not sep or not Path(path).is_file():
+            raise click.BadParameter(f"{v!r}: CAPTION=PATH of an existing image")
+        out.append((caption, Path(path)))
+    return out
+
+
+@main.command()
+@click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--dataset", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
+              help="A prepared DATASET: adds held-out samples (RAW | classical | model | target | saliency) and "
+                   "the metrics of the model and of the classical pipeline.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", help="Held-out split.")
+@click.option("--image", "images", multiple=True, callback=_captioned, metavar="CAPTION=PATH",
+              help="Another image to show (repeatable), e.g. a converted photo.")
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              metavar="REPORT.html", help="The page; its pictures go beside it (REPORT.png, REPORT_files/).")
+@user_errors
+def report(run_dir, dataset, split, images, out) -> None:
+    """An HTML report of a training run: contact sheet, metrics, training curve.
+
+    \b
+    Example:
+      raw2rgb report runs/paper --dataset ds/ -o runs/paper/report.html
+    """
+    from raw2rgb.model.report import write_report
+
+    path = write_report(run_dir, out, dataset, split, list(images))
+    click.echo(f"wrote {path}" + (f" and {path.with_suffix('.png')}" if dataset else ""))
+
+
 # -- synth ----------------------------------------------------------------------------------------
 
 @main.command()
 @out_option("Where to write the DNGs.")
 @click.option("--size", type=(click.IntRange(min=64), click.IntRange(min=64)), default=(512, 768),
               metavar="H W", help="Sensor size in pixels.")
+@click.option("--pairs", is_flag=True,
+              help="A two-camera dataset: every bundled scene, each JPEG rendered by another camera with its own "
+                   "look (what the demo trains on).")
 @seed_option
 @user_errors
-def synth(out_dir: Path, size: tuple[int, int], seed: int) -> None:
-    """Write sample DNGs from a virtual camera (one per CFA pattern), each with its JPEG."""
+def synth(out_dir: Path, size: tuple[int, int], pairs: bool, seed: int) -> None:
+    """Write sample DNGs from a virtual camera, each with a JPEG beside it.
+
+    Default: one DNG per CFA pattern with the camera's own JPEG. --pairs: every colour scene
+    scikit-image bundles, the JPEG from "another camera" (warmer, more saturated, more contrast).
+    """
     from raw2rgb.pipeline import synth as virtual_camera
 
-    for p in virtual_camera.sample_dngs(out_dir, size=size, seed=seed):
+    made = virtual_camera.paired_dngs(out_dir, size=size, seed=seed) if pairs else \
+        virtual_camera.sample_dngs(out_dir, size=size, seed=seed)
+    for p in made:
         click.echo(str(p))
 
 

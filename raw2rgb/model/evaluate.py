@@ -1,9 +1,10 @@
 """`raw2rgb evaluate`: PSNR (the paper's), SSIM and colour-corrected PSNR of a model, or of the
 classical pipeline, on a split of a shards folder; a per-image CSV and ``summary.json``.
 
-Metrics are computed where the data is (the GPU when present). The classical pipeline sees the
-packed patches only — shards keep no per-file white balance or colour matrix — so it renders
-with grey-world white balance and camera RGB (``pipeline/develop.py``).
+Metrics are computed where the data is (the GPU when present). The classical pipeline renders
+each patch with its RAW file's as-shot white balance and colour matrix, read from the unpack
+sidecars of a prepare DATASET (sample ids start with the scene's name); for a bare shards
+folder, or a file that had none, with grey-world white balance and camera RGB.
 """
 
 from __future__ import annotations
@@ -30,13 +31,34 @@ class Evaluation:
     summary: dict[str, Any]
 
 
-def _isp_batch(raw: torch.Tensor, scale: int) -> torch.Tensor:
-    """The classical pipeline on a batch of model-range raw (B, 4, h, w) → (B, 3, s·h, s·w) in [-1, 1]."""
+Colour = tuple  # (wb_gains, cam_to_rgb), either may be None
+
+
+def scene_colours(shards: Path) -> dict[str, Colour]:
+    """scene → (as-shot white balance, camera → sRGB matrix) from a prepare DATASET's unpack sidecars."""
+    import json
+
+    unpack = shards.parent / "unpack"
+    out: dict[str, Colour] = {}
+    if shards.name == "shards" and unpack.is_dir():
+        for path in unpack.glob("*.json"):
+            try:
+                frame = json.loads(path.read_text()).get("frame", {})
+            except (OSError, ValueError):
+                continue
+            out[path.stem] = (frame.get("wb_gains"), frame.get("cam_to_rgb"))
+    return out
+
+
+def isp_batch(raw: torch.Tensor, scale: int, colours: list[Colour] | None = None) -> torch.Tensor:
+    """The classical pipeline on a batch of model-range raw (B, 4, h, w) → (B, 3, s·h, s·w) in [-1, 1],
+    each with its (white balance, matrix) when given."""
     from raw2rgb.pipeline.develop import develop
 
     out = []
-    for r in raw.float().cpu().numpy():
-        rgb = develop(((r + 1) * 0.5).clip(0, 1), scale=scale)
+    for k, r in enumerate(raw.float().cpu().numpy()):
+        wb, matrix = colours[k] if colours else (None, None)
+        rgb = develop(((r + 1) * 0.5).clip(0, 1), wb, matrix, scale=scale)
         out.append(torch.from_numpy(rgb.transpose(2, 0, 1).copy()) * 2 - 1)
     return torch.stack(out).to(raw.device)
 
@@ -70,6 +92,7 @@ def evaluate(dataset: os.PathLike | str, split: str = "val", checkpoint: os.Path
         g, meta = load_generator(checkpoint, dev)
         if g.cfg.scale != scale:
             raise ConvertError(f"{meta['path']}: a model of output scale {g.cfg.scale}, the shards are at {scale}")
+    colours = scene_colours(root) if method == "isp" else {}
     ds = ShardDataset(root, split, compact=True)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=dev.type == "cuda")
     rows: list[dict[str, Any]] = []
@@ -79,7 +102,7 @@ def evaluate(dataset: os.PathLike | str, split: str = "val", checkpoint: os.Path
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
                 out = g.rgb(b["raw"]).float()
         else:
-            out = _isp_batch(b["raw"], scale)
+            out = isp_batch(b["raw"], scale, [colours.get(i.split("/")[0], (None, None)) for i in batch["id"]])
         out, ref = metrics.to_255(out), metrics.to_255(b["rgb"])
         values = zip(batch["id"], metrics.psnr(out, ref).tolist(), metrics.ssim(out, ref).tolist(),
                      metrics.psnr_cc(out, ref).tolist())

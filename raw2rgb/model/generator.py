@@ -182,18 +182,28 @@ class Generator(nn.Module):
         self.s_fuse = conv(3 * sw, sw, 3)
         self.s_out = conv(sw, 1, 7, norm=False, act=False)
 
-    def _decode(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _encode(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         h, w = raw.shape[-2:]
         if raw.ndim != 4 or raw.shape[1] != 4 or h % 8 or w % 8:
             raise ValueError(f"generator input is (B, 4, h, w) with h, w multiples of 8, got {tuple(raw.shape)}")
         e1 = self.e1(raw)
         e2 = self.e2(e1)
         e3 = self.e3(e2)
-        x = self.bottleneck(self.e4(e3))
-        c1 = torch.cat([self.d1(x), e3], 1)
-        c2 = torch.cat([self.d2(c1), e2], 1)
-        c3 = torch.cat([self.d3(c2), e1], 1)
-        return c1, c2, c3
+        c1 = torch.cat([self.d1(self.bottleneck(self.e4(e3))), e3], 1)
+        return e1, e2, c1, torch.cat([self.d2(c1), e2], 1)
+
+    def _decode(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        e1, _, c1, c2 = self._encode(raw)
+        return c1, c2, torch.cat([self.d3(c2), e1], 1)
+
+    def run_normalisations(self, raw: torch.Tensor) -> None:
+        """G1 up to its last normalisation layer and no further: what a statistics pass needs
+        (the output layers, the largest tensors at full resolution, are skipped)."""
+        e1, _, _, c2 = self._encode(raw)
+        if self.d_up is None:
+            self.d3(c2)
+        else:
+            self.d_up(torch.cat([self.d3(c2), e1], 1))
 
     def _head(self, c3: torch.Tensor) -> torch.Tensor:
         y = self.d_up(c3) if self.d_up is not None else c3

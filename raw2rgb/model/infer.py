@@ -205,11 +205,12 @@ def run_tiled(g: Generator, packed: np.ndarray | torch.Tensor, tiles: TileConfig
             if tiles.frame_norm:
                 sample, sh, sw = stats_plan(plan, hh, ww, th, tw, tiles.stats_pixels)
                 set_norm_mode(g, "collect", _masks(sample, sh, sw, x.device))
-                result = g.rgb(crop(sample, sh, sw))
-                set_norm_mode(g, "fixed")
-                if sample is plan:  # the statistics pass ran every tile: its outputs are the result
-                    out.add(sample, result)
+                if sample is plan:  # the statistics pass runs every tile: its outputs are the result
+                    out.add(sample, g.rgb(crop(sample)))
                     todo = []
+                else:
+                    g.run_normalisations(crop(sample, sh, sw))
+                set_norm_mode(g, "fixed")
             for i in range(0, len(todo), tiles.batch):
                 chunk = todo[i : i + tiles.batch]
                 out.add(chunk, g.rgb(crop(chunk)))

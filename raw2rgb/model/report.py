@@ -66,3 +66,132 @@ def save_png(img: np.ndarray, path: os.PathLike | str) -> Path:
 def sample_grid(raw: torch.Tensor, rgb: torch.Tensor, target: torch.Tensor, saliency: torch.Tensor,
                 path: os.PathLike | str) -> Path:
     return save_png(grid_rows(raw, rgb, target, saliency), path)
+
+
+# -- the run report -----------------------------------------------------------------------------------
+
+def training_curve(run_dir: os.PathLike | str, path: os.PathLike | str) -> Path:
+    """Loss terms per logged step and validation PSNR per epoch, as one PNG plot."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from raw2rgb.model.train import iter_stats
+
+    records = list(iter_stats(run_dir))
+    steps = [r for r in records if r.get("event") == "step"]
+    epochs = [r for r in records if r.get("event") == "epoch" and "val_psnr" in r]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6), dpi=100)
+    for term in ("rgb", "attention", "adversarial", "perceptual", "d"):
+        pts = [(r["step"], r[term]) for r in steps if term in r]
+        if pts:
+            ax1.plot(*zip(*pts), label={"rgb": "L1 (rgb)", "d": "discriminator"}.get(term, term), lw=1.2)
+    ax1.set(xlabel="step", ylabel="loss", title="loss terms", yscale="log")
+    ax1.legend(fontsize=8)
+    for stage in (1, 2):
+        pts = [(r["step"], r["val_psnr"]) for r in epochs if r["stage"] == stage]
+        if pts:
+            ax2.plot(*zip(*pts), marker="o", ms=3, label=f"stage {stage}")
+    ax2.set(xlabel="step", ylabel="dB", title="validation PSNR (per epoch)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def contact_sheet(run_dir: os.PathLike | str, dataset: os.PathLike | str, path: os.PathLike | str,
+                  split: str = "val", n: int = 4) -> Path:
+    """Held-out samples, one row each: RAW preview | classical | model | target | saliency (SalGAN's
+    or the fallback's map of the target)."""
+    from torch.utils.data import default_collate
+
+    from raw2rgb.model.data import ShardDataset, to_model
+    from raw2rgb.model.evaluate import isp_batch, scene_colours
+    from raw2rgb.model.infer import load_generator
+    from raw2rgb.pipeline.shards import shards_root
+
+    g, _ = load_generator(run_dir)
+    root = shards_root(dataset)
+    ds = ShardDataset(root, split)
+    step = max(1, len(ds) // n)
+    batch = to_model(default_collate([ds[i] for i in range(0, step * n, step)[:n]]))
+    colours = scene_colours(root)
+    with torch.no_grad():
+        out = g.rgb(batch["raw"])
+    isp = isp_batch(batch["raw"], g.cfg.scale, [colours.get(i.split("/")[0], (None, None)) for i in batch["id"]])
+    size = tuple(out.shape[-2:])
+    gap = 4
+    rows = []
+    for i in range(out.shape[0]):
+        tiles = [raw_preview(batch["raw"][i], size), to_uint8(isp[i]), to_uint8(out[i]), to_uint8(batch["rgb"][i]),
+                 to_uint8(F.interpolate(batch["saliency"][i : i + 1], size=size)[0], signed=False)]
+        rows.append(np.concatenate([np.pad(t, ((0, 0), (0, gap), (0, 0)), constant_values=255) for t in tiles],
+                                   axis=1)[:, :-gap])
+    sheet = np.concatenate([np.pad(r, ((0, gap), (0, 0), (0, 0)), constant_values=255) for r in rows])[:-gap]
+    scale = max(1, 160 // size[0])  # small patches are shown larger (nearest, so pixels stay pixels)
+    sheet = np.repeat(np.repeat(sheet, scale, axis=0), scale, axis=1)
+    return save_png(sheet, path)
+
+
+def write_report(run_dir: os.PathLike | str, out: os.PathLike | str, dataset: os.PathLike | str | None = None,
+                 split: str = "val", images: list[tuple[str, os.PathLike | str]] = (),
+                 metrics: dict[str, dict] | None = None) -> Path:
+    """An HTML page beside its pictures: the contact sheet (``<out stem>.png``), the training curve,
+    the metrics table (model vs classical on ``split``, evaluated here unless given) and any
+    ``images`` (caption, path), copied next to it so the page stays whole when moved.
+
+    Returns the HTML path."""
+    import html
+    import json
+    import shutil
+
+    from raw2rgb.model.train import iter_stats
+
+    out = Path(out)
+    assets = out.with_name(out.stem + "_files")
+    assets.mkdir(parents=True, exist_ok=True)
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    parts = [f"<h1>raw2rgb run report</h1><p>Run <code>{html.escape(str(run_dir))}</code>, preset "
+             f"<b>{html.escape(config['config']['preset'])}</b>, dataset <code>{html.escape(config['dataset'])}</code>."
+             "</p>"]
+    shown: list[str] = []
+    if dataset is not None:
+        sheet = contact_sheet(run_dir, dataset, out.with_suffix(".png"), split)
+        shown.append(sheet.name)
+        parts.append(f"<h2>Held-out samples ({html.escape(split)} split)</h2><p>RAW preview | classical pipeline | "
+                     f"model | target | saliency</p><img src=\"{sheet.name}\" alt=\"contact sheet\">")
+        if metrics is None:
+            from raw2rgb.model.evaluate import evaluate
+
+            metrics = {"model": evaluate(dataset, split, run_dir, "model").summary,
+                       "classical (isp)": evaluate(dataset, split, None, "isp").summary}
+    if metrics:
+        rows = "".join(f"<tr><td>{html.escape(name)}</td><td>{m['psnr']:.2f}</td><td>{m['ssim']:.4f}</td>"
+                       f"<td>{m['psnr_cc']:.2f}</td><td>{m['images']}</td></tr>" for name, m in metrics.items())
+        parts.append("<h2>Metrics</h2><table><tr><th>method</th><th>PSNR (dB)</th><th>SSIM</th>"
+                     f"<th>colour-corrected PSNR (dB)</th><th>images</th></tr>{rows}</table>")
+    curve = training_curve(run_dir, assets / "training_curve.png")
+    shown.append(f"{assets.name}/{curve.name}")
+    vals = [r for r in iter_stats(run_dir) if r.get("event") == "epoch" and "val_psnr" in r]
+    summary = (f"validation PSNR {vals[0]['val_psnr']:.2f} dB after the first epoch, {vals[-1]['val_psnr']:.2f} dB "
+               "after the last") if vals else "no validation recorded"
+    parts.append(f"<h2>Training</h2><p>{summary}.</p><img src=\"{assets.name}/{curve.name}\" alt=\"training curve\">")
+    for caption, src in images:
+        dst = assets / Path(src).name
+        if Path(src).resolve() != dst.resolve():
+            shutil.copyfile(src, dst)
+        shown.append(f"{assets.name}/{dst.name}")
+        parts.append(f"<h3>{html.escape(caption)}</h3><img src=\"{assets.name}/{dst.name}\" "
+                     f"alt=\"{html.escape(caption)}\" style=\"max-width:100%\">")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 10px;text-align:right}img{image-rendering:pixelated}")
+    page = (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>raw2rgb report</title><style>{style}</style>"
+            f"</head><body>{''.join(parts)}</body></html>")
+    from raw2rgb.pipeline.stage import write_bytes
+
+    write_bytes(out, page.encode())
+    return out

@@ -26,6 +26,8 @@ CANON_350D_XYZ_TO_CAM = (
     (-0.1530, 0.1719, 0.7642),
 )
 SCENES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina")
+# Every colour image skimage.data ships (no download): the demo's dataset.
+ALL_SCENES = SCENES + ("hubble_deep_field", "stereo_motorcycle")
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,8 @@ def scene(name: str = "astronaut", size: tuple[int, int] | None = None) -> np.nd
     import skimage.data
 
     img = getattr(skimage.data, name)()
+    if isinstance(img, tuple):  # stereo_motorcycle: (left, right, disparity)
+        img = img[0]
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     img = img[..., :3]
@@ -155,4 +159,46 @@ def sample_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (512, 768),
         path = Path(out_dir) / f"{SCENES[i]}_{pattern.lower()}.dng"
         paths.append(write_dng(path, capture(rgb, camera, rng), camera))
         Image.fromarray(rgb).save(path.with_suffix(".jpg"), quality=92)
+    return paths
+
+
+@dataclass(frozen=True)
+class Look:
+    """How "another camera" renders a scene: its own white point, saturation and tone curve. A
+    model trained on such targets must learn them; a fixed classical pipeline cannot."""
+
+    warmth: tuple[float, float, float] = (1.08, 1.0, 0.88)  # linear gains R, G, B
+    saturation: float = 1.3
+    contrast: float = 0.6  # blend towards a smoothstep S-curve on the sRGB values
+
+
+def render_look(srgb: np.ndarray, look: Look = Look()) -> np.ndarray:
+    """An sRGB image (H, W, 3) uint8 as the other camera would render the same scene (uint8)."""
+    from raw2rgb.pipeline.develop import linear_to_srgb
+
+    lin = srgb_to_linear(srgb.astype(np.float64) / 255.0) * np.asarray(look.warmth)
+    y = lin @ np.array([0.2126, 0.7152, 0.0722])
+    lin = y[..., None] + look.saturation * (lin - y[..., None])
+    x = linear_to_srgb(np.clip(lin, 0, 1))
+    x = x + look.contrast * (x * x * (3 - 2 * x) - x)
+    return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
+
+
+def paired_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (384, 576), seed: int = 0,
+                scenes: tuple[str, ...] = ALL_SCENES, look: Look = Look()) -> list[Path]:
+    """A RAW+JPEG dataset of two cameras: each scene's DNG from the virtual camera (with noise, CFA
+    patterns taking turns) beside ``NAME.jpg``, the scene as another camera with its own ``look``
+    renders it."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i, name in enumerate(scenes):
+        pattern = bayer.PATTERNS[i % 4]
+        camera = Camera(pattern=pattern, black=(500 + i, 510 + i, 520 + i, 530 + i), noise=0.004,
+                        model=f"Virtual {pattern}")
+        rgb = scene(name, size)
+        path = Path(out_dir) / f"{name}.dng"
+        paths.append(write_dng(path, capture(rgb, camera, rng), camera))
+        Image.fromarray(render_look(rgb, look)).save(path.with_suffix(".jpg"), quality=92)
     return paths
