@@ -1,0 +1,34 @@
+"""The run report: a page that references every picture it shows, and those pictures exist."""
+
+from __future__ import annotations
+
+import re
+
+from click.testing import CliRunner
+from PIL import Image
+
+from raw2rgb.cli import main
+from raw2rgb.model.train import Runtime, TrainConfig, train
+from tests.model.conftest import make_shards
+
+
+def test_report_of_a_tiny_run_references_every_image(tmp_path):
+    root = make_shards(tmp_path / "shards", {"train": 8, "val": 4})
+    cfg = TrainConfig.preset_config("tiny", stage1_epochs=2, stage2_epochs=1, batch_size=4, w_perceptual=0.0)
+    train(root, tmp_path / "run", cfg, Runtime(workers=0, log_every=1))
+    extra = tmp_path / "photo.png"
+    Image.new("RGB", (20, 10), (200, 30, 30)).save(extra)
+    r = CliRunner().invoke(main, ["-q", "report", str(tmp_path / "run"), "--dataset", str(root), "-o",
+                                  str(tmp_path / "rep" / "report.html"), "--image", f"a converted photo={extra}"])
+    assert r.exit_code == 0, r.output
+    page = (tmp_path / "rep" / "report.html").read_text()
+    sources = re.findall(r'<img src="([^"]+)"', page)
+    assert sources == ["report.png", "report_files/training_curve.png", "report_files/photo.png"]
+    for src in sources:
+        img = Image.open(tmp_path / "rep" / src)
+        assert img.size[0] > 10 and img.size[1] > 5
+    sheet = Image.open(tmp_path / "rep" / "report.png")
+    # 32² patches shown 5× larger: five columns (RAW, classical, model, target, saliency), four rows
+    assert sheet.size == (5 * 160 + 4 * 20, 4 * 160 + 3 * 20)
+    assert "<th>PSNR (dB)</th>" in page and "classical (isp)" in page and "model" in page
+    assert "validation PSNR" in page and "after the last" in page
