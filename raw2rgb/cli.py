@@ -64,7 +64,9 @@ def user_errors(fn):
         except Exception as e:
             if logging.getLogger().level <= logging.DEBUG or not isinstance(e, _user_errors()):
                 raise
-            raise click.ClickException(" ".join(str(e).split())) from None
+            from raw2rgb.pipeline.stage import one_line
+
+            raise click.ClickException(one_line(str(e))) from None
 
     return wrapper
 

@@ -23,6 +23,7 @@ from typing import Any
 
 from raw2rgb.pipeline import pairs as pairs_mod
 from raw2rgb.pipeline import rawio
+from raw2rgb.pipeline.shards import patch_id
 from raw2rgb.pipeline.stage import Item, Stage, StageResult, run_stage, write_json
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,7 @@ def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = froze
     write_json(out / "prepare.json", cfg.to_json())
     found, unpaired = plan(cfg)
     stages: dict[str, StageResult] = {}
-    last = STAGES.index(until)
+    wanted = set(STAGES[: STAGES.index(until) + 1])
 
     # unpack: one packed PNG per RAW, keyed by scene
     items = [Item(p.scene, (str(Path(p.raw).resolve()),)) for p in found]
@@ -113,7 +114,7 @@ def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = froze
         force="unpack" in force, progress=progress)
     unpacked = {r.key for r in stages["unpack"].manifest.ok}
 
-    if last >= 1:  # patches: align (where needed), cut, score
+    if "patches" in wanted:  # align (where needed), cut, score
         items = [Item(p.scene, (str(out / "unpack" / f"{p.scene}.png"), str(out / "unpack" / f"{p.scene}.json"),
                                 str(Path(p.rgb).resolve())), {"aligned": p.aligned})
                  for p in found if p.scene in unpacked]
@@ -121,18 +122,20 @@ def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = froze
         stages["patches"] = run_stage(PATCHES, items, out / "patches", params, jobs=cfg.jobs,
                                       force="patches" in force, progress=progress)
 
-    if last >= 2:  # saliency of every kept target patch
+    if "saliency" in wanted:  # saliency of every kept target patch
         from raw2rgb.salgan import label
 
-        images = [(rel[len("rgb/"):-len(".png")], str(out / "patches" / rel))
+        images = [(patch_id(rel), str(out / "patches" / rel))
                   for r in stages["patches"].manifest.ok for rel in r.outputs if rel.startswith("rgb/")]
         method = label.resolve_method(cfg.saliency_method, cfg.weights)
         if images:
             stages["saliency"] = label.label(images, out / "saliency", method, batch_size=cfg.batch_size,
                                              device=cfg.device, force="saliency" in force, progress=progress)
+        else:
+            log.warning("saliency and shards skipped: no patch was kept (see the patches stage's failures)")
 
     splits = {p.scene: split_of(p.scene, cfg.seed, cfg.split, p.fixed_split) for p in found}
-    if last >= 3 and "saliency" in stages:  # training shards per split, with offline augmentation
+    if "shards" in wanted and "saliency" in stages:  # training shards per split, with offline augmentation
         from raw2rgb.pipeline import shards
 
         samples, owners = shards.samples_from(out / "patches", out / "saliency", splits)
@@ -141,14 +144,13 @@ def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = froze
             saliency_method=stages["saliency"].manifest.params["method"], jobs=cfg.jobs,
             force="shards" in force, progress=progress)
 
-    summary = _summary(cfg, found, unpaired, stages)
+    summary = _summary(cfg, found, unpaired, stages, splits)
     write_json(out / "splits.json", {"seed": cfg.seed, "ratios": list(cfg.split), "scenes": splits})
     write_json(out / "summary.json", summary)
     return PrepareResult(stages, summary)
 
 
-def _summary(cfg: PrepareConfig, found, unpaired, stages) -> dict[str, Any]:
-    split = {p.scene: split_of(p.scene, cfg.seed, cfg.split, p.fixed_split) for p in found}
+def _summary(cfg: PrepareConfig, found, unpaired, stages, split: dict[str, str]) -> dict[str, Any]:
     s: dict[str, Any] = {"layout": cfg.layout, "pairs_found": len(found), "unpaired": unpaired,
                          "unpack_failed": [r.reason for r in stages["unpack"].failed]}
     if "patches" in stages:

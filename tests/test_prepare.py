@@ -14,7 +14,7 @@ from skimage.transform import ProjectiveTransform, warp
 from raw2rgb import prepare as prep
 from raw2rgb.cli import main
 from raw2rgb.pipeline import bayer, pairs, rawio, synth  # noqa: F401
-from raw2rgb.salgan.label import read_shard
+from raw2rgb.pipeline.shards import read_saliency_shard as read_shard
 
 
 def _cli(*args):

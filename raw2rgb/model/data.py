@@ -25,7 +25,8 @@ import torch
 from torch.utils.data import Dataset
 
 from raw2rgb.pipeline import augment
-from raw2rgb.pipeline.shards import INDEX, ShardError
+from raw2rgb.pipeline.shards import INDEX, ShardError, read_ids
+from raw2rgb.pipeline.stage import one_line
 
 
 class ShardDataset(Dataset):
@@ -80,7 +81,7 @@ class ShardDataset(Dataset):
         entry = self._files.get(name)
         if entry is None:
             f = h5py.File(self.root / name, "r")
-            ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["id"][()]]
+            ids = read_ids(f)
             entry = self._files[name] = (f["raw"], f["rgb"], f["saliency"], ids, f)
         return entry
 
@@ -93,7 +94,7 @@ class ShardDataset(Dataset):
             raw, rgb, sal, ids, _ = self._file(name)
             return name, ids[j], j, raw[j], rgb[j], sal[j]
         except Exception as e:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError…
-            raise ShardError(f"{self.root / name}: sample {j} unreadable ({' '.join(str(e).split())})") from None
+            raise ShardError(f"{self.root / name}: sample {j} unreadable ({one_line(str(e))})") from None
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         name, sid, j, raw, rgb, sal = self._read(index)

@@ -52,14 +52,6 @@ def pattern_from_colors(cell: np.ndarray, color_desc: str = "RGBG") -> str:
     return check_pattern(letters)
 
 
-def pattern_after_crop(pattern: str, dy: int, dx: int) -> str:
-    """The pattern seen from the top-left pixel after dropping ``dy`` rows and ``dx`` columns."""
-    p = check_pattern(pattern)
-    cell = np.array(list(p)).reshape(2, 2)
-    cell = np.roll(cell, (-dy, -dx), axis=(0, 1))
-    return "".join(cell.ravel())
-
-
 def unify_offset(pattern: str) -> tuple[int, int]:
     """Rows and columns to drop at the top-left so that the mosaic starts on R (RGGB phase)."""
     return channel_offsets(pattern)["R"]
@@ -142,6 +134,11 @@ def planes(mosaic: np.ndarray, pattern: str = "RGGB") -> list[np.ndarray]:
     """Views (no copy) of the four planes R, G1, B, G2 of a mosaic, unified to RGGB phase."""
     m = unify_pattern(mosaic, pattern)
     return [m[0::2, 0::2], m[0::2, 1::2], m[1::2, 1::2], m[1::2, 0::2]]
+
+
+def normalisation_formula(bits: int) -> str:
+    """What :func:`normalize_packed` computes, as recorded in sidecars and shards."""
+    return f"clip((x - black[c]) / (white - black[c]), 0, 1) * {2 ** bits - 1}"
 
 
 def normalize_packed(

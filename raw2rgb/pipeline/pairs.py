@@ -19,6 +19,7 @@ import numpy as np
 
 from raw2rgb.pipeline import rawio
 from raw2rgb.pipeline.develop import area_downsample, linear_to_srgb
+from raw2rgb.pipeline.stage import one_line
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def read_rgb(path: os.PathLike | str) -> np.ndarray:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))
     except Exception as e:  # noqa: BLE001 - any decoder error is this file's problem
-        raise PairError(f"{path}: unreadable image ({' '.join(str(e).split())})") from None
+        raise PairError(f"{path}: unreadable image ({one_line(str(e))})") from None
 
 
 def luma(rgb: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ import imagecodecs
 import numpy as np
 
 from raw2rgb.pipeline import bayer, develop
+from raw2rgb.pipeline.stage import one_line
 
 RAW_SUFFIXES = frozenset(
     ".dng .cr2 .cr3 .crw .nef .nrw .arw .srf .sr2 .rw2 .raw .orf .pef .ptx .kdc .dcr .k25 .mos "
@@ -141,7 +142,7 @@ def _libraw_stderr(notes: list[str]):
             os.close(saved)
             capture.seek(0)
             text = capture.read().decode(errors="replace")
-            notes += [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+            notes += [one_line(line) for line in text.splitlines() if line.strip()]
 
 
 def _read_libraw(path: Path) -> RawFrame:
@@ -162,32 +163,12 @@ def _decode_libraw(path: Path) -> RawFrame:
         raw = rawpy.imread(str(path))
     except rawpy.LibRawError as e:
         raise RawReadError(path, f"LibRaw cannot read it ({_libraw_reason(e)})") from None
-    with raw:
+    with raw:  # raw_image_visible is a view into LibRaw's buffer, valid only while the file is open
         try:
-            if raw.raw_type != rawpy.RawType.Flat:
-                raise RawReadError(
-                    path, "not a Bayer mosaic: it holds full colour per pixel (linear DNG or "
-                    "Foveon); raw2rgb learns from Bayer RAW only")
-            shape = raw.raw_pattern.shape if raw.raw_pattern is not None else None
-            if shape == (6, 6):
-                raise RawReadError(path, "X-Trans sensor (6×6 CFA); raw2rgb handles Bayer 2×2 only")
-            if shape != (2, 2) or raw.num_colors < 3:
-                raise RawReadError(
-                    path, f"not a Bayer sensor (CFA {shape}, {raw.num_colors} colours); raw2rgb "
-                    "handles Bayer 2×2 only")
-            desc = raw.color_desc.decode()
-            colors = np.array(raw.raw_colors_visible[:2, :2])
-            try:
-                pattern = bayer.pattern_from_colors(colors, desc)
-            except ValueError:
-                raise RawReadError(path, f"unsupported CFA colours {desc!r}") from None
-            # raw_image_visible is a view into LibRaw's buffer, valid only while the file is open.
+            pattern, colors = _bayer_pattern(path, raw)
             mosaic = np.array(raw.raw_image_visible, dtype=np.uint16, copy=True)
             per_index = list(raw.black_level_per_channel)
-            black = tuple(
-                float(per_index[int(colors[dy, dx])])
-                for dy, dx in bayer.channel_offsets(pattern).values()
-            )
+            black = tuple(float(per_index[int(colors[dy, dx])]) for dy, dx in bayer.channel_offsets(pattern).values())
             white = float(raw.white_level)
             wb = _gains(raw.camera_whitebalance[:3])
             libraw_matrix = np.array(raw.color_matrix, dtype=np.float64)[:3, :3]
@@ -196,7 +177,6 @@ def _decode_libraw(path: Path) -> RawFrame:
             raise RawReadError(path, f"LibRaw cannot decode it ({_libraw_reason(e)})") from None
     if mosaic.size == 0:
         raise RawReadError(path, "the file holds no image data")
-
     tags = _tiff_tags(path)
     cam_to_rgb, source = _dng_color(tags)
     if cam_to_rgb is None and np.any(libraw_matrix):
@@ -205,21 +185,31 @@ def _decode_libraw(path: Path) -> RawFrame:
         neutral = _tag_floats(tags[_TAG_AS_SHOT_NEUTRAL], 3)
         if neutral and all(n > 0 for n in neutral):
             wb = _gains([1.0 / n for n in neutral])
-    make = _text(tags.get(_TAG_MAKE))
-    model = _text(tags.get(_TAG_MODEL)) or _text(tags.get(_TAG_UNIQUE_MODEL))
-    return RawFrame(
-        mosaic=mosaic,
-        pattern=pattern,
-        black_level=black,  # type: ignore[arg-type]
-        white_level=white,
-        wb_gains=wb,
-        cam_to_rgb=_matrix_tuple(cam_to_rgb),
-        color_source=source,
-        orientation=orientation,
-        make=make,
-        model=model,
-        source_format="libraw",
-    )
+    return RawFrame(mosaic=mosaic, pattern=pattern, black_level=black, white_level=white,  # type: ignore[arg-type]
+                    wb_gains=wb, cam_to_rgb=_matrix_tuple(cam_to_rgb), color_source=source, orientation=orientation,
+                    make=_text(tags.get(_TAG_MAKE)),
+                    model=_text(tags.get(_TAG_MODEL)) or _text(tags.get(_TAG_UNIQUE_MODEL)), source_format="libraw")
+
+
+def _bayer_pattern(path: Path, raw) -> tuple[str, np.ndarray]:
+    """The CFA pattern of an open rawpy file and its 2×2 colour indices; refuses what is not Bayer."""
+    import rawpy
+
+    if raw.raw_type != rawpy.RawType.Flat:
+        raise RawReadError(path, "not a Bayer mosaic: it holds full colour per pixel (linear DNG or Foveon); "
+                                 "raw2rgb learns from Bayer RAW only")
+    shape = raw.raw_pattern.shape if raw.raw_pattern is not None else None
+    if shape == (6, 6):
+        raise RawReadError(path, "X-Trans sensor (6×6 CFA); raw2rgb handles Bayer 2×2 only")
+    if shape != (2, 2) or raw.num_colors < 3:
+        raise RawReadError(path, f"not a Bayer sensor (CFA {shape}, {raw.num_colors} colours); raw2rgb "
+                                 "handles Bayer 2×2 only")
+    desc = raw.color_desc.decode()
+    colors = np.array(raw.raw_colors_visible[:2, :2])
+    try:
+        return bayer.pattern_from_colors(colors, desc), colors
+    except ValueError:
+        raise RawReadError(path, f"unsupported CFA colours {desc!r}") from None
 
 
 def _libraw_reason(e: Exception) -> str:

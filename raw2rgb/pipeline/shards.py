@@ -24,19 +24,41 @@ from typing import Any
 
 import numpy as np
 
-from raw2rgb.pipeline import augment, rawio
-from raw2rgb.pipeline.stage import Context, Item, ItemError, Stage, StageResult, atomic_path, run_stage, write_json
+from raw2rgb.pipeline import augment, bayer, rawio
+from raw2rgb.pipeline.stage import (
+    Context,
+    Item,
+    ItemError,
+    Stage,
+    StageResult,
+    atomic_path,
+    one_line,
+    run_stage,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
 SHARD_FORMAT = 1
 INDEX = "index.json"
 DEFAULT_SHARD_SIZE = 512
-NORMALISATION = "raw: clip((x - black[c]) / (white - black[c]), 0, 1) * 65535; rgb, saliency: 0-255"
 
 
 class ShardError(Exception):
     """A training shard that cannot be read; the message names the shard and the sample."""
+
+
+def read_ids(f) -> list[str]:
+    """The ``id`` dataset of an open shard as strings (h5py gives bytes for variable-length strings)."""
+    return [s.decode() if isinstance(s, bytes) else str(s) for s in f["id"][()]]
+
+
+def patch_id(rel: str) -> str:
+    """The sample id of a patches-stage output ``rgb/SCENE/yY_xX.png`` (or ``raw/…``): ``SCENE/yY_xX``."""
+    return rel.split("/", 1)[1].rsplit(".", 1)[0]
+
+
+NORMALISATION = f"raw: {bayer.normalisation_formula(16)}; rgb, saliency: 0-255"
 
 
 def write_shard(path: Path, ids: list[str], raw: np.ndarray, rgb: np.ndarray, saliency: np.ndarray,
@@ -59,7 +81,7 @@ def read_shard(path: os.PathLike | str) -> dict[str, Any]:
     try:
         with h5py.File(path, "r") as f:
             out = {k: f[k][()] for k in ("raw", "rgb", "saliency")}
-            out["id"] = [s.decode() if isinstance(s, bytes) else str(s) for s in f["id"][()]]
+            out["id"] = read_ids(f)
             out["attrs"] = dict(f.attrs)
             return out
     except (OSError, KeyError) as e:
@@ -99,7 +121,7 @@ def read_saliency_shard(path: os.PathLike | str) -> SaliencyShard:
     import h5py
 
     with h5py.File(path, "r") as f:
-        ids = [s.decode() if isinstance(s, bytes) else str(s) for s in f["id"][()]]
+        ids = read_ids(f)
         return SaliencyShard(ids, f["saliency"][()], str(f.attrs["method"]),
                              str(f.attrs["weights_sha256"]))
 
@@ -159,7 +181,7 @@ def _read_png(path: str) -> np.ndarray:
     try:
         return imagecodecs.png_decode(Path(path).read_bytes())
     except Exception as e:  # noqa: BLE001
-        raise ItemError(f"{path}: unreadable patch ({' '.join(str(e).split())})") from None
+        raise ItemError(f"{path}: unreadable patch ({one_line(str(e))})") from None
 
 
 SHARDS = Stage("shards", 1, shard_item)
@@ -230,10 +252,10 @@ def samples_from(patches_dir: Path, saliency_dir: Path, splits: Mapping[str, str
         for rel in r.outputs:
             if not rel.startswith("rgb/"):
                 continue
-            rgb, raw = root / rel, root / ("raw/" + rel[len("rgb/"):])
+            rgb, raw = root / rel, root / "raw" / rel.split("/", 1)[1]
             if not (rgb.resolve().is_relative_to(root) and raw.resolve().is_relative_to(root)):
                 raise ValueError(f"{patches_dir}/manifest.json: {rel} points outside the folder; refused")
-            sid = rel[len("rgb/") : -len(".png")]
+            sid = patch_id(rel)
             samples.append((sid, splits.get(r.key, "train"), str(raw), str(rgb)))
     owners: dict[str, str] = {}
     for shard in sorted(Path(saliency_dir).glob("saliency-*.h5")):

@@ -88,6 +88,7 @@ class Stage:
     name: str
     version: int
     work: Callable[[Item, Context], tuple[list[str], dict] | Deferred]
+    deferred: bool = False  # work returns a Deferred: in-process runs finish it on a writer thread
 
 
 @dataclass
@@ -399,57 +400,55 @@ def _hash_inputs(paths: tuple[str, ...], known: Mapping[str, str | None]) -> dic
 
 def _run_item(stage: Stage, item: Item, out_dir: Path, params: Mapping[str, Any],
               options: Mapping[str, Any], known: Mapping[str, str | None],
-              hashing: Future | None = None, writer: ThreadPoolExecutor | None = None) -> Record | Future:
+              hashing: Future | None = None) -> Record:
     """Run one item (in a worker process or in-process), journal its record and return it.
 
-    ``hashing``, when given, is the item's input hashes being computed in a thread. With a
-    ``writer``, a :class:`Deferred` result is finished there and a Future of the record returned.
+    ``hashing``, when given, is the item's input hashes being computed in a thread. A
+    :class:`Deferred` result is finished here; in-process runs of deferred stages use
+    :func:`_start_item` and :func:`_finish_item` instead, to finish it on a writer thread.
     """
+    started = _start_item(stage, item, out_dir, params, options, known, hashing)
+    return started if isinstance(started, Record) else _finish_item(item, out_dir, *started)
+
+
+def _failed(item: Item, inputs: dict, e: BaseException) -> Record:
+    if isinstance(e, ItemError):
+        return Record(item.key, "failed", inputs=inputs, reason=one_line(str(e)))
+    log.debug("item %s failed:\n%s", item.key, "".join(traceback.format_exception(e)))
+    return Record(item.key, "failed", inputs=inputs,
+                  reason=one_line(f"{item.inputs[0] if item.inputs else item.key}: {type(e).__name__}: {e}"))
+
+
+def _journalled(out_dir: Path, record: Record) -> Record:
+    write_json(_journal_path(out_dir, record.key), record.to_json())
+    return record
+
+
+def _start_item(stage: Stage, item: Item, out_dir: Path, params: Mapping[str, Any], options: Mapping[str, Any],
+                known: Mapping[str, str | None], hashing: Future | None = None
+                ) -> Record | tuple[str, dict, tuple[list[str], dict] | Deferred]:
+    """Hash, key and run an item's work: its failed record, or (cache key, inputs, work result)."""
     inputs: dict[str, dict[str, Any]] = {}
-
-    def failed(e: BaseException) -> Record:
-        if isinstance(e, ItemError):
-            return Record(item.key, "failed", inputs=inputs, reason=one_line(str(e)))
-        log.debug("item %s failed:\n%s", item.key, "".join(traceback.format_exception(e)))
-        return Record(item.key, "failed", inputs=inputs,
-                      reason=one_line(f"{item.inputs[0] if item.inputs else item.key}: "
-                                      f"{type(e).__name__}: {e}"))
-
-    def complete(key: str, result: tuple[list[str], dict]) -> Record:
-        try:
-            outputs, info = result
-            sizes = {rel: (out_dir / rel).stat().st_size for rel in outputs}
-            record = Record(item.key, "ok", key, inputs, sizes, info=info)
-        except Exception as e:  # noqa: BLE001
-            record = failed(e)
-        write_json(_journal_path(out_dir, item.key), record.to_json())
-        return record
-
-    def finish(key: str, deferred: Deferred) -> Record:
-        try:
-            result = deferred.finish()
-        except Exception as e:  # noqa: BLE001 - one item's failure must not stop the others
-            record = failed(e)
-            write_json(_journal_path(out_dir, item.key), record.to_json())
-            return record
-        return complete(key, result)
-
     try:
         hashes = hashing.result() if hashing is not None else _hash_inputs(item.inputs, known)
         for p in item.inputs:
             st = _stat(p)
             inputs[p] = {"size": st[0], "mtime_ns": st[1], "sha256": hashes[p]}
         key = cache_key(stage, item, params, hashes)
-        result = stage.work(item, Context(out_dir, params, options, hashes))
+        return key, inputs, stage.work(item, Context(out_dir, params, options, hashes))
     except Exception as e:  # noqa: BLE001 - one item's failure must not stop the others
-        record = failed(e)
-        write_json(_journal_path(out_dir, item.key), record.to_json())
-        return record
-    if isinstance(result, Deferred):
-        if writer is not None:
-            return writer.submit(finish, key, result)
-        return finish(key, result)
-    return complete(key, result)
+        return _journalled(out_dir, _failed(item, inputs, e))
+
+
+def _finish_item(item: Item, out_dir: Path, key: str, inputs: dict, result) -> Record:
+    """Finish a Deferred result if it is one, check the outputs and journal the record."""
+    try:
+        outputs, info = result.finish() if isinstance(result, Deferred) else result
+        sizes = {rel: (out_dir / rel).stat().st_size for rel in outputs}
+        record = Record(item.key, "ok", key, inputs, sizes, info=info)
+    except Exception as e:  # noqa: BLE001
+        record = _failed(item, inputs, e)
+    return _journalled(out_dir, record)
 
 
 def one_line(text: str) -> str:
@@ -487,52 +486,19 @@ def run_stage(
         items are in ``result.failed`` with their reasons; the others completed.
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stale = remove_partials(out_dir)
-    if stale:
-        log.info("%s: removed %d partial files left by an interrupted run", out_dir, stale)
     items = list(items)
-    keys = [it.key for it in items]
-    if len(set(keys)) != len(keys):
-        dup = sorted({k for k in keys if keys.count(k) > 1})
-        raise ValueError(f"duplicate item keys: {', '.join(dup[:5])}")
     params = json.loads(json.dumps(dict(params)))
-    previous = Manifest.load(out_dir)
-    if previous and previous.stage != stage.name:
-        raise ValueError(f"{out_dir} holds the output of stage {previous.stage!r}, "
-                         f"not {stage.name!r}")
-    old = dict(previous.records) if previous else {}
-    old.update(_read_journal(out_dir))  # items a killed run finished after its last save
+    old = _previous_records(stage, items, out_dir)
     manifest = Manifest(stage.name, stage.version, params)
     result = StageResult(manifest)
-
-    todo: list[tuple[Item, dict[str, str | None]]] = []
-    for item in items:
-        prev = old.get(item.key)
-        known = _known_hashes(item, prev)
-        if not force and prev is not None and prev.status == "ok":
-            if any(h is None for h in known.values()):
-                # Touched or moved since: hash now, so unchanged content stays cached.
-                known = {p: h or (file_sha256(p) if _stat(p) else None) for p, h in known.items()}
-            if all(known.values()):
-                key = cache_key(stage, item, params, known)  # type: ignore[arg-type]
-                if key == prev.cache_key and _outputs_intact(out_dir, prev):
-                    for p in item.inputs:  # refresh stat data in case of a touch
-                        st = _stat(p)
-                        prev.inputs[p] = {**prev.inputs[p], "size": st[0], "mtime_ns": st[1]}
-                    manifest.records[item.key] = prev
-                    result.cached += 1
-                    continue
-        todo.append((item, known))
-
+    todo = _plan(stage, items, out_dir, params, old, force, result)
     bar = (progress or (lambda **kw: _NoProgress()))(total=len(items), desc=stage.name, unit="item")
     bar.update(result.cached)
-    options = dict(options or {})
     log.debug("%s: %d items, %d cached, %d to run", stage.name, len(items), result.cached, len(todo))
     if on_plan is not None:
         on_plan([item for item, _ in todo])
     try:
-        for record in _execute(stage, todo, out_dir, params, options, jobs):
+        for record in _execute(stage, todo, out_dir, params, dict(options or {}), jobs):
             manifest.records[record.key] = record
             if record.status == "ok":
                 result.done += 1
@@ -548,31 +514,79 @@ def run_stage(
     return result
 
 
+def _previous_records(stage: Stage, items: list[Item], out_dir: Path) -> dict[str, Record]:
+    """Prepare the folder (partial files of a killed run removed) and return what earlier runs
+    recorded there: the manifest and the journal of items finished after its last save."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stale = remove_partials(out_dir)
+    if stale:
+        log.info("%s: removed %d partial files left by an interrupted run", out_dir, stale)
+    keys = [it.key for it in items]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"duplicate item keys: {', '.join(dup[:5])}")
+    previous = Manifest.load(out_dir)
+    if previous and previous.stage != stage.name:
+        raise ValueError(f"{out_dir} holds the output of stage {previous.stage!r}, not {stage.name!r}")
+    old = dict(previous.records) if previous else {}
+    old.update(_read_journal(out_dir))
+    return old
+
+
+def _plan(stage: Stage, items: list[Item], out_dir: Path, params: Mapping[str, Any], old: Mapping[str, Record],
+          force: bool, result: StageResult) -> list[tuple[Item, dict[str, str | None]]]:
+    """Put the items that are up to date into the manifest (counted as cached); return the others
+    with the input hashes already known."""
+    todo: list[tuple[Item, dict[str, str | None]]] = []
+    for item in items:
+        prev = old.get(item.key)
+        known = _known_hashes(item, prev)
+        if not force and prev is not None and prev.status == "ok":
+            if any(h is None for h in known.values()):
+                # Touched or moved since: hash now, so unchanged content stays cached.
+                known = {p: h or (file_sha256(p) if _stat(p) else None) for p, h in known.items()}
+            if all(known.values()):
+                key = cache_key(stage, item, params, known)  # type: ignore[arg-type]
+                if key == prev.cache_key and _outputs_intact(out_dir, prev):
+                    for p in item.inputs:  # refresh stat data in case of a touch
+                        st = _stat(p)
+                        prev.inputs[p] = {**prev.inputs[p], "size": st[0], "mtime_ns": st[1]}
+                    result.manifest.records[item.key] = prev
+                    result.cached += 1
+                    continue
+        todo.append((item, known))
+    return todo
+
+
 def _execute(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]], out_dir: Path,
              params: Mapping[str, Any], options: Mapping[str, Any], jobs: int) -> Iterator[Record]:
-    if jobs == 1 or len(todo) <= 1:
-        # In-process (the GPU stages): inputs are hashed ahead in threads while earlier items
-        # run, and a deferred write finishes on a writer thread while the next item starts.
-        with ThreadPoolExecutor(4) as pool, ThreadPoolExecutor(1) as writer:
-            hashing = [pool.submit(_hash_inputs, item.inputs, known) for item, known in todo]
-            pending: list[Future] = []
-            try:
-                for (item, known), future in zip(todo, hashing):
-                    out = _run_item(stage, item, out_dir, params, options, known, future, writer)
-                    if isinstance(out, Future):
-                        pending.append(out)
-                    else:
-                        yield out
-                    while pending and pending[0].done():
-                        yield pending.pop(0).result()
-                for future in pending:
-                    yield future.result()
-            finally:
-                for future in hashing:
-                    future.cancel()
-        return
-    from joblib import Parallel, delayed
+    if jobs > 1 and len(todo) > 1:
+        from joblib import Parallel, delayed
 
-    parallel = Parallel(n_jobs=jobs, return_as="generator_unordered")
-    yield from parallel(delayed(_run_item)(stage, item, out_dir, params, options, known)
-                        for item, known in todo)
+        parallel = Parallel(n_jobs=jobs, return_as="generator_unordered")
+        yield from parallel(delayed(_run_item)(stage, item, out_dir, params, options, known)
+                            for item, known in todo)
+        return
+    if len(todo) <= 1 or not stage.deferred:
+        for item, known in todo:
+            yield _run_item(stage, item, out_dir, params, options, known)
+        return
+    # In-process runs of a deferred stage (the GPU ones): inputs are hashed ahead in threads while
+    # earlier items run, and each item's write finishes on a writer thread while the next starts.
+    with ThreadPoolExecutor(4) as pool, ThreadPoolExecutor(1) as writer:
+        hashing = [pool.submit(_hash_inputs, item.inputs, known) for item, known in todo]
+        pending: list[Future] = []
+        try:
+            for (item, known), future in zip(todo, hashing):
+                started = _start_item(stage, item, out_dir, params, options, known, future)
+                if isinstance(started, Record):
+                    yield started
+                else:
+                    pending.append(writer.submit(_finish_item, item, out_dir, *started))
+                while pending and pending[0].done():
+                    yield pending.pop(0).result()
+            for f in pending:
+                yield f.result()
+        finally:
+            for f in hashing:
+                f.cancel()

@@ -52,7 +52,7 @@ def unpack_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
         "channels": list(bayer.CHANNELS),
         "shape": [4, int(packed.shape[0]), int(packed.shape[1])],
         "bit_depth": bits,
-        "normalisation": f"clip((x - black[c]) / (white - black[c]), 0, 1) * {2 ** bits - 1}",
+        "normalisation": bayer.normalisation_formula(bits),
     }
     write_json(out_dir / sidecar, meta)
     return [png, sidecar], {"pattern": frame.pattern, "shape": meta["shape"]}

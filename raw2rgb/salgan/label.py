@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from raw2rgb.device import resolve_device
 from raw2rgb.pipeline.pairs import PairError, read_rgb
@@ -150,8 +151,6 @@ def _collate(batch: list[tuple[int, Any, str]]) -> tuple[list[int], Any, list[tu
     Returns the indices stacked, the stacked uint8 tensor (or None) and (index, reason) for
     the images that failed or whose size differs from the batch's first.
     """
-    import torch
-
     good, failed = [], []
     for i, data, reason in batch:
         if data is None:
@@ -231,8 +230,6 @@ def _salgan(weights: str, device: str):
 
 def label_shard(item: Item, ctx: Context) -> Deferred:
     """Stage work: compute the maps of one shard; its ``KEY.h5`` is written by the returned finisher."""
-    import torch
-
     method = ctx.params["method"]
     device = str(resolve_device(ctx.options.get("device", "auto")))
     run_loader = ctx.options.get("loader")
@@ -241,12 +238,33 @@ def label_shard(item: Item, ctx: Context) -> Deferred:
                                int(ctx.options.get("workers", 0)), device.startswith("cuda"))
         run_loader.plan([item])
     model = _salgan(ctx.options["weights"], device) if method == "salgan" else None
-    maps: dict[int, torch.Tensor] = {}
+    t_start = time.perf_counter()
+    maps, failed = _shard_maps(item, run_loader.batches(item), model)
+    if not maps:
+        raise ItemError(f"{item.key}: no readable image ({'; '.join(list(failed.values())[:2])})")
+    order = sorted(maps)
+    ids = [item.payload[i] for i in order]
+    host, copied = _to_host(torch.stack([maps[i] for i in order]))
+    name = f"{item.key}.h5"
+    log.debug("%s: %d maps in %.3f s", item.key, len(order), time.perf_counter() - t_start)
+
+    def finish() -> tuple[list[str], dict]:
+        if copied is not None:
+            copied.synchronize()
+        write_saliency_shard(ctx.out_dir / name, ids, host.numpy(), method=method,
+                             weights_sha256=ctx.params.get("weights_sha256", ""))
+        return [name], {"count": len(order), "failed": failed}
+
+    return Deferred(finish)
+
+
+def _shard_maps(item: Item, batches, model) -> tuple[dict[int, Any], dict[str, str]]:
+    """The maps of a shard's images by index (left on the device: no sync per batch, so the GPU
+    works while the next batch loads), and the reasons of the images that failed."""
+    maps: dict[int, Any] = {}
     failed: dict[str, str] = {}
     shape = None
-    t_start = time.perf_counter()
     t_wait = t_infer = 0.0
-    batches = run_loader.batches(item)
     while True:
         t0 = time.perf_counter()
         try:
@@ -264,41 +282,25 @@ def label_shard(item: Item, ctx: Context) -> Deferred:
                 failed[item.payload[i]] = f"{item.inputs[i]}: size {tuple(data.shape[-2:])} differs from {shape}"
             continue
         t0 = time.perf_counter()
-        if model is None:
-            out = data
-        else:
-            # Left on the device: no sync per batch, so the GPU works while the next batch loads.
-            out = model(data)
-        for i, m in zip(indices, out):
-            maps[i] = m
+        out = data if model is None else model(data)
+        maps.update(zip(indices, out))
         t_infer += time.perf_counter() - t0
-    if not maps:
-        raise ItemError(f"{item.key}: no readable image ({'; '.join(list(failed.values())[:2])})")
-    order = sorted(maps)
-    ids = [item.payload[i] for i in order]
-    stacked = torch.stack([maps[i] for i in order])
-    if stacked.is_cuda:  # copy back without waiting; the write waits for it on the writer thread
-        host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
-        host.copy_(stacked, non_blocking=True)
-        copied = torch.cuda.Event()
-        copied.record()
-    else:
-        host, copied = stacked, None
-    name = f"{item.key}.h5"
-    log.debug("%s: %d maps in %.3f s (waiting for images %.3f s, inference %.3f s)", item.key,
-              len(order), time.perf_counter() - t_start, t_wait, t_infer)
-
-    def finish() -> tuple[list[str], dict]:
-        if copied is not None:
-            copied.synchronize()
-        write_saliency_shard(ctx.out_dir / name, ids, host.numpy(), method=method,
-                    weights_sha256=ctx.params.get("weights_sha256", ""))
-        return [name], {"count": len(order), "failed": failed}
-
-    return Deferred(finish)
+    log.debug("%s: waiting for images %.3f s, inference %.3f s", item.key, t_wait, t_infer)
+    return maps, failed
 
 
-SALIENCY = Stage("saliency", 1, label_shard)
+def _to_host(stacked: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """Start copying ``stacked`` to pinned host memory without waiting (CUDA); the event to wait on."""
+    if not stacked.is_cuda:
+        return stacked, None
+    host = torch.empty(stacked.shape, dtype=stacked.dtype, pin_memory=True)
+    host.copy_(stacked, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return host, copied
+
+
+SALIENCY = Stage("saliency", 1, label_shard, deferred=True)
 
 
 def label(images: list[tuple[str, str]], out_dir: os.PathLike | str, method: Method,
@@ -319,5 +321,4 @@ def label(images: list[tuple[str, str]], out_dir: os.PathLike | str, method: Met
                      on_plan=loader.plan)
 
 
-read_shard = read_saliency_shard  # the saliency stage's output, read back
-__all__ = ["SaliencyShard", "label", "read_shard", "resolve_method", "plan_shards", "read_rgb"]
+__all__ = ["SaliencyShard", "label", "read_saliency_shard", "resolve_method", "plan_shards", "read_rgb"]

@@ -67,12 +67,13 @@ def test_greens_keep_their_row_roles(pattern):
     assert (dy, dx) == bayer.channel_offsets(pattern)["R"]
 
 
-def test_pattern_after_crop():
-    assert bayer.pattern_after_crop("RGGB", 0, 1) == "GRBG"
-    assert bayer.pattern_after_crop("RGGB", 1, 0) == "GBRG"
-    assert bayer.pattern_after_crop("RGGB", 1, 1) == "BGGR"
-    for p in bayer.PATTERNS:
-        assert bayer.pattern_after_crop(p, *bayer.unify_offset(p)) == "RGGB"
+@pytest.mark.parametrize("pattern", bayer.PATTERNS)
+def test_unification_starts_every_mosaic_on_red(pattern):
+    """A mosaic of colour letters in each pattern reads R G / G B from the top-left after unification."""
+    letters = np.tile(np.array(list(pattern)).reshape(2, 2), (3, 4))
+    cell = bayer.unify_pattern(letters, pattern)[:2, :2]
+    assert "".join(cell.ravel()) == "RGGB"
+    assert bayer.unify_offset(pattern) == {"RGGB": (0, 0), "GRBG": (0, 1), "GBRG": (1, 0), "BGGR": (1, 1)}[pattern]
 
 
 def test_normalize_golden_values():

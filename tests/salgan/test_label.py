@@ -44,7 +44,7 @@ def test_shards_equal_per_image_inference(images, tmp_path, weights_file):
     model = load_salgan(weights_file)
     got = {}
     for shard in sorted((tmp_path / "sal").glob("saliency-*.h5")):
-        s = label.read_shard(shard)
+        s = label.read_saliency_shard(shard)
         assert s.method == "salgan" and s.weights_sha256 == method.weights_sha256
         assert s.maps.dtype == np.uint8 and s.maps.shape[1:] == (96, 128)
         got.update(zip(s.ids, s.maps))
@@ -56,7 +56,7 @@ def test_shards_equal_per_image_inference(images, tmp_path, weights_file):
         np.testing.assert_array_equal(got[key], predict(model, rgb)[0].numpy())
     # Batched inference agrees to within one grey level.
     label.label(pairs, tmp_path / "sal2", method, shard_size=4, batch_size=3, device="cpu", workers=2)
-    batched = label.read_shard(tmp_path / "sal2" / "saliency-00000.h5")
+    batched = label.read_saliency_shard(tmp_path / "sal2" / "saliency-00000.h5")
     for key, m in zip(batched.ids, batched.maps):
         assert np.abs(m.astype(int) - got[key]).max() <= 1
 
@@ -69,7 +69,7 @@ def test_spectral_residual_method_is_recorded(images, tmp_path, monkeypatch):
     assert "no SalGAN weights found" in result.output and "spectral residual" in result.output
     manifest = json.loads((tmp_path / "sal" / "manifest.json").read_text())
     assert manifest["params"]["method"] == "spectral-residual"
-    s = label.read_shard(tmp_path / "sal" / "saliency-00000.h5")
+    s = label.read_saliency_shard(tmp_path / "sal" / "saliency-00000.h5")
     assert s.method == "spectral-residual" and s.weights_sha256 == ""
     np.testing.assert_array_equal(s.maps[0], spectral_residual(label.read_rgb(str(images / "0_astronaut.png"))))
 
@@ -91,7 +91,7 @@ def test_unreadable_image_fails_alone(images, tmp_path):
     assert result.exit_code == 1
     lines = [ln for ln in result.output.splitlines() if ln.startswith("  failed:")]
     assert len(lines) == 1 and "9_broken.jpg: unreadable image" in lines[0]
-    ids = [i for p in sorted((tmp_path / "sal").glob("*.h5")) for i in label.read_shard(p).ids]
+    ids = [i for p in sorted((tmp_path / "sal").glob("*.h5")) for i in label.read_saliency_shard(p).ids]
     assert ids == ["0_astronaut", "1_chelsea", "2_coffee", "5_odd"]  # other sizes get own shard
 
 
