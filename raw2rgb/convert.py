@@ -11,7 +11,6 @@ Lives outside ``pipeline/`` because it chains numpy and torch stages, like ``pre
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from raw2rgb.config import JsonConfig
 from raw2rgb.pipeline import develop, rawio
 from raw2rgb.pipeline.stage import (
     Context,
@@ -40,7 +40,7 @@ METHODS = ("model", "isp")
 
 
 @dataclass(frozen=True)
-class ConvertConfig:
+class ConvertConfig(JsonConfig):
     """Everything that decides the output pixels (the stage's params), plus where to run."""
 
     method: str = "isp"
@@ -52,16 +52,6 @@ class ConvertConfig:
     format: str = "png"
     quality: int = 95
     zrr_levels: tuple[float, float] = rawio.ZRR_LEVELS[rawio.ZRR_DEFAULT_LEVELS]
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> ConvertConfig:
-        kw = {f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d}
-        if "zrr_levels" in kw:
-            kw["zrr_levels"] = tuple(kw["zrr_levels"])
-        return cls(**kw)
 
 
 def write_image(path: Path, rgb: np.ndarray, fmt: str, quality: int = 95) -> None:

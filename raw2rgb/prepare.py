@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raw2rgb.config import JsonConfig
 from raw2rgb.pipeline import pairs as pairs_mod
 from raw2rgb.pipeline import rawio
 from raw2rgb.pipeline.shards import patch_id
@@ -33,7 +34,7 @@ SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
-class PrepareConfig:
+class PrepareConfig(JsonConfig):
     """Everything ``prepare`` does, resolved; saved as DATASET/prepare.json."""
 
     src: str
@@ -53,9 +54,6 @@ class PrepareConfig:
     device: str = "auto"
     batch_size: int = 8
     jobs: int = 1
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def split_of(scene: str, seed: int, ratios: tuple[float, float, float], fixed: str | None = None) -> str:

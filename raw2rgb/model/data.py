@@ -126,18 +126,30 @@ class ShardDataset(Dataset):
         return np.ascontiguousarray(raw), np.ascontiguousarray(rgb), np.ascontiguousarray(sal)
 
 
+# key: (stored dtype, top value, model value of 0); the top value maps to 1
+STORED = {"raw": (torch.uint16, 65535.0, -1.0), "rgb": (torch.uint8, 255.0, -1.0),
+          "saliency": (torch.uint8, 255.0, 0.0)}
+
+
 def to_model(batch: dict[str, Any], device: torch.device | str | None = None,
              non_blocking: bool = False) -> dict[str, Any]:
     """Stored integer tensors → the model's float ranges, on ``device``: raw uint16 → [-1, 1],
-    rgb uint8 → [-1, 1], saliency uint8 → [0, 1]. Tensors already float pass through."""
+    rgb uint8 → [-1, 1], saliency uint8 → [0, 1] (0 → -1 or 0, the top value → 1).
+
+    Raises:
+        TypeError: a tensor of another dtype — a float batch has been converted already (a
+            ShardDataset without ``compact``) or is not what shards store, and passing it on would
+            skip or repeat the 2x − 1 mapping without a sign.
+    """
     out = dict(batch)
-    for key, top, lo in (("raw", 65535.0, -1.0), ("rgb", 255.0, -1.0), ("saliency", 255.0, 0.0)):
+    for key, (dtype, top, lo) in STORED.items():
         x = batch[key]
+        if x.dtype != dtype:
+            raise TypeError(f"to_model: {key} must be {dtype} as the shards store it (ShardDataset(compact=True)), "
+                            f"got {x.dtype}")
         if device is not None:
             x = x.to(device, non_blocking=non_blocking)
-        if not x.is_floating_point():
-            x = x.to(torch.float32) * ((1.0 - lo) / top) + lo
-        out[key] = x
+        out[key] = x.to(torch.float32) * ((1.0 - lo) / top) + lo
     return out
 
 

@@ -7,29 +7,21 @@ code hard-coded that size for its labels, here the labels take the map's shape.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raw2rgb.config import JsonConfig
 from raw2rgb.model.generator import conv
 
 PAPER_PARAMETERS = 8_151_488
 
 
 @dataclass(frozen=True)
-class DiscriminatorConfig:
+class DiscriminatorConfig(JsonConfig):
     base: int = 64
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> DiscriminatorConfig:
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
 PRESETS = {"paper": DiscriminatorConfig(), "tiny": DiscriminatorConfig(base=16)}

@@ -12,34 +12,27 @@ and saliency (B, 1, s·h, s·w) in [0, 1]; s is the output scale (1 or 2).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
+from raw2rgb.config import JsonConfig
+
 PAPER_PARAMETERS = 24_352_448
 EPS = 1e-5
 
 
 @dataclass(frozen=True)
-class GeneratorConfig:
+class GeneratorConfig(JsonConfig):
     """What builds a generator. The defaults are the paper's configuration."""
 
     base: int = 64  # channels of E1; E2..E4 have 2, 4, 8 times as many
     res_blocks: int = 4
     saliency_width: int = 64
     scale: int = 1  # output scale: 1 (the paper: RGB at packed resolution) or 2 (full sensor resolution)
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> GeneratorConfig:
-        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
 
 
 PRESETS = {

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from raw2rgb.config import JsonConfig
 from raw2rgb.model.generator import Generator, GeneratorConfig, fold_spectral_norm, set_norm_mode
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class ConvertError(Exception):
 
 
 @dataclass(frozen=True)
-class TileConfig:
+class TileConfig(JsonConfig):
     """Tiling of a frame, in packed pixels (multiples of 8)."""
 
     tile: int = 512

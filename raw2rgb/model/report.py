@@ -116,7 +116,7 @@ def contact_sheet(run_dir: os.PathLike | str, dataset: os.PathLike | str, path: 
 
     g, _ = load_generator(run_dir)
     root = shards_root(dataset)
-    ds = ShardDataset(root, split)
+    ds = ShardDataset(root, split, compact=True)
     step = max(1, len(ds) // n)
     batch = to_model(default_collate([ds[i] for i in range(0, step * n, step)[:n]]))
     colours = scene_colours(root)

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from raw2rgb.config import JsonConfig
 from raw2rgb.model import losses
 from raw2rgb.model.discriminator import PRESETS as D_PRESETS
 from raw2rgb.model.discriminator import Discriminator, DiscriminatorConfig
@@ -51,7 +52,7 @@ class TrainError(Exception):
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """The recipe: everything a run's results depend on. Defaults are the paper's (DESIGN §6)."""
 
     preset: str = "paper"
@@ -73,24 +74,6 @@ class TrainConfig:
     augment: bool = True  # Bayer-safe geometry on the fly (model/data.py)
     seed: int = 0
 
-    def to_json(self) -> dict[str, Any]:
-        return json.loads(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown training options: {', '.join(sorted(unknown))}")
-        kw = dict(d)
-        if "generator" in kw:
-            kw["generator"] = GeneratorConfig.from_json(kw["generator"])
-        if "discriminator" in kw:
-            kw["discriminator"] = DiscriminatorConfig.from_json(kw["discriminator"])
-        if "betas" in kw:
-            kw["betas"] = tuple(kw["betas"])
-        return cls(**kw)
-
     @classmethod
     def preset_config(cls, name: str, **overrides: Any) -> TrainConfig:
         if name not in G_PRESETS:
@@ -99,7 +82,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class Runtime:
+class Runtime(JsonConfig):
     """How to run, not what to learn: not part of a run's identity."""
 
     stages: str = "all"  # 1, 2 or all
@@ -113,9 +96,6 @@ class Runtime:
     workers: int = 2
     samples: int = 4  # images in each epoch's sample grid
     vgg_weights: str | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass

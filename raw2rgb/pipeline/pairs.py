@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raw2rgb.config import JsonConfig
 from raw2rgb.pipeline import rawio
 from raw2rgb.pipeline.develop import area_downsample, linear_to_srgb
 from raw2rgb.pipeline.stage import one_line
@@ -335,7 +336,7 @@ def ncc(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @dataclass(frozen=True)
-class PatchParams:
+class PatchParams(JsonConfig):
     """How patches are cut and which are kept."""
 
     size: int = 224  # packed pixels

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from raw2rgb.config import JsonConfig
 from raw2rgb.pipeline import bayer
 from raw2rgb.pipeline.develop import cam_to_srgb, srgb_to_linear
 
@@ -31,7 +32,7 @@ ALL_SCENES = SCENES + ("hubble_deep_field", "stereo_motorcycle")
 
 
 @dataclass(frozen=True)
-class Camera:
+class Camera(JsonConfig):
     """What the virtual camera records: CFA, levels, colour, white balance, noise."""
 
     pattern: str = "RGGB"
@@ -163,7 +164,7 @@ def sample_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (512, 768),
 
 
 @dataclass(frozen=True)
-class Look:
+class Look(JsonConfig):
     """How "another camera" renders a scene: its own white point, saturation and tone curve. A
     model trained on such targets must learn them; a fixed classical pipeline cannot."""
 

@@ -93,10 +93,30 @@ def test_values_ranges_and_shapes(shard_root):
     s = ds[0]
     assert s["raw"].shape == (4, 112, 112) and s["rgb"].shape == (3, 112, 112) and s["saliency"].shape == (1, 112, 112)
     assert -1 <= s["raw"].min() and s["raw"].max() <= 1 and 0 <= s["saliency"].min() and s["saliency"].max() <= 1
-    assert s["raw"].dtype == torch.float32
-    assert len(ds) == sum(1 for _ in range(len(ds)))
     with pytest.raises(IndexError):
         ds[len(ds)]
+
+
+def test_stored_extremes_map_to_the_model_ranges(tmp_path):
+    """uint16 0 → −1 and 65535 → 1; rgb 0 → −1 and 255 → 1; saliency 0 → 0 and 255 → 1 — through
+    ShardDataset's float samples and through compact samples and to_model alike."""
+    from raw2rgb.model.data import to_model
+    from raw2rgb.pipeline.stage import write_json
+
+    raw = np.zeros((1, 4, 8, 8), np.uint16)
+    raw[..., 4:] = 65535
+    rgb = np.zeros((1, 3, 8, 8), np.uint8)
+    rgb[..., 4:] = 255
+    sal = rgb[:, :1].copy()
+    shards.write_shard(tmp_path / "train-00000.h5", ["x"], raw, rgb, sal, {"format": 1, "scale": 1})
+    write_json(tmp_path / "index.json", {"format": 1, "scale": 1, "splits": {"train": {
+        "count": 1, "shards": [{"file": "train-00000.h5", "count": 1}]}}})
+    floats = ShardDataset(tmp_path, "train")[0]
+    compact = to_model(next(iter(DataLoader(ShardDataset(tmp_path, "train", compact=True), batch_size=1))))
+    for s in (floats, {k: v[0] for k, v in compact.items() if k != "id"}):
+        for key, low in (("raw", -1.0), ("rgb", -1.0), ("saliency", 0.0)):
+            assert s[key].dtype == torch.float32
+            assert s[key][..., :4].unique().tolist() == [low] and s[key][..., 4:].unique().tolist() == [1.0], key
 
 
 def test_workers_yield_the_same_samples_as_none(shard_root):
@@ -182,7 +202,8 @@ def test_compact_samples_and_to_model_equal_the_float_samples(shard_root):
     want = next(iter(DataLoader(floats, batch_size=4)))
     for k in ("raw", "rgb", "saliency"):
         torch.testing.assert_close(converted[k], want[k], rtol=0, atol=1e-6)
-    assert to_model(want)["raw"] is want["raw"]  # float batches pass through
+    with pytest.raises(TypeError, match="raw must be torch.uint16 .*got torch.float32"):
+        to_model(want)  # an already converted batch is refused, not mapped twice or passed through
 
 
 def test_inspect_command(shard_root, tmp_path):

@@ -70,6 +70,22 @@ def test_the_papers_packed_flip_breaks_it():
     assert not np.array_equal(flipped_raw[0, :, 1:], red_true[:, : flipped_raw.shape[2] - 1])
 
 
+def test_the_papers_flip_swaps_red_and_green_positions_inside_each_cell():
+    """On a scene whose value is its sensor column, every sample says where it was taken. After the
+    paper's flip of the packed planes, the flipped image's column of a sample is W-1-value: its "R"
+    samples sit at the right of their cell (column 2j+1) and its "G1" samples at the left (2j) —
+    the two swapped — while a Bayer-safe flip keeps R at the left of G1, as in every RGGB cell."""
+    h, w = 8, 12
+    columns = np.broadcast_to(np.arange(w, dtype=np.uint16), (h, w))
+    raw = bayer.pack(np.ascontiguousarray(columns))
+    flipped, _ = augment.paper_flip(raw, np.zeros((h // 2, w // 2, 3)))
+    j = np.arange(w // 2)
+    assert ((w - 1 - flipped[0].astype(int)) == 2 * j + 1).all()  # R one sensor pixel right of its place
+    assert ((w - 1 - flipped[1].astype(int)) == 2 * j).all()  # G1 one to the left
+    safe, _, _ = augment.apply(raw, np.zeros((h, w, 3)), np.zeros((h, w)), augment.Transform(flip_h=True), 2)
+    x_r, x_g1 = w - 1 - safe[0].astype(int), w - 1 - safe[1].astype(int)
+    assert (x_g1 - x_r == 1).all() and (x_r % 2 == x_r[0, 0] % 2).all()
+
 def test_random_transforms_fit_and_are_reproducible():
     rng = np.random.default_rng(0)
     ts = [augment.random_transform(rng, (40, 56), 32) for _ in range(50)]

@@ -118,5 +118,8 @@ def test_truncated_dng_reason_includes_what_libraw_printed(tmp_path, capfd):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(rawio.RawReadError) as info:
         rawio.read_raw(path)
-    assert str(info.value) == f"{path}: LibRaw cannot decode it (Input/output error) [LibRaw: Unexpected end of file]"
-    assert "Unexpected end of file" not in capfd.readouterr().err  # not on the terminal
+    # our words, then what LibRaw printed (its wording is LibRaw's and may change between versions)
+    text = str(info.value)
+    assert text.startswith(f"{path}: LibRaw cannot decode it (") and "\n" not in text
+    printed = text.split(" [LibRaw: ", 1)[1].rstrip("]")
+    assert printed and printed not in capfd.readouterr().err  # folded into the reason, not on the terminal
