@@ -118,13 +118,46 @@ def _finish(result, summary: list[str] | None = None, details: str = "manifest.j
         sys.exit(1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+class _ExamplesLast:
+    """A command whose docstring's closing "Examples:" block is shown after the options."""
+
+    def __init__(self, *args, help: str | None = None, **kwargs) -> None:
+        import inspect
+
+        help = inspect.cleandoc(help) if help else help
+        if help and "\b\nExample" in help:
+            help, examples = help.split("\b\nExample", 1)
+            kwargs["epilog"] = "\b\nExample" + examples
+        super().__init__(*args, help=help, **kwargs)
+
+
+class _Command(_ExamplesLast, click.Command):
+    pass
+
+
+class _Group(_ExamplesLast, click.Group):
+    command_class = _Command
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="raw2rgb")
-@click.option("-v", "--verbose", count=True, help="More detail (-vv: debug, with tracebacks).")
+@click.option("-v", "--verbose", count=True,
+              help="-v: raw2rgb's debug detail (timings, per-item notes); -vv: every library's, with tracebacks.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 @click.pass_context
 def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
-    """Learned RAW-to-RGB mapping: build datasets, train, convert."""
+    """Learned RAW-to-RGB mapping (the saliency-map-aided GAN of Zhao et al. 2019): build paired
+    datasets from RAW files, train the two-stage GAN, evaluate, convert RAW files to photos
+    (with a model, or the classical pipeline), export.
+
+    \b
+    Examples:
+      raw2rgb convert IMG_0042.dng -o out/
+      raw2rgb prepare my-pairs/ -o ds --layout pairs
+      raw2rgb train ds -o runs/mine
+      raw2rgb convert shoot/ -o out/ --checkpoint runs/mine
+      raw2rgb COMMAND --help
+    """
     _setup_logging(verbose)
     ctx.obj = {"quiet": quiet}
 
@@ -210,7 +243,7 @@ def saliency(obj, inputs, out_dir, method, weights, batch_size, device, workers,
     _finish(result)
 
 
-@main.group()
+@main.group(cls=_Group)
 def salgan() -> None:
     """SalGAN weights."""
 
@@ -224,6 +257,10 @@ def import_weights(npz: Path, out: Path | None) -> None:
     """Convert the original SalGAN generator weights (gen_modelWeights0090.npz) for raw2rgb.
 
     The decoder's kernels are flipped, since Lasagne ran those layers as true convolutions.
+
+    \b
+    Example:
+      raw2rgb salgan import-weights gen_modelWeights0090.npz
     """
     from raw2rgb.salgan import weights as w
 
@@ -373,6 +410,10 @@ def inspect(shards_dir: Path, batch_size: int) -> None:
     """Load a batch of every split of a shards folder and print counts, shapes and value ranges.
 
     SHARDS is a shards folder or a prepare DATASET (its shards/ is used).
+
+    \b
+    Example:
+      raw2rgb inspect ds/
     """
     from raw2rgb.model.data import describe
 
@@ -651,6 +692,11 @@ def synth(out_dir: Path, size: tuple[int, int], pairs: bool, seed: int) -> None:
 
     Default: one DNG per CFA pattern with the camera's own JPEG. --pairs: every colour scene
     scikit-image bundles, the JPEG from "another camera" (warmer, more saturated, more contrast).
+
+    \b
+    Examples:
+      raw2rgb synth -o samples/
+      raw2rgb synth -o pairs/ --pairs --size 512 768
     """
     from raw2rgb.pipeline import synth as virtual_camera
 
