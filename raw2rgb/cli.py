@@ -93,6 +93,30 @@ def force_option(help: str):
     return click.option("--force", is_flag=True, help=help)
 
 
+def backend_options(fn):
+    """``--backend local|dask`` and ``--scheduler ADDRESS``: run the command's stages on a Dask cluster."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, backend: str, scheduler: str | None, **kwargs):
+        if backend == "local":
+            if scheduler:
+                raise click.UsageError("--scheduler goes with --backend dask")
+            return fn(*args, **kwargs)
+        if not scheduler:
+            raise click.UsageError("--backend dask needs --scheduler ADDRESS (e.g. tcp://head-node:8786)")
+        from raw2rgb.pipeline.stage import dask_cluster
+
+        with dask_cluster(scheduler):
+            return fn(*args, **kwargs)
+
+    click.option("--scheduler", default=None, metavar="ADDRESS",
+                 help="The Dask scheduler, e.g. tcp://head-node:8786 (workers must share the file system).")(wrapper)
+    click.option("--backend", type=click.Choice(["local", "dask"]), default="local",
+                 help="local: processes on this machine (--jobs); dask: the cluster at --scheduler "
+                      "(pip install 'raw2rgb[dist]').")(wrapper)
+    return wrapper
+
+
 def _jobs(jobs: int | None) -> int:
     return jobs or min(4, os.cpu_count() or 1)
 
@@ -178,6 +202,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @force_option("Redo every file, even those up to date.")
 @click.pass_obj
 @user_errors
+@backend_options
 def unpack(obj, inputs: tuple[str, ...], out_dir: Path, bit_depth: str, zrr_levels: str,
            jobs: int | None, force: bool) -> None:
     """Unpack RAW files into 4-channel packed PNGs (R, G1, B, G2).
@@ -221,6 +246,7 @@ def unpack(obj, inputs: tuple[str, ...], out_dir: Path, bit_depth: str, zrr_leve
 @force_option("Recompute every shard.")
 @click.pass_obj
 @user_errors
+@backend_options
 def saliency(obj, inputs, out_dir, method, weights, batch_size, device, workers, shard_size, force) -> None:
     """Label images with saliency maps, written as HDF5 shards.
 
@@ -326,6 +352,7 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and plan as JSON; run nothing.")
 @click.pass_obj
 @user_errors
+@backend_options
 def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride, scale, copies, crop, min_score,
             max_clipped, min_mean, min_inliers, split, seed, saliency_method, weights, device, batch_size, until,
             force, jobs, dry_run) -> None:
@@ -548,6 +575,7 @@ def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, 
 @force_option("Convert every file, even those up to date.")
 @click.pass_obj
 @user_errors
+@backend_options
 def convert(obj, inputs, out_dir, checkpoint, method, tile, overlap, fmt, quality, zrr_levels, device, jobs,
             force) -> None:
     """Convert RAW files to full-resolution RGB images.

@@ -12,6 +12,7 @@ no finished work. This is the only module that writes manifests.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import glob
 import hashlib
@@ -558,14 +559,50 @@ def _plan(stage: Stage, items: list[Item], out_dir: Path, params: Mapping[str, A
     return todo
 
 
+# -- past one machine ---------------------------------------------------------------------------------
+# Inside ``dask_cluster(address)`` every stage runs its items on that Dask cluster through joblib's
+# dask backend. The driver still journals each finished item and writes the manifest, so resume
+# and caching work as locally; the workers must see the same file system (a shared one).
+_SCHEDULER: contextvars.ContextVar[str | None] = contextvars.ContextVar("raw2rgb_dask_scheduler", default=None)
+
+
+@contextlib.contextmanager
+def dask_cluster(address: str) -> Iterator[Any]:
+    """Run the stages started inside the block on the Dask cluster whose scheduler is at ``address``.
+
+    Raises:
+        InputError: dask's distributed scheduler is not installed, or the scheduler cannot be reached.
+    """
+    try:
+        from dask.distributed import Client
+    except ImportError:
+        raise InputError("--backend dask needs dask's distributed scheduler: pip install 'raw2rgb[dist]'") from None
+    try:
+        client = Client(address, timeout="20s")
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot reach the Dask scheduler at {address} ({one_line(str(e))})") from None
+    token = _SCHEDULER.set(address)
+    try:
+        yield client
+    finally:
+        _SCHEDULER.reset(token)
+        client.close()
+
+
+def distributed() -> str | None:
+    """The Dask scheduler the stages run on, or None (local processes)."""
+    return _SCHEDULER.get()
+
+
 def _execute(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]], out_dir: Path,
              params: Mapping[str, Any], options: Mapping[str, Any], jobs: int) -> Iterator[Record]:
-    if jobs > 1 and len(todo) > 1:
-        from joblib import Parallel, delayed
+    if todo and (distributed() or (jobs > 1 and len(todo) > 1)):
+        from joblib import Parallel, delayed, parallel_config
 
-        parallel = Parallel(n_jobs=jobs, return_as="generator_unordered")
-        yield from parallel(delayed(_run_item)(stage, item, out_dir, params, options, known)
-                            for item, known in todo)
+        with parallel_config(backend="dask") if distributed() else contextlib.nullcontext():
+            parallel = Parallel(n_jobs=-1 if distributed() else jobs, return_as="generator_unordered")
+            yield from parallel(delayed(_run_item)(stage, item, out_dir, params, options, known)
+                                for item, known in todo)
         return
     if len(todo) <= 1 or not stage.deferred:
         for item, known in todo:

@@ -32,6 +32,7 @@ from raw2rgb.pipeline.stage import (
     ItemError,
     Stage,
     StageResult,
+    distributed,
     file_sha256,
     run_stage,
 )
@@ -313,12 +314,14 @@ def label(images: list[tuple[str, str]], out_dir: os.PathLike | str, method: Met
               time.perf_counter() - t0)
     params = {"method": method.name, "weights_sha256": method.weights_sha256, "shard_size": shard_size}
     workers = min(4, os.cpu_count() or 1) if workers is None else workers
-    device = str(resolve_device(device))
+    options = {"weights": method.weights, "batch_size": batch_size, "device": device, "workers": workers}
+    if distributed():  # each Dask worker decodes its own shards (in its own process) and picks its device
+        return run_stage(SALIENCY, items, out_dir, params, progress=progress, options={**options, "workers": 0},
+                         force=force)
+    device = options["device"] = str(resolve_device(device))
     loader = RunLoader([p for _, p in sorted(images)], method.name, batch_size, workers, device.startswith("cuda"))
-    options = {"weights": method.weights, "batch_size": batch_size, "device": device, "workers": workers,
-               "loader": loader}
-    return run_stage(SALIENCY, items, out_dir, params, progress=progress, options=options, force=force,
-                     on_plan=loader.plan)
+    return run_stage(SALIENCY, items, out_dir, params, progress=progress, options={**options, "loader": loader},
+                     force=force, on_plan=loader.plan)
 
 
 __all__ = ["SaliencyShard", "label", "read_saliency_shard", "resolve_method", "plan_shards", "read_rgb"]
