@@ -69,7 +69,7 @@ def main() -> None:
     batch_t = {"raw": (torch.rand(batch, 4, 224, 224, device=device) * 2 - 1).contiguous(memory_format=fmt),
                "rgb": (torch.rand(batch, 3, 224, 224, device=device) * 2 - 1).contiguous(memory_format=fmt),
                "saliency": torch.rand(batch, 1, 224, 224, device=device).contiguous(memory_format=fmt)}
-    peak = matmul_rate(device, dtype, 8192 if cuda else 2048)
+    peak = matmul_rate(device, dtype, 8192 if cuda else 4096)
     rows = [("device", torch.cuda.get_device_name(device) if cuda else f"cpu ({torch.get_num_threads()} threads)"),
             ("precision", "bf16 autocast" if cuda else "fp32"), ("batch", str(batch)),
             ("compile", str(args.compile)), ("dense matmul", f"{peak / 1e12:.2f} TFLOP/s")]

@@ -68,8 +68,8 @@ class FrameNorm(nn.Module):
             self.mean, self.var = self._statistics(x.float())
         if self.mean is None or self.var is None:
             raise RuntimeError("FrameNorm in fixed mode has no statistics (run a collect pass first)")
-        scale = torch.rsqrt(self.var + EPS)[None, :, None, None]
-        return ((x.float() - self.mean[None, :, None, None]) * scale).to(x.dtype)
+        out = x.float() - self.mean[None, :, None, None]  # one full-size temporary: inference memory
+        return out.mul_(torch.rsqrt(self.var + EPS)[None, :, None, None]).to(x.dtype)
 
     def _statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.mask is None:
@@ -92,7 +92,7 @@ def conv(cin: int, cout: int, k: int, stride: int = 1, norm: bool = True, act: b
     if norm:
         layers.append(FrameNorm())
     if act:
-        layers.append(nn.LeakyReLU(0.2))
+        layers.append(nn.LeakyReLU(0.2, inplace=True))  # on a fresh tensor no backward needs
     return nn.Sequential(*layers)
 
 

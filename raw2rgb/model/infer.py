@@ -205,7 +205,8 @@ def run_tiled(g: Generator, packed: np.ndarray | torch.Tensor, tiles: TileConfig
             todo = plan
             if tiles.frame_norm:
                 sample, sh, sw = stats_plan(plan, hh, ww, th, tw, tiles.stats_pixels)
-                set_norm_mode(g, "collect", _masks(sample, sh, sw, x.device))
+                # sampled windows partition what they cover: no mask (no full-size temporaries)
+                set_norm_mode(g, "collect", _masks(sample, sh, sw, x.device) if sample is plan else None)
                 if sample is plan:  # the statistics pass runs every tile: its outputs are the result
                     out.add(sample, g.rgb(crop(sample)))
                     todo = []
