@@ -126,6 +126,15 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owned: bool = False  # this run initialised the process group, and ends it
+
+    def close(self) -> None:
+        """End the process group this run started: a gloo/NCCL group left to the interpreter's exit
+        can abort the process ("terminate called without an active exception")."""
+        if self.owned:
+            import torch.distributed as tdist
+
+            tdist.destroy_process_group()
 
     @property
     def main(self) -> bool:
@@ -139,9 +148,10 @@ def _init_dist(device: torch.device) -> Dist:
         return Dist()
     import torch.distributed as tdist
 
-    if not tdist.is_initialized():
+    owned = not tdist.is_initialized()
+    if owned:
         tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+    return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)
 
 
 def _barrier(dist: Dist) -> None:
@@ -511,7 +521,7 @@ def train(dataset: os.PathLike | str, run_dir: os.PathLike | str, cfg: TrainConf
         TrainError: bad dataset, other config, missing VGG weights, OOM, a NaN loss, ….
     """
     from raw2rgb.device import DeviceError, resolve_device
-    from raw2rgb.pipeline.shards import ShardError, dataset_key, shards_root
+    from raw2rgb.pipeline.shards import shards_root
 
     run_dir, root = Path(run_dir), shards_root(dataset)
     if rt.stages not in STAGES:
@@ -521,6 +531,16 @@ def train(dataset: os.PathLike | str, run_dir: os.PathLike | str, cfg: TrainConf
     except DeviceError as e:
         raise TrainError(str(e)) from None
     dist = _init_dist(device)
+    try:
+        return _train(root, run_dir, cfg, rt, device, dist, force, on_step, progress_bar)
+    finally:
+        dist.close()
+
+
+def _train(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, force: bool,
+           on_step, progress_bar) -> TrainResult:
+    from raw2rgb.pipeline.shards import ShardError, dataset_key
+
     if device.type == "cuda" and dist.world > 1:
         device = torch.device("cuda", dist.local_rank)
         torch.cuda.set_device(device)
