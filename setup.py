@@ -25,6 +25,7 @@ setup(
         "imagecodecs>=2023.9.18",  # libpng for 16-bit 4-channel PNG
         "tifffile>=2023.7.10",  # DNG tags; the virtual camera's DNG writer
         "scikit-image>=0.21",
+        "opencv-python-headless>=4.8",  # alignment: SIFT, MAGSAC++, warps
         "h5py>=3.9",
         "click>=8.1",
         "joblib>=1.3",

@@ -333,6 +333,8 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
               help="Drop patches whose mean RAW level is below.")
 @click.option("--min-inliers", type=click.IntRange(min=4), default=25, metavar="N",
               help="Feature matches that must agree on a homography.")
+@click.option("--max-shift", type=click.FloatRange(min=0), default=2.0, metavar="PX",
+              help="Drop patches whose local alignment residual (target pixels) is larger: parallax, motion.")
 # Splits
 @click.option("--split", "split", default="0.9,0.1,0", callback=_ratios, metavar="TR,VA,TE",
               help="Split ratios by scene.")
@@ -354,7 +356,7 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
 @user_errors
 @backend_options
 def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride, scale, copies, crop, min_score,
-            max_clipped, min_mean, min_inliers, split, seed, saliency_method, weights, device, batch_size, until,
+            max_clipped, min_mean, min_inliers, max_shift, split, seed, saliency_method, weights, device, batch_size, until,
             force, jobs, dry_run) -> None:
     """Build a paired training dataset from SRC into DATASET.
 
@@ -376,7 +378,7 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
         src=str(src.resolve()), out=str(out_dir.resolve()), layout=prep.resolve_layout(src, layout),
         pairs_csv=str(pairs_csv) if pairs_csv else None, zrr_levels=zrr_levels,
         patch=PatchParams(size=patch_size, stride=stride or patch_size, min_score=min_score,
-                          max_clipped=max_clipped, min_mean=min_mean),
+                          max_clipped=max_clipped, min_mean=min_mean, max_shift=max_shift),
         min_inliers=min_inliers, scale=int(scale), copies=copies, crop=crop, split=split, seed=seed,
         saliency_method=saliency_method,
         weights=str(weights) if weights else None, device=device, batch_size=batch_size, jobs=_jobs(jobs))

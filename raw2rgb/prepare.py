@@ -82,7 +82,7 @@ class PrepareResult:
         return out
 
 
-PATCHES = Stage("patches", 2, pairs_mod.patch_item)  # 2: targets kept at sensor resolution
+PATCHES = Stage("patches", 3, pairs_mod.patch_item)  # 3: OpenCV alignment with directional refinement
 
 
 def resolve_layout(src: Path, layout: str) -> str:

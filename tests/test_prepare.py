@@ -246,3 +246,30 @@ def test_patch_rejection_reasons():
     assert got[(0, 0)] == "kept" and got[(0, p)] == "clipped" and got[(0, 2 * p)] == "too dark"
     assert got[(0, 3 * p)] == "outside the target" and got[(p, 0)].startswith("score")
     assert got[(p, p)] == "kept"
+
+
+def test_a_locally_moved_region_drops_exactly_its_patches(tmp_path):
+    """A subject that moved between the two exposures: one patch-sized block of the second camera's
+    image shows the scene 5 target pixels to the right. That patch's local residual exceeds
+    --max-shift and it is dropped with that reason; its neighbours are kept."""
+    src = tmp_path / "src"
+    scene = synth.scene("astronaut", (512, 768))
+    cam = synth.Camera(pattern="RGGB", noise=0.002)
+    synth.write_dng(src / "raw" / "moved.dng", synth.capture(scene, cam, np.random.default_rng(1)), cam)
+    h = _h_true(0.0, 1.0, 0, 0)
+    h[2, :2] = 0
+    target = second_camera(scene, h, (512, 768))
+    y0, x0, size = 128, 256, 128  # sensor pixels: packed patch (64, 128) of size 64
+    target[y0 : y0 + size, x0 + 5 : x0 + size] = target[y0 : y0 + size, x0 : x0 + size - 5]
+    (src / "rgb").mkdir()
+    Image.fromarray(target).save(src / "rgb" / "moved.jpg", quality=95)
+    result = _cli("prepare", src, "-o", tmp_path / "ds", "--patch-size", "64", "--until", "patches",
+                  "--min-score", "-1", "--max-shift", "1.5")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "ds" / "patches" / "manifest.json").read_text())["items"][0]
+    reasons = {p["id"]: p.get("reason", "") for p in record["info"]["patches"]}
+    dropped = {k for k, v in reasons.items() if v.startswith("local shift")}
+    assert dropped == {"y00064_x00128"}, {k: v for k, v in reasons.items() if v}
+    assert "--max-shift 1.5" in reasons["y00064_x00128"]
+    residual = record["info"]["alignment"]["residual_px"]
+    assert residual["median"] < 0.5 and residual["windows"] > 50

@@ -19,6 +19,7 @@ import numpy as np
 
 from raw2rgb.config import JsonConfig
 from raw2rgb.pipeline import rawio
+from raw2rgb.pipeline.align import AlignError, Alignment, align, warp_target
 from raw2rgb.pipeline.develop import area_downsample, linear_to_srgb
 from raw2rgb.pipeline.stage import one_line
 
@@ -175,156 +176,6 @@ def preview_luma(raw_norm: np.ndarray) -> np.ndarray:
     return linear_to_srgb(np.clip(g * (0.9 / top), 0, 1)).astype(np.float32)
 
 
-# -- alignment --------------------------------------------------------------------------------------
-
-@dataclass
-class Alignment:
-    """A homography from packed coordinates to target coordinates, and how well it is supported."""
-
-    matrix: np.ndarray  # (3, 3)
-    inliers: int
-    matches: int
-
-    def to_json(self) -> dict:
-        return {"matrix": [[round(float(v), 9) for v in row] for row in self.matrix],
-                "inliers": self.inliers, "matches": self.matches}
-
-
-def _work_scale(shape: tuple[int, int], max_side: int) -> float:
-    return min(1.0, max_side / max(shape))
-
-
-def align(preview: np.ndarray, target: np.ndarray, *, min_inliers: int = 25, max_side: int = 1200,
-          n_keypoints: int = 3000, seed: int = 0, refine: int = 2, name: str = "pair") -> Alignment:
-    """Estimate the homography from a RAW preview luma (h, w) to a target luma (H, W).
-
-    ORB features on both (at most ``max_side`` pixels on a side), cross-checked matches with a
-    ratio test, RANSAC on a projective model, a least-squares fit on all inliers, then ``refine``
-    rounds of sub-pixel refinement (:func:`refine_homography`).
-
-    Raises:
-        PairError: too few matches or inliers (the message gives the counts).
-    """
-    from skimage.feature import ORB, match_descriptors
-    from skimage.measure import ransac
-    from skimage.transform import ProjectiveTransform, rescale
-
-    def features(img: np.ndarray, scale: float):
-        small = rescale(img, scale, anti_aliasing=True) if scale < 1 else img
-        orb = ORB(n_keypoints=n_keypoints, fast_threshold=0.05, downscale=1.3, n_scales=6)
-        try:
-            orb.detect_and_extract(small)
-        except (RuntimeError, ValueError, IndexError):
-            return np.zeros((0, 2)), np.zeros((0, 256), bool)
-        # (row, col) at working scale -> (x, y) at full scale, centres on integers
-        xy = (orb.keypoints[:, ::-1] + 0.5) / scale - 0.5
-        return xy, orb.descriptors
-
-    sp, st = _work_scale(preview.shape, max_side), _work_scale(target.shape, max_side)
-    xy_p, d_p = features(preview, sp)
-    xy_t, d_t = features(target, st)
-    if len(xy_p) < 4 or len(xy_t) < 4:
-        raise PairError(f"{name}: too few features to align ({len(xy_p)} in the RAW, {len(xy_t)} in the RGB)")
-    matches = match_descriptors(d_p, d_t, cross_check=True, max_ratio=0.85)
-    if len(matches) < min_inliers:
-        raise PairError(f"{name}: not the same scene? {len(matches)} feature matches, need {min_inliers}")
-    src, dst = xy_p[matches[:, 0]], xy_t[matches[:, 1]]
-    threshold = 1.5 / min(sp, st)  # pixels, at full target scale
-    model, inliers = ransac((src, dst), ProjectiveTransform, min_samples=4, residual_threshold=threshold,
-                            max_trials=3000, rng=np.random.default_rng(seed))
-    n = int(inliers.sum()) if inliers is not None else 0
-    if model is None or n < min_inliers:
-        raise PairError(f"{name}: not the same scene? {n} of {len(matches)} matches agree on a homography, "
-                        f"need {min_inliers}")
-    matrix = _fit_homography(src[inliers], dst[inliers])
-    if matrix is None:
-        matrix = model.params
-    for _ in range(refine):
-        matrix = refine_homography(preview, target, matrix)
-    return Alignment(matrix / matrix[2, 2], n, len(matches))
-
-
-def _fit_homography(src: np.ndarray, dst: np.ndarray) -> np.ndarray | None:
-    from skimage.transform import ProjectiveTransform
-
-    t = ProjectiveTransform.from_estimate(src, dst)
-    return t.params if t else None
-
-
-def refine_homography(preview: np.ndarray, target: np.ndarray, matrix: np.ndarray, window: int = 48,
-                      step: int = 32, max_windows: int = 600) -> np.ndarray:
-    """Sub-pixel refinement: warp the target into the preview's frame, measure the residual shift
-    of each textured window by phase correlation, refit the homography on those correspondences.
-
-    Feature positions are quantised on their pyramid level; phase correlation with 20× upsampling
-    resolves 0.05 px, which is what brings corners within half a target pixel. On large frames the
-    step widens so that at most ``max_windows`` are measured (12 MP: 3,600 windows took 6.7 s a
-    round, against about 1 s for 600, which constrain 8 parameters no less).
-    """
-    from scipy.ndimage import gaussian_filter
-    from skimage.measure import ransac
-    from skimage.registration import phase_cross_correlation
-    from skimage.transform import ProjectiveTransform, warp
-
-    h, w = preview.shape
-    step = max(step, int(np.ceil(np.sqrt(h * w / max_windows))))
-    # The target is usually sampled more finely than the packed grid (2× and more); sampling it
-    # down without a low-pass would alias and bias the shifts.
-    ratio = float(np.sqrt(abs(np.linalg.det(matrix[:2, :2] / matrix[2, 2]))))
-    if ratio > 1.2:
-        target = gaussian_filter(target, sigma=0.5 * ratio)
-    moved = warp(target, ProjectiveTransform(matrix), output_shape=(h, w), order=1, mode="constant",
-                 cval=np.nan, preserve_range=True)
-    # A Hann window: unwindowed, the patch borders (which do not move) pull every shift to zero.
-    hann = np.outer(np.hanning(window), np.hanning(window))
-    src, dst = [], []
-    for y in range(0, h - window + 1, step):
-        for x in range(0, w - window + 1, step):
-            a, b = preview[y : y + window, x : x + window], moved[y : y + window, x : x + window]
-            if np.isnan(b).any() or a.std() < 0.03 or b.std() < 0.03:
-                continue
-            shift, error, _ = phase_cross_correlation((a - a.mean()) * hann, (b - b.mean()) * hann,
-                                                      upsample_factor=20)
-            if np.abs(shift).max() > window / 8 or not np.isfinite(error):
-                continue
-            # reference(c) ≈ moving(c - shift): the preview's point c sits at matrix(c - shift).
-            c = np.array([x + (window - 1) / 2, y + (window - 1) / 2])
-            src.append(c)
-            dst.append(c - shift[::-1])
-    if len(src) < 8:
-        return matrix
-    src, dst = np.array(src), np.array(dst)
-    dst = ProjectiveTransform(matrix)(dst)
-    model, inliers = ransac((src, dst), ProjectiveTransform, min_samples=4, residual_threshold=1.0,
-                            max_trials=500, rng=np.random.default_rng(0))
-    if model is None or inliers.sum() < 8:
-        return matrix
-    fitted = _fit_homography(src[inliers], dst[inliers])
-    return matrix if fitted is None else fitted
-
-
-def packed_to_output(scale: int) -> np.ndarray:
-    """Matrix from output-grid coordinates (scale s) to packed coordinates."""
-    s = float(scale)
-    return np.array([[1 / s, 0, (0.5 / s) - 0.5], [0, 1 / s, (0.5 / s) - 0.5], [0, 0, 1]])
-
-
-def warp_target(target: np.ndarray, matrix: np.ndarray, packed_shape: tuple[int, int]
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Warp the target onto the sensor grid (2h, 2w); return (image float [0, 1], coverage)."""
-    from skimage.transform import ProjectiveTransform, warp
-
-    h, w = packed_shape
-    inverse = ProjectiveTransform(matrix @ packed_to_output(2))
-    img = target.astype(np.float32) / 255.0 if target.dtype == np.uint8 else target.astype(np.float32)
-    out = warp(img, inverse, output_shape=(2 * h, 2 * w), order=1, mode="constant", cval=0.0,
-               preserve_range=True).astype(np.float32)
-    ones = np.ones(target.shape[:2], np.float32)
-    cover = warp(ones, inverse, output_shape=(2 * h, 2 * w), order=1, mode="constant", cval=0.0,
-                 preserve_range=True).astype(np.float32)
-    return out, cover
-
-
 # -- patches ----------------------------------------------------------------------------------------
 
 def ncc(a: np.ndarray, b: np.ndarray) -> float:
@@ -344,6 +195,7 @@ class PatchParams(JsonConfig):
     min_score: float = 0.5  # NCC of RAW preview luma and target luma
     max_clipped: float = 1.0  # largest fraction of clipped RAW samples (1: keep all)
     min_mean: float = 0.0  # smallest mean RAW level (0: keep all)
+    max_shift: float | None = 2.0  # largest local alignment residual, target pixels (None: keep all)
 
 
 @dataclass
@@ -354,6 +206,7 @@ class Patch:
     y: int
     x: int
     score: float
+    shift: float | None = None  # local alignment residual, target pixels
     raw: np.ndarray | None = field(default=None, repr=False)  # (4, P, P) as stored
     rgb: np.ndarray | None = field(default=None, repr=False)  # (2P, 2P, 3) uint8, sensor resolution
     reason: str = ""
@@ -364,7 +217,7 @@ class Patch:
 
 
 def cut_patches(packed: np.ndarray, raw_norm: np.ndarray, preview_luma: np.ndarray, target: np.ndarray,
-                cover: np.ndarray | None, params: PatchParams) -> list[Patch]:
+                cover: np.ndarray | None, params: PatchParams, alignment: Alignment | None = None) -> list[Patch]:
     """Cut aligned patches on a grid and score each.
 
     Args:
@@ -374,6 +227,7 @@ def cut_patches(packed: np.ndarray, raw_norm: np.ndarray, preview_luma: np.ndarr
         target: (2h, 2w, 3) float [0, 1], the aligned target at sensor resolution.
         cover: (2h, 2w) fraction of each target pixel inside the source image, or None.
         params: sizes and thresholds.
+        alignment: the pair's alignment, whose window residuals give each patch's local residual.
     """
     p, st, s = params.size, params.stride, 2
     _, h, w = packed.shape
@@ -385,7 +239,8 @@ def cut_patches(packed: np.ndarray, raw_norm: np.ndarray, preview_luma: np.ndarr
         for x in range(0, w - p + 1, st):
             pid = f"y{y:05d}_x{x:05d}"
             score = ncc(preview_luma[y : y + p, x : x + p], t_luma[y : y + p, x : x + p])
-            patch = Patch(pid, y, x, round(score, 6))
+            local = alignment.local_residual(y, x, p) if alignment is not None else None
+            patch = Patch(pid, y, x, round(score, 6), shift=None if local is None else round(local, 3))
             rn = raw_norm[:, y : y + p, x : x + p]
             if cover is not None and cover[s * y : s * (y + p), s * x : s * (x + p)].min() < 0.999:
                 patch.reason = "outside the target"
@@ -393,6 +248,8 @@ def cut_patches(packed: np.ndarray, raw_norm: np.ndarray, preview_luma: np.ndarr
                 patch.reason = "clipped"
             elif rn.mean() < params.min_mean:
                 patch.reason = "too dark"
+            elif params.max_shift is not None and local is not None and local > params.max_shift:
+                patch.reason = f"local shift {local:.2f} px > --max-shift {params.max_shift:g}"
             elif score < params.min_score:
                 patch.reason = f"score {score:.2f} < {params.min_score}"
             else:
@@ -444,8 +301,8 @@ def patch_item(item, ctx):
             alignment = align(preview, luma(target), min_inliers=ctx.params["min_inliers"],
                               name=f"{meta.get('source', packed_path)} ~ {rgb_path}")
             aligned, cover = warp_target(target, alignment.matrix, (h, w))
-        patches = cut_patches(packed, raw_norm, preview, aligned, cover, params)
-    except PairError as e:
+        patches = cut_patches(packed, raw_norm, preview, aligned, cover, params, alignment)
+    except (PairError, AlignError) as e:
         raise ItemError(str(e)) from None
     for part in ("raw", "rgb"):  # patches of an earlier run of this scene (other sizes, say)
         shutil.rmtree(ctx.out_dir / part / item.key, ignore_errors=True)
@@ -459,13 +316,15 @@ def patch_item(item, ctx):
     dropped: dict[str, int] = {}
     for p in patches:
         if not p.kept:
-            key = "score below threshold" if p.reason.startswith("score") else p.reason
+            key = p.reason.split(" ")[0] if p.reason.startswith(("score", "local")) else p.reason
+            key = {"score": "score below threshold", "local": "local shift above --max-shift"}.get(key, key)
             dropped[key] = dropped.get(key, 0) + 1
     info = {
         "alignment": alignment.to_json() if alignment else None,
         "kept": sum(p.kept for p in patches),
         "dropped": dropped,
-        "patches": [{"id": p.id, "y": p.y, "x": p.x, "score": p.score, **({"reason": p.reason} if p.reason else {})}
-                    for p in patches],
+        "patches": [{"id": p.id, "y": p.y, "x": p.x, "score": p.score,
+                     **({"shift_px": p.shift} if p.shift is not None else {}),
+                     **({"reason": p.reason} if p.reason else {})} for p in patches],
     }
     return outputs, info
