@@ -356,8 +356,8 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
 @user_errors
 @backend_options
 def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride, scale, copies, crop, min_score,
-            max_clipped, min_mean, min_inliers, max_shift, split, seed, saliency_method, weights, device, batch_size, until,
-            force, jobs, dry_run) -> None:
+            max_clipped, min_mean, min_inliers, max_shift, split, seed, saliency_method, weights, device, batch_size,
+            until, force, jobs, dry_run) -> None:
     """Build a paired training dataset from SRC into DATASET.
 
     Stages: unpack (RAW -> packed PNG), patches (pair, align, cut, score), saliency (maps of the

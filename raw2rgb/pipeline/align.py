@@ -114,11 +114,13 @@ def feature_homography(preview: np.ndarray, target: np.ndarray, *, min_inliers: 
     src = xy_p[[m.queryIdx for m in good]]
     dst = xy_t[[m.trainIdx for m in good]]
     threshold = 2.0 / min(sp, st)
+    cv2.setRNGSeed(0)  # MAGSAC samples with OpenCV's process-wide RNG: same pair, same answer, any worker
     matrix, mask = cv2.findHomography(src, dst, cv2.USAC_MAGSAC, threshold, maxIters=5000, confidence=0.999)
     inliers = mask.ravel().astype(bool) if mask is not None else np.zeros(len(src), bool)
     model = "projective"
     if matrix is not None and _hull_fraction(src[inliers], preview.shape) < 0.25:
         # the matches sit in a small part of the frame: perspective would be extrapolated, not measured
+        cv2.setRNGSeed(0)
         affine, amask = cv2.estimateAffine2D(src, dst, method=cv2.USAC_MAGSAC, ransacReprojThreshold=threshold)
         if affine is not None:
             matrix, inliers, model = np.vstack([affine, [0, 0, 1]]), amask.ravel().astype(bool), "affine"
