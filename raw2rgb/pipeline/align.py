@@ -31,6 +31,7 @@ PERSPECTIVE_PRIOR = 0.25  # px: a priori std of what perspective moves the frame
 OUTLIER = 2.0  # target px
 MAX_SIGMA = 0.2  # px: a window whose best-known direction is less certain than this is not used
 NOISE_FLOOR = 0.002  # luma: 8-bit quantisation and JPEG noise of a target, after the smoothing
+TUKEY = 1.0  # px: windows this far off the fit have no weight
 FLOOR = 0.05  # px: error every window shift has at least (interpolation, rendering differences)
 
 
@@ -286,7 +287,7 @@ def fit_correction(win: _Windows, shape: tuple[int, int], base: np.ndarray, iter
         # Tukey's biweight on the residual along the reliable directions: a window 1 px off (parallax,
         # motion, a border in view) stops pulling the fit
         mag = _directional(resid, win.tensors)
-        robust = np.clip(1 - (mag / 1.0) ** 2, 0, 1) ** 2
+        robust = np.clip(1 - (mag / TUKEY) ** 2, 0, 1) ** 2
     c_norm = np.array([[1 + p[0], p[1], p[2]], [p[3], 1 + p[4], p[5]], [p[6], p[7], 1.0]])
     correction = np.linalg.inv(t) @ c_norm @ t
     return correction, resid
