@@ -604,26 +604,36 @@ def _execute(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]], out_d
             yield from parallel(delayed(_run_item)(stage, item, out_dir, params, options, known)
                                 for item, known in todo)
         return
-    if len(todo) <= 1 or not stage.deferred:
+    if len(todo) <= 1:
         for item, known in todo:
             yield _run_item(stage, item, out_dir, params, options, known)
         return
-    # In-process runs of a deferred stage (the GPU ones): inputs are hashed ahead in threads while
-    # earlier items run, and each item's write finishes on a writer thread while the next starts.
-    with ThreadPoolExecutor(4) as pool, ThreadPoolExecutor(1) as writer:
+    # In-process runs: inputs are hashed ahead in threads while earlier items run; a deferred
+    # stage's writes (the GPU ones) also finish on a writer thread while the next item starts.
+    with ThreadPoolExecutor(4) as pool:
         hashing = [pool.submit(_hash_inputs, item.inputs, known) for item, known in todo]
-        pending: list[Future] = []
         try:
-            for (item, known), future in zip(todo, hashing):
-                started = _start_item(stage, item, out_dir, params, options, known, future)
-                if isinstance(started, Record):
-                    yield started
-                else:
-                    pending.append(writer.submit(_finish_item, item, out_dir, *started))
-                while pending and pending[0].done():
-                    yield pending.pop(0).result()
-            for f in pending:
-                yield f.result()
+            if stage.deferred:
+                yield from _run_deferred(stage, todo, hashing, out_dir, params, options)
+            else:
+                for (item, known), future in zip(todo, hashing):
+                    yield _run_item(stage, item, out_dir, params, options, known, future)
         finally:
             for f in hashing:
                 f.cancel()
+
+
+def _run_deferred(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]], hashing: list[Future],
+                  out_dir: Path, params: Mapping[str, Any], options: Mapping[str, Any]) -> Iterator[Record]:
+    with ThreadPoolExecutor(1) as writer:
+        pending: list[Future] = []
+        for (item, known), future in zip(todo, hashing):
+            started = _start_item(stage, item, out_dir, params, options, known, future)
+            if isinstance(started, Record):
+                yield started
+            else:
+                pending.append(writer.submit(_finish_item, item, out_dir, *started))
+            while pending and pending[0].done():
+                yield pending.pop(0).result()
+        for f in pending:
+            yield f.result()
