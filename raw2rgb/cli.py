@@ -311,7 +311,7 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
 @out_option("Dataset folder: one sub-folder per stage.", metavar="DATASET")
 # Source
 @click.option("--layout", type=click.Choice(["auto", "zrr", "aim2019", "raw+jpeg", "pairs"]), default="auto",
-              help="How SRC is organised (README: prepare).")
+              help="How SRC is organised (docs/data.md: layouts).")
 @click.option("--pairs-csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               metavar="CSV", help="pairs layout: a CSV with columns raw,rgb[,scene], paths inside SRC.")
 @click.option("--zrr-levels", type=click.Choice(["liteisp", "pynet"]), default="liteisp",

@@ -117,7 +117,7 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
         cameras = meta.get("cameras") or []
         if cameras and info["camera"] not in cameras:
             info["warning"] = (f"{src}: taken with {info['camera']}, the model was trained on {', '.join(cameras)}; "
-                               "colours may be off (see README: troubleshooting)")
+                               "colours may be off (see docs/troubleshooting.md)")
             log.warning("%s", info["warning"])
     name = f"{item.key}{FORMATS[cfg.format]}"
     write_image(ctx.out_dir / name, np.ascontiguousarray(rgb), cfg.format, cfg.quality)

@@ -53,7 +53,7 @@ class Pair:
 # -- finding pairs ----------------------------------------------------------------------------------
 
 def detect_layout(src: Path) -> str:
-    """Guess the layout of a source folder (see README, "prepare: layouts").
+    """Guess the layout of a source folder (see docs/data.md, layouts).
 
     Raises:
         PairError: nothing recognisable.

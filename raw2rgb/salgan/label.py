@@ -76,7 +76,7 @@ def resolve_method(method: str, weights: str | os.PathLike | None = None) -> Met
         if method == "salgan" or weights:
             raise
         log.warning("no SalGAN weights found (--weights, $RAW2RGB_SALGAN_WEIGHTS, %s): using the "
-                    "weight-free spectral residual method; README 'SalGAN weights' says how to get "
+                    "weight-free spectral residual method; docs/weights.md says how to get "
                     "them", default_path())
         return Method("spectral-residual")
     return Method("salgan", str(path), file_sha256(path))
