@@ -70,25 +70,30 @@ def corner_errors() -> list[tuple[str, str]]:
         return np.array([[scale * np.cos(th), -scale * np.sin(th), tx], [scale * np.sin(th), scale * np.cos(th), ty],
                          [2e-5 if persp else 0, -1e-5 if persp else 0, 1]])
 
-    def sky(h: int = 512, w: int = 768) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    def faint(h: int, w: int, sigma: float, amplitude: float, seed: int) -> np.ndarray:
+        f = gaussian_filter(np.random.default_rng(seed).standard_normal((h, w)), sigma)
+        return (f / f.std() * amplitude)[..., None]
+
+    def sky(h: int = 512, w: int = 768) -> np.ndarray:  # as in tests/test_prepare.py: 3 % thin cloud
         hs = h * 2 // 3
         yy, xx = np.mgrid[0:hs, 0:w]
         ramp = np.array([40, 70, 160.0]) + np.array([210, 100, -50.0]) * (yy / hs)[..., None]
         glow = np.exp(-((xx - 0.65 * w) ** 2 + (yy - 0.95 * hs) ** 2) / (2 * (0.2 * w) ** 2))[..., None]
-        top = np.clip(ramp + glow * np.array([60, 50, 10.0]), 0, 255)
+        top = np.clip((ramp + glow * np.array([60, 50, 10.0])) * (1 + faint(hs, w, 6, 0.03, 1)), 0, 255)
         return np.concatenate([top, synth.scene("coffee", (h - hs, w))], 0).astype(np.uint8)
 
-    def wall(h: int = 512, w: int = 768) -> np.ndarray:
-        img = np.empty((h, w, 3), np.uint8)
-        img[:] = (200, 188, 168)
+    def wall(h: int = 512, w: int = 768) -> np.ndarray:  # 2 % plaster texture, one object
+        img = np.clip(np.array([200, 188, 168.0]) * (1 + faint(h, w, 1.5, 0.02, 2)), 0, 255).astype(np.uint8)
         img[h // 2 - 80 : h // 2 + 80, w // 2 - 120 : w // 2 + 120] = synth.scene("chelsea", (160, 240))
         return img
 
     rows = []
     for name, scene, h in (("textured (astronaut)", synth.scene("astronaut", (512, 768)),
                             truth_h(2.0, 1.05, 40, 20, True)),
-                           ("sky over a strip", sky(), truth_h(1.5, 1.03, 30, 25, False)),
-                           ("flat wall, one object", wall(), truth_h(1.5, 1.03, 30, 25, False))):
+                           ("sky over a strip", sky(), truth_h(2.0, 1.05, 40, 20, True)),
+                           ("plain wall, one object", wall(), truth_h(2.0, 1.05, 40, 20, True))):
         cam = synth.Camera(noise=0.003)
         packed = rawio.RawFrame(synth.capture(scene, cam, np.random.default_rng(0)), "RGGB", cam.black,
                                 cam.white).packed()
@@ -98,14 +103,19 @@ def corner_errors() -> list[tuple[str, str]]:
         buf = io.BytesIO()
         Image.fromarray(second.astype(np.uint8)).save(buf, format="JPEG", quality=95)
         target = pairs.luma(np.array(Image.open(buf)))
-        found = align.align(preview, target, min_inliers=12)
+        features = align.feature_homography(preview, target, min_inliers=12)
+        found = align.refine(preview, target, features)
         truth = h @ np.array([[2, 0, 0.5], [0, 2, 0.5], [0, 0, 1.0]])
         ys, xs = np.mgrid[0 : preview.shape[0] : preview.shape[0] / 12, 0 : preview.shape[1] : preview.shape[1] / 12]
         pts = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)])
-        a, b = found.matrix @ pts, truth @ pts
-        err = np.sqrt((((a[:2] / a[2]) - (b[:2] / b[2])) ** 2).sum(0))
-        rows.append((f"alignment error, {name}", f"RMS {np.sqrt((err ** 2).mean()):.2f} px, worst {err.max():.2f} px "
-                     f"(residual median {found.residual_median:.2f}, {found.windows} windows)"))
+
+        def error(matrix: np.ndarray, pts: np.ndarray = pts, truth: np.ndarray = truth) -> str:
+            a, b = matrix @ pts, truth @ pts
+            err = np.sqrt((((a[:2] / a[2]) - (b[:2] / b[2])) ** 2).sum(0))
+            return f"RMS {np.sqrt((err ** 2).mean()):.2f} px, worst {err.max():.2f}"
+
+        rows.append((f"alignment error, {name}", f"features only ({features.model}) {error(features.matrix)}; "
+                     f"refined {error(found.matrix)} ({found.windows} windows)"))
     return rows
 
 
@@ -131,18 +141,22 @@ def main() -> None:
         assert result.summary["patches_kept"] == args.zrr_pairs, result.summary
 
         make_pair(work / "pair", tuple(args.size))
-        t0 = time.perf_counter()
-        rawio.read_raw(work / "pair" / "raw" / "big.dng")
-        pairs.read_rgb(work / "pair" / "rgb" / "big.jpg")
-        pair_floor = time.perf_counter() - t0
+        pair_floor = float("inf")
+        for _ in range(2):
+            t0 = time.perf_counter()
+            rawio.read_raw(work / "pair" / "raw" / "big.dng")
+            pairs.read_rgb(work / "pair" / "rgb" / "big.jpg")
+            pair_floor = min(pair_floor, time.perf_counter() - t0)
         cfg = prep.PrepareConfig(src=str(work / "pair"), out=str(work / "pair-ds"), layout="pairs",
                                  patch=PatchParams(size=224, stride=224, min_score=0.3), jobs=1)
-        t0 = time.perf_counter()
-        prep.run(cfg, until="unpack")
-        unpack_time = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        result = prep.run(cfg, until="patches")
-        patch_time = time.perf_counter() - t0
+        unpack_time = patch_time = float("inf")
+        for _ in range(2):  # best of 2: this shared machine's timings vary by ±15 %
+            t0 = time.perf_counter()
+            prep.run(cfg, until="unpack", force=frozenset({"unpack"}))
+            unpack_time = min(unpack_time, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            result = prep.run(cfg, until="patches", force=frozenset({"patches"}))
+            patch_time = min(patch_time, time.perf_counter() - t0)
         assert result.summary["aligned"] == 1, result.summary
         n = args.zrr_pairs
         mp = args.size[0] * args.size[1] / 1e6

@@ -93,7 +93,7 @@ def _hull_fraction(points: np.ndarray, shape: tuple[int, int]) -> float:
     return float(cv2.contourArea(hull)) / (shape[0] * shape[1])
 
 
-def feature_homography(preview: np.ndarray, target: np.ndarray, *, min_inliers: int = 25, max_side: int = 1000,
+def feature_homography(preview: np.ndarray, target: np.ndarray, *, min_inliers: int = 25, max_side: int = 800,
                        n_features: int = 4000, name: str = "pair") -> Alignment:
     """The homography from matched features (step 1 of the module's docstring).
 
@@ -327,6 +327,8 @@ def refine(preview: np.ndarray, target: np.ndarray, alignment: Alignment, rounds
         correction, resid = fit_correction(win, preview.shape, matrix)
         matrix = matrix @ correction
         matrix = matrix / matrix[2, 2]
+        if _largest_move(correction, preview.shape) < 0.2:
+            break  # the windows were measured within a fifth of a pixel: another round changes nothing
     if win is None or len(win.centres) < 8:
         return Alignment(matrix, alignment.inliers, alignment.matches, alignment.model)
     # residuals after the last correction, in target pixels
@@ -339,6 +341,14 @@ def refine(preview: np.ndarray, target: np.ndarray, alignment: Alignment, rounds
                      windows=len(mag), outliers=int((mag > OUTLIER).sum()), window_residuals=table)
 
 
+def _largest_move(correction: np.ndarray, shape: tuple[int, int]) -> float:
+    """How far a correction moves the frame's corners, at most (pixels)."""
+    h, w = shape
+    c = np.array([[0, 0, 1], [w - 1, 0, 1], [0, h - 1, 1], [w - 1, h - 1, 1]], float).T
+    m = correction @ c
+    return float(np.abs(m[:2] / m[2] - c[:2]).max())
+
+
 def align(preview: np.ndarray, target: np.ndarray, *, min_inliers: int = 25, rounds: int = 2,
           name: str = "pair") -> Alignment:
     """The homography from a RAW preview luma (h, w) in [0, 1] to a target luma (H, W) in [0, 1].
@@ -347,6 +357,26 @@ def align(preview: np.ndarray, target: np.ndarray, *, min_inliers: int = 25, rou
         AlignError: the pair cannot be aligned (too few features, matches or inliers).
     """
     return refine(preview, target, feature_homography(preview, target, min_inliers=min_inliers, name=name), rounds)
+
+
+def align_target(preview: np.ndarray, target: np.ndarray, *, min_inliers: int = 25, name: str = "pair") -> Alignment:
+    """:func:`align` of a preview (h, w) and an RGB target (H, W, 3) uint8. A target sampled at least
+    twice as finely as the preview is aligned at half its size (a 2×2 mean: what the preview can
+    resolve anyway, a quarter of the work); the result is in the full target's pixels."""
+    import cv2
+
+    from raw2rgb.pipeline.pairs import luma
+
+    if min(target.shape[0] / preview.shape[0], target.shape[1] / preview.shape[1]) < 2:
+        return align(preview, luma(target), min_inliers=min_inliers, name=name)
+    hh, ww = target.shape[0] // 2, target.shape[1] // 2
+    small = cv2.resize(target[: 2 * hh, : 2 * ww], (ww, hh), interpolation=cv2.INTER_AREA)
+    found = align(preview, luma(small), min_inliers=min_inliers, name=name)
+    up = np.array([[2, 0, 0.5], [0, 2, 0.5], [0, 0, 1.0]])  # half-size pixel centres → full-size coordinates
+    table = found.window_residuals.copy()
+    table[:, 2] *= 2
+    return Alignment(up @ found.matrix, found.inliers, found.matches, found.model, 2 * found.residual_median,
+                     2 * found.residual_p95, found.windows, found.outliers, table)
 
 
 def packed_to_output(scale: int) -> np.ndarray:

@@ -19,7 +19,7 @@ import numpy as np
 
 from raw2rgb.config import JsonConfig
 from raw2rgb.pipeline import rawio
-from raw2rgb.pipeline.align import AlignError, Alignment, align, warp_target
+from raw2rgb.pipeline.align import AlignError, Alignment, align_target, warp_target
 from raw2rgb.pipeline.develop import area_downsample, linear_to_srgb
 from raw2rgb.pipeline.stage import one_line
 
@@ -298,8 +298,8 @@ def patch_item(item, ctx):
             aligned = target.astype(np.float32) / 255.0
             cover = None
         else:
-            alignment = align(preview, luma(target), min_inliers=ctx.params["min_inliers"],
-                              name=f"{meta.get('source', packed_path)} ~ {rgb_path}")
+            alignment = align_target(preview, target, min_inliers=ctx.params["min_inliers"],
+                                     name=f"{meta.get('source', packed_path)} ~ {rgb_path}")
             aligned, cover = warp_target(target, alignment.matrix, (h, w))
         patches = cut_patches(packed, raw_norm, preview, aligned, cover, params, alignment)
     except (PairError, AlignError) as e:
@@ -307,12 +307,17 @@ def patch_item(item, ctx):
     for part in ("raw", "rgb"):  # patches of an earlier run of this scene (other sizes, say)
         shutil.rmtree(ctx.out_dir / part / item.key, ignore_errors=True)
     outputs = []
+    writes = []
     for p in patches:
         if p.kept:
             raw_rel, rgb_rel = f"raw/{item.key}/{p.id}.png", f"rgb/{item.key}/{p.id}.png"
-            write_bytes(ctx.out_dir / raw_rel, rawio.encode_packed_png(np.ascontiguousarray(p.raw)))
-            write_bytes(ctx.out_dir / rgb_rel, encode_rgb_png(p.rgb))
+            writes += [(raw_rel, lambda p=p: rawio.encode_packed_png(np.ascontiguousarray(p.raw))),
+                       (rgb_rel, lambda p=p: encode_rgb_png(p.rgb))]
             outputs += [raw_rel, rgb_rel]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:  # libpng releases the GIL: two encodes at a time
+        list(pool.map(lambda w: write_bytes(ctx.out_dir / w[0], w[1]()), writes))
     dropped: dict[str, int] = {}
     for p in patches:
         if not p.kept:
