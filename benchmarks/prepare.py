@@ -70,30 +70,11 @@ def corner_errors() -> list[tuple[str, str]]:
         return np.array([[scale * np.cos(th), -scale * np.sin(th), tx], [scale * np.sin(th), scale * np.cos(th), ty],
                          [2e-5 if persp else 0, -1e-5 if persp else 0, 1]])
 
-    from scipy.ndimage import gaussian_filter
-
-    def faint(h: int, w: int, sigma: float, amplitude: float, seed: int) -> np.ndarray:
-        f = gaussian_filter(np.random.default_rng(seed).standard_normal((h, w)), sigma)
-        return (f / f.std() * amplitude)[..., None]
-
-    def sky(h: int = 512, w: int = 768) -> np.ndarray:  # as in tests/test_prepare.py: 3 % thin cloud
-        hs = h * 2 // 3
-        yy, xx = np.mgrid[0:hs, 0:w]
-        ramp = np.array([40, 70, 160.0]) + np.array([210, 100, -50.0]) * (yy / hs)[..., None]
-        glow = np.exp(-((xx - 0.65 * w) ** 2 + (yy - 0.95 * hs) ** 2) / (2 * (0.2 * w) ** 2))[..., None]
-        top = np.clip((ramp + glow * np.array([60, 50, 10.0])) * (1 + faint(hs, w, 6, 0.03, 1)), 0, 255)
-        return np.concatenate([top, synth.scene("coffee", (h - hs, w))], 0).astype(np.uint8)
-
-    def wall(h: int = 512, w: int = 768) -> np.ndarray:  # 2 % plaster texture, one object
-        img = np.clip(np.array([200, 188, 168.0]) * (1 + faint(h, w, 1.5, 0.02, 2)), 0, 255).astype(np.uint8)
-        img[h // 2 - 80 : h // 2 + 80, w // 2 - 120 : w // 2 + 120] = synth.scene("chelsea", (160, 240))
-        return img
-
     rows = []
     for name, scene, h in (("textured (astronaut)", synth.scene("astronaut", (512, 768)),
                             truth_h(2.0, 1.05, 40, 20, True)),
-                           ("sky over a strip", sky(), truth_h(2.0, 1.05, 40, 20, True)),
-                           ("plain wall, one object", wall(), truth_h(2.0, 1.05, 40, 20, True))):
+                           ("sky over a strip", synth.sky_over_strip(), truth_h(2.0, 1.05, 40, 20, True)),
+                           ("plain wall, one object", synth.wall_with_object(), truth_h(2.0, 1.05, 40, 20, True))):
         cam = synth.Camera(noise=0.003)
         packed = rawio.RawFrame(synth.capture(scene, cam, np.random.default_rng(0)), "RGGB", cam.black,
                                 cam.white).packed()

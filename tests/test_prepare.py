@@ -275,33 +275,7 @@ def test_a_locally_moved_region_drops_exactly_its_patches(tmp_path):
     assert residual["median"] < 0.5 and residual["windows"] > 50
 
 
-def _faint(h: int, w: int, sigma: float, amplitude: float, seed: int) -> np.ndarray:
-    """Low-contrast texture (thin cloud, plaster): smoothed noise of the given relative amplitude."""
-    from scipy.ndimage import gaussian_filter
-
-    f = gaussian_filter(np.random.default_rng(seed).standard_normal((h, w)), sigma)
-    return (f / f.std() * amplitude)[..., None]
-
-
-def _sky_over_strip(h: int = 512, w: int = 768) -> np.ndarray:
-    """Two thirds sky — a vertical gradient, a glow where the sun set, thin cloud of 3 % contrast —
-    over a textured strip."""
-    hs = h * 2 // 3
-    yy, xx = np.mgrid[0:hs, 0:w]
-    ramp = np.array([40, 70, 160.0]) + np.array([210, 100, -50.0]) * (yy / hs)[..., None]
-    glow = np.exp(-((xx - 0.65 * w) ** 2 + (yy - 0.95 * hs) ** 2) / (2 * (0.2 * w) ** 2))[..., None]
-    sky = np.clip((ramp + glow * np.array([60, 50, 10.0])) * (1 + _faint(hs, w, 6, 0.03, 1)), 0, 255)
-    return np.concatenate([sky, synth.scene("coffee", (h - hs, w))], 0).astype(np.uint8)
-
-
-def _wall_with_object(h: int = 512, w: int = 768) -> np.ndarray:
-    """A plain wall (plaster texture of 2 % contrast) with one textured object in the middle."""
-    img = np.clip(np.array([200, 188, 168.0]) * (1 + _faint(h, w, 1.5, 0.02, 2)), 0, 255).astype(np.uint8)
-    img[h // 2 - 80 : h // 2 + 80, w // 2 - 120 : w // 2 + 120] = synth.scene("chelsea", (160, 240))
-    return img
-
-
-@pytest.mark.parametrize("name,make", [("sky", _sky_over_strip), ("wall", _wall_with_object)])
+@pytest.mark.parametrize("name,make", [("sky", synth.sky_over_strip), ("wall", synth.wall_with_object)])
 def test_mostly_smooth_scenes_align_over_the_whole_frame(tmp_path, name, make):
     """Features see only the strip or the object (an affine fit from them is 0.5–3 px off at the far
     edges); the directional refinement uses the faint texture everywhere, weighted by what it says

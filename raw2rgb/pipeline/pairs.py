@@ -269,6 +269,24 @@ def encode_rgb_png(rgb: np.ndarray) -> bytes:
     return imagecodecs.png_encode(np.ascontiguousarray(rgb), **rawio.PNG_OPTIONS)
 
 
+def _write_patches(patches: list[Patch], out_dir: Path, key: str) -> list[str]:
+    """Write the kept patches (``raw/KEY/ID.png``, ``rgb/KEY/ID.png``); return their paths."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from raw2rgb.pipeline.stage import write_bytes
+
+    outputs, writes = [], []
+    for p in patches:
+        if p.kept:
+            raw_rel, rgb_rel = f"raw/{key}/{p.id}.png", f"rgb/{key}/{p.id}.png"
+            writes += [(raw_rel, lambda p=p: rawio.encode_packed_png(np.ascontiguousarray(p.raw))),
+                       (rgb_rel, lambda p=p: encode_rgb_png(p.rgb))]
+            outputs += [raw_rel, rgb_rel]
+    with ThreadPoolExecutor(2) as pool:  # libpng releases the GIL: two encodes at a time
+        list(pool.map(lambda w: write_bytes(out_dir / w[0], w[1]()), writes))
+    return outputs
+
+
 def patch_item(item, ctx):
     """Stage work: align one pair (unless already aligned), cut, score and write its patches.
 
@@ -279,7 +297,7 @@ def patch_item(item, ctx):
     import json
     import shutil
 
-    from raw2rgb.pipeline.stage import ItemError, write_bytes
+    from raw2rgb.pipeline.stage import ItemError
 
     packed_path, sidecar_path, rgb_path = item.inputs
     params = PatchParams(**ctx.params["patch"])
@@ -306,18 +324,7 @@ def patch_item(item, ctx):
         raise ItemError(str(e)) from None
     for part in ("raw", "rgb"):  # patches of an earlier run of this scene (other sizes, say)
         shutil.rmtree(ctx.out_dir / part / item.key, ignore_errors=True)
-    outputs = []
-    writes = []
-    for p in patches:
-        if p.kept:
-            raw_rel, rgb_rel = f"raw/{item.key}/{p.id}.png", f"rgb/{item.key}/{p.id}.png"
-            writes += [(raw_rel, lambda p=p: rawio.encode_packed_png(np.ascontiguousarray(p.raw))),
-                       (rgb_rel, lambda p=p: encode_rgb_png(p.rgb))]
-            outputs += [raw_rel, rgb_rel]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(2) as pool:  # libpng releases the GIL: two encodes at a time
-        list(pool.map(lambda w: write_bytes(ctx.out_dir / w[0], w[1]()), writes))
+    outputs = _write_patches(patches, ctx.out_dir, item.key)
     dropped: dict[str, int] = {}
     for p in patches:
         if not p.kept:

@@ -203,3 +203,32 @@ def paired_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (384, 576), 
         paths.append(write_dng(path, capture(rgb, camera, rng), camera))
         Image.fromarray(render_look(rgb, look)).save(path.with_suffix(".jpg"), quality=92)
     return paths
+
+
+# -- low-texture scenes (alignment tests and benchmarks) ------------------------------------------
+
+def faint_texture(h: int, w: int, sigma: float, amplitude: float, seed: int) -> np.ndarray:
+    """Low-contrast texture (thin cloud, plaster): smoothed noise of relative ``amplitude``, (h, w, 1)."""
+    from scipy.ndimage import gaussian_filter
+
+    f = gaussian_filter(np.random.default_rng(seed).standard_normal((h, w)), sigma)
+    return (f / f.std() * amplitude)[..., None]
+
+
+def sky_over_strip(h: int = 512, w: int = 768) -> np.ndarray:
+    """Two thirds sky — a vertical gradient, a glow where the sun set, thin cloud of 3 % contrast —
+    over a textured strip; (h, w, 3) uint8."""
+    hs = h * 2 // 3
+    yy, xx = np.mgrid[0:hs, 0:w]
+    ramp = np.array([40, 70, 160.0]) + np.array([210, 100, -50.0]) * (yy / hs)[..., None]
+    glow = np.exp(-((xx - 0.65 * w) ** 2 + (yy - 0.95 * hs) ** 2) / (2 * (0.2 * w) ** 2))[..., None]
+    sky = np.clip((ramp + glow * np.array([60, 50, 10.0])) * (1 + faint_texture(hs, w, 6, 0.03, 1)), 0, 255)
+    return np.concatenate([sky, scene("coffee", (h - hs, w))], 0).astype(np.uint8)
+
+
+def wall_with_object(h: int = 512, w: int = 768) -> np.ndarray:
+    """A plain wall (plaster texture of 2 % contrast) with one textured object in the middle."""
+    img = np.clip(np.array([200, 188, 168.0]) * (1 + faint_texture(h, w, 1.5, 0.02, 2)), 0, 255).astype(np.uint8)
+    oh, ow = h * 5 // 16 // 2 * 2, w * 5 // 16 // 2 * 2  # about a tenth of the frame
+    img[(h - oh) // 2 : (h + oh) // 2, (w - ow) // 2 : (w + ow) // 2] = scene("chelsea", (oh, ow))
+    return img
