@@ -117,6 +117,13 @@ def _up(x: torch.Tensor) -> torch.Tensor:
 _PHASE_TAPS = ((1.0, 0.0, 0.0), (0.0, 1.0, 1.0)), ((1.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
 
+def _edge_pad1(x: torch.Tensor) -> torch.Tensor:
+    """Replicate padding by one pixel, written with slices: torch.compile's backward of
+    ``F.pad(mode="replicate")`` fails on the strides it gets here (torch 2.14)."""
+    x = torch.cat([x[:, :, :1], x, x[:, :, -1:]], dim=2)
+    return torch.cat([x[..., :1], x, x[..., -1:]], dim=3)
+
+
 class Up(nn.Module):
     """Nearest ×2, then a conv block (reflection pad 1, conv3, norm, LeakyReLU).
 
@@ -135,7 +142,7 @@ class Up(nn.Module):
         taps = torch.tensor(_PHASE_TAPS, dtype=w.dtype, device=w.device)  # (phase, 2, 3)
         k = torch.einsum("ayi,ocij,bxj->aboc" "yx", taps, w, taps)  # (2, 2, cout, cin, 2, 2)
         cout, h, wd = w.shape[0], x.shape[-2], x.shape[-1]
-        y = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k.reshape(4 * cout, *k.shape[3:]))
+        y = F.conv2d(_edge_pad1(x), k.reshape(4 * cout, *k.shape[3:]))
         y = y.view(y.shape[0], 2, 2, cout, h + 1, wd + 1)
         z = torch.stack([y[:, a, b, :, a : a + h, b : b + wd] for a in (0, 1) for b in (0, 1)], dim=2)
         out = F.pixel_shuffle(z.reshape(z.shape[0], 4 * cout, h, wd), 2)

@@ -281,3 +281,13 @@ def test_bf16_autocast_path_trains(tiny_shards, tmp_path):
     assert all(v.dtype == torch.float32 for v in final["G"].values() if v.is_floating_point())
     with pytest.raises(TrainError, match="fp16 needs CUDA"):
         train(tiny_shards, tmp_path / "run2", tiny(), rt(precision="fp16"))
+
+
+@pytest.mark.slow
+def test_compiled_training_runs_both_stages(tiny_shards, tmp_path):
+    """--compile (torch.compile of G and D) on the CPU: both stages run and log finite terms. Slow
+    (minutes of compilation), so outside the default run; benchmarks/train.py --compile covers it too."""
+    result = train(tiny_shards, tmp_path / "run", tiny(), rt(compile=True))
+    assert result.finished and result.step == 4
+    steps = [r for r in iter_stats(tmp_path / "run") if r["event"] == "step"]
+    assert all(np.isfinite(r["total"]) for r in steps)
