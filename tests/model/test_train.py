@@ -118,7 +118,11 @@ def test_resume_after_sigkill_is_bit_identical(tiny_shards, tmp_path):
     straight = train(tiny_shards, tmp_path / "a", tiny(), rt(checkpoint_every=2))
     script = tmp_path / "kill.py"
     script.write_text(KILL_SCRIPT)
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    # the same number of threads as this process: CPU reductions are bit-reproducible per thread count
+    # (and an earlier test's Dask nannies may have left OMP_NUM_THREADS=1 in the environment)
+    threads = str(torch.get_num_threads())
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads,
+           "OPENBLAS_NUM_THREADS": threads}
     proc = subprocess.run([sys.executable, str(script), str(tiny_shards), str(tmp_path / "b"), "3"], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == -9, proc.stderr

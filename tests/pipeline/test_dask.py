@@ -23,9 +23,14 @@ def cluster():
     import cloudpickle
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests package
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
-                                  worker_dashboard_address=None) as c:
-        yield c
+    saved = dict(os.environ)  # the nannies set OMP_NUM_THREADS=1 & co. in this process's environment
+    try:
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                      worker_dashboard_address=None) as c:
+            yield c
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
