@@ -15,7 +15,6 @@ between worker processes costs more than reading it (benchmarks/loader.py).
 from __future__ import annotations
 
 import bisect
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ import torch
 from torch.utils.data import Dataset
 
 from raw2rgb.pipeline import augment
-from raw2rgb.pipeline.shards import INDEX, ShardError, read_ids
+from raw2rgb.pipeline.shards import ShardError, read_ids, read_index
 from raw2rgb.pipeline.stage import one_line
 
 
@@ -46,17 +45,11 @@ class ShardDataset(Dataset):
     def __init__(self, root: os.PathLike | str, split: str = "train", augment: bool = False,
                  crop: int | None = None, seed: int = 0, compact: bool = False):
         self.root = Path(root)
-        try:
-            index = json.loads((self.root / INDEX).read_text())
-        except (OSError, ValueError) as e:
-            raise ShardError(f"{self.root / INDEX}: unreadable shard index ({e})") from None
+        index = read_index(self.root)  # format checked, every shard inside the folder
         if split not in index["splits"]:
             raise ShardError(f"{self.root}: no split {split!r} (has {', '.join(sorted(index['splits']))})")
         self.scale = int(index["scale"])
         self.shards = [s["file"] for s in index["splits"][split]["shards"]]
-        for name in self.shards:
-            if not (self.root / name).resolve().is_relative_to(self.root.resolve()):
-                raise ShardError(f"{self.root / INDEX}: {name} lies outside the folder; refused")
         self.starts = list(np.cumsum([0] + [s["count"] for s in index["splits"][split]["shards"]]))
         self.augment, self.crop, self.seed, self.epoch, self.compact = augment, crop, seed, 0, compact
         self._files: dict[str, Any] = {}

@@ -34,22 +34,24 @@ def to_uint8(x: torch.Tensor, signed: bool = True) -> np.ndarray:
     return np.repeat(img, 3, axis=2) if img.shape[2] == 1 else img
 
 
+def assemble(rows: list[list[np.ndarray]], gap: int = 4) -> np.ndarray:
+    """Tiles (H, W, 3) uint8 of one size laid out in rows, white gaps between."""
+    def join(parts: list[np.ndarray], axis: int) -> np.ndarray:
+        pad = [(0, 0)] * 3
+        pad[axis] = (0, gap)
+        joined = np.concatenate([np.pad(t, pad, constant_values=255) for t in parts], axis=axis)
+        return joined[:-gap] if axis == 0 else joined[:, :-gap]
+
+    return join([join(r, 1) for r in rows], 0)
+
+
 def grid_rows(raw: torch.Tensor, rgb: torch.Tensor, target: torch.Tensor, saliency: torch.Tensor,
               gap: int = 4) -> np.ndarray:
     """One row per image: raw preview | output | target | saliency, white gaps between."""
-    rows = []
-    for i in range(raw.shape[0]):
-        size = tuple(rgb.shape[-2:])
-        tiles = [raw_preview(raw[i], size), to_uint8(rgb[i]), to_uint8(target[i]),
-                 to_uint8(F.interpolate(saliency[i : i + 1].float(), size=size)[0], signed=False)]
-        row = np.full((size[0], len(tiles) * (size[1] + gap) - gap, 3), 255, np.uint8)
-        for k, t in enumerate(tiles):
-            row[:, k * (size[1] + gap) : k * (size[1] + gap) + size[1]] = t
-        rows.append(row)
-    out = np.full((len(rows) * (rows[0].shape[0] + gap) - gap, rows[0].shape[1], 3), 255, np.uint8)
-    for i, r in enumerate(rows):
-        out[i * (r.shape[0] + gap) : i * (r.shape[0] + gap) + r.shape[0]] = r
-    return out
+    size = tuple(rgb.shape[-2:])
+    return assemble([[raw_preview(raw[i], size), to_uint8(rgb[i]), to_uint8(target[i]),
+                      to_uint8(F.interpolate(saliency[i : i + 1].float(), size=size)[0], signed=False)]
+                     for i in range(raw.shape[0])], gap)
 
 
 def save_png(img: np.ndarray, path: os.PathLike | str) -> Path:
@@ -124,14 +126,10 @@ def contact_sheet(run_dir: os.PathLike | str, dataset: os.PathLike | str, path: 
         out = g.rgb(batch["raw"])
     isp = isp_batch(batch["raw"], g.cfg.scale, [colours.get(i.split("/")[0], (None, None)) for i in batch["id"]])
     size = tuple(out.shape[-2:])
-    gap = 4
-    rows = []
-    for i in range(out.shape[0]):
-        tiles = [raw_preview(batch["raw"][i], size), to_uint8(isp[i]), to_uint8(out[i]), to_uint8(batch["rgb"][i]),
-                 to_uint8(F.interpolate(batch["saliency"][i : i + 1], size=size)[0], signed=False)]
-        rows.append(np.concatenate([np.pad(t, ((0, 0), (0, gap), (0, 0)), constant_values=255) for t in tiles],
-                                   axis=1)[:, :-gap])
-    sheet = np.concatenate([np.pad(r, ((0, gap), (0, 0), (0, 0)), constant_values=255) for r in rows])[:-gap]
+    sheet = assemble([[raw_preview(batch["raw"][i], size), to_uint8(isp[i]), to_uint8(out[i]),
+                       to_uint8(batch["rgb"][i]),
+                       to_uint8(F.interpolate(batch["saliency"][i : i + 1], size=size)[0], signed=False)]
+                      for i in range(out.shape[0])])
     scale = max(1, 160 // size[0])  # small patches are shown larger (nearest, so pixels stay pixels)
     sheet = np.repeat(np.repeat(sheet, scale, axis=0), scale, axis=1)
     return save_png(sheet, path)
