@@ -34,7 +34,8 @@ from _common import report  # noqa: E402
 
 from raw2rgb.device import resolve_device  # noqa: E402
 from raw2rgb.model.generator import Generator, fold_spectral_norm, init_weights  # noqa: E402
-from raw2rgb.model.train import Progress, TrainConfig, save_checkpoint  # noqa: E402
+from raw2rgb.model import checkpoint  # noqa: E402
+from raw2rgb.model.train import TrainConfig  # noqa: E402
 from raw2rgb.pipeline import synth  # noqa: E402
 
 CONVERT_SCRIPT = textwrap.dedent("""
@@ -126,7 +127,7 @@ def main() -> None:
         init_weights(g, 0.02, torch.Generator().manual_seed(0))
         from raw2rgb.model.discriminator import Discriminator
 
-        save_checkpoint(tmp / "paper.pt", {"G": g, "D": Discriminator(cfg.discriminator)}, {}, cfg, Progress())
+        checkpoint.save(tmp / "paper.pt", {"G": g, "D": Discriminator(cfg.discriminator)}, cfg.to_json(), {})
         proc = subprocess.run([sys.executable, "-c", CONVERT_SCRIPT, str(dng), str(tmp / "paper.pt"), str(tmp / "out"),
                                str(device), "1"], capture_output=True, text=True)
         if proc.returncode:

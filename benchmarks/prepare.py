@@ -83,7 +83,7 @@ def corner_errors() -> list[tuple[str, str]]:
         second = (warp(x, ProjectiveTransform(np.linalg.inv(h)), output_shape=(620, 900), order=1) * 255 + 0.5)
         buf = io.BytesIO()
         Image.fromarray(second.astype(np.uint8)).save(buf, format="JPEG", quality=95)
-        target = pairs.luma(np.array(Image.open(buf)))
+        target = develop.luma(np.array(Image.open(buf)))
         features = align.feature_homography(preview, target, min_inliers=12)
         found = align.refine(preview, target, features)
         truth = h @ np.array([[2, 0, 0.5], [0, 2, 0.5], [0, 0, 1.0]])

@@ -2,15 +2,35 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import logging
 import os
 import sys
+from inspect import cleandoc
 from pathlib import Path
 
 import click
+from tqdm import tqdm
 
-from raw2rgb import __version__
+from raw2rgb import __version__, files
+from raw2rgb import convert as conv
+from raw2rgb import prepare as prep
+from raw2rgb.errors import ConfigError, UserError, environment_message, one_line
+from raw2rgb.model import evaluate as ev
+from raw2rgb.model import export as ex
+from raw2rgb.model import losses
+from raw2rgb.model import report as rep
+from raw2rgb.model import train as tr
+from raw2rgb.model.data import describe
+from raw2rgb.pipeline import rawio, stage
+from raw2rgb.pipeline import shards as shard_stage
+from raw2rgb.pipeline import synth as virtual_camera
+from raw2rgb.pipeline import unpack as unpack_stage
+from raw2rgb.pipeline.pairs import PatchParams
+from raw2rgb.salgan import label
+from raw2rgb.salgan import weights as salgan_weights
 
 log = logging.getLogger("raw2rgb")
 
@@ -33,27 +53,10 @@ def _setup_logging(verbose: int) -> None:
     logging.getLogger("raw2rgb").setLevel(logging.DEBUG if verbose >= 1 else logging.INFO)
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """The library's exceptions that mean a user mistake or a bad file: one line, no traceback."""
-    from raw2rgb.device import DeviceError
-    from raw2rgb.pipeline.pairs import PairError
-    from raw2rgb.pipeline.rawio import RawReadError
-    from raw2rgb.pipeline.shards import ShardError
-    from raw2rgb.pipeline.stage import InputError
-    from raw2rgb.salgan.weights import WeightsError
-
-    found: list[type[Exception]] = [DeviceError, PairError, RawReadError, ShardError, InputError, WeightsError,
-                                    ValueError, OSError]
-    for module, name in (("raw2rgb.model.train", "TrainError"), ("raw2rgb.model.losses", "WeightsMissing"),
-                         ("raw2rgb.model.infer", "ConvertError")):
-        mod = sys.modules.get(module)  # only what a command imported can have been raised
-        if mod is not None and hasattr(mod, name):
-            found.append(getattr(mod, name))
-    return tuple(found)
-
-
 def user_errors(fn):
-    """Turn the library's user-facing exceptions into a one-line ClickException (-vv: re-raise)."""
+    """Turn a :class:`UserError` (and an OS error the machine causes: disk full, no permission) into
+    a one-line ClickException; anything else is a bug and keeps its traceback (-vv: every error
+    keeps it)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -62,11 +65,14 @@ def user_errors(fn):
         except click.ClickException:
             raise
         except Exception as e:
-            if logging.getLogger().level <= logging.DEBUG or not isinstance(e, _user_errors()):
+            if logging.getLogger().level <= logging.DEBUG:
                 raise
-            from raw2rgb.pipeline.stage import one_line
-
-            raise click.ClickException(one_line(str(e))) from None
+            if isinstance(e, UserError):
+                raise click.ClickException(one_line(str(e))) from None
+            why = environment_message(e)
+            if why is None:
+                raise
+            raise click.ClickException(why) from None
 
     return wrapper
 
@@ -104,9 +110,7 @@ def backend_options(fn):
             return fn(*args, **kwargs)
         if not scheduler:
             raise click.UsageError("--backend dask needs --scheduler ADDRESS (e.g. tcp://head-node:8786)")
-        from raw2rgb.pipeline.stage import dask_cluster
-
-        with dask_cluster(scheduler):
+        with stage.dask_cluster(scheduler):
             return fn(*args, **kwargs)
 
     click.option("--scheduler", default=None, metavar="ADDRESS",
@@ -123,8 +127,6 @@ def _jobs(jobs: int | None) -> int:
 
 def _progress(quiet: bool):
     """A tqdm factory for the stage machinery (bars only on a terminal)."""
-    from tqdm import tqdm
-
     return functools.partial(tqdm, disable=quiet or not sys.stderr.isatty(), leave=False,
                              dynamic_ncols=True)
 
@@ -146,9 +148,7 @@ class _ExamplesLast:
     """A command whose docstring's closing "Examples:" block is shown after the options."""
 
     def __init__(self, *args, help: str | None = None, **kwargs) -> None:
-        import inspect
-
-        help = inspect.cleandoc(help) if help else help
+        help = cleandoc(help) if help else help
         if help and "\b\nExample" in help:
             help, examples = help.split("\b\nExample", 1)
             kwargs["epilog"] = "\b\nExample" + examples
@@ -216,9 +216,6 @@ def unpack(obj, inputs: tuple[str, ...], out_dir: Path, bit_depth: str, zrr_leve
     Example:
       raw2rgb unpack photos/ 'more/*.dng' -o packed/ -j 4
     """
-    from raw2rgb.pipeline import rawio
-    from raw2rgb.pipeline import unpack as unpack_stage
-
     items = unpack_stage.collect_inputs(inputs)
     result = unpack_stage.unpack(items, out_dir, bit_depth=int(bit_depth), zrr_levels=rawio.ZRR_LEVELS[zrr_levels],
                                  jobs=_jobs(jobs), force=force, progress=_progress(obj["quiet"]))
@@ -258,10 +255,7 @@ def saliency(obj, inputs, out_dir, method, weights, batch_size, device, workers,
     Example:
       raw2rgb saliency canon/ -o saliency/ --weights salgan.pt
     """
-    from raw2rgb.pipeline.stage import collect_files
-    from raw2rgb.salgan import label
-
-    images = collect_files(inputs, label.is_image_path)
+    images = files.collect_files(inputs, label.is_image_path)
     resolved = label.resolve_method(method, weights)
     log.info("saliency: %d images, method %s", len(images), resolved.name)
     result = label.label(images, out_dir, resolved, shard_size=shard_size, batch_size=batch_size,
@@ -288,9 +282,7 @@ def import_weights(npz: Path, out: Path | None) -> None:
     Example:
       raw2rgb salgan import-weights gen_modelWeights0090.npz
     """
-    from raw2rgb.salgan import weights as w
-
-    path = w.save_weights(w.import_npz(npz), out or w.default_path())
+    path = salgan_weights.save_weights(salgan_weights.import_npz(npz), out or salgan_weights.default_path())
     click.echo(f"wrote {path}")
 
 
@@ -369,11 +361,6 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
       raw2rgb prepare ZRR/ -o zrr-ds --layout zrr
       raw2rgb prepare my-pairs/ -o ds --layout pairs --patch-size 224 --split 0.8,0.1,0.1
     """
-    import json
-
-    from raw2rgb import prepare as prep
-    from raw2rgb.pipeline.pairs import PatchParams
-
     cfg = prep.PrepareConfig(
         src=str(src.resolve()), out=str(out_dir.resolve()), layout=prep.resolve_layout(src, layout),
         pairs_csv=str(pairs_csv) if pairs_csv else None, zrr_levels=zrr_levels,
@@ -421,9 +408,7 @@ def shards_command(obj, patches, saliency_dir, out_dir, splits_file, scale, copi
     Example:
       raw2rgb shards ds/patches ds/saliency -o ds/shards-x4 --copies 4
     """
-    from raw2rgb.pipeline import shards
-
-    result = shards.build_from_stages(patches, saliency_dir, out_dir, splits_file=splits_file, scale=int(scale),
+    result = shard_stage.build_from_stages(patches, saliency_dir, out_dir, splits_file=splits_file, scale=int(scale),
                                       copies=copies, crop=crop, seed=seed, shard_size=shard_size, jobs=_jobs(jobs),
                                       force=force, progress=_progress(obj["quiet"]))
     _finish(result)
@@ -444,8 +429,6 @@ def inspect(shards_dir: Path, batch_size: int) -> None:
     Example:
       raw2rgb inspect ds/
     """
-    from raw2rgb.model.data import describe
-
     for line in describe(shards_dir, batch_size):
         click.echo(line)
 
@@ -466,28 +449,73 @@ def _pair(ctx, param, value: str | None) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
+def loss_weight_options(fn):
+    """``--NAME-weight W`` for every term of ``losses.LossWeights`` (one place lists the terms)."""
+    for f in reversed(dataclasses.fields(losses.LossWeights)):
+        fn = click.option(f"--{f.name}-weight", f"w_{f.name}", type=click.FloatRange(min=0), default=None,
+                          metavar="W", help=f"Weight of the {f.name} term [preset's; paper {f.default:g}]."
+                          + (" 0: no VGG16 needed." if f.name == "perceptual" else ""))(fn)
+    return fn
+
+
+def _merge(base: dict, changes: dict) -> dict:
+    """``changes`` over ``base``, nested configs merged field by field."""
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def train_config(preset: str, config_file: Path | None, changes: dict) -> tr.TrainConfig:
+    """The run's recipe: the preset, then the fields of ``--config`` (a TrainConfig's JSON or a run's
+    config.json; any subset), then the options given. Every field is checked.
+
+    Raises:
+        ConfigError: unreadable JSON, unknown fields or values of the wrong type, naming the file.
+    """
+    data = tr.TrainConfig.preset_config(preset).to_json()
+    if config_file is not None:
+        try:
+            loaded = json.loads(config_file.read_text())
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{config_file}: not a readable JSON file ({one_line(str(e))})") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config_file}: a JSON object of TrainConfig fields expected")
+        loaded = loaded.get("config", loaded)  # a run's config.json holds {"config": …}
+        if "preset" in loaded and loaded["preset"] != preset and loaded["preset"] in tr.G_PRESETS:
+            data = tr.TrainConfig.preset_config(loaded["preset"]).to_json()
+        data = _merge(data, loaded)
+    data = _merge(data, changes)
+    try:
+        return tr.TrainConfig.from_json(data)
+    except ConfigError as e:
+        raise ConfigError(f"{config_file}: {e}" if config_file else str(e)) from None
+
+
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @out_option("Run folder: config.json, stats.jsonl, checkpoints/, samples/, tensorboard/.", metavar="RUN")
-# Recipe (the run's identity; defaults are the paper's)
-@click.option("--preset", type=click.Choice(["paper", "tiny"]), default="paper",
-              help="Network sizes: paper (24.4 M-parameter generator) or tiny (tests, demo).")
+# Recipe (the run's identity)
+@click.option("--preset", type=click.Choice(list(tr.G_PRESETS)), default=tr.DEFAULT_PRESET,
+              help=tr.PRESET_HELP)
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              metavar="JSON", help="TrainConfig fields as JSON (a run's config.json works); options override it.")
-@click.option("--epochs", callback=_pair, default=None, metavar="E1,E2", help="Epochs of stage 1 and 2 [10,30].")
-@batch_option("Batch size per process [paper code: 8].")
+              metavar="JSON", help="TrainConfig fields as JSON (any subset; a run's config.json works): over the "
+                                   "preset, under the options given.")
+@click.option("--epochs", callback=_pair, default=None, metavar="E1,E2",
+              help="Epochs of stage 1 and 2 [preset's; paper 10,30].")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, metavar="N",
+              help="Batch size per process [preset's; paper code 8].")
 @click.option("--crop", type=click.IntRange(min=8), default=None, metavar="C",
               help="Random crop of the training patches (a multiple of 8).")
-@click.option("--perceptual-weight", type=click.FloatRange(min=0), default=None, metavar="W",
-              help="Weight of the VGG16 perceptual term in stage 2 [1]; 0: no VGG needed.")
+@loss_weight_options
 @click.option("--scale", type=click.Choice(["1", "2"]), default=None, help="Output scale [default: the shards'].")
-@seed_option
+@click.option("--seed", type=int, default=None, help="Random seed (data order, augmentation, init) [0].")
 # Execution (not part of the run's identity)
 @click.option("--stage", "stages", type=click.Choice(["1", "2", "all"]), default="all", help="Stages to run.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, metavar="N",
               help="Stop (with a checkpoint) at this global step; rerun with a larger one to go on.")
 @device_option
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp16", "fp32"]), default="auto",
+@click.option("--precision", type=click.Choice(list(tr.PRECISIONS)), default="auto",
               help="auto: bf16 autocast on CUDA, fp32 on CPU.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks.")
 @click.option("--workers", type=click.IntRange(min=0), default=2, metavar="N", help="Data-loading processes.")
@@ -496,59 +524,50 @@ def _pair(ctx, param, value: str | None) -> tuple[int, int] | None:
 @click.option("--log-every", type=click.IntRange(min=1), default=10, metavar="STEPS", help="stats.jsonl interval.")
 @click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               metavar="PTH", help="VGG16 ImageNet weights [default: torchvision's cache].")
-@force_option("Start RUN over even when it holds another config or dataset.")
+@force_option("Start RUN over even when it holds another config or dataset (removes only what a run writes).")
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON; train nothing.")
 @click.pass_obj
 @user_errors
-def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, perceptual_weight, scale, seed,
-          stages, max_steps, device, precision, compile_, workers, checkpoint_every, log_every, vgg_weights, force,
-          dry_run) -> None:
-    """Train the saliency-aided GAN on a prepared DATASET into RUN.
+def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, scale, seed, stages, max_steps,
+          device, precision, compile_, workers, checkpoint_every, log_every, vgg_weights, force, dry_run,
+          **weights) -> None:
+    """Train the model on a prepared DATASET into RUN.
 
     Stage 1: L1 + attention loss; stage 2: + LSGAN discriminator + VGG16 perceptual loss (the
     paper's recipe, DESIGN §6). Rerunning the same command continues an interrupted run and does
-    nothing on a finished one. Multi-GPU: launch with torchrun.
+    nothing on a finished one; an interrupted run exits 130 (Ctrl-C) or 143 (SIGTERM) after its
+    checkpoint. Multi-GPU: launch with torchrun.
 
     \b
     Examples:
-      raw2rgb train ds/ -o runs/paper
-      raw2rgb train ds/ -o runs/quick --preset tiny --epochs 2,1 --perceptual-weight 0
+      raw2rgb train ds/ -o runs/mine                             # the recommended network
+      raw2rgb train ds/ -o runs/cpu --preset tiny --perceptual-weight 0
+      raw2rgb train zrr/ -o runs/paper --preset paper            # reproduce the paper
       torchrun --nproc_per_node 4 -m raw2rgb train ds/ -o runs/ddp
     """
-    import dataclasses
-    import json
-
-    from raw2rgb.model.train import Runtime, TrainConfig
-    from raw2rgb.model.train import train as run_training
-    from raw2rgb.pipeline.shards import read_index, shards_root
-
-    ctx = click.get_current_context()
-    given = {k for k in ctx.params if ctx.get_parameter_source(k) == click.core.ParameterSource.COMMANDLINE}
-    base = json.loads(config_file.read_text()) if config_file else {}
-    base = base.get("config", base)  # a run's config.json holds {"config": …}
-    cfg = TrainConfig.from_json(base) if base and "preset" not in given else TrainConfig.preset_config(preset)
     changes: dict = {}
     if epochs:
         changes.update(stage1_epochs=epochs[0], stage2_epochs=epochs[1])
-    for name, value in (("batch_size", batch_size), ("crop", crop), ("w_perceptual", perceptual_weight),
-                        ("seed", seed)):
-        option = {"w_perceptual": "perceptual_weight"}.get(name, name)
-        if option in given or (not base and value is not None):
-            changes[name] = value
-    out_scale = int(scale) if scale else int(read_index(shards_root(dataset))["scale"])
-    changes["generator"] = dataclasses.replace(cfg.generator, scale=out_scale)
-    cfg = dataclasses.replace(cfg, **changes)
-    rt = Runtime(stages=stages, device=device, precision=precision, compile=compile_, max_steps=max_steps,
-                 checkpoint_every=checkpoint_every, log_every=log_every, workers=workers,
-                 vgg_weights=str(vgg_weights) if vgg_weights else None)
+    changes.update({k: v for k, v in (("batch_size", batch_size), ("crop", crop), ("seed", seed)) if v is not None})
+    given_weights = {k[2:]: v for k, v in weights.items() if v is not None}
+    if given_weights:
+        changes["weights"] = given_weights
+    out_scale = int(scale) if scale else int(shard_stage.read_index(shard_stage.shards_root(dataset))["scale"])
+    changes["generator"] = {"scale": out_scale}
+    cfg = train_config(preset, config_file, changes)
+    rt = tr.Runtime(stages=stages, device=device, precision=precision, compile=compile_, max_steps=max_steps,
+                    checkpoint_every=checkpoint_every, log_every=log_every, workers=workers,
+                    vgg_weights=str(vgg_weights) if vgg_weights else None)
     if dry_run:
         click.echo(json.dumps({"config": cfg.to_json(), "runtime": rt.to_json()}, indent=1))
         return
-    result = run_training(dataset, out_dir, cfg, rt, force=force, progress_bar=_progress(obj["quiet"]))
+    result = tr.train(dataset, out_dir, cfg, rt, force=force, progress_bar=_progress(obj["quiet"]))
     click.echo(result.message, err=True)
     if result.last_val:
         click.echo(f"validation: PSNR {result.last_val['val_psnr']:.2f} dB, SSIM {result.last_val['val_ssim']:.4f}",
                    err=True)
+    if result.signal is not None:
+        sys.exit(128 + int(result.signal))  # 130 for Ctrl-C, 143 for SIGTERM: a scheduler sees the interrupt
 
 
 # -- convert --------------------------------------------------------------------------------------
@@ -593,9 +612,6 @@ def convert(obj, inputs, out_dir, checkpoint, method, tile, overlap, fmt, qualit
       raw2rgb convert photo.dng -o out/                       # classical pipeline
       raw2rgb convert shoot/ -o out/ --checkpoint runs/paper  # the trained model
     """
-    from raw2rgb import convert as conv
-    from raw2rgb.pipeline import rawio
-
     cfg = conv.resolve(method, checkpoint, tile=tile, overlap=overlap, format=fmt, quality=quality,
                        zrr_levels=rawio.ZRR_LEVELS[zrr_levels])
     items = conv.collect_inputs(inputs)
@@ -631,10 +647,6 @@ def evaluate(dataset, split, checkpoint, method, out_dir, batch_size, device) ->
       raw2rgb evaluate ds/ --checkpoint runs/paper -o runs/paper/eval
       raw2rgb evaluate ds/ --method isp --split test
     """
-    import json
-
-    from raw2rgb.model import evaluate as ev
-
     result = ev.evaluate(dataset, split, checkpoint, method or ("model" if checkpoint else "isp"), device,
                          batch_size)
     if out_dir:
@@ -660,8 +672,6 @@ def export(checkpoint, onnx, pt2) -> None:
     Example:
       raw2rgb export runs/paper --onnx g.onnx --pt2 g.pt2
     """
-    from raw2rgb.model import export as ex
-
     if not onnx and not pt2:
         raise click.UsageError("give --onnx OUT.onnx and/or --pt2 OUT.pt2")
     if onnx:
@@ -700,9 +710,7 @@ def report(run_dir, dataset, split, images, out) -> None:
     Example:
       raw2rgb report runs/paper --dataset ds/ -o runs/paper/report.html
     """
-    from raw2rgb.model.report import write_report
-
-    path = write_report(run_dir, out, dataset, split, list(images))
+    path = rep.write_report(run_dir, out, dataset, split, list(images))
     click.echo(f"wrote {path}" + (f" and {path.with_suffix('.png')}" if dataset else ""))
 
 
@@ -728,8 +736,6 @@ def synth(out_dir: Path, size: tuple[int, int], pairs: bool, seed: int) -> None:
       raw2rgb synth -o samples/
       raw2rgb synth -o pairs/ --pairs --size 512 768
     """
-    from raw2rgb.pipeline import synth as virtual_camera
-
     made = virtual_camera.paired_dngs(out_dir, size=size, seed=seed) if pairs else \
         virtual_camera.sample_dngs(out_dir, size=size, seed=seed)
     for p in made:

@@ -13,6 +13,8 @@ import types
 import typing
 from typing import Any, TypeVar
 
+from raw2rgb.errors import ConfigError
+
 T = TypeVar("T", bound="JsonConfig")
 
 
@@ -27,24 +29,44 @@ class JsonConfig:
         names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"{cls.__name__}: unknown fields {', '.join(sorted(unknown))}")
+            raise ConfigError(f"{cls.__name__}: unknown fields {', '.join(sorted(unknown))}")
         hints = typing.get_type_hints(cls)
-        return cls(**{k: _value(hints[k], v) for k, v in d.items()})
+        out = {}
+        for k, v in d.items():
+            try:
+                out[k] = _value(hints[k], v)
+            except ConfigError as e:
+                raise ConfigError(f"{cls.__name__}.{k}: {e}") from None
+        return cls(**out)
+
+
+_SCALARS = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}
 
 
 def _value(hint: Any, v: Any) -> Any:
+    """``v`` as the field's type (nested configs and tuples rebuilt); a value of another type is refused."""
+    options = _options(hint)
     if v is None:
-        return None
-    for option in _options(hint):
+        if type(None) in options or hint is Any:
+            return None
+        raise ConfigError("null is not allowed here")
+    for option in options:
         if isinstance(option, type) and issubclass(option, JsonConfig) and isinstance(v, dict):
             return option.from_json(v)
         origin = typing.get_origin(option)
-        if (option is tuple or origin is tuple) and isinstance(v, list):
+        if (option is tuple or origin is tuple) and isinstance(v, (list, tuple)):
             args = typing.get_args(option)
-            if args and args[-1] is not Ellipsis and len(args) == len(v):
+            if args and args[-1] is not Ellipsis:
+                if len(args) != len(v):
+                    raise ConfigError(f"{len(args)} values expected, got {len(v)}")
                 return tuple(_value(a, x) for a, x in zip(args, v))
             return tuple(_value(args[0], x) if args else x for x in v)
-    return v
+        if option in _SCALARS and isinstance(v, _SCALARS[option]) and not (option is not bool and isinstance(v, bool)):
+            return float(v) if option is float else v
+        if option is Any or origin is dict and isinstance(v, dict):
+            return v
+    names = ", ".join(getattr(o, "__name__", str(o)) for o in options if o is not type(None))
+    raise ConfigError(f"{json.dumps(v)[:40]} is not {names}")
 
 
 def _options(hint: Any) -> tuple:

@@ -1,11 +1,14 @@
 """`raw2rgb convert`: RAW files → full-resolution RGB images, as a cached item stage (one item per file).
 
     photo.dng ──read_raw → normalise → unify → pack ──┬─ model: generator over tiles (model/infer.py)
-                                                       └─ isp: the classical pipeline (pipeline/develop.py)
+                                                       ├─ isp: the classical pipeline (pipeline/develop.py)
+                                                       └─ profile: the classical pipeline, then a fitted
+                                                          colour profile (pipeline/profile.py)
               ──orientation──▶ OUT/photo.png
 
-A rerun converts only new or changed files (the checkpoint's sha256 and every option that
-changes pixels are the stage's params); a file that cannot be read fails alone with its reason.
+A rerun converts only new or changed files (the checkpoint's or profile's sha256 and every
+option that changes pixels are the stage's params); a file that cannot be read fails alone with
+its reason. The checkpoint is read once per process (``infer.load_generator``).
 Lives outside ``pipeline/`` because it chains numpy and torch stages, like ``prepare.py``.
 """
 
@@ -18,25 +21,23 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import tifffile
+from PIL import Image
 
 from raw2rgb.config import JsonConfig
+from raw2rgb.device import resolve_device
+from raw2rgb.errors import InputError
+from raw2rgb.files import atomic_path, collect_files, file_sha256
+from raw2rgb.model import run
+from raw2rgb.model.infer import TileConfig, load_generator, run_tiled
 from raw2rgb.pipeline import develop, rawio
-from raw2rgb.pipeline.stage import (
-    Context,
-    Item,
-    ItemError,
-    Stage,
-    StageResult,
-    atomic_path,
-    collect_files,
-    file_sha256,
-    run_stage,
-)
+from raw2rgb.pipeline import profile as colour_profile
+from raw2rgb.pipeline.stage import Context, Item, ItemError, Stage, StageResult, run_stage
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"png": ".png", "jpg": ".jpg", "tiff16": ".tif"}
-METHODS = ("model", "isp")
+METHODS = ("model", "isp", "profile")
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,8 @@ class ConvertConfig(JsonConfig):
     method: str = "isp"
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
+    profile: str | None = None
+    profile_sha256: str | None = None
     tile: int = 512
     overlap: int = 64
     stats_pixels: int = 1 << 20
@@ -57,30 +60,16 @@ class ConvertConfig(JsonConfig):
 def write_image(path: Path, rgb: np.ndarray, fmt: str, quality: int = 95) -> None:
     """Write (H, W, 3) float in [0, 1] atomically as 8-bit PNG, JPEG or 16-bit TIFF."""
     if fmt == "tiff16":
-        import tifffile
-
         data = np.rint(np.clip(rgb, 0, 1) * 65535).astype(np.uint16)
         with atomic_path(path) as tmp:
             tifffile.imwrite(tmp, data, photometric="rgb", metadata=None)
         return
-    from PIL import Image
-
     img = Image.fromarray(np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8))
     with atomic_path(path) as tmp:
         if fmt == "jpg":
             img.save(tmp, format="JPEG", quality=quality, subsampling=0)
         else:
             img.save(tmp, format="PNG", compress_level=3)
-
-
-def _model(ctx: Context):
-    """The inference generator, loaded once per process."""
-    from raw2rgb.device import cached
-    from raw2rgb.model.infer import load_generator
-
-    device = ctx.options["device"]
-    return cached(("generator", ctx.params["checkpoint_sha256"], str(device)),
-                  lambda: load_generator(ctx.options["checkpoint"], device))
 
 
 def _camera(frame: rawio.RawFrame) -> str:
@@ -99,17 +88,19 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     except ValueError as e:
         raise ItemError(f"{src}: {e}") from None
     info: dict[str, Any] = {"camera": _camera(frame), "pattern": frame.pattern}
-    if cfg.method == "isp":
+    if cfg.method in ("isp", "profile"):
         rgb = develop.develop(packed, frame.wb_gains, frame.cam_to_rgb, scale=2, orientation=frame.orientation)
         if frame.wb_gains is None or frame.cam_to_rgb is None:
             info["note"] = "no " + " or ".join(n for n, v in (("white balance", frame.wb_gains),
                                                                ("colour matrix", frame.cam_to_rgb)) if v is None) + \
                 " in the file: grey world / camera RGB used"
+        if cfg.method == "profile":
+            prof = colour_profile.load(cfg.profile)
+            colour_profile.check_compatible(prof, cfg.profile, cameras=[info["camera"]])
+            rgb = colour_profile.apply(prof, rgb)
     else:
-        from raw2rgb.model.infer import TileConfig, run_tiled
-
-        g, meta = _model(ctx)
         device = ctx.options["device"]
+        g, meta = load_generator(ctx.options["checkpoint"], device)
         tiles = TileConfig(tile=cfg.tile, overlap=cfg.overlap, stats_pixels=cfg.stats_pixels,
                            batch=4 if device.type == "cuda" else 1)
         out = run_tiled(g, packed, tiles, device)
@@ -128,29 +119,33 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
 CONVERT = Stage("convert", 1, convert_item)
 
 
-def resolve(method: str | None, checkpoint: os.PathLike | str | None, **options: Any) -> ConvertConfig:
-    """The config for ``--method``/``--checkpoint``: ``model`` when a checkpoint is given, else ``isp``.
+def resolve(method: str | None, checkpoint: os.PathLike | str | None, profile: os.PathLike | str | None = None,
+            **options: Any) -> ConvertConfig:
+    """The config for ``--method``/``--checkpoint``/``--profile``: ``model`` when a checkpoint is
+    given, ``profile`` when a profile is, else ``isp``.
 
     Raises:
-        ConvertError: a model without a checkpoint, or a checkpoint that is not one.
+        InputError: a method without what it needs, or a bad option.
+        RunError, CheckpointError, ProfileError: a checkpoint or profile that is not one.
     """
-    from raw2rgb.model.infer import ConvertError, TileConfig, checkpoint_path
-
-    method = method or ("model" if checkpoint else "isp")
+    method = method or ("model" if checkpoint else "profile" if profile else "isp")
     if method not in METHODS:
-        raise ConvertError(f"unknown method {method!r} (model, isp)")
+        raise InputError(f"unknown method {method!r} ({', '.join(METHODS)})")
     if options.get("format", "png") not in FORMATS:
-        raise ConvertError(f"unknown format {options['format']!r} ({', '.join(FORMATS)})")
+        raise InputError(f"unknown format {options['format']!r} ({', '.join(FORMATS)})")
+    pixels = {k: v for k, v in options.items() if k in ("format", "quality", "zrr_levels")}
     if method == "isp":
-        return ConvertConfig(method="isp", **{k: v for k, v in options.items() if k in ("format", "quality",
-                                                                                       "zrr_levels")})
+        return ConvertConfig(method="isp", **pixels)
+    if method == "profile":
+        if profile is None:
+            raise InputError("--method profile needs --profile FILE (raw2rgb profile fit DATASET -o FILE)")
+        colour_profile.check_compatible(colour_profile.load(profile), profile, scale=2)  # convert writes scale 2
+        return ConvertConfig(method="profile", profile=str(Path(profile).resolve()),
+                             profile_sha256=file_sha256(profile), **pixels)
     if checkpoint is None:
-        raise ConvertError("--method model needs --checkpoint CKPT (a checkpoint file or a RUN folder)")
+        raise InputError("--method model needs --checkpoint CKPT (a checkpoint file or a RUN folder)")
     TileConfig(tile=options.get("tile", 512), overlap=options.get("overlap", 64)).check()
-    path = checkpoint_path(checkpoint)
-    from raw2rgb.model.infer import load_generator
-
-    load_generator(path)  # refuse a bad checkpoint before any file is read
+    path = run.checkpoint_file(checkpoint)
     return ConvertConfig(method="model", checkpoint=str(path), checkpoint_sha256=file_sha256(path), **options)
 
 
@@ -160,17 +155,17 @@ def collect_inputs(args) -> list[Item]:
 
 def convert(items: list[Item], out_dir: os.PathLike | str, cfg: ConvertConfig, device: str = "auto",
             jobs: int = 1, force: bool = False, progress=None) -> StageResult:
-    """Run the convert stage over ``items`` into ``out_dir``."""
-    from raw2rgb.device import resolve_device
-    from raw2rgb.model.infer import ConvertError
-
+    """Run the convert stage over ``items`` into ``out_dir``. With a model, the checkpoint is read
+    here, before any file (a bad one is refused at once), and the stage's items reuse it."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise ConvertError(f"{out_dir}: the output folder is a file")
+        raise InputError(f"{out_dir}: the output folder is a file")
     params = cfg.to_json()
-    params.pop("checkpoint")  # the path may move; the sha256 is what matters
+    params.pop("checkpoint")  # the paths may move; the sha256 is what matters
+    params.pop("profile")
     dev = resolve_device(device) if cfg.method == "model" else None
-    if dev is not None and dev.type == "cuda":
-        jobs = 1  # one process owns the GPU
+    if dev is not None:
+        load_generator(cfg.checkpoint, dev)
+        jobs = 1  # one process runs the model (and owns the GPU)
     options = {"device": dev, "checkpoint": cfg.checkpoint}
     return run_stage(CONVERT, items, out_dir, params, jobs=jobs, force=force, progress=progress, options=options)

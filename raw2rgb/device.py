@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
+from raw2rgb.errors import UserError
 
-class DeviceError(Exception):
+
+class DeviceError(UserError):
     """A device that cannot be used here; the message says which and why."""
 
 

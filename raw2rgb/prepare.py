@@ -22,10 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from raw2rgb.config import JsonConfig
+from raw2rgb.files import write_json
 from raw2rgb.pipeline import pairs as pairs_mod
-from raw2rgb.pipeline import rawio
+from raw2rgb.pipeline import rawio, shards
+from raw2rgb.pipeline import unpack as unpack_stage
 from raw2rgb.pipeline.shards import patch_id
-from raw2rgb.pipeline.stage import Item, Stage, StageResult, run_stage, write_json
+from raw2rgb.pipeline.stage import Item, Stage, StageResult, run_stage
+from raw2rgb.salgan import label
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +99,6 @@ def plan(cfg: PrepareConfig) -> tuple[list[pairs_mod.Pair], list[str]]:
 def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = frozenset(),
         progress=None) -> PrepareResult:
     """Run the stages up to ``until``; ``force`` names stages to redo even when up to date."""
-    from raw2rgb.pipeline import unpack as unpack_stage
-
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "prepare.json", cfg.to_json())
@@ -121,8 +122,6 @@ def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = froze
                                       force="patches" in force, progress=progress)
 
     if "saliency" in wanted:  # saliency of every kept target patch
-        from raw2rgb.salgan import label
-
         images = [(patch_id(rel), str(out / "patches" / rel))
                   for r in stages["patches"].manifest.ok for rel in r.outputs if rel.startswith("rgb/")]
         method = label.resolve_method(cfg.saliency_method, cfg.weights)
@@ -134,8 +133,6 @@ def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = froze
 
     splits = {p.scene: split_of(p.scene, cfg.seed, cfg.split, p.fixed_split) for p in found}
     if "shards" in wanted and "saliency" in stages:  # training shards per split, with offline augmentation
-        from raw2rgb.pipeline import shards
-
         samples, owners = shards.samples_from(out / "patches", out / "saliency", splits)
         stages["shards"] = shards.build(
             samples, owners, out / "shards", scale=cfg.scale, copies=cfg.copies, crop=cfg.crop, seed=cfg.seed,

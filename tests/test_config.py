@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from raw2rgb.errors import UserError
 from raw2rgb.convert import ConvertConfig
 from raw2rgb.model.discriminator import DiscriminatorConfig
 from raw2rgb.model.generator import GeneratorConfig
@@ -37,5 +38,5 @@ def test_round_trip_through_json(cfg):
 
 
 def test_unknown_fields_are_refused():
-    with pytest.raises(ValueError, match="TrainConfig: unknown fields lr_x"):
+    with pytest.raises(UserError, match="TrainConfig: unknown fields lr_x"):
         TrainConfig.from_json({"lr_x": 1})

@@ -11,7 +11,10 @@ from click.testing import CliRunner
 from PIL import Image
 
 from raw2rgb.cli import main
-from raw2rgb.model.train import Runtime, TrainConfig, load_checkpoint, save_checkpoint, train
+from raw2rgb.model.losses import LossWeights
+from raw2rgb.model import checkpoint
+from raw2rgb.model.checkpoint import load as load_checkpoint
+from raw2rgb.model.train import Runtime, TrainConfig, train
 from raw2rgb.pipeline import synth
 from tests.model.conftest import make_shards
 
@@ -24,7 +27,7 @@ def _cli(*args):
 def run_dir(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("convert")
     root = make_shards(tmp / "shards", {"train": 4, "val": 2})
-    cfg = TrainConfig.preset_config("tiny", stage1_epochs=1, stage2_epochs=1, batch_size=4, w_perceptual=0.0)
+    cfg = TrainConfig.preset_config("tiny", stage1_epochs=1, stage2_epochs=1, batch_size=4, weights=LossWeights(perceptual=0.0))
     train(root, tmp / "run", cfg, Runtime(workers=0))
     return tmp / "run"
 
@@ -100,8 +103,7 @@ def test_save_checkpoint_failure_is_an_error(run_dir, tmp_path):
     (tmp_path / "ro" / "latest.pt").mkdir()  # a folder where the file should go: the rename fails
     from raw2rgb.model.discriminator import Discriminator
     from raw2rgb.model.generator import PRESETS, Generator
-    from raw2rgb.model.train import Progress
 
     with pytest.raises(OSError):
-        save_checkpoint(tmp_path / "ro" / "latest.pt", {"G": Generator(PRESETS["tiny"]), "D": Discriminator()}, {},
-                        TrainConfig(), Progress())
+        checkpoint.save(tmp_path / "ro" / "latest.pt", {"G": Generator(PRESETS["tiny"]), "D": Discriminator()},
+                        TrainConfig().to_json(), {})

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from raw2rgb.cli import main
 from raw2rgb.pipeline import bayer, rawio, synth
-from raw2rgb.pipeline.stage import file_sha256
+from raw2rgb.files import file_sha256
 from tests.conftest import BLACK, WHITE, kill_midway
 
 

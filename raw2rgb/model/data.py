@@ -19,13 +19,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import h5py
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
+from raw2rgb.errors import one_line
 from raw2rgb.pipeline import augment
-from raw2rgb.pipeline.shards import ShardError, read_ids, read_index
-from raw2rgb.pipeline.stage import one_line
+from raw2rgb.pipeline.shards import ShardError, read_ids, read_index, shards_root
 
 
 class ShardDataset(Dataset):
@@ -53,6 +54,8 @@ class ShardDataset(Dataset):
         self.starts = list(np.cumsum([0] + [s["count"] for s in index["splits"][split]["shards"]]))
         self.augment, self.crop, self.seed, self.epoch, self.compact = augment, crop, seed, 0, compact
         self._files: dict[str, Any] = {}
+        self._stale: dict[str, Any] = {}  # handles a forked child inherited: never used, never closed
+        self._pid = os.getpid()
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -62,15 +65,26 @@ class ShardDataset(Dataset):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_files"] = {}  # each worker opens its own handles
+        state["_files"], state["_stale"] = {}, {}  # each worker opens its own handles
         return state
+
+    def close(self) -> None:
+        """Close this process's open shards (they reopen on the next read)."""
+        if self._pid == os.getpid():
+            for entry in self._files.values():
+                entry[-1].close()
+        self._files = {}
 
     def _file(self, name: str) -> tuple:
         """(raw, rgb, saliency datasets, ids) of a shard, opened once per process. Looking a
         dataset up by name costs more than reading a sample (measured: 1,007 against 6,494
         samples/s), so the dataset objects are kept."""
-        import h5py
-
+        if self._pid != os.getpid():
+            # A forked process (a DataLoader worker) inherits the parent's handles without pickling;
+            # HDF5 handles must not be shared across fork (wrong samples, "bad object header"), so the
+            # child sets them aside unclosed (closing would touch the parent's file) and opens its own.
+            self._stale = self._files
+            self._files, self._pid = {}, os.getpid()
         entry = self._files.get(name)
         if entry is None:
             f = h5py.File(self.root / name, "r")
@@ -149,10 +163,6 @@ def to_model(batch: dict[str, Any], device: torch.device | str | None = None,
 def describe(path: os.PathLike | str, batch_size: int = 8) -> list[str]:
     """Lines saying what a shards folder (or a prepare DATASET) holds: per split, the count and
     the shapes and value ranges of a loaded batch."""
-    from torch.utils.data import DataLoader
-
-    from raw2rgb.pipeline.shards import read_index, shards_root
-
     root = shards_root(path)
     index = read_index(root)
     lines = [f"{root}: scale {index['scale']}, crop {index.get('crop')}, copies {index.get('copies')}, "

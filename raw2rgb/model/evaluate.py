@@ -1,5 +1,6 @@
-"""`raw2rgb evaluate`: PSNR (the paper's), SSIM and colour-corrected PSNR of a model, or of the
-classical pipeline, on a split of a shards folder; a per-image CSV and ``summary.json``.
+"""Scoring: :func:`score`, shared by training's validation and `raw2rgb evaluate`, and the evaluate
+command's methods — a trained model, the classical pipeline, and the classical pipeline followed
+by a fitted colour profile — under one protocol (DESIGN §6b).
 
 Metrics are computed where the data is (the GPU when present). The classical pipeline renders
 each patch with its RAW file's as-shot white balance and colour matrix, read from the unpack
@@ -13,16 +14,30 @@ import csv
 import io
 import logging
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
+from raw2rgb.device import resolve_device
+from raw2rgb.errors import InputError
+from raw2rgb.files import write_bytes, write_json
 from raw2rgb.model import metrics
+from raw2rgb.model.data import ShardDataset, to_model
+from raw2rgb.model.infer import load_generator
+from raw2rgb.pipeline import profile as colour_profile
+from raw2rgb.pipeline.develop import develop
+from raw2rgb.pipeline.shards import ShardError, read_index, shards_root, split_count
+from raw2rgb.pipeline.unpack import read_sidecars
 
 log = logging.getLogger(__name__)
+
+METHODS = ("model", "isp", "profile")
+COLUMNS = ("id", "psnr", "ssim", "psnr_cc")
 
 
 @dataclass
@@ -31,87 +46,116 @@ class Evaluation:
     summary: dict[str, Any]
 
 
+# -- the one scoring loop -------------------------------------------------------------------------
+
+@torch.no_grad()
+def score(predict: Callable[[dict[str, Any]], torch.Tensor], batches: Iterable[dict[str, Any]],
+          device: torch.device, psnr_cc: bool = True) -> list[dict[str, Any]]:
+    """Per-image metrics of ``predict`` over stored (compact) batches: PSNR as in the paper, SSIM and
+    (``psnr_cc``) colour-corrected PSNR, all on 8-bit values (DESIGN §6).
+
+    ``predict(batch)`` gets a batch in the model's ranges on ``device`` and returns RGB (B, 3, H, W)
+    in [-1, 1]."""
+    rows: list[dict[str, Any]] = []
+    for batch in batches:
+        b = to_model(batch, device, non_blocking=True)
+        out, ref = metrics.to_255(predict(b)), metrics.to_255(b["rgb"])
+        values = {"psnr": metrics.psnr(out, ref), "ssim": metrics.ssim(out, ref)}
+        if psnr_cc:
+            values["psnr_cc"] = metrics.psnr_cc(out, ref)
+        lists = {k: v.tolist() for k, v in values.items()}
+        rows += [{"id": sid, **{k: lists[k][i] for k in lists}} for i, sid in enumerate(batch["id"])]
+    return rows
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over images (identical images, ∞ dB, left out of PSNR means)."""
+    out: dict[str, Any] = {"images": len(rows)}
+    for key in ("psnr", "psnr_cc"):
+        if rows and key in rows[0]:
+            out[key] = metrics.mean_finite([r[key] for r in rows])
+    if rows:
+        out["ssim"] = float(np.mean([r["ssim"] for r in rows]))
+    return out
+
+
+# -- the classical pipeline and the fitted profile on a batch ---------------------------------------
+
 Colour = tuple  # (wb_gains, cam_to_rgb), either may be None
 
 
 def scene_colours(shards: Path) -> dict[str, Colour]:
-    """scene → (as-shot white balance, camera → sRGB matrix) from a prepare DATASET's unpack sidecars."""
-    import json
-
-    unpack = shards.parent / "unpack"
-    out: dict[str, Colour] = {}
-    if shards.name == "shards" and unpack.is_dir():
-        for path in unpack.glob("*.json"):
-            try:
-                frame = json.loads(path.read_text()).get("frame", {})
-            except (OSError, ValueError):
-                continue
-            out[path.stem] = (frame.get("wb_gains"), frame.get("cam_to_rgb"))
-    return out
+    """scene → (as-shot white balance, camera → sRGB matrix), from the dataset's unpack sidecars."""
+    return {scene: (frame.get("wb_gains"), frame.get("cam_to_rgb")) for scene, frame in read_sidecars(shards).items()}
 
 
-def isp_batch(raw: torch.Tensor, scale: int, colours: list[Colour] | None = None) -> torch.Tensor:
-    """The classical pipeline on a batch of model-range raw (B, 4, h, w) → (B, 3, s·h, s·w) in [-1, 1],
-    each with its (white balance, matrix) when given."""
-    from raw2rgb.pipeline.develop import develop
+def colours_of(ids: Iterable[str], colours: dict[str, Colour]) -> list[Colour]:
+    return [colours.get(i.split("/")[0], (None, None)) for i in ids]
 
+
+def isp_batch(raw: torch.Tensor, scale: int, colours: list[Colour] | None = None,
+              profile: colour_profile.Profile | None = None) -> torch.Tensor:
+    """The classical pipeline (then ``profile``, when given) on a batch of model-range raw
+    (B, 4, h, w) → (B, 3, s·h, s·w) in [-1, 1], each with its (white balance, matrix) when given."""
     out = []
     for k, r in enumerate(raw.float().cpu().numpy()):
         wb, matrix = colours[k] if colours else (None, None)
         rgb = develop(((r + 1) * 0.5).clip(0, 1), wb, matrix, scale=scale)
-        out.append(torch.from_numpy(rgb.transpose(2, 0, 1).copy()) * 2 - 1)
+        if profile is not None:
+            rgb = colour_profile.apply(profile, rgb)
+        out.append(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)) * 2 - 1)
     return torch.stack(out).to(raw.device)
 
 
-@torch.no_grad()
+# -- the command ------------------------------------------------------------------------------------
+
 def evaluate(dataset: os.PathLike | str, split: str = "val", checkpoint: os.PathLike | str | None = None,
-             method: str = "model", device: str = "auto", batch_size: int = 8, workers: int = 0) -> Evaluation:
-    """Evaluate a checkpoint (``method="model"``) or the classical pipeline (``"isp"``) on a split.
+             method: str = "model", device: str = "auto", batch_size: int = 8, workers: int = 0,
+             profile: os.PathLike | str | None = None) -> Evaluation:
+    """Evaluate a checkpoint (``method="model"``), the classical pipeline (``"isp"``) or the classical
+    pipeline followed by a fitted colour profile (``"profile"``) on a split.
 
     Raises:
         ShardError: no such split or an unreadable shards folder.
-        ConvertError: a bad checkpoint.
+        InputError: a method without what it needs.
+        CheckpointError, ProfileError: a bad checkpoint or profile file.
     """
-    from torch.utils.data import DataLoader
-
-    from raw2rgb.device import resolve_device
-    from raw2rgb.model.data import ShardDataset, to_model
-    from raw2rgb.model.infer import ConvertError, load_generator
-    from raw2rgb.pipeline.shards import ShardError, read_index, shards_root, split_count
-
+    if method not in METHODS:
+        raise InputError(f"unknown method {method!r} ({', '.join(METHODS)})")
     root = shards_root(dataset)
     index = read_index(root)
     if split_count(index, split) == 0:
         raise ShardError(f"{root}: the {split} split is empty")
     dev = resolve_device(device)
     scale = int(index["scale"])
-    g = None
+    colours = scene_colours(root)
     if method == "model":
         if checkpoint is None:
-            raise ConvertError("evaluate needs --checkpoint CKPT or --method isp")
+            raise InputError("evaluate --method model needs --checkpoint CKPT (or use --method isp or profile)")
         g, meta = load_generator(checkpoint, dev)
         if g.cfg.scale != scale:
-            raise ConvertError(f"{meta['path']}: a model of output scale {g.cfg.scale}, the shards are at {scale}")
-    colours = scene_colours(root) if method == "isp" else {}
+            raise InputError(f"{meta['path']}: a model of output scale {g.cfg.scale}, the shards are at {scale}")
+
+        def predict(b: dict[str, Any]) -> torch.Tensor:
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+                return g.rgb(b["raw"], b.get("colour")).float()
+    else:
+        prof = None
+        if method == "profile":
+            if profile is None:
+                raise InputError("evaluate --method profile needs --profile FILE (raw2rgb profile fit DATASET)")
+            prof = colour_profile.load(profile)
+            colour_profile.check_compatible(prof, profile, scale=scale, cameras=None)
+
+        def predict(b: dict[str, Any]) -> torch.Tensor:
+            return isp_batch(b["raw"], scale, colours_of(b["id"], colours), prof)
+
     ds = ShardDataset(root, split, compact=True)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=dev.type == "cuda")
-    rows: list[dict[str, Any]] = []
-    for batch in loader:
-        b = to_model(batch, dev, non_blocking=True)
-        if g is not None:
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                out = g.rgb(b["raw"]).float()
-        else:
-            out = isp_batch(b["raw"], scale, [colours.get(i.split("/")[0], (None, None)) for i in batch["id"]])
-        out, ref = metrics.to_255(out), metrics.to_255(b["rgb"])
-        values = zip(batch["id"], metrics.psnr(out, ref).tolist(), metrics.ssim(out, ref).tolist(),
-                     metrics.psnr_cc(out, ref).tolist())
-        rows += [{"id": i, "psnr": p, "ssim": s, "psnr_cc": c} for i, p, s, c in values]
+    rows = score(predict, loader, dev)
     h, w = ds[0]["rgb"].shape[-2:]
-    summary = {"psnr": metrics.mean_finite([r["psnr"] for r in rows]),
-               "ssim": float(np.mean([r["ssim"] for r in rows])),
-               "psnr_cc": metrics.mean_finite([r["psnr_cc"] for r in rows]), "images": len(rows),
-               "split": split, "method": method, "checkpoint": str(checkpoint) if checkpoint else None,
+    summary = {**summarise(rows), "split": split, "method": method,
+               "checkpoint": str(checkpoint) if checkpoint else None, "profile": str(profile) if profile else None,
                "dataset": str(root),
                "protocol": {**metrics.PROTOCOL, "size": [int(h), int(w)], "dtype": "uint8", "crop": "none",
                             "averaging": "mean over images"}}
@@ -120,11 +164,9 @@ def evaluate(dataset: os.PathLike | str, split: str = "val", checkpoint: os.Path
 
 def write(evaluation: Evaluation, out_dir: os.PathLike | str) -> tuple[Path, Path]:
     """``per_image.csv`` and ``summary.json`` in ``out_dir`` (atomically)."""
-    from raw2rgb.pipeline.stage import write_bytes, write_json
-
     out_dir = Path(out_dir)
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=["id", "psnr", "ssim", "psnr_cc"], lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=list(COLUMNS), lineterminator="\n")
     w.writeheader()
     for r in evaluation.rows:
         w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items()})

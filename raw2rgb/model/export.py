@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.export import Dim
 
+from raw2rgb.files import atomic_path
 from raw2rgb.model.infer import load_generator
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,6 @@ def _example() -> torch.Tensor:
 
 
 def _dynamic_shapes():
-    from torch.export import Dim
-
     b = Dim("batch", min=1, max=1024)
     h, w = Dim("h8", min=2, max=8192), Dim("w8", min=2, max=8192)
     return {"raw": {0: b, 2: 8 * h, 3: 8 * w}}
@@ -46,8 +46,6 @@ def _dynamic_shapes():
 
 def export_onnx(checkpoint: os.PathLike | str, out: os.PathLike | str) -> Path:
     """Write an ONNX model of the checkpoint's inference generator (atomically)."""
-    from raw2rgb.pipeline.stage import atomic_path
-
     g, _ = load_generator(checkpoint)
     model = InferenceGenerator(g).eval()
     out = Path(out)
@@ -62,8 +60,6 @@ def export_onnx(checkpoint: os.PathLike | str, out: os.PathLike | str) -> Path:
 
 def export_pt2(checkpoint: os.PathLike | str, out: os.PathLike | str) -> Path:
     """Write a ``torch.export`` program (``.pt2``) of the inference generator (atomically)."""
-    from raw2rgb.pipeline.stage import atomic_path
-
     g, _ = load_generator(checkpoint)
     program = torch.export.export(InferenceGenerator(g).eval(), (_example(),), dynamic_shapes=_dynamic_shapes())
     out = Path(out)

@@ -209,11 +209,11 @@ class Generator(nn.Module):
         y = self.d_up(c3) if self.d_up is not None else c3
         return torch.tanh(self.d4(y))
 
-    def rgb(self, raw: torch.Tensor) -> torch.Tensor:
+    def rgb(self, raw: torch.Tensor, colour: torch.Tensor | None = None) -> torch.Tensor:
         """G1 alone: raw (B, 4, h, w) in [-1, 1] → rgb (B, 3, s·h, s·w) in [-1, 1]."""
         return self._head(self._decode(raw)[2])
 
-    def forward(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, raw: torch.Tensor, colour: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         c1, c2, c3 = self._decode(raw)
         s = torch.cat([self.s1b(self.s1a(c1)), self.s2(c2), self.s3(c3)], 1)
         s = self.s_fuse(s)

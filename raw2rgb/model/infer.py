@@ -24,13 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from raw2rgb.config import JsonConfig
+from raw2rgb.device import cached
+from raw2rgb.errors import ConfigError, InputError, one_line
+from raw2rgb.model import checkpoint, run
 from raw2rgb.model.generator import Generator, GeneratorConfig, fold_spectral_norm, set_norm_mode
 
 log = logging.getLogger(__name__)
-
-
-class ConvertError(Exception):
-    """A checkpoint, option or file that conversion cannot use; the message names it and why."""
 
 
 @dataclass(frozen=True)
@@ -45,51 +44,40 @@ class TileConfig(JsonConfig):
 
     def check(self) -> None:
         if self.tile % 8 or self.tile < 16:
-            raise ConvertError(f"--tile {self.tile}: a multiple of 8, at least 16")
+            raise InputError(f"--tile {self.tile}: a multiple of 8, at least 16")
         if self.overlap < 0 or self.overlap % 8:
-            raise ConvertError(f"--overlap {self.overlap}: a non-negative multiple of 8")
+            raise InputError(f"--overlap {self.overlap}: a non-negative multiple of 8")
         if self.overlap * 2 >= self.tile:
-            raise ConvertError(f"--tile {self.tile} must be more than twice --overlap {self.overlap}")
+            raise InputError(f"--tile {self.tile} must be more than twice --overlap {self.overlap}")
 
 
 # -- loading a trained generator --------------------------------------------------------------------
 
-def checkpoint_path(path: os.PathLike | str) -> Path:
-    """A checkpoint file, or a RUN folder's final checkpoint (its latest, with a warning, when the run
-    has not finished)."""
-    path = Path(path)
-    if path.is_dir():
-        for name, note in (("final.pt", None), ("latest.pt", "the run has not finished; using its latest")):
-            candidate = path / "checkpoints" / name
-            if candidate.is_file():
-                if note:
-                    log.warning("%s: %s checkpoint (%s)", path, note, candidate)
-                return candidate
-        raise ConvertError(f"{path}: no checkpoints/final.pt or latest.pt (not a raw2rgb run folder)")
-    if not path.is_file():
-        raise ConvertError(f"{path}: no such checkpoint")
-    return path
+def _build(path: Path, device: torch.device) -> tuple[Generator, dict[str, Any]]:
+    g_config, state, meta = checkpoint.load_generator_state(path)
+    try:
+        g = Generator(GeneratorConfig.from_json(g_config))
+        g.load_state_dict(state)
+    except (ConfigError, KeyError, RuntimeError, TypeError, ValueError) as e:
+        raise checkpoint.CheckpointError(f"{path}: incompatible generator weights ({one_line(str(e))[:200]})") from None
+    fold_spectral_norm(g)
+    return g.to(device).eval(), meta
 
 
 def load_generator(path: os.PathLike | str, device: torch.device | str = "cpu") -> tuple[Generator, dict[str, Any]]:
-    """The inference generator of a checkpoint (or RUN folder): rebuilt from the stored config,
-    spectral norm folded into plain weights, eval mode, on ``device``; and the checkpoint's metadata
-    (``config``, ``cameras``, ``progress``)."""
-    from raw2rgb.model.train import TrainError, load_checkpoint
+    """The inference generator of a checkpoint (or RUN folder), once per process: rebuilt from the
+    stored config, spectral norm folded into plain weights, eval mode, on ``device``; and the
+    checkpoint's metadata (``config``, ``cameras``, ``progress``, ``path``). Only the generator's
+    weights are read (``checkpoint.load_generator_state``); the training loop is never imported.
 
-    ckpt = checkpoint_path(path)
-    try:
-        blob = load_checkpoint(ckpt)
-        g = Generator(GeneratorConfig.from_json(blob["config"]["generator"]))
-        g.load_state_dict(blob["G"])
-    except TrainError as e:
-        raise ConvertError(str(e)) from None
-    except (KeyError, RuntimeError, TypeError) as e:
-        raise ConvertError(f"{ckpt}: incompatible generator weights ({str(e).strip().splitlines()[0]})") from None
-    fold_spectral_norm(g)
-    meta = {k: blob.get(k) for k in ("config", "cameras", "progress")}
-    meta["path"] = str(ckpt)
-    return g.to(device).eval(), meta
+    Raises:
+        RunError, CheckpointError: not a checkpoint or RUN folder, or incompatible weights.
+    """
+    ckpt = run.checkpoint_file(path)
+    st = ckpt.stat()
+    device = torch.device(device)
+    return cached(("generator", str(ckpt.resolve()), st.st_size, st.st_mtime_ns, str(device)),
+                  lambda: _build(ckpt, device))
 
 
 # -- tiling ----------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The paper's losses as functions of tensors, and the VGG16 feature extractor of the perceptual term.
+"""The paper's losses as functions of tensors, their weights, and the VGG16 feature extractor of the
+perceptual term.
 
 Eq. 1 ``L_rgb = |G1(x) − y|₁``; eq. 2 (attention) ``L_A = |G1(x)⊙G2(x) − y⊙s|₁``; eqs. 3–4 (LSGAN)
 ``L_G = ½E[(D(x, G1(x)) − 1)²]``, ``L_D = ½E[(D(x, y) − 1)²] + ½E[D(x, G1(x))²]``; perceptual
@@ -7,13 +8,18 @@ Eq. 1 ``L_rgb = |G1(x) − y|₁``; eq. 2 (attention) ``L_A = |G1(x)⊙G2(x) −
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from raw2rgb.config import JsonConfig
+from raw2rgb.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +29,33 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class WeightsMissing(Exception):
+@dataclass(frozen=True)
+class LossWeights(JsonConfig):
+    """The weight of each term in the generator's total, beside ``L_rgb`` (weight 1). A new term is
+    one function and one field here: the total, the CLI's ``--NAME-weight`` options and the
+    report's curves all read this list. Defaults are the paper's stage-2 weights (DESIGN §6)."""
+
+    attention: float = 0.5  # the saliency head learns only through this term
+    adversarial: float = 0.01  # stage 2
+    perceptual: float = 1.0  # stage 2; needs VGG16 ImageNet weights
+
+
+STAGE2_TERMS = ("adversarial", "perceptual")  # terms only stage 2 computes
+# Every logged term and its label: the weighted ones, L_rgb, the total and the discriminator's loss.
+TERMS = {"rgb": "L1 (rgb)", **{f.name: f.name for f in dataclasses.fields(LossWeights)}, "d": "discriminator",
+         "total": "total"}
+
+
+def weighted_total(terms: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
+    """``L_rgb`` plus each weighted term present in ``terms``."""
+    total = terms["rgb"]
+    for f in dataclasses.fields(weights):
+        if f.name in terms:
+            total = total + getattr(weights, f.name) * terms[f.name]
+    return total
+
+
+class WeightsMissing(UserError):
     """Pretrained weights that are needed and cannot be found; the message says how to provide them."""
 
 
@@ -73,6 +105,7 @@ def load_vgg_features(weights: os.PathLike | str | None = None) -> nn.Sequential
     Raises:
         WeightsMissing: the file is missing or is not VGG16's, with the three ways out.
     """
+    # torchvision costs 1.7 s of import and only this term needs it: imported here, on use
     from torchvision.models import vgg16
 
     path = Path(weights) if weights else vgg_cache_path()

@@ -1,53 +1,57 @@
-"""`raw2rgb train`: the paper's two-stage recipe as one restartable run (DESIGN §3, §6).
+"""`raw2rgb train`: the two-stage recipe as one restartable run (DESIGN §3, §6).
 
 Stage 1 trains G on ``L_rgb + 0.5 L_A``; stage 2 adds the discriminator, ``0.01 L_G`` and
-``1 L_p`` with the two time-scale learning rates. The loop is one function read top to bottom:
-set up → resume → per stage, per epoch: D step and G step per batch → validate → snapshot.
-
-A RUN folder holds ``config.json`` (the :class:`TrainConfig` and the dataset's key),
-``stats.jsonl`` (one JSON object per logged step and per validation), ``log.txt``,
-``checkpoints/`` (``latest.pt``, ``stage1.pt``, ``final.pt``), ``samples/`` (a grid per epoch) and
-``tensorboard/``. The same command on a finished RUN does nothing; on an interrupted one it
-continues from ``latest.pt`` (whatever was logged after it is dropped); another config or
-changed shards are refused unless ``force``.
+``1 L_p`` with the two time-scale learning rates (the weights live in ``losses.LossWeights``).
+:func:`train` is the loop, read top to bottom: set up → resume → per stage, per epoch, per batch:
+the D step and the G step (:func:`train_step`) → log → validate → snapshot. The RUN folder's
+files are ``model/run.py``'s, the checkpoint format ``model/checkpoint.py``'s, ranks and agreed
+decisions ``model/distributed.py``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import logging
 import os
-import random
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, default_collate
 
 from raw2rgb.config import JsonConfig
-from raw2rgb.model import losses
+from raw2rgb.device import resolve_device
+from raw2rgb.errors import UserError
+from raw2rgb.files import FolderLock
+from raw2rgb.model import checkpoint, distributed, losses, run
+from raw2rgb.model.data import ShardDataset, to_model
 from raw2rgb.model.discriminator import PRESETS as D_PRESETS
 from raw2rgb.model.discriminator import Discriminator, DiscriminatorConfig
+from raw2rgb.model.distributed import Dist
+from raw2rgb.model.evaluate import score, summarise
 from raw2rgb.model.generator import PRESETS as G_PRESETS
 from raw2rgb.model.generator import Generator, GeneratorConfig, init_weights
+from raw2rgb.model.pictures import grid_rows, save_png
+from raw2rgb.pipeline.shards import dataset_key, read_index, shards_root, split_count
+from raw2rgb.pipeline.unpack import camera_name, read_sidecars
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
-CONFIG = "config.json"
-STATS = "stats.jsonl"
 STAGES = {"1": (1,), "2": (2,), "all": (1, 2)}
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DEFAULT_PRESET = "paper"
+PRESET_HELP = "Network and schedule: paper (the paper's 24.4 M-parameter generator) or tiny (tests, demo)."
 
 
-class TrainError(Exception):
+class TrainError(UserError):
     """A training run that cannot start or go on; the message is one line for the user."""
 
 
@@ -67,9 +71,7 @@ class TrainConfig(JsonConfig):
     betas: tuple[float, float] = (0.5, 0.999)
     halve_every: int = 10  # epochs
     init_std: float = 0.02
-    w_attention: float = 0.5
-    w_adversarial: float = 0.01
-    w_perceptual: float = 1.0
+    weights: losses.LossWeights = field(default_factory=losses.LossWeights)
     crop: int | None = None  # random crop of the training patches (packed pixels)
     augment: bool = True  # Bayer-safe geometry on the fly (model/data.py)
     seed: int = 0
@@ -77,8 +79,18 @@ class TrainConfig(JsonConfig):
     @classmethod
     def preset_config(cls, name: str, **overrides: Any) -> TrainConfig:
         if name not in G_PRESETS:
-            raise ValueError(f"unknown preset {name!r} (paper, tiny)")
+            raise TrainError(f"unknown preset {name!r} ({', '.join(G_PRESETS)})")
         return cls(preset=name, generator=G_PRESETS[name], discriminator=D_PRESETS[name], **overrides)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
+        """As :meth:`JsonConfig.from_json`; configs written before the loss weights had their own
+        dataclass (``w_attention``, ``w_adversarial``, ``w_perceptual``) are read too."""
+        d = dict(d)
+        legacy = {k[2:]: d.pop(k) for k in ("w_attention", "w_adversarial", "w_perceptual") if k in d}
+        if legacy:
+            d["weights"] = {**legacy, **d.get("weights", {})}
+        return super().from_json(d)
 
 
 @dataclass(frozen=True)
@@ -117,70 +129,94 @@ class TrainResult:
     finished: bool
     message: str
     last_val: dict[str, float] = field(default_factory=dict)
+    signal: int | None = None  # the signal that stopped the run early (SIGINT, SIGTERM)
 
 
-# -- the distributed setting ----------------------------------------------------------------------
+# -- the step ---------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-    owned: bool = False  # this run initialised the process group, and ends it
-
-    def close(self) -> None:
-        """End the process group this run started: a gloo/NCCL group left to the interpreter's exit
-        can abort the process ("terminate called without an active exception")."""
-        if self.owned:
-            import torch.distributed as tdist
-
-            tdist.destroy_process_group()
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+@dataclass
+class Nets:
+    G: nn.Module  # plain modules: state dicts, validation
+    D: nn.Module
+    g_train: nn.Module  # what the step calls: DDP and/or compiled wrappers
+    d_train: nn.Module
+    perceptual: nn.Module | None
 
 
-def _init_dist(device: torch.device) -> Dist:
-    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK: NCCL on GPUs, gloo on CPU."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as tdist
-
-    owned = not tdist.is_initialized()
-    if owned:
-        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)
+def _set_requires_grad(net: nn.Module, flag: bool) -> None:
+    for p in net.parameters():
+        p.requires_grad_(flag)
 
 
-def _barrier(dist: Dist) -> None:
-    if dist.world > 1:
-        torch.distributed.barrier()
+def train_step(nets: Nets, opts: dict[str, Any], batch: dict[str, torch.Tensor], stage: int,
+               weights: losses.LossWeights, amp: torch.autocast) -> dict[str, torch.Tensor]:
+    """One optimisation step; returns the loss terms (detached). Stage 2: the D step on
+    (real, fake.detach()) first, then the G step with D's gradients off (pix2pix)."""
+    x, y, s = batch["raw"], batch["rgb"], batch["saliency"]
+    scaler = opts["scaler"]
+    with amp:
+        rgb, sal = nets.g_train(x, batch.get("colour"))
+    terms: dict[str, torch.Tensor] = {}
+    if stage == 2:
+        _set_requires_grad(nets.D, True)
+        with amp:  # real and fake in one batch: InstanceNorm is per image, so this is exact
+            real, fake = nets.d_train(torch.cat([x, x]), torch.cat([y, rgb.detach()])).chunk(2)
+            loss_d = losses.lsgan_d(real, fake)
+        opts["opt_D"].zero_grad(set_to_none=True)
+        scaler.scale(loss_d).backward()
+        scaler.step(opts["opt_D"])
+        terms["d"] = loss_d.detach()
+        _set_requires_grad(nets.D, False)
+    with amp:
+        terms["rgb"] = losses.l1(rgb.float(), y)
+        terms["attention"] = losses.attention(rgb.float(), sal.float(), y, s)
+        if stage == 2:
+            terms["adversarial"] = losses.lsgan_g(nets.D(x, rgb))  # plain D: no DDP sync for this pass
+            if nets.perceptual is not None:
+                terms["perceptual"] = nets.perceptual(rgb, y)
+        total = losses.weighted_total({k: v for k, v in terms.items() if k != "d"}, weights)
+    opts["opt_G"].zero_grad(set_to_none=True)
+    scaler.scale(total).backward()
+    scaler.step(opts["opt_G"])
+    scaler.update()
+    terms["total"] = total
+    return {k: v.detach().float() for k, v in terms.items()}
 
 
-# -- data -------------------------------------------------------------------------------------------
+# -- validation and samples ---------------------------------------------------------------------------
 
-def epoch_batches(n: int, batch_size: int, seed: int, stage: int, epoch: int, dist: Dist) -> list[list[int]]:
-    """This process's batches of one epoch: a permutation seeded by (seed, stage, epoch), cut into
-    global batches of ``batch_size × world`` (the last partial one dropped), each split by rank."""
-    g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, stage, epoch]).generate_state(1)[0]))
-    perm = torch.randperm(n, generator=g).tolist()
-    per_step = batch_size * dist.world
-    out = []
-    for start in range(0, n - per_step + 1, per_step):
-        chunk = perm[start : start + per_step]
-        out.append(chunk[dist.rank * batch_size : (dist.rank + 1) * batch_size])
-    return out
+def validate(G: nn.Module, loader, device: torch.device, amp: torch.autocast) -> dict[str, float]:
+    """Mean per-image PSNR (255 scale, as in the paper) and SSIM over a split (``evaluate.score``)."""
+    was = G.training
+    G.eval()
 
+    def predict(b: dict[str, Any]) -> torch.Tensor:
+        with amp:
+            return G.rgb(b["raw"], b.get("colour")).float()
+
+    rows = score(predict, loader, device, psnr_cc=False)
+    G.train(was)
+    if not rows:
+        return {}
+    s = summarise(rows)
+    return {"val_psnr": s["psnr"], "val_ssim": s["ssim"], "val_images": s["images"]}
+
+
+@torch.no_grad()
+def write_samples(G: nn.Module, batch: dict[str, torch.Tensor], path: Path, amp: torch.autocast) -> None:
+    """A grid, one row per image: raw preview | output | target | predicted saliency."""
+    was = G.training
+    G.eval()
+    with amp:
+        rgb, sal = G(batch["raw"], batch.get("colour"))
+    G.train(was)
+    save_png(grid_rows(batch["raw"], rgb.float(), batch["rgb"], sal.float()), path)
+
+
+# -- set-up pieces ----------------------------------------------------------------------------------
 
 def _check_dataset(root: Path, cfg: TrainConfig) -> dict[str, Any]:
-    from raw2rgb.pipeline.shards import ShardError, read_index, split_count
-
-    try:
-        index = read_index(root)
-    except ShardError as e:
-        raise TrainError(str(e)) from None
+    index = read_index(root)
     if split_count(index, "train") == 0:
         raise TrainError(f"{root}: the train split is empty (no training samples); check prepare's --split")
     if int(index["scale"]) != cfg.generator.scale:
@@ -195,266 +231,37 @@ def _check_dataset(root: Path, cfg: TrainConfig) -> dict[str, Any]:
     return index
 
 
-# -- the run folder ---------------------------------------------------------------------------------
-
-def _prepare_run_dir(run_dir: Path, cfg: TrainConfig, dataset: Path, key: str, force: bool, dist: Dist) -> None:
-    """Create RUN, or check that it is this config on this dataset (``force``: start over)."""
-    wanted = {"format": CHECKPOINT_FORMAT, "config": cfg.to_json(), "dataset": str(dataset), "dataset_key": key}
-    path = run_dir / CONFIG
-    if path.is_file() and not force:
-        try:
-            saved = json.loads(path.read_text())
-        except ValueError:
-            raise TrainError(f"{path}: unreadable; use --force to start this run over") from None
-        if saved.get("config") != wanted["config"]:
-            diff = sorted(k for k in set(saved.get("config", {})) | set(wanted["config"])
-                          if saved.get("config", {}).get(k) != wanted["config"].get(k))
-            raise TrainError(f"{run_dir} holds a run with another config (differs in {', '.join(diff)}); "
-                             "use --force to start over, or another -o")
-        if saved.get("dataset_key") != key:
-            raise TrainError(f"{run_dir} was trained on other shards (the dataset changed since); use --force "
-                             "to start over, or another -o")
-        return
-    if not dist.main:
-        return
-    if force and run_dir.exists():
-        for name in ("checkpoints", "samples", "tensorboard"):
-            shutil.rmtree(run_dir / name, ignore_errors=True)
-        for name in (STATS, "log.txt"):
-            with contextlib.suppress(FileNotFoundError):
-                (run_dir / name).unlink()
-    elif run_dir.exists() and any(run_dir.iterdir()) and not path.is_file():
-        raise TrainError(f"{run_dir} is not empty and holds no run; choose an empty or new folder")
-    from raw2rgb.pipeline.stage import write_json
-
-    write_json(path, wanted)
-
-
-def _truncate_stats(path: Path, lines: int) -> None:
-    """Keep the first ``lines`` lines: what was logged after the checkpoint is redone."""
-    if not path.is_file():
-        return
-    kept = path.read_text().splitlines(keepends=True)[:lines]
-    from raw2rgb.pipeline.stage import write_bytes
-
-    write_bytes(path, "".join(kept).encode())
-
-
-class _Stats:
-    """stats.jsonl, TensorBoard scalars and log lines (rank 0 only)."""
-
-    def __init__(self, run_dir: Path, lines: int, enabled: bool) -> None:
-        self.path, self.lines, self.enabled, self.tb = run_dir / STATS, lines, enabled, None
-        if enabled:
-            _truncate_stats(self.path, lines)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-            except ImportError:
-                log.warning("tensorboard is not installed: no TensorBoard scalars (pip install tensorboard)")
-
-    def write(self, record: dict[str, Any]) -> None:
-        if not self.enabled:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        self.lines += 1
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k not in ("step", "stage", "epoch"):
-                    self.tb.add_scalar(k, v, record["step"])
-            self.tb.flush()
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-# -- checkpoints ------------------------------------------------------------------------------------
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": json.dumps(np.random.get_state()[1].tolist()),
-             "numpy_pos": int(np.random.get_state()[2]), "python": json.dumps(random.getstate()[1])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(("MT19937", np.array(json.loads(state["numpy"]), dtype=np.uint32), state["numpy_pos"]))
-    random.setstate((3, tuple(json.loads(state["python"])), None))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(path: Path, nets: dict[str, nn.Module], opts: dict[str, Any], cfg: TrainConfig,
-                    progress: Progress, cameras: list[str] | None = None) -> None:
-    """One dict of state dicts, progress, RNG states, config, the training cameras and format;
-    written atomically (a failed save raises)."""
-    from raw2rgb.pipeline.stage import atomic_path
-
-    blob = {"format": CHECKPOINT_FORMAT, "kind": "raw2rgb-train", "config": cfg.to_json(),
-            "progress": dataclasses.asdict(progress), "rng": _rng_state(), "cameras": list(cameras or []),
-            **{k: v.state_dict() for k, v in nets.items()},
-            **{k: v.state_dict() for k, v in opts.items()}}
-    with atomic_path(path) as tmp:
-        torch.save(blob, tmp)
-
-
-def load_checkpoint(path: os.PathLike | str) -> dict[str, Any]:
-    """A checkpoint's dict, loaded with ``weights_only=True`` on the CPU.
-
-    Raises:
-        TrainError: unreadable, not a raw2rgb checkpoint, or of another format version.
-    """
-    path = Path(path)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise TrainError(f"{path}: no such checkpoint") from None
-    except Exception as e:  # noqa: BLE001 - pickle, zip and OS errors all mean "not this file"
-        raise TrainError(f"{path}: not a readable checkpoint ({type(e).__name__})") from None
-    if not isinstance(blob, dict) or blob.get("kind") != "raw2rgb-train" or "G" not in blob:
-        raise TrainError(f"{path}: not a raw2rgb checkpoint")
-    if blob.get("format") != CHECKPOINT_FORMAT:
-        raise TrainError(f"{path}: checkpoint format {blob.get('format')}, this raw2rgb reads {CHECKPOINT_FORMAT}")
-    return blob
-
-
-# -- the step ---------------------------------------------------------------------------------------
-
-@dataclass
-class _Nets:
-    G: nn.Module  # plain modules: state dicts, validation
-    D: nn.Module
-    g_train: nn.Module  # what the step calls: DDP and/or compiled wrappers
-    d_train: nn.Module
-    perceptual: nn.Module | None
-
-
-def _set_requires_grad(net: nn.Module, flag: bool) -> None:
-    for p in net.parameters():
-        p.requires_grad_(flag)
-
-
-def train_step(nets: _Nets, opts: dict[str, Any], batch: dict[str, torch.Tensor], stage: int, cfg: TrainConfig,
-               amp: torch.autocast) -> dict[str, torch.Tensor]:
-    """One optimisation step; returns the loss terms (detached). Stage 2: the D step on
-    (real, fake.detach()) first, then the G step with D's gradients off (pix2pix)."""
-    x, y, s = batch["raw"], batch["rgb"], batch["saliency"]
-    scaler = opts["scaler"]
-    with amp:
-        rgb, sal = nets.g_train(x)
-    terms: dict[str, torch.Tensor] = {}
-    if stage == 2:
-        _set_requires_grad(nets.D, True)
-        with amp:  # real and fake in one batch: InstanceNorm is per image, so this is exact
-            scores = nets.d_train(torch.cat([x, x]), torch.cat([y, rgb.detach()]))
-            real, fake = scores.chunk(2)
-            loss_d = losses.lsgan_d(real, fake)
-        opts["opt_D"].zero_grad(set_to_none=True)
-        scaler.scale(loss_d).backward()
-        scaler.step(opts["opt_D"])
-        terms["d"] = loss_d.detach()
-        _set_requires_grad(nets.D, False)
-    with amp:
-        terms["rgb"] = losses.l1(rgb.float(), y)
-        terms["attention"] = losses.attention(rgb.float(), sal.float(), y, s)
-        total = terms["rgb"] + cfg.w_attention * terms["attention"]
-        if stage == 2:
-            terms["adversarial"] = losses.lsgan_g(nets.D(x, rgb))  # plain D: no DDP sync for this pass
-            total = total + cfg.w_adversarial * terms["adversarial"]
-            if nets.perceptual is not None:
-                terms["perceptual"] = nets.perceptual(rgb, y)
-                total = total + cfg.w_perceptual * terms["perceptual"]
-    opts["opt_G"].zero_grad(set_to_none=True)
-    scaler.scale(total).backward()
-    scaler.step(opts["opt_G"])
-    scaler.update()
-    terms["total"] = total
-    return {k: v.detach().float() for k, v in terms.items()}
-
-
-# -- validation and samples ---------------------------------------------------------------------------
-
-@torch.no_grad()
-def validate(G: nn.Module, loader, device: torch.device, amp: torch.autocast) -> dict[str, float]:
-    """Mean per-image PSNR (255 scale, as in the paper) and SSIM over a split."""
-    from raw2rgb.model import metrics
-    from raw2rgb.model.data import to_model
-
-    was = G.training
-    G.eval()
-    psnrs: list[float] = []
-    ssims: list[float] = []
-    for batch in loader:
-        b = to_model(batch, device, non_blocking=True)
-        with amp:
-            out = G.rgb(b["raw"])
-        out, ref = metrics.to_255(out), metrics.to_255(b["rgb"])
-        psnrs += metrics.psnr(out, ref).tolist()
-        ssims += metrics.ssim(out, ref).tolist()
-    G.train(was)
-    if not psnrs:
-        return {}
-    return {"val_psnr": metrics.mean_finite(psnrs), "val_ssim": float(np.mean(ssims)), "val_images": len(psnrs)}
-
-
-@torch.no_grad()
-def write_samples(G: nn.Module, batch: dict[str, torch.Tensor], path: Path, amp: torch.autocast) -> None:
-    """A grid, one row per image: raw preview | output | target | predicted saliency."""
-    from raw2rgb.model.report import sample_grid
-
-    was = G.training
-    G.eval()
-    with amp:
-        rgb, sal = G(batch["raw"])
-    G.train(was)
-    sample_grid(batch["raw"], rgb.float(), batch["rgb"], sal.float(), path)
-
-
-# -- the loop --------------------------------------------------------------------------------------
-
 def _precision(rt: Runtime, device: torch.device) -> str:
     p = rt.precision
+    if p not in PRECISIONS:
+        raise TrainError(f"unknown precision {p!r} ({', '.join(PRECISIONS)})")
     if p == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
-    if p not in ("bf16", "fp16", "fp32"):
-        raise TrainError(f"unknown precision {p!r} (auto, bf16, fp16, fp32)")
     if p == "fp16" and device.type != "cuda":
         raise TrainError("--precision fp16 needs CUDA")
     return p
 
 
-def _build(cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, need_vgg: bool) -> _Nets:
+def _build(cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, need_vgg: bool) -> Nets:
     G, D = Generator(cfg.generator), Discriminator(cfg.discriminator)
     gen = torch.Generator().manual_seed(cfg.seed)
     init_weights(G, cfg.init_std, gen)
     init_weights(D, cfg.init_std, gen)
     perceptual = None
     if need_vgg:
-        try:
-            perceptual = losses.Perceptual(losses.load_vgg_features(rt.vgg_weights)).to(device)
-        except losses.WeightsMissing as e:
-            raise TrainError(str(e)) from None
+        perceptual = losses.Perceptual(losses.load_vgg_features(rt.vgg_weights)).to(device)
     fmt = torch.channels_last if rt.channels_last and device.type == "cuda" else torch.contiguous_format
     G, D = G.to(device, memory_format=fmt), D.to(device, memory_format=fmt)
     g_train, d_train = G, D
     if dist.world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         ids = [device.index] if device.type == "cuda" else None
-        g_train, d_train = DDP(G, device_ids=ids), DDP(D, device_ids=ids)
+        g_train, d_train = DistributedDataParallel(G, device_ids=ids), DistributedDataParallel(D, device_ids=ids)
     if rt.compile:
         g_train, d_train = torch.compile(g_train), torch.compile(d_train)
-    return _Nets(G, D, g_train, d_train, perceptual)
+    return Nets(G, D, g_train, d_train, perceptual)
 
 
-def _optimisers(nets: _Nets, cfg: TrainConfig, stage: int, scaler_on: bool) -> dict[str, Any]:
+def _optimisers(nets: Nets, cfg: TrainConfig, stage: int, scaler_on: bool) -> dict[str, Any]:
     """Fresh Adam per stage; learning rates halve every ``halve_every`` epochs (StepLR per epoch)."""
     lr_g = cfg.lr_stage1 if stage == 1 else cfg.lr_g
     opt_g = torch.optim.Adam(nets.G.parameters(), lr=lr_g, betas=cfg.betas)
@@ -466,116 +273,30 @@ def _optimisers(nets: _Nets, cfg: TrainConfig, stage: int, scaler_on: bool) -> d
             "scaler": torch.amp.GradScaler(enabled=scaler_on)}
 
 
-def _resume(run_dir: Path, nets: _Nets, opts_for: Callable[[int], dict[str, Any]]) -> tuple[Progress, dict]:
-    path = run_dir / "checkpoints" / "latest.pt"
+def _resume(run_dir: Path, nets: Nets, cfg: TrainConfig, precision: str, dist: Dist
+            ) -> tuple[Progress, dict[str, Any]]:
+    """The progress and optimisers of RUN's latest checkpoint (fresh ones when there is none),
+    with the networks' weights and the RNG states restored."""
+    path = run.checkpoint(run_dir)
     if not path.is_file():
-        return Progress(), opts_for(1)
-    blob = load_checkpoint(path)
+        return Progress(), _optimisers(nets, cfg, 1, precision == "fp16")
+    blob = checkpoint.load(path)
     progress = Progress(**blob["progress"])
+    saved = blob.get("precision") or ("fp16" if blob.get("scaler") else "bf16 or fp32")
+    if (saved == "fp16") != (precision == "fp16"):
+        raise TrainError(f"{path}: written with {saved} training, resumed with --precision {precision}; fp16 keeps a "
+                         "loss scale the others do not: resume with the precision the run started with, or --force")
+    world = int(blob.get("world", 1))
+    if world != dist.world and progress.batch > 0:
+        raise TrainError(f"{path}: written by {world} process(es) in the middle of an epoch; resume it with {world} "
+                         "(torchrun --nproc_per_node), or finish the epoch first")
     nets.G.load_state_dict(blob["G"])
     nets.D.load_state_dict(blob["D"])
-    opts = opts_for(progress.stage)
+    opts = _optimisers(nets, cfg, progress.stage, precision == "fp16")
     for k, v in opts.items():
         v.load_state_dict(blob[k])
-    _set_rng_state(blob["rng"])
-    log.debug("resuming %s at step %d (stage %d, epoch %d, batch %d)", run_dir, progress.step, progress.stage,
-             progress.epoch + 1, progress.batch)
+    checkpoint.set_rng_state(blob["rng"])
     return progress, opts
-
-
-class _StopRequest:
-    """Ctrl-C / SIGTERM: finish the step in hand, save, stop."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        log.warning("stopping after this step (again to stop at once)")
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-def train(dataset: os.PathLike | str, run_dir: os.PathLike | str, cfg: TrainConfig, rt: Runtime = Runtime(),
-          force: bool = False, on_step: Callable[[int], None] | None = None, progress_bar=None) -> TrainResult:
-    """Train (or continue training) a model on a shards folder into ``run_dir``.
-
-    Args:
-        dataset: a shards folder or a prepare DATASET.
-        run_dir: the RUN folder.
-        on_step: called with the global step after each step (and after a checkpoint due then).
-        progress_bar: a tqdm-like factory for the per-epoch bar (``cli.py`` gives one).
-
-    Raises:
-        TrainError: bad dataset, other config, missing VGG weights, OOM, a NaN loss, ….
-    """
-    from raw2rgb.device import DeviceError, resolve_device
-    from raw2rgb.pipeline.shards import shards_root
-
-    run_dir, root = Path(run_dir), shards_root(dataset)
-    if rt.stages not in STAGES:
-        raise TrainError(f"unknown stage {rt.stages!r} (1, 2 or all)")
-    try:
-        device = resolve_device(rt.device)
-    except DeviceError as e:
-        raise TrainError(str(e)) from None
-    dist = _init_dist(device)
-    try:
-        return _train(root, run_dir, cfg, rt, device, dist, force, on_step, progress_bar)
-    finally:
-        dist.close()
-
-
-def _train(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, force: bool,
-           on_step, progress_bar) -> TrainResult:
-    from raw2rgb.pipeline.shards import ShardError, dataset_key
-
-    if device.type == "cuda" and dist.world > 1:
-        device = torch.device("cuda", dist.local_rank)
-        torch.cuda.set_device(device)
-    index = _check_dataset(root, cfg)
-    try:
-        key = dataset_key(root)
-    except ShardError as e:
-        raise TrainError(str(e)) from None
-    _prepare_run_dir(run_dir, cfg, root, key, force, dist)
-    _barrier(dist)
-    if dist.main:
-        _log_to_file(run_dir / "log.txt")
-    precision = _precision(rt, device)
-    stages = STAGES[rt.stages]
-    need_vgg = 2 in stages and cfg.w_perceptual > 0
-    nets = _build(cfg, rt, device, dist, need_vgg)
-    progress, opts = _resume(run_dir, nets, lambda st: _optimisers(nets, cfg, st, precision == "fp16"))
-    done = _finished(progress, stages, cfg, rt)
-    if done:
-        return TrainResult(run_dir, 0, progress.step, True, f"{run_dir}: {done}; nothing to do")
-    amp = torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
-                         enabled=precision != "fp32")
-    stats = _Stats(run_dir, progress.stats_lines, dist.main)
-    if dist.main and progress.step:
-        log.info("resuming %s at step %d (stage %d, epoch %d, batch %d)", run_dir, progress.step, progress.stage,
-                 progress.epoch + 1, progress.batch)
-    if dist.main:
-        log.info("training %s on %s: %s, %s, %d train / %d val samples, batch %d × %d process(es)", run_dir, root,
-                 cfg.preset, precision, index["splits"]["train"]["count"],
-                 index["splits"].get("val", {}).get("count", 0), cfg.batch_size, dist.world)
-    loop = _Loop(root, run_dir, cfg, rt, device, dist, nets, opts, progress, stats, amp, on_step, progress_bar)
-    try:
-        return loop.run(stages)
-    finally:
-        stats.close()
 
 
 def _finished(progress: Progress, stages: tuple[int, ...], cfg: TrainConfig, rt: Runtime) -> str | None:
@@ -588,257 +309,311 @@ def _finished(progress: Progress, stages: tuple[int, ...], cfg: TrainConfig, rt:
     return None
 
 
-def _log_to_file(path: Path) -> None:
-    root = logging.getLogger("raw2rgb")
-    if any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path.resolve()) for h in root.handlers):
-        return
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    handler.setLevel(logging.INFO)
-    root.addHandler(handler)
-    if root.level == logging.NOTSET or root.level > logging.INFO:
-        root.setLevel(logging.INFO)
+def _datasets(root: Path, cfg: TrainConfig, dist: Dist) -> tuple[ShardDataset, ShardDataset | None]:
+    train_set = ShardDataset(root, "train", augment=cfg.augment, crop=cfg.crop, seed=cfg.seed, compact=True)
+    index = read_index(root)
+    val_set = ShardDataset(root, "val", compact=True) if split_count(index, "val") else None
+    if val_set is None and dist.main:
+        log.warning("%s: no val split; no validation (prepare with --split giving val a share)", root)
+    return train_set, val_set
 
 
+class _StopRequest:
+    """Ctrl-C / SIGTERM: finish the step in hand, save, stop (again: stop at once). Only the process
+    that installed it acts: DataLoader workers get the terminal's Ctrl-C too."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+        self._pid = os.getpid()
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def __enter__(self) -> _StopRequest:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if os.getpid() != self._pid:
+            return
+        if self.requested:
+            raise KeyboardInterrupt
+        self.signal = signum
+        log.warning("stopping after this step (again to stop at once)")
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+@dataclass
 class _Loop:
-    """The state of one training process between steps; :meth:`run` is the loop."""
+    """What the loop's helpers share (one training process)."""
 
-    def __init__(self, root, run_dir, cfg, rt, device, dist, nets, opts, progress, stats, amp, on_step, bar):
-        from raw2rgb.model.data import ShardDataset
+    root: Path
+    run_dir: Path
+    cfg: TrainConfig
+    rt: Runtime
+    device: torch.device
+    dist: Dist
+    precision: str
+    nets: Nets
+    opts: dict[str, Any]
+    progress: Progress
+    stats: run.Stats
+    amp: torch.autocast
+    cameras: list[str]
+    bad: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # per term: ever not finite
+    term_names: list[str] = field(default_factory=list)
+    last_terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    last_val: dict[str, float] = field(default_factory=dict)
 
-        self.root, self.run_dir, self.cfg, self.rt, self.device, self.dist = root, run_dir, cfg, rt, device, dist
-        self.nets, self.opts, self.p, self.stats, self.amp = nets, opts, progress, stats, amp
-        self.on_step, self.bar = on_step, bar
-        self.train_set = ShardDataset(root, "train", augment=cfg.augment, crop=cfg.crop, seed=cfg.seed,
-                                      compact=True)
-        try:
-            self.val_set = ShardDataset(root, "val", compact=True)
-            if len(self.val_set) == 0:
-                self.val_set = None
-        except Exception:  # noqa: BLE001 - no val split
-            self.val_set = None
-        if self.val_set is None and dist.main:
-            log.warning("%s: no val split; no validation (prepare with --split giving val a share)", root)
-        self.cameras = dataset_cameras(root)
-        self.steps_run = 0
-        self.last_val: dict[str, float] = {}
-        self.bad = torch.zeros(8, dtype=torch.bool, device=device)
-        self.term_names: list[str] = []
-        self.last_terms: dict[str, torch.Tensor] = {}
-
-    def _loader(self, dataset, batches):
-        from torch.utils.data import DataLoader
-
+    def loader(self, dataset: ShardDataset, batches: list[list[int]]) -> DataLoader:
         return DataLoader(dataset, batch_sampler=batches, num_workers=self.rt.workers,
                           pin_memory=self.device.type == "cuda")
 
-    def run(self, stages: tuple[int, ...]) -> TrainResult:
-        if self.p.stage < stages[0]:
-            log.warning("starting stage %d without a finished stage %d: the generator starts from %s",
-                        stages[0], self.p.stage, "its initialisation" if self.p.step == 0 else f"step {self.p.step}")
-            self.p = Progress(stage=stages[0], step=self.p.step, stats_lines=self.stats.lines)
-            self.opts = _optimisers(self.nets, self.cfg, stages[0], self.opts["scaler"].is_enabled())
-        with _StopRequest() as stop:
-            for stage in stages:
-                if stage < self.p.stage:
-                    continue
-                epochs = self.cfg.stage1_epochs if stage == 1 else self.cfg.stage2_epochs
-                while self.p.epoch < epochs:
-                    message = self._epoch(stage, stop)
-                    if message:
-                        return TrainResult(self.run_dir, self.steps_run, self.p.step, False, message, self.last_val)
-                self._stage_done(stage)
-        self._compare_ranks()
-        return TrainResult(self.run_dir, self.steps_run, self.p.step, True,
-                           f"{self.run_dir}: stage {stages[-1]} finished at step {self.p.step}", self.last_val)
-
-    def _compare_ranks(self) -> None:
-        """Under DDP every process must end with the same weights; record their digests."""
-        if self.dist.world == 1:
-            return
-        digests: list[Any] = [None] * self.dist.world
-        torch.distributed.all_gather_object(digests, weights_digest(self.nets.G) + ":" + weights_digest(self.nets.D))
-        self.stats.write({"step": self.p.step, "event": "ranks", "weights_sha256": digests})
-        if len(set(digests)) != 1:
-            raise TrainError(f"the {self.dist.world} processes ended with different weights: {digests}")
-
-    def _stage_done(self, stage: int) -> None:
-        ckpt = self.run_dir / "checkpoints"
-        if stage == 1:
-            self.p = Progress(stage=2, step=self.p.step, stats_lines=self.stats.lines)
-            self.opts = _optimisers(self.nets, self.cfg, 2, self.opts["scaler"].is_enabled())
-        else:
-            self.p = Progress(stage=3, step=self.p.step, stats_lines=self.stats.lines)
-        self._checkpoint()
-        if self.dist.main:
-            name = "stage1.pt" if stage == 1 else "final.pt"
-            shutil.copyfile(ckpt / "latest.pt", ckpt / f".{name}.partial")
-            os.replace(ckpt / f".{name}.partial", ckpt / name)
-            log.info("stage %d finished at step %d: %s", stage, self.p.step, ckpt / name)
-
-    def _epoch(self, stage: int, stop: _StopRequest) -> str | None:
-        """Run the rest of the current epoch; a message when the run must stop before its end."""
-        cfg, p = self.cfg, self.p
-        global_epoch = p.epoch + (cfg.stage1_epochs if stage == 2 else 0)
-        self.train_set.set_epoch(global_epoch)
-        batches = epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, stage, p.epoch, self.dist)
-        if not batches:
-            raise TrainError(f"{self.root}: {len(self.train_set)} training samples make no batch of "
-                             f"{cfg.batch_size} × {self.dist.world}; lower --batch-size")
-        todo = batches[p.batch :]
-        bar = self.bar(total=len(batches), initial=p.batch, desc=f"stage {stage} epoch {p.epoch + 1}") \
-            if self.bar and self.dist.main else None
-        t0, n0 = time.perf_counter(), 0
-        from raw2rgb.model.data import to_model
-
-        for batch in self._loader(self.train_set, todo):
-            batch = to_model(batch, self.device, non_blocking=True)
-            if self.rt.channels_last and self.device.type == "cuda":
-                batch = {k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.ndim == 4
-                         else v for k, v in batch.items()}
-            terms = self._step(batch, stage)
-            p.batch += 1
-            p.step += 1
-            self.steps_run += 1
-            n0 += cfg.batch_size * self.dist.world
-            if bar is not None:
-                bar.update(1)
-                if p.step % self.rt.log_every == 0:
-                    bar.set_postfix({k: f"{v.item():.4f}" for k, v in terms.items()})
-            if p.step % self.rt.log_every == 0:
-                self._log_step(stage, terms, n0 / (time.perf_counter() - t0))
-                t0, n0 = time.perf_counter(), 0
-            if p.step % self.rt.checkpoint_every == 0:
-                self._checkpoint()
-            if self.on_step is not None:
-                self.on_step(p.step)
-            if stop.requested or (self.rt.max_steps is not None and p.step >= self.rt.max_steps):
-                self._checkpoint()
-                if bar is not None:
-                    bar.close()
-                why = "interrupted" if stop.requested else f"reached --max-steps {self.rt.max_steps}"
-                return f"{self.run_dir}: {why} at step {p.step}; checkpoint saved, rerun the command to continue"
-        if bar is not None:
-            bar.close()
-        self.opts["sched_G"].step()
-        if stage == 2:  # D is idle in stage 1
-            self.opts["sched_D"].step()
-        self._end_of_epoch(stage)
-        p.epoch += 1
-        p.batch = 0
-        self._checkpoint()
-        return None
-
-    def _step(self, batch: dict[str, torch.Tensor], stage: int) -> dict[str, torch.Tensor]:
-        try:
-            terms = train_step(self.nets, self.opts, batch, stage, self.cfg, self.amp)
-        except torch.OutOfMemoryError:
-            raise TrainError(f"out of GPU memory at batch size {self.cfg.batch_size} on {self.device}; lower "
-                             "--batch-size (or use --crop for smaller patches)") from None
+    def note_terms(self, terms: dict[str, torch.Tensor]) -> None:
+        """Remember which terms have ever been NaN or infinite, without a GPU sync."""
         names = list(terms)
-        if names != self.term_names[: len(names)] or len(names) != len(self.term_names):
-            self._check_finite()
+        if names != self.term_names:
+            self.check_finite()
             self.term_names = names
             self.bad = torch.zeros(len(names), dtype=torch.bool, device=self.device)
-        self.bad |= ~torch.isfinite(torch.stack(list(terms.values())))  # no GPU sync here
+        self.bad |= ~torch.isfinite(torch.stack(list(terms.values())))
         self.last_terms = terms
-        return terms
 
-    def _check_finite(self) -> None:
-        if self.term_names and bool(self.bad.any()):
-            bad = [n for n, b in zip(self.term_names, self.bad.tolist()) if b and n != "total"]
-            raise TrainError(f"loss {', '.join(bad) or 'total'} became NaN or infinite by step {self.p.step}; "
-                             f"stopped, the last good checkpoint ({self.run_dir}/checkpoints/latest.pt) is kept. "
+    def check_finite(self) -> None:
+        """Stop when a term became NaN or infinite on any rank (decided together)."""
+        if not self.term_names:
+            return
+        bad = distributed.any_rank(self.bad, self.dist)
+        if bool(bad.any()):
+            names = [n for n, b in zip(self.term_names, bad.tolist()) if b and n != "total"]
+            raise TrainError(f"loss {', '.join(names) or 'total'} became NaN or infinite by step {self.progress.step}; "
+                             f"stopped, the last good checkpoint ({run.checkpoint(self.run_dir)}) is kept. "
                              "Lower the learning rates or check the data")
 
-    def _log_step(self, stage: int, terms: dict[str, torch.Tensor], rate: float) -> None:
-        self._check_finite()
-        record = {"step": self.p.step, "event": "step", "stage": stage, "epoch": self.p.epoch + 1,
+    def log_step(self, stage: int, terms: dict[str, torch.Tensor], rate: float) -> None:
+        self.check_finite()
+        record = {"step": self.progress.step, "event": "step", "stage": stage, "epoch": self.progress.epoch + 1,
                   **{k: round(float(v), 6) for k, v in terms.items()},
                   "lr_g": self.opts["opt_G"].param_groups[0]["lr"], "samples_per_s": round(rate, 2)}
         if stage == 2:
             record["lr_d"] = self.opts["opt_D"].param_groups[0]["lr"]
         self.stats.write(record)
 
-    def _end_of_epoch(self, stage: int) -> None:
-        self._check_finite()
+    def snapshot(self, name: str | None = None) -> None:
+        """Save RUN/checkpoints/latest.pt (rank 0), and copy it to ``name`` when given."""
+        self.check_finite()
         if not self.dist.main:
-            _barrier(self.dist)
             return
-        record: dict[str, Any] = {"step": self.p.step, "event": "epoch", "stage": stage, "epoch": self.p.epoch + 1}
-        record.update({k: round(float(v), 6) for k, v in self.last_terms.items()})
-        if self.val_set is not None:
-            self.last_val = validate(self.nets.G, self._loader(self.val_set, _plain_batches(len(self.val_set),
-                                     self.cfg.batch_size)), self.device, self.amp)
-            record.update(self.last_val)
-            log.info("stage %d epoch %d (step %d): val PSNR %.2f dB, SSIM %.4f", stage, self.p.epoch + 1,
-                     self.p.step, self.last_val["val_psnr"], self.last_val["val_ssim"])
-        self.stats.write(record)
-        self._samples(stage)
-        _barrier(self.dist)
+        self.progress.stats_lines = self.stats.lines
+        latest = run.checkpoint(self.run_dir)
+        checkpoint.save(latest, {"G": self.nets.G, "D": self.nets.D, **self.opts}, self.cfg.to_json(),
+                        dataclasses.asdict(self.progress), self.cameras, self.dist.world, self.precision)
+        if name:
+            partial = latest.with_name(f".{name}.partial")
+            shutil.copyfile(latest, partial)
+            os.replace(partial, latest.with_name(name))
 
-    def _samples(self, stage: int) -> None:
-        from torch.utils.data import default_collate
-
-        from raw2rgb.model.data import to_model
-
-        source = self.val_set if self.val_set is not None else self.train_set
-        n = min(self.rt.samples, len(source))
-        if n == 0:
-            return
-        batch = to_model(default_collate([source[i] for i in range(n)]), self.device)
-        write_samples(self.nets.G, batch, self.run_dir / "samples" / f"stage{stage}-epoch{self.p.epoch + 1:03d}.png",
-                      self.amp)
-
-    def _checkpoint(self) -> None:
-        self._check_finite()
+    def end_of_epoch(self, stage: int, val_set: ShardDataset | None, sample_source: ShardDataset) -> None:
+        """Validation, the epoch's record and its sample grid (rank 0; the others wait)."""
+        self.check_finite()
         if self.dist.main:
-            self.p.stats_lines = self.stats.lines
-            save_checkpoint(self.run_dir / "checkpoints" / "latest.pt", {"G": self.nets.G, "D": self.nets.D},
-                            self.opts, self.cfg, self.p, self.cameras)
+            record: dict[str, Any] = {"step": self.progress.step, "event": "epoch", "stage": stage,
+                                      "epoch": self.progress.epoch + 1}
+            record.update({k: round(float(v), 6) for k, v in self.last_terms.items()})
+            if val_set is not None:
+                n = len(val_set)
+                batches = [list(range(i, min(n, i + self.cfg.batch_size))) for i in range(0, n, self.cfg.batch_size)]
+                self.last_val = validate(self.nets.G, self.loader(val_set, batches), self.device, self.amp)
+                record.update(self.last_val)
+                log.info("stage %d epoch %d (step %d): val PSNR %.2f dB, SSIM %.4f", stage, self.progress.epoch + 1,
+                         self.progress.step, self.last_val["val_psnr"], self.last_val["val_ssim"])
+            self.stats.write(record)
+            n = min(self.rt.samples, len(sample_source))
+            if n:
+                batch = to_model(default_collate([sample_source[i] for i in range(n)]), self.device)
+                sample_source.close()  # no open HDF5 handle for the next loader's forked workers
+                write_samples(self.nets.G, batch, self.run_dir / run.SAMPLES / f"stage{stage}-epoch"
+                              f"{self.progress.epoch + 1:03d}.png", self.amp)
+        distributed.barrier(self.dist)
+
+    def compare_ranks(self) -> None:
+        """Under DDP every process must end with the same weights; record their digests."""
+        if self.dist.world == 1:
+            return
+        digest = distributed.weights_digest(self.nets.G) + ":" + distributed.weights_digest(self.nets.D)
+        digests = distributed.gather(digest, self.dist)
+        self.stats.write({"step": self.progress.step, "event": "ranks", "weights_sha256": digests})
+        if len(set(digests)) != 1:
+            raise TrainError(f"the {self.dist.world} processes ended with different weights: {digests}")
 
 
-def dataset_cameras(shards: Path, limit: int = 10_000) -> list[str]:
-    """The cameras ("make model") of a prepare DATASET's RAW files, from its unpack sidecars
-    (none for a bare shards folder); convert warns when a file comes from another camera."""
-    unpack = shards.parent / "unpack"
-    found: set[str] = set()
-    if shards.name == "shards" and unpack.is_dir():
-        for k, path in enumerate(sorted(unpack.glob("*.json"))):
-            if k >= limit:
-                break
-            try:
-                frame = json.loads(path.read_text()).get("frame", {})
-            except (OSError, ValueError):
-                continue
-            name = " ".join(p for p in (frame.get("make"), frame.get("model")) if p)
-            if name:
-                found.add(name)
-    return sorted(found)
+def dataset_cameras(root: Path) -> list[str]:
+    """The cameras ("make model") of a prepare DATASET's RAW files (none for a bare shards folder);
+    convert warns when a file comes from another camera."""
+    return sorted({camera_name(frame) for frame in read_sidecars(root).values()} - {""})
 
 
-def _plain_batches(n: int, batch_size: int) -> list[list[int]]:
-    return [list(range(i, min(n, i + batch_size))) for i in range(0, n, batch_size)]
+# -- the loop --------------------------------------------------------------------------------------
+
+def train(dataset: os.PathLike | str, run_dir: os.PathLike | str, cfg: TrainConfig, rt: Runtime = Runtime(),
+          force: bool = False, on_step: Callable[[int], None] | None = None, progress_bar=None) -> TrainResult:
+    """Train (or continue training) a model on a shards folder into ``run_dir``.
+
+    Args:
+        dataset: a shards folder or a prepare DATASET.
+        run_dir: the RUN folder (locked for the run: a second run on it is refused).
+        on_step: called with the global step after each step (and after a checkpoint due then).
+        progress_bar: a tqdm-like factory for the per-epoch bar (``cli.py`` gives one).
+
+    Raises:
+        UserError: bad dataset, other config, missing VGG weights, OOM, a NaN loss, a locked RUN, ….
+    """
+    run_dir, root = Path(run_dir), shards_root(dataset)
+    if rt.stages not in STAGES:
+        raise TrainError(f"unknown stage {rt.stages!r} (1, 2 or all)")
+    device = resolve_device(rt.device)
+    dist = distributed.init(device)
+    try:
+        with FolderLock(run_dir, "raw2rgb train") if dist.main else contextlib.nullcontext():
+            return _train(root, run_dir, cfg, rt, device, dist, force, on_step, progress_bar)
+    finally:
+        dist.close()
 
 
-def weights_digest(net: nn.Module) -> str:
-    """sha256 of a network's parameters and buffers (to compare processes or runs)."""
-    import hashlib
+def _train(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, force: bool,
+           on_step: Callable[[int], None] | None, progress_bar) -> TrainResult:
+    # -- set up: device, dataset, RUN folder, networks
+    if device.type == "cuda":
+        if dist.world > 1:
+            device = torch.device("cuda", dist.local_rank)
+            torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed patch sizes: pick the fastest kernels once
+        torch.backends.cuda.matmul.allow_tf32 = True  # fp32 parts (losses, norms) on tensor cores
+        torch.backends.cudnn.allow_tf32 = True
+    index = _check_dataset(root, cfg)
+    identity = {"format": checkpoint.FORMAT, "config": cfg.to_json(), "dataset": str(root),
+                "dataset_key": dataset_key(root)}
+    if dist.main:
+        run.open_run(run_dir, identity, force)
+    distributed.barrier(dist)
+    if not dist.main:
+        run.open_run(run_dir, identity, False)  # the same checks; rank 0 has written it
+    if dist.main:
+        run.log_to_file(run_dir)
+    precision = _precision(rt, device)
+    stages = STAGES[rt.stages]
+    nets = _build(cfg, rt, device, dist, need_vgg=2 in stages and cfg.weights.perceptual > 0)
 
-    h = hashlib.sha256()
-    for k, v in sorted(net.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()
+    # -- resume
+    progress, opts = _resume(run_dir, nets, cfg, precision, dist)
+    done = _finished(progress, stages, cfg, rt)
+    if done:
+        return TrainResult(run_dir, 0, progress.step, True, f"{run_dir}: {done}; nothing to do")
+    amp = torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
+                         enabled=precision != "fp32")
+    train_set, val_set = _datasets(root, cfg, dist)
+    loop = _Loop(root, run_dir, cfg, rt, device, dist, precision, nets, opts, progress,
+                 run.Stats(run_dir, progress.stats_lines, dist.main), amp, dataset_cameras(root))
+    if dist.main:
+        if progress.step:
+            log.info("resuming %s at step %d (stage %d, epoch %d, batch %d)", run_dir, progress.step, progress.stage,
+                     progress.epoch + 1, progress.batch)
+        log.info("training %s on %s: %s, %s, %d train / %d val samples, batch %d × %d process(es)", run_dir, root,
+                 cfg.preset, precision, split_count(index, "train"), split_count(index, "val"), cfg.batch_size,
+                 dist.world)
+    if progress.stage < stages[0]:
+        log.warning("starting stage %d without a finished stage %d: the generator starts from %s", stages[0],
+                    progress.stage, "its initialisation" if progress.step == 0 else f"step {progress.step}")
+        loop.progress = progress = Progress(stage=stages[0], step=progress.step, stats_lines=loop.stats.lines)
+        loop.opts = _optimisers(nets, cfg, stages[0], precision == "fp16")
+    steps_run = 0
+
+    # -- the loop: stages → epochs → batches
+    try:
+        with _StopRequest() as stop:
+            for stage in stages:
+                if stage < progress.stage:
+                    continue
+                epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
+                while progress.epoch < epochs:
+                    train_set.set_epoch(progress.epoch + (cfg.stage1_epochs if stage == 2 else 0))
+                    batches = distributed.epoch_batches(len(train_set), cfg.batch_size, cfg.seed, stage,
+                                                        progress.epoch, dist)
+                    if not batches:
+                        raise TrainError(f"{root}: {len(train_set)} training samples make no batch of "
+                                         f"{cfg.batch_size} × {dist.world}; lower --batch-size")
+                    bar = progress_bar(total=len(batches), initial=progress.batch,
+                                       desc=f"stage {stage} epoch {progress.epoch + 1}") \
+                        if progress_bar and dist.main else None
+                    t0, seen = time.perf_counter(), 0
+                    for batch in loop.loader(train_set, batches[progress.batch :]):
+                        batch = to_model(batch, device, non_blocking=True)
+                        if rt.channels_last and device.type == "cuda":
+                            batch = {k: v.contiguous(memory_format=torch.channels_last)
+                                     if torch.is_tensor(v) and v.ndim == 4 else v for k, v in batch.items()}
+                        try:
+                            terms = train_step(nets, loop.opts, batch, stage, cfg.weights, amp)
+                        except torch.OutOfMemoryError:
+                            raise TrainError(f"out of GPU memory at batch size {cfg.batch_size} on {device}; lower "
+                                             "--batch-size (or use --crop for smaller patches)") from None
+                        loop.note_terms(terms)
+                        progress.batch += 1
+                        progress.step += 1
+                        steps_run += 1
+                        seen += cfg.batch_size * dist.world
+                        # -- log
+                        if bar is not None:
+                            bar.update(1)
+                        if progress.step % rt.log_every == 0:
+                            loop.log_step(stage, terms, seen / (time.perf_counter() - t0))
+                            if bar is not None:
+                                bar.set_postfix({k: f"{v.item():.4f}" for k, v in terms.items()})
+                            t0, seen = time.perf_counter(), 0
+                        if progress.step % rt.checkpoint_every == 0:
+                            loop.snapshot()
+                        if on_step is not None:
+                            on_step(progress.step)
+                        # -- stop early (decided by all ranks together)
+                        stopping = distributed.agree(stop.requested, dist, device)
+                        if stopping or (rt.max_steps is not None and progress.step >= rt.max_steps):
+                            loop.snapshot()
+                            if bar is not None:
+                                bar.close()
+                            why = "interrupted" if stopping else f"reached --max-steps {rt.max_steps}"
+                            return TrainResult(run_dir, steps_run, progress.step, False,
+                                               f"{run_dir}: {why} at step {progress.step}; checkpoint saved, rerun "
+                                               "the command to continue", loop.last_val,
+                                               (stop.signal or signal.SIGTERM) if stopping else None)
+                    if bar is not None:
+                        bar.close()
+                    # -- end of epoch: schedules, validation, samples, snapshot
+                    loop.opts["sched_G"].step()
+                    if stage == 2:  # D is idle in stage 1
+                        loop.opts["sched_D"].step()
+                    loop.end_of_epoch(stage, val_set, val_set if val_set is not None else train_set)
+                    progress.epoch += 1
+                    progress.batch = 0
+                    loop.snapshot()
+                # -- end of stage: the next stage starts with fresh optimisers
+                loop.progress = progress = Progress(stage=stage + 1, step=progress.step, stats_lines=loop.stats.lines)
+                if stage == 1:
+                    loop.opts = _optimisers(nets, cfg, 2, precision == "fp16")
+                loop.snapshot(run.STAGE1 if stage == 1 else run.FINAL)
+                if dist.main:
+                    log.info("stage %d finished at step %d: %s", stage, progress.step,
+                             run.checkpoint(run_dir, run.STAGE1 if stage == 1 else run.FINAL))
+        loop.compare_ranks()
+    finally:
+        loop.stats.close()
+    return TrainResult(run_dir, steps_run, progress.step, True,
+                       f"{run_dir}: stage {stages[-1]} finished at step {progress.step}", loop.last_val)
 
 
-def iter_stats(run_dir: os.PathLike | str) -> Iterator[dict[str, Any]]:
-    path = Path(run_dir) / STATS
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                yield json.loads(line)
-
-
-__all__ = ["TrainConfig", "Runtime", "TrainError", "TrainResult", "train", "load_checkpoint", "save_checkpoint",
-           "epoch_batches", "validate", "weights_digest", "iter_stats"]
+__all__ = ["TrainConfig", "Runtime", "TrainError", "TrainResult", "train", "train_step", "validate", "dataset_cameras"]

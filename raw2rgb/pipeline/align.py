@@ -24,7 +24,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
+
+from raw2rgb.errors import UserError
+from raw2rgb.pipeline.develop import luma
 
 WINDOW = 32  # packed pixels
 PERSPECTIVE_PRIOR = 0.25  # px: a priori std of what perspective moves the frame's edge (only felt where unmeasured)
@@ -35,7 +39,7 @@ TUKEY = 1.0  # px: windows this far off the fit have no weight
 FLOOR = 0.05  # px: error every window shift has at least (interpolation, rendering differences)
 
 
-class AlignError(Exception):
+class AlignError(UserError):
     """A pair that cannot be aligned; the message says why, with the counts."""
 
 
@@ -68,15 +72,11 @@ class Alignment:
 
 
 def _to_uint8(img: np.ndarray, scale: float) -> np.ndarray:
-    import cv2
-
     small = cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else img
     return np.clip(small * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
 def _features(img: np.ndarray, scale: float, n: int) -> tuple[np.ndarray, np.ndarray | None]:
-    import cv2
-
     keypoints, desc = cv2.SIFT_create(nfeatures=n).detectAndCompute(_to_uint8(img, scale), None)
     if desc is None or not keypoints:
         return np.zeros((0, 2)), None
@@ -85,8 +85,6 @@ def _features(img: np.ndarray, scale: float, n: int) -> tuple[np.ndarray, np.nda
 
 
 def _hull_fraction(points: np.ndarray, shape: tuple[int, int]) -> float:
-    import cv2
-
     if len(points) < 3:
         return 0.0
     hull = cv2.convexHull(points.astype(np.float32))
@@ -100,8 +98,6 @@ def feature_homography(preview: np.ndarray, target: np.ndarray, *, min_inliers: 
     Raises:
         AlignError: too few features, matches or inliers (the message gives the counts).
     """
-    import cv2
-
     sp = min(1.0, max_side / max(preview.shape))
     st = min(1.0, max_side / max(target.shape))
     xy_p, d_p = _features(preview, sp, n_features)
@@ -156,8 +152,6 @@ def _window_shift(a: np.ndarray, b_full: np.ndarray, y: int, x: int, win: int, h
     that a change of brightness could explain as well is not measured. The information about d
     is the Schur complement of the 4×4 normal matrix — zero along a linear gradient (a shifted ramp
     is a brighter ramp), full in texture."""
-    import cv2
-
     wv = hann.reshape(-1)
     an = _normalised(a, hann)
     gy, gx = np.gradient(an)
@@ -207,8 +201,6 @@ def _inv2(m: np.ndarray) -> np.ndarray:
 def measure_windows(preview: np.ndarray, moved: np.ndarray, valid: np.ndarray, win: int = WINDOW,
                     max_windows: int = 350) -> _Windows:
     """Shifts and structure tensors of windows on a grid over the whole frame."""
-    import cv2
-
     h, w = preview.shape
     # Smoothed a little: bilinear resampling of sharp detail during the Lucas–Kanade steps would
     # otherwise bias the shifts by a tenth of a pixel or more.
@@ -303,8 +295,6 @@ def _directional(resid: np.ndarray, tensors: np.ndarray) -> np.ndarray:
 def warp_to_preview(target: np.ndarray, matrix: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """The target luma resampled on the preview's grid (bilinear, low-passed first when the target is
     sampled more finely), and where that is inside the target."""
-    import cv2
-
     h, w = shape
     ratio = float(np.sqrt(abs(np.linalg.det(matrix[:2, :2] / matrix[2, 2]))))
     src = cv2.GaussianBlur(target, (0, 0), 0.5 * ratio) if ratio > 1.2 else target
@@ -363,10 +353,6 @@ def align_target(preview: np.ndarray, target: np.ndarray, *, min_inliers: int = 
     """:func:`align` of a preview (h, w) and an RGB target (H, W, 3) uint8. A target sampled at least
     twice as finely as the preview is aligned at half its size (a 2×2 mean: what the preview can
     resolve anyway, a quarter of the work); the result is in the full target's pixels."""
-    import cv2
-
-    from raw2rgb.pipeline.pairs import luma
-
     if min(target.shape[0] / preview.shape[0], target.shape[1] / preview.shape[1]) < 2:
         return align(preview, luma(target), min_inliers=min_inliers, name=name)
     hh, ww = target.shape[0] // 2, target.shape[1] // 2
@@ -388,8 +374,6 @@ def packed_to_output(scale: int) -> np.ndarray:
 def warp_target(target: np.ndarray, matrix: np.ndarray, packed_shape: tuple[int, int]
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Warp the target onto the sensor grid (2h, 2w) once; return (image float [0, 1], coverage)."""
-    import cv2
-
     h, w = packed_shape
     m = matrix @ packed_to_output(2)
     img = target.astype(np.float32) / 255.0 if target.dtype == np.uint8 else target.astype(np.float32)

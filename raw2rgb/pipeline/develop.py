@@ -1,4 +1,4 @@
-"""Classical rendering: sRGB curves, white balance, colour matrices, demosaicing, orientation, and
+"""Classical rendering: sRGB curves, luma, white balance, colour matrices, demosaicing, orientation, and
 the classical pipeline of ``raw2rgb convert --method isp``.
 
 Everything here is numpy on arrays in [0, 1]. Packed data is (4, h, w) R, G1, B, G2 in RGGB phase
@@ -17,6 +17,17 @@ SRGB_TO_XYZ = np.array(
      [0.2126729, 0.7151522, 0.0721750],
      [0.0193339, 0.1191920, 0.9503041]]
 )
+
+
+LUMA_601 = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    """Rec. 601 luma of an (H, W, 3) image; uint8 input is scaled to [0, 1]."""
+    x = rgb.astype(np.float32)
+    if rgb.dtype == np.uint8:
+        x /= 255.0
+    return x @ LUMA_601
 
 
 def srgb_to_linear(x: np.ndarray) -> np.ndarray:

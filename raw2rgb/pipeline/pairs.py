@@ -10,27 +10,33 @@ sensor pixel, which at packed resolution would be half a target pixel).
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
+from PIL import Image
 
 from raw2rgb.config import JsonConfig
+from raw2rgb.errors import UserError, one_line
+from raw2rgb.files import write_bytes
 from raw2rgb.pipeline import rawio
 from raw2rgb.pipeline.align import AlignError, Alignment, align_target, warp_target
-from raw2rgb.pipeline.develop import area_downsample, linear_to_srgb
-from raw2rgb.pipeline.stage import one_line
+from raw2rgb.pipeline.develop import area_downsample, linear_to_srgb, luma
+from raw2rgb.pipeline.stage import ItemError
 
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("zrr", "aim2019", "raw+jpeg", "pairs")
 RGB_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
-_LUMA = np.array([0.299, 0.587, 0.114])
 
 
-class PairError(Exception):
+class PairError(UserError):
     """A pair that cannot be used; the message names the files and the reason."""
 
 
@@ -146,21 +152,11 @@ def find_pairs(src: os.PathLike | str, layout: str, pairs_csv: os.PathLike | str
 def read_rgb(path: os.PathLike | str) -> np.ndarray:
     """An RGB image as (H, W, 3) uint8, in stored orientation (EXIF rotation is not applied, so
     a camera's JPEG keeps the sensor's orientation, like its RAW)."""
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))
     except Exception as e:  # noqa: BLE001 - any decoder error is this file's problem
         raise PairError(f"{path}: unreadable image ({one_line(str(e))})") from None
-
-
-def luma(rgb: np.ndarray) -> np.ndarray:
-    """Rec. 601 luma of an (H, W, 3) image; uint8 input is scaled to [0, 1]."""
-    x = rgb.astype(np.float32)
-    if rgb.dtype == np.uint8:
-        x /= 255.0
-    return x @ _LUMA.astype(np.float32)
 
 
 def preview_luma(raw_norm: np.ndarray) -> np.ndarray:
@@ -264,17 +260,11 @@ def cut_patches(packed: np.ndarray, raw_norm: np.ndarray, preview_luma: np.ndarr
 
 def encode_rgb_png(rgb: np.ndarray) -> bytes:
     """An (H, W, 3) uint8 image as PNG (lossless: patches keep the target's exact values)."""
-    import imagecodecs
-
     return imagecodecs.png_encode(np.ascontiguousarray(rgb), **rawio.PNG_OPTIONS)
 
 
 def _write_patches(patches: list[Patch], out_dir: Path, key: str) -> list[str]:
     """Write the kept patches (``raw/KEY/ID.png``, ``rgb/KEY/ID.png``); return their paths."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from raw2rgb.pipeline.stage import write_bytes
-
     outputs, writes = [], []
     for p in patches:
         if p.kept:
@@ -294,11 +284,6 @@ def patch_item(item, ctx):
     ``raw/SCENE/ID.png`` (packed, as unpacked) and ``rgb/SCENE/ID.png`` (uint8, sensor resolution)
     per kept patch.
     """
-    import json
-    import shutil
-
-    from raw2rgb.pipeline.stage import ItemError
-
     packed_path, sidecar_path, rgb_path = item.inputs
     params = PatchParams(**ctx.params["patch"])
     try:

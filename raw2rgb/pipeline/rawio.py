@@ -20,9 +20,11 @@ from typing import Any
 
 import imagecodecs
 import numpy as np
+import rawpy
+import tifffile
 
+from raw2rgb.errors import UserError, one_line
 from raw2rgb.pipeline import bayer, develop
-from raw2rgb.pipeline.stage import one_line
 
 RAW_SUFFIXES = frozenset(
     ".dng .cr2 .cr3 .crw .nef .nrw .arw .srf .sr2 .rw2 .raw .orf .pef .ptx .kdc .dcr .k25 .mos "
@@ -46,7 +48,7 @@ _TAG_AS_SHOT_NEUTRAL = 50728
 _ILLUMINANT_D65 = 21
 
 
-class RawReadError(Exception):
+class RawReadError(UserError):
     """A file that cannot be read as a Bayer RAW; the message names the file and the reason."""
 
     def __init__(self, path: os.PathLike | str, reason: str):
@@ -157,8 +159,6 @@ def _read_libraw(path: Path) -> RawFrame:
 
 
 def _decode_libraw(path: Path) -> RawFrame:
-    import rawpy
-
     try:
         raw = rawpy.imread(str(path))
     except rawpy.LibRawError as e:
@@ -193,8 +193,6 @@ def _decode_libraw(path: Path) -> RawFrame:
 
 def _bayer_pattern(path: Path, raw) -> tuple[str, np.ndarray]:
     """The CFA pattern of an open rawpy file and its 2×2 colour indices; refuses what is not Bayer."""
-    import rawpy
-
     if raw.raw_type != rawpy.RawType.Flat:
         raise RawReadError(path, "not a Bayer mosaic: it holds full colour per pixel (linear DNG or Foveon); "
                                  "raw2rgb learns from Bayer RAW only")
@@ -234,8 +232,6 @@ def _matrix_tuple(m: np.ndarray | None) -> tuple[tuple[float, ...], ...] | None:
 
 def _tiff_tags(path: Path) -> dict[int, Any]:
     """IFD0 tags of a TIFF-based RAW (DNG, CR2, NEF, ARW, …); empty for any other container."""
-    import tifffile
-
     try:
         with open(path, "rb") as f:
             if f.read(2) not in (b"II", b"MM"):

@@ -22,20 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import h5py
+import imagecodecs
 import numpy as np
 
+from raw2rgb.errors import UserError, one_line
+from raw2rgb.files import atomic_path, write_json
 from raw2rgb.pipeline import augment, bayer, rawio
-from raw2rgb.pipeline.stage import (
-    Context,
-    Item,
-    ItemError,
-    Stage,
-    StageResult,
-    atomic_path,
-    one_line,
-    run_stage,
-    write_json,
-)
+from raw2rgb.pipeline.stage import Context, Item, ItemError, Manifest, Stage, StageResult, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +38,7 @@ INDEX = "index.json"
 DEFAULT_SHARD_SIZE = 512
 
 
-class ShardError(Exception):
+class ShardError(UserError):
     """A training shard that cannot be read; the message names the shard and the sample."""
 
 
@@ -64,8 +58,6 @@ NORMALISATION = f"raw: {bayer.normalisation_formula(16)}; rgb, saliency: 0-255"
 def write_shard(path: Path, ids: list[str], raw: np.ndarray, rgb: np.ndarray, saliency: np.ndarray,
                 attrs: Mapping[str, Any]) -> None:
     """Write one training shard atomically and byte-reproducibly (no timestamps)."""
-    import h5py
-
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for name, data in (("raw", raw), ("rgb", rgb), ("saliency", saliency)):
             f.create_dataset(name, data=data, chunks=(1, *data.shape[1:]), track_times=False)
@@ -76,8 +68,6 @@ def write_shard(path: Path, ids: list[str], raw: np.ndarray, rgb: np.ndarray, sa
 
 def read_shard(path: os.PathLike | str) -> dict[str, Any]:
     """A whole shard: arrays, ids and attributes."""
-    import h5py
-
     try:
         with h5py.File(path, "r") as f:
             out = {k: f[k][()] for k in ("raw", "rgb", "saliency")}
@@ -96,8 +86,6 @@ SALIENCY_FORMAT = 1
 
 def write_saliency_shard(path: Path, ids: list[str], maps: np.ndarray, method: str, weights_sha256: str) -> None:
     """Write one saliency shard atomically (and byte-reproducibly: no timestamps)."""
-    import h5py
-
     n, h, w = maps.shape
     with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
         f.create_dataset("saliency", data=maps, chunks=(1, h, w), track_times=False)
@@ -118,8 +106,6 @@ class SaliencyShard:
 
 def read_saliency_shard(path: os.PathLike | str) -> SaliencyShard:
     """Read a whole saliency shard."""
-    import h5py
-
     with h5py.File(path, "r") as f:
         ids = read_ids(f)
         return SaliencyShard(ids, f["saliency"][()], str(f.attrs["method"]),
@@ -176,8 +162,6 @@ def _to_uint8(x: np.ndarray) -> np.ndarray:
 
 
 def _read_png(path: str) -> np.ndarray:
-    import imagecodecs
-
     try:
         return imagecodecs.png_decode(Path(path).read_bytes())
     except Exception as e:  # noqa: BLE001
@@ -199,20 +183,18 @@ def build(samples: list[tuple[str, str, str, str]], saliency_shards: dict[str, s
         crop: patch size in the shards; default the patch size for ``copies == 1``, else the
             largest multiple of 8 below it (a flip's re-crop costs one packed pixel).
     """
-    import imagecodecs
-
     out_dir = Path(out_dir)
     if copies < 1:
-        raise ValueError("copies must be at least 1")
+        raise ShardError("copies must be at least 1")
     samples = sorted(samples, key=lambda s: (s[1], s[0]))
     if not samples:
-        raise ValueError("no patches to write")
+        raise ShardError(f"{out_dir}: no patches to write (no patch was kept)")
     first = imagecodecs.png_decode(Path(samples[0][2]).read_bytes())
     size = first.shape[0]
     if crop is None:
         crop = size if copies == 1 else (size - 1) // 8 * 8
     if crop > size or (copies > 1 and crop > size - 1):
-        raise ValueError(f"crop {crop} does not fit patches of {size} (transformed copies lose one pixel)")
+        raise ShardError(f"crop {crop} does not fit patches of {size} (transformed copies lose one pixel)")
     items = []
     for split in sorted({s[1] for s in samples}):
         group = [s for s in samples if s[1] == split]
@@ -241,11 +223,9 @@ def samples_from(patches_dir: Path, saliency_dir: Path, splits: Mapping[str, str
     """(id, split, raw path, rgb path) of every kept patch, from the patches stage's manifest, and
     id -> saliency shard, from the saliency shards. Manifest paths are never followed outside
     their stage folder."""
-    from raw2rgb.pipeline.stage import Manifest
-
     manifest = Manifest.load(patches_dir)
     if manifest is None:
-        raise ValueError(f"{patches_dir}: no manifest.json (run the patches stage first)")
+        raise ShardError(f"{patches_dir}: no manifest.json (run the patches stage first)")
     root = patches_dir.resolve()
     samples = []
     for r in manifest.ok:
@@ -254,7 +234,7 @@ def samples_from(patches_dir: Path, saliency_dir: Path, splits: Mapping[str, str
                 continue
             rgb, raw = root / rel, root / "raw" / rel.split("/", 1)[1]
             if not (rgb.resolve().is_relative_to(root) and raw.resolve().is_relative_to(root)):
-                raise ValueError(f"{patches_dir}/manifest.json: {rel} points outside the folder; refused")
+                raise ShardError(f"{patches_dir}/manifest.json: {rel} points outside the folder; refused")
             sid = patch_id(rel)
             samples.append((sid, splits.get(r.key, "train"), str(raw), str(rgb)))
     owners: dict[str, str] = {}
@@ -302,8 +282,6 @@ def split_count(index: Mapping[str, Any], split: str) -> int:
 def dataset_key(root: os.PathLike | str) -> str:
     """A fingerprint of a shards folder from what its shards record (each shard's ``inputs_key``
     and ``index.json``), never re-hashing the shards' bytes."""
-    import h5py
-
     root = Path(root)
     index = read_index(root)
     keys = []
@@ -324,8 +302,6 @@ def build_from_stages(patches_dir: os.PathLike | str, saliency_dir: os.PathLike 
 
     ``splits_file`` defaults to ``splits.json`` beside the patches folder; without one every
     patch goes to ``train``. Other arguments as :func:`build`."""
-    from raw2rgb.pipeline.stage import Manifest
-
     patches_dir, saliency_dir = Path(patches_dir), Path(saliency_dir)
     splits_path = Path(splits_file) if splits_file else patches_dir.parent / "splits.json"
     splits = json.loads(splits_path.read_text())["scenes"] if splits_path.is_file() else {}

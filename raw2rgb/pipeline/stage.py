@@ -1,4 +1,4 @@
-"""The stage machinery: items, cache keys, manifests, atomic writes, resume and parallel jobs.
+"""The stage machinery: items, cache keys, manifests, journal, resume and parallel jobs (joblib, Dask).
 
 A stage turns a list of items (each naming its input files) into files under one folder and a
 ``manifest.json`` there that records, per item, its input fingerprints, the outputs it wrote,
@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
-import glob
 import hashlib
 import json
 import logging
@@ -26,14 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from joblib import Parallel, delayed, parallel_config
+
+from raw2rgb.errors import InputError, UserError, one_line
+from raw2rgb.files import file_sha256, json_bytes, remove_partials, write_bytes, write_json
+
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 MANIFEST_FORMAT = 1
-PARTIAL_SUFFIX = ".partial"
 
 
-class ItemError(Exception):
+class ItemError(UserError):
     """A failure of one item, with a one-line reason meant for the user."""
 
 
@@ -140,7 +143,7 @@ class Manifest:
     def save(self, out_dir: Path) -> None:
         """Write ``manifest.json`` atomically; an unchanged manifest is left untouched."""
         path = Path(out_dir) / MANIFEST
-        data = _json_bytes(self.to_json())
+        data = json_bytes(self.to_json())
         try:
             if path.read_bytes() == data:
                 return
@@ -205,99 +208,6 @@ class _NoProgress:
         pass
 
 
-# -- inputs ---------------------------------------------------------------------------------------
-
-class InputError(Exception):
-    """The command line names inputs that cannot be turned into a work list."""
-
-
-def collect_files(args: Iterable[str], accept: Callable[[Path], bool]) -> list[tuple[str, str]]:
-    """Turn files, folders and glob patterns into (key, path) pairs, in a stable order.
-
-    A folder contributes every accepted file below it (hidden ones skipped), keyed by its path
-    relative to the folder without suffix, so ``a/x.dng`` and ``b/x.dng`` stay apart; a file is
-    keyed by its stem. A path that does not exist is kept (its item fails with "no such file", so
-    the rest still run).
-
-    Raises:
-        InputError: two inputs get the same key, or nothing was named.
-    """
-    found: dict[str, str] = {}
-
-    def add(key: str, path: Path) -> None:
-        key = key.replace(os.sep, "/")
-        if key in found and found[key] != str(path):
-            raise InputError(f"{found[key]} and {path} would both be named {key!r} in the "
-                             "output; give them in separate runs or folders")
-        found[key] = str(path)
-
-    for arg in args:
-        path = Path(arg)
-        if path.is_dir():
-            for p in sorted(path.rglob("*")):
-                rel = p.relative_to(path)
-                if p.is_file() and accept(p) and not any(s.startswith(".") for s in rel.parts):
-                    add(str(rel.with_suffix("")), p.resolve())
-        elif path.is_file():
-            add(path.stem, path.resolve())
-        elif glob.has_magic(arg):
-            files = [Path(m) for m in sorted(glob.glob(arg, recursive=True)) if Path(m).is_file()]
-            for m in files:
-                add(m.stem, m.resolve())
-            if not files:
-                add(path.stem or arg, path)
-        else:
-            add(path.stem or arg, path)
-    if not found:
-        raise InputError("no input files")
-    return list(found.items())
-
-
-# -- atomic files ---------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` when the block succeeds.
-
-    The temporary name ends in ``.partial`` and starts with a dot; a killed process leaves at
-    most such a file, which :func:`run_stage` removes before it starts.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-
-
-def write_bytes(path: os.PathLike | str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
-
-
-def write_json(path: os.PathLike | str, obj: Any) -> None:
-    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
-    write_bytes(path, _json_bytes(obj))
-
-
-def remove_partials(out_dir: Path) -> int:
-    """Delete temporary files left by a killed run; return how many."""
-    n = 0
-    for p in Path(out_dir).rglob(f".*{PARTIAL_SUFFIX}"):
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-            n += 1
-    return n
-
-
 JOURNAL = ".journal"
 
 
@@ -329,15 +239,6 @@ def _clear_journal(out_dir: Path) -> None:
 
 
 # -- fingerprints and cache keys -------------------------------------------------------------------
-
-def file_sha256(path: os.PathLike | str, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
 
 def _stat(path: str) -> tuple[int, int] | None:
     try:
@@ -452,11 +353,6 @@ def _finish_item(item: Item, out_dir: Path, key: str, inputs: dict, result) -> R
     return _journalled(out_dir, record)
 
 
-def one_line(text: str) -> str:
-    """``text`` with every run of white space (newlines included) folded into one space."""
-    return " ".join(text.split())
-
-
 def run_stage(
     stage: Stage,
     items: Iterable[Item],
@@ -525,10 +421,11 @@ def _previous_records(stage: Stage, items: list[Item], out_dir: Path) -> dict[st
     keys = [it.key for it in items]
     if len(set(keys)) != len(keys):
         dup = sorted({k for k in keys if keys.count(k) > 1})
-        raise ValueError(f"duplicate item keys: {', '.join(dup[:5])}")
+        raise InputError(f"duplicate item keys: {', '.join(dup[:5])}")
     previous = Manifest.load(out_dir)
     if previous and previous.stage != stage.name:
-        raise ValueError(f"{out_dir} holds the output of stage {previous.stage!r}, not {stage.name!r}")
+        raise InputError(f"{out_dir} holds the output of stage {previous.stage!r}, not {stage.name!r}; "
+                         "choose another output folder")
     old = dict(previous.records) if previous else {}
     old.update(_read_journal(out_dir))
     return old
@@ -597,8 +494,6 @@ def distributed() -> str | None:
 def _execute(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]], out_dir: Path,
              params: Mapping[str, Any], options: Mapping[str, Any], jobs: int) -> Iterator[Record]:
     if todo and (distributed() or (jobs > 1 and len(todo) > 1)):
-        from joblib import Parallel, delayed, parallel_config
-
         with parallel_config(backend="dask") if distributed() else contextlib.nullcontext():
             parallel = Parallel(n_jobs=-1 if distributed() else jobs, return_as="generator_unordered")
             yield from parallel(delayed(_run_item)(stage, item, out_dir, params, options, known)

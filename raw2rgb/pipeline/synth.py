@@ -15,10 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import skimage.data
+import tifffile
+from PIL import Image
+from scipy.ndimage import gaussian_filter
+from skimage.transform import resize
 
 from raw2rgb.config import JsonConfig
 from raw2rgb.pipeline import bayer
-from raw2rgb.pipeline.develop import cam_to_srgb, srgb_to_linear
+from raw2rgb.pipeline.develop import cam_to_srgb, linear_to_srgb, srgb_to_linear
 
 # Canon EOS 350D ColorMatrix (XYZ -> camera, D65), as in its DNGs: a plausible real camera.
 CANON_350D_XYZ_TO_CAM = (
@@ -85,8 +90,6 @@ def write_dng(path: os.PathLike | str, data: np.ndarray, camera: Camera,
         cfa: override (rows, cols, colour codes 0=R 1=G 2=B) — e.g. a 6×6 X-Trans cell.
         linear: write a LinearRaw (demosaiced, 3 samples per pixel) DNG instead of a CFA one.
     """
-    import tifffile
-
     path = Path(path)
     neutral = [1.0 / g for g in camera.wb_gains]
     tags = [
@@ -129,8 +132,6 @@ def write_dng(path: os.PathLike | str, data: np.ndarray, camera: Camera,
 
 def scene(name: str = "astronaut", size: tuple[int, int] | None = None) -> np.ndarray:
     """A natural sRGB image (H, W, 3) uint8 from ``skimage.data``, optionally resized to (H, W)."""
-    import skimage.data
-
     img = getattr(skimage.data, name)()
     if isinstance(img, tuple):  # stereo_motorcycle: (left, right, disparity)
         img = img[0]
@@ -138,8 +139,6 @@ def scene(name: str = "astronaut", size: tuple[int, int] | None = None) -> np.nd
         img = np.repeat(img[..., None], 3, axis=2)
     img = img[..., :3]
     if size is not None and tuple(size) != img.shape[:2]:
-        from skimage.transform import resize
-
         img = (resize(img, size, order=1, anti_aliasing=True, preserve_range=True) + 0.5).astype(np.uint8)
     return img
 
@@ -149,8 +148,6 @@ def sample_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (512, 768),
     """One DNG per CFA pattern, each of another scene, with distinct per-channel black levels,
     and beside each the camera's own JPEG of the scene (``NAME.jpg``), as a camera writes
     RAW+JPEG."""
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     paths = []
     for i, pattern in enumerate(bayer.PATTERNS):
@@ -175,8 +172,6 @@ class Look(JsonConfig):
 
 def render_look(srgb: np.ndarray, look: Look = Look()) -> np.ndarray:
     """An sRGB image (H, W, 3) uint8 as the other camera would render the same scene (uint8)."""
-    from raw2rgb.pipeline.develop import linear_to_srgb
-
     lin = srgb_to_linear(srgb.astype(np.float64) / 255.0) * np.asarray(look.warmth)
     y = lin @ np.array([0.2126, 0.7152, 0.0722])
     lin = y[..., None] + look.saturation * (lin - y[..., None])
@@ -190,8 +185,6 @@ def paired_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (384, 576), 
     """A RAW+JPEG dataset of two cameras: each scene's DNG from the virtual camera (with noise, CFA
     patterns taking turns) beside ``NAME.jpg``, the scene as another camera with its own ``look``
     renders it."""
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     paths = []
     for i, name in enumerate(scenes):
@@ -209,8 +202,6 @@ def paired_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (384, 576), 
 
 def faint_texture(h: int, w: int, sigma: float, amplitude: float, seed: int) -> np.ndarray:
     """Low-contrast texture (thin cloud, plaster): smoothed noise of relative ``amplitude``, (h, w, 1)."""
-    from scipy.ndimage import gaussian_filter
-
     f = gaussian_filter(np.random.default_rng(seed).standard_normal((h, w)), sigma)
     return (f / f.std() * amplitude)[..., None]
 

@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable
+from pathlib import Path
 
 import numpy as np
 
+from raw2rgb.files import collect_files, write_bytes, write_json
 from raw2rgb.pipeline import bayer, rawio
-from raw2rgb.pipeline.stage import (
-    Context,
-    Item,
-    ItemError,
-    Stage,
-    StageResult,
-    collect_files,
-    run_stage,
-    write_bytes,
-    write_json,
-)
+from raw2rgb.pipeline.stage import Context, Item, ItemError, Stage, StageResult, run_stage
 
 SIDECAR_FORMAT = 1
+STAGE_FOLDER = "unpack"  # DATASET/unpack, beside DATASET/shards
 
 
 def collect_inputs(args: Iterable[str]) -> list[Item]:
@@ -69,3 +63,30 @@ def unpack(items: list[Item], out_dir: os.PathLike | str, bit_depth: int = 16,
         raise ValueError(f"bit depth must be 8 or 16, got {bit_depth}")
     params = {"bit_depth": bit_depth, "zrr_levels": list(zrr_levels)}
     return run_stage(UNPACK, items, out_dir, params, jobs=jobs, force=force, progress=progress)
+
+
+def camera_name(frame: dict) -> str:
+    """``make model`` of a sidecar's frame metadata ('' when it names none)."""
+    return " ".join(p for p in (frame.get("make"), frame.get("model")) if p)
+
+
+def read_sidecars(shards_or_dataset: os.PathLike | str, limit: int | None = None) -> dict[str, dict]:
+    """scene → frame metadata (camera, white balance, colour matrix, …) from the unpack sidecars of
+    a prepare DATASET, given the DATASET or its ``shards/`` folder; empty for a bare shards folder.
+    The one reader of sidecars: training records the cameras, evaluation and colour profiles take
+    each scene's colours from it."""
+    root = Path(shards_or_dataset)
+    folder = (root.parent if root.name == "shards" else root) / STAGE_FOLDER
+    out: dict[str, dict] = {}
+    if not folder.is_dir():
+        return out
+    for path in sorted(folder.rglob("*.json")):
+        if limit is not None and len(out) >= limit:
+            break
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        if isinstance(data, dict) and isinstance(data.get("frame"), dict):
+            out[path.relative_to(folder).with_suffix("").as_posix()] = data["frame"]
+    return out

@@ -21,21 +21,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+from torch.utils.data import DataLoader
 
-from raw2rgb.device import resolve_device
+from raw2rgb.device import cached, resolve_device
+from raw2rgb.files import file_sha256
 from raw2rgb.pipeline.pairs import PairError, read_rgb
 from raw2rgb.pipeline.shards import SaliencyShard, read_saliency_shard, write_saliency_shard
-from raw2rgb.pipeline.stage import (
-    Context,
-    Deferred,
-    Item,
-    ItemError,
-    Stage,
-    StageResult,
-    distributed,
-    file_sha256,
-    run_stage,
-)
+from raw2rgb.pipeline.stage import Context, Deferred, Item, ItemError, Stage, StageResult, distributed, run_stage
+from raw2rgb.salgan.classical import spectral_residual
+from raw2rgb.salgan.model import Predictor
+from raw2rgb.salgan.weights import WeightsError, default_path, find_weights, load_salgan
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +60,6 @@ def resolve_method(method: str, weights: str | os.PathLike | None = None) -> Met
         WeightsError: ``method='salgan'`` and no weights are found (the message says where to
             put them).
     """
-    from raw2rgb.salgan.weights import WeightsError, default_path, find_weights
-
     if method not in METHODS:
         raise ValueError(f"unknown saliency method {method!r}: expected one of {', '.join(METHODS)}")
     if method == "spectral-residual":
@@ -83,8 +77,6 @@ def resolve_method(method: str, weights: str | os.PathLike | None = None) -> Met
 
 
 def _image_size(path: str) -> tuple[int, int] | None:
-    from PIL import Image
-
     try:
         with Image.open(path) as im:
             return im.height, im.width
@@ -140,8 +132,6 @@ class _Images:
         except PairError as e:  # names the file and the reason
             return i, None, str(e)
         if self.method == "spectral-residual":
-            from raw2rgb.salgan.classical import spectral_residual
-
             return i, spectral_residual(rgb), ""
         return i, rgb, ""
 
@@ -193,8 +183,6 @@ class RunLoader:
     """
 
     def __init__(self, paths: list[str], method: str, batch_size: int, workers: int, pin: bool):
-        from torch.utils.data import DataLoader
-
         self.index = {p: k for k, p in enumerate(paths)}
         self.sampler = _Batches(batch_size)
         self.loader = DataLoader(_Images(tuple(paths), method), batch_sampler=self.sampler,
@@ -222,10 +210,6 @@ class RunLoader:
 
 def _salgan(weights: str, device: str):
     """A :class:`Predictor` for the weights on the device, loaded once per process."""
-    from raw2rgb.device import cached
-    from raw2rgb.salgan.model import Predictor
-    from raw2rgb.salgan.weights import load_salgan
-
     return cached(("salgan", weights, device), lambda: Predictor(load_salgan(weights, device)))
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from raw2rgb.errors import UserError
+from raw2rgb.files import atomic_path
 from raw2rgb.salgan.model import SalGAN
 
 ENV_VAR = "RAW2RGB_SALGAN_WEIGHTS"
@@ -26,7 +28,7 @@ N_ENCODER_ARRAYS = 26
 FORMAT_VERSION = 1
 
 
-class WeightsError(Exception):
+class WeightsError(UserError):
     """Weights that are missing or do not fit; the message says what to do."""
 
 
@@ -100,8 +102,6 @@ def import_npz(npz_path: os.PathLike | str) -> dict[str, torch.Tensor]:
 
 def save_weights(state: dict[str, torch.Tensor], path: os.PathLike | str) -> Path:
     """Save a SalGAN state dict atomically (a failed save raises)."""
-    from raw2rgb.pipeline.stage import atomic_path
-
     path = Path(path)
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT_VERSION, "model": "salgan", "state_dict": state}, tmp)

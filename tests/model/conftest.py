@@ -9,7 +9,7 @@ import pytest
 
 from raw2rgb.pipeline import bayer, shards, synth
 from raw2rgb.pipeline.develop import area_downsample
-from raw2rgb.pipeline.stage import write_json
+from raw2rgb.files import write_json
 
 
 def make_shards(root: Path, counts: dict[str, int], size: int = 32, scale: int = 1, seed: int = 0) -> Path:

@@ -101,7 +101,7 @@ def test_stored_extremes_map_to_the_model_ranges(tmp_path):
     """uint16 0 → −1 and 65535 → 1; rgb 0 → −1 and 255 → 1; saliency 0 → 0 and 255 → 1 — through
     ShardDataset's float samples and through compact samples and to_model alike."""
     from raw2rgb.model.data import to_model
-    from raw2rgb.pipeline.stage import write_json
+    from raw2rgb.files import write_json
 
     raw = np.zeros((1, 4, 8, 8), np.uint16)
     raw[..., 4:] = 65535

@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from raw2rgb.cli import main
 from raw2rgb.model import metrics
+from raw2rgb.model.losses import LossWeights
 from raw2rgb.model.train import Runtime, TrainConfig, train
 from tests.model.conftest import make_shards
 
@@ -58,7 +59,7 @@ def test_colour_corrected_psnr_undoes_an_affine_colour_change():
 def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("eval")
     root = make_shards(tmp / "shards", {"train": 4, "val": 3, "test": 2})
-    cfg = TrainConfig.preset_config("tiny", stage1_epochs=1, stage2_epochs=1, batch_size=4, w_perceptual=0.0)
+    cfg = TrainConfig.preset_config("tiny", stage1_epochs=1, stage2_epochs=1, batch_size=4, weights=LossWeights(perceptual=0.0))
     train(root, tmp / "run", cfg, Runtime(workers=0))
     return root, tmp / "run"
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from raw2rgb.errors import UserError
 from raw2rgb.model.generator import Generator, fold_spectral_norm, init_weights
 from raw2rgb.model.infer import (
-    ConvertError,
     TileConfig,
     load_generator,
     owned_spans,
@@ -104,16 +104,16 @@ def test_frames_not_multiple_of_eight_and_statistics_sample(paper_g):
 def test_tile_options_are_checked():
     for tiles, msg in ((TileConfig(tile=64, overlap=32), "more than twice"), (TileConfig(tile=60), "multiple of 8"),
                        (TileConfig(overlap=12), "multiple of 8")):
-        with pytest.raises(ConvertError, match=msg):
+        with pytest.raises(UserError, match=msg):
             tiles.check()
 
 
 def test_load_generator_refuses_what_is_not_a_checkpoint(tmp_path):
     (tmp_path / "x.pt").write_bytes(b"junk")
-    with pytest.raises(ConvertError, match="x.pt: not a readable checkpoint"):
+    with pytest.raises(UserError, match="x.pt: not a readable checkpoint"):
         load_generator(tmp_path / "x.pt")
     torch.save({"format": 99, "kind": "raw2rgb-train", "G": {}}, tmp_path / "future.pt")
-    with pytest.raises(ConvertError, match="format 99"):
+    with pytest.raises(UserError, match="format 99"):
         load_generator(tmp_path / "future.pt")
-    with pytest.raises(ConvertError, match="not a raw2rgb run folder"):
+    with pytest.raises(UserError, match="not a raw2rgb run folder"):
         load_generator(tmp_path)

@@ -8,13 +8,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from raw2rgb.cli import main
+from raw2rgb.model.losses import LossWeights
 from raw2rgb.model.train import Runtime, TrainConfig, train
 from tests.model.conftest import make_shards
 
 
 def test_report_of_a_tiny_run_references_every_image(tmp_path):
     root = make_shards(tmp_path / "shards", {"train": 8, "val": 4})
-    cfg = TrainConfig.preset_config("tiny", stage1_epochs=2, stage2_epochs=1, batch_size=4, w_perceptual=0.0)
+    cfg = TrainConfig.preset_config("tiny", stage1_epochs=2, stage2_epochs=1, batch_size=4, weights=LossWeights(perceptual=0.0))
     train(root, tmp_path / "run", cfg, Runtime(workers=0, log_every=1))
     extra = tmp_path / "photo.png"
     Image.new("RGB", (20, 10), (200, 30, 30)).save(extra)
@@ -30,5 +31,5 @@ def test_report_of_a_tiny_run_references_every_image(tmp_path):
     sheet = Image.open(tmp_path / "rep" / "report.png")
     # 32² patches shown 5× larger: five columns (RAW, classical, model, target, saliency), four rows
     assert sheet.size == (5 * 160 + 4 * 20, 4 * 160 + 3 * 20)
-    assert "<th>PSNR (dB)</th>" in page and "classical (isp)" in page and "model" in page
+    assert "<th>PSNR (dB)</th>" in page and "classical pipeline" in page and "model" in page
     assert "validation PSNR" in page and "after the last" in page

@@ -16,14 +16,19 @@ from click.testing import CliRunner
 
 from raw2rgb.cli import main
 from raw2rgb.model import losses
-from raw2rgb.model.train import Runtime, TrainConfig, TrainError, iter_stats, load_checkpoint, train, weights_digest
+from raw2rgb.model.losses import LossWeights
+from raw2rgb.errors import UserError
+from raw2rgb.model.checkpoint import load as load_checkpoint
+from raw2rgb.model.distributed import weights_digest
+from raw2rgb.model.run import iter_stats
+from raw2rgb.model.train import Runtime, TrainConfig, TrainError, train
 from tests.model.conftest import make_shards
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny(**kw) -> TrainConfig:
-    base = {"stage1_epochs": 1, "stage2_epochs": 1, "batch_size": 4, "w_perceptual": 0.0}
+    base = {"stage1_epochs": 1, "stage2_epochs": 1, "batch_size": 4, "weights": LossWeights(perceptual=0.0)}
     return TrainConfig.preset_config("tiny", **{**base, **kw})
 
 
@@ -87,7 +92,7 @@ def test_finished_run_does_nothing_and_other_config_is_refused(tiny_shards, tmp_
     again = train(tiny_shards, run, tiny(), rt())
     assert again.steps_run == 0 and "nothing to do" in again.message
     assert ((run / "checkpoints" / "final.pt").stat().st_mtime_ns, (run / "stats.jsonl").read_bytes()) == before
-    with pytest.raises(TrainError, match="another config .*lr_g.*--force"):
+    with pytest.raises(UserError, match="another config .*lr_g.*--force"):
         train(tiny_shards, run, tiny(lr_g=3e-4), rt())
     forced = train(tiny_shards, run, tiny(lr_g=3e-4), rt(), force=True)
     assert forced.steps_run == 4
@@ -97,14 +102,16 @@ def test_changed_dataset_is_refused(tmp_path):
     root = make_shards(tmp_path / "s", {"train": 8, "val": 4})
     train(root, tmp_path / "run", tiny(), rt(max_steps=1))
     make_shards(root, {"train": 8, "val": 4}, seed=5)  # new shards, same folder
-    with pytest.raises(TrainError, match="other shards"):
+    with pytest.raises(UserError, match="other shards"):
         train(root, tmp_path / "run", tiny(), rt())
 
 
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
+    from raw2rgb.model.losses import LossWeights
     from raw2rgb.model.train import Runtime, TrainConfig, train
-    cfg = TrainConfig.preset_config("tiny", stage1_epochs=1, stage2_epochs=1, batch_size=4, w_perceptual=0.0)
+    cfg = TrainConfig.preset_config("tiny", stage1_epochs=1, stage2_epochs=1, batch_size=4,
+                                    weights=LossWeights(perceptual=0.0))
     kill_at = int(sys.argv[3])
     def on_step(step):
         if step == kill_at:
@@ -169,14 +176,14 @@ def test_checkpoints_load_with_weights_only(tiny_shards, tmp_path):
     assert blob["format"] == 1 and blob["config"]["preset"] == "tiny"
     assert {"G", "D", "opt_G", "opt_D", "sched_G", "sched_D", "scaler", "rng", "progress"} <= set(blob)
     (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(TrainError, match="bad.pt: not a readable checkpoint"):
+    with pytest.raises(UserError, match="bad.pt: not a readable checkpoint"):
         load_checkpoint(tmp_path / "bad.pt")
 
 
 def test_missing_vgg_names_the_three_ways_out(tiny_shards, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    with pytest.raises(TrainError) as e:
-        train(tiny_shards, tmp_path / "run", tiny(w_perceptual=1.0), rt())
+    with pytest.raises(UserError) as e:
+        train(tiny_shards, tmp_path / "run", tiny(weights=LossWeights(perceptual=1.0)), rt())
     msg = str(e.value)
     assert "vgg16-397923af.pth" in msg and "--vgg-weights" in msg and "--perceptual-weight 0" in msg
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
@@ -191,7 +198,7 @@ def test_perceptual_term_with_given_vgg_weights(tiny_shards, tmp_path):
     torch.save(vgg16(weights=None).state_dict(), tmp_path / "vgg.pth")
     feats = losses.load_vgg_features(tmp_path / "vgg.pth")
     assert len(feats) == 22 and isinstance(feats[-1], torch.nn.Conv2d)  # conv4_3, before its ReLU
-    train(tiny_shards, tmp_path / "run", tiny(w_perceptual=1.0), rt(stages="2", vgg_weights=str(tmp_path / "vgg.pth")))
+    train(tiny_shards, tmp_path / "run", tiny(weights=LossWeights(perceptual=1.0)), rt(stages="2", vgg_weights=str(tmp_path / "vgg.pth")))
     assert all("perceptual" in r for r in iter_stats(tmp_path / "run") if r["event"] == "step")
 
 

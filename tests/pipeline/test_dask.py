@@ -13,7 +13,8 @@ from click.testing import CliRunner
 
 from raw2rgb.cli import main
 from raw2rgb.pipeline import synth
-from raw2rgb.pipeline.stage import Context, Item, Manifest, Stage, dask_cluster, run_stage, write_bytes
+from raw2rgb.files import write_bytes
+from raw2rgb.pipeline.stage import Context, Item, Manifest, Stage, dask_cluster, run_stage
 
 distributed = pytest.importorskip("distributed")
 

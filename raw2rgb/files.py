@@ -1,0 +1,212 @@
+"""Files: atomic writes, hashing, collecting input files, path safety and output-folder locks.
+
+Everything that writes a result goes through :func:`atomic_path`: a temporary name beside the
+target, flushed to disk, then renamed, so a killed process or a full disk never leaves a file
+that looks finished. Paths read from a folder or from a file inside it (a manifest, a CSV, an
+index) are followed only while they stay inside that folder (:func:`inside`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import glob
+import hashlib
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from raw2rgb.errors import FolderLocked, InputError
+
+PARTIAL_SUFFIX = ".partial"
+LOCK_FILE = ".raw2rgb.lock"
+
+
+# -- atomic files ---------------------------------------------------------------------------------
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):  # some file systems cannot open a directory
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: os.PathLike | str) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; when the block succeeds, flush it to disk and
+    rename it onto ``path`` (then flush the folder, so the rename survives a power cut too).
+
+    The temporary name starts with a dot and ends in ``.partial``; a killed process leaves at
+    most such a file, which :func:`remove_partials` deletes.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def write_bytes(path: os.PathLike | str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def json_bytes(obj: Any) -> bytes:
+    """``obj`` as indented, key-sorted JSON (the form every raw2rgb JSON file takes)."""
+    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
+
+
+def write_json(path: os.PathLike | str, obj: Any) -> None:
+    """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
+    write_bytes(path, json_bytes(obj))
+
+
+def remove_partials(folder: os.PathLike | str) -> int:
+    """Delete temporary files left by a killed run under ``folder``; return how many."""
+    n = 0
+    for p in Path(folder).rglob(f".*{PARTIAL_SUFFIX}"):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            n += 1
+    return n
+
+
+def file_sha256(path: os.PathLike | str, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+# -- path safety ----------------------------------------------------------------------------------
+
+def inside(root: os.PathLike | str, path: os.PathLike | str) -> bool:
+    """Whether ``path``, with every symbolic link resolved, lies inside ``root``: the one rule for
+    any path read from a folder or from a file in it."""
+    try:
+        Path(path).resolve().relative_to(Path(root).resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _within(path: Path, folders: list[Path]) -> bool:
+    return any(path == f or f in path.parents for f in folders)
+
+
+# -- inputs ---------------------------------------------------------------------------------------
+
+def collect_files(args: Iterable[str], accept: Callable[[Path], bool],
+                  exclude: Iterable[os.PathLike | str] = ()) -> list[tuple[str, str]]:
+    """Turn files, folders and glob patterns into (key, path) pairs, in a stable order.
+
+    A folder contributes every accepted file below it (hidden ones skipped), keyed by its path
+    relative to the folder without suffix, so ``a/x.dng`` and ``b/x.dng`` stay apart; a file found
+    in a folder through a symbolic link that leads out of the folder is skipped; a file is keyed
+    by its stem. Nothing under an ``exclude`` folder is taken (a command's own output folder,
+    when it lies inside its input). A path that does not exist is kept (its item fails with "no
+    such file", so the rest still run).
+
+    Raises:
+        InputError: two inputs get the same key, or nothing was named.
+    """
+    found: dict[str, str] = {}
+    skip = [Path(p).resolve() for p in exclude]
+
+    def add(key: str, path: Path) -> None:
+        key = key.replace(os.sep, "/")
+        if key in found and found[key] != str(path):
+            raise InputError(f"{found[key]} and {path} would both be named {key!r} in the "
+                             "output; give them in separate runs or folders")
+        found[key] = str(path)
+
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            if _within(path.resolve(), skip):
+                continue
+            for p in sorted(path.rglob("*")):
+                rel = p.relative_to(path)
+                if any(s.startswith(".") for s in rel.parts) or not p.is_file():
+                    continue
+                if _within(p.resolve(), skip) or _within(p.parent.resolve(), skip) or not inside(path, p):
+                    continue
+                if accept(p):
+                    add(str(rel.with_suffix("")), p.resolve())
+        elif path.is_file():
+            add(path.stem, path.resolve())
+        elif glob.has_magic(arg):
+            files = [Path(m) for m in sorted(glob.glob(arg, recursive=True))
+                     if Path(m).is_file() and not _within(Path(m).resolve(), skip)]
+            for m in files:
+                add(m.stem, m.resolve())
+            if not files:
+                add(path.stem or arg, path)
+        else:
+            add(path.stem or arg, path)
+    if not found:
+        raise InputError("no input files" + (" (outside the output folder)" if skip else ""))
+    return list(found.items())
+
+
+# -- one writer per output folder -----------------------------------------------------------------
+
+class FolderLock:
+    """An exclusive lock on an output folder for the life of one command (``flock`` on
+    ``FOLDER/.raw2rgb.lock``, released by the kernel when the process ends, even by SIGKILL).
+
+    A second raw2rgb writing into the same folder is refused with a line naming the holder.
+    Within one process the lock is re-entrant (``prepare`` locks DATASET, then its stages lock
+    their own folders inside it).
+    """
+
+    _held: dict[str, int] = {}
+
+    def __init__(self, folder: os.PathLike | str, what: str = "raw2rgb") -> None:
+        self.folder, self.what, self.fd = Path(folder), what, None
+
+    def __enter__(self) -> FolderLock:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        key = str(self.folder.resolve())
+        if key in self._held:
+            self._held[key] += 1
+            self.key = key
+            return self
+        path = self.folder / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise FolderLocked(f"{self.folder}: in use by {holder}; wait for it to finish, or use another "
+                               "output folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({self.what}: {' '.join(sys.argv[:1] + sys.argv[1:4])})".encode(), 0)
+        self.fd, self.key = fd, key
+        self._held[key] = 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._held[self.key] -= 1
+        if self._held[self.key] == 0:
+            del self._held[self.key]
+            if self.fd is not None:
+                os.ftruncate(self.fd, 0)
+                fcntl.flock(self.fd, fcntl.LOCK_UN)
+                os.close(self.fd)

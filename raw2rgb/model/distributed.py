@@ -1,0 +1,99 @@
+"""Several training processes (torchrun, DDP): ranks, agreed decisions and the data order across ranks.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; raw2rgb then uses NCCL on GPUs and gloo on the
+CPU. Every decision that ends or changes the loop (a stop request, a NaN loss) is agreed across
+ranks before anyone acts on it: a rank that stops alone leaves the others waiting in an
+all-reduce forever.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place among the training processes."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    owned: bool = False  # this run initialised the process group, and ends it
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def close(self) -> None:
+        """End the process group this run started: a gloo/NCCL group left to the interpreter's exit
+        can abort the process ("terminate called without an active exception")."""
+        if self.owned:
+            tdist.destroy_process_group()
+
+
+def init(device: torch.device) -> Dist:
+    """The process group torchrun asked for (none when WORLD_SIZE is 1 or unset)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    owned = not tdist.is_initialized()
+    if owned:
+        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(tdist.get_rank(), tdist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), owned)
+
+
+def barrier(dist: Dist) -> None:
+    if dist.world > 1:
+        tdist.barrier()
+
+
+def any_rank(flags: torch.Tensor, dist: Dist) -> torch.Tensor:
+    """Element-wise OR of a boolean tensor over all ranks (the tensor itself with one process)."""
+    if dist.world == 1:
+        return flags
+    t = flags.to(torch.int32)
+    tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
+    return t.bool()
+
+
+def agree(flag: bool, dist: Dist, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on any."""
+    if dist.world == 1:
+        return flag
+    return bool(any_rank(torch.tensor([flag], device=device), dist).item())
+
+
+def gather(obj: object, dist: Dist) -> list[object]:
+    """``obj`` of every rank, in rank order."""
+    if dist.world == 1:
+        return [obj]
+    out: list[object] = [None] * dist.world
+    tdist.all_gather_object(out, obj)
+    return out
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, stage: int, epoch: int, dist: Dist) -> list[list[int]]:
+    """This process's batches of one epoch: a permutation seeded by (seed, stage, epoch), cut into
+    global batches of ``batch_size × world`` (the last partial one dropped), each split by rank.
+    Over the ranks, every sample of the full global batches appears once."""
+    g = torch.Generator().manual_seed(int(np.random.SeedSequence([seed, stage, epoch]).generate_state(1)[0]))
+    perm = torch.randperm(n, generator=g).tolist()
+    per_step = batch_size * dist.world
+    return [perm[start + dist.rank * batch_size : start + (dist.rank + 1) * batch_size]
+            for start in range(0, n - per_step + 1, per_step)]
+
+
+def weights_digest(net: nn.Module) -> str:
+    """sha256 of a network's parameters and buffers (to compare processes or runs)."""
+    h = hashlib.sha256()
+    for k, v in sorted(net.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()

@@ -1,0 +1,187 @@
+"""The RUN folder of a training run: its file names, its identity, its statistics and its lock.
+
+    RUN/config.json        the TrainConfig and the dataset's key: what the run is
+    RUN/stats.jsonl        one JSON object per logged step, per epoch (validation) and per event
+    RUN/log.txt            the log
+    RUN/checkpoints/       latest.pt (resume), stage1.pt, final.pt (the model to use)
+    RUN/samples/           a grid of held-out samples per epoch
+    RUN/tensorboard/       the same scalars for TensorBoard
+
+A run is keyed on its config and its dataset's key: the same command on a finished run does
+nothing, on an interrupted one resumes; another config or changed shards are refused unless the
+run is started over (``force``), which removes only what a run writes, and only in a folder that
+holds a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from raw2rgb.errors import UserError
+from raw2rgb.files import write_bytes, write_json
+
+log = logging.getLogger(__name__)
+
+CONFIG = "config.json"
+STATS = "stats.jsonl"
+LOG = "log.txt"
+CHECKPOINTS = "checkpoints"
+LATEST, STAGE1, FINAL = "latest.pt", "stage1.pt", "final.pt"
+SAMPLES = "samples"
+TENSORBOARD = "tensorboard"
+WRITES = (CONFIG, STATS, LOG, CHECKPOINTS, SAMPLES, TENSORBOARD)  # everything a run writes
+
+
+class RunError(UserError):
+    """A RUN folder that cannot be used for this run; the message says why and what to do."""
+
+
+def checkpoint(run_dir: os.PathLike | str, name: str = LATEST) -> Path:
+    return Path(run_dir) / CHECKPOINTS / name
+
+
+def checkpoint_file(path: os.PathLike | str) -> Path:
+    """A checkpoint file, or a RUN folder's final checkpoint (its latest, with a warning, when the
+    run has not finished).
+
+    Raises:
+        RunError: neither.
+    """
+    path = Path(path)
+    if path.is_dir():
+        for name, note in ((FINAL, None), (LATEST, "the run has not finished; using its latest")):
+            candidate = checkpoint(path, name)
+            if candidate.is_file():
+                if note:
+                    log.warning("%s: %s checkpoint (%s)", path, note, candidate)
+                return candidate
+        raise RunError(f"{path}: no {CHECKPOINTS}/{FINAL} or {LATEST} (not a raw2rgb run folder)")
+    if not path.is_file():
+        raise RunError(f"{path}: no such checkpoint")
+    return path
+
+
+def read_identity(run_dir: os.PathLike | str) -> dict[str, Any]:
+    """``config.json`` of a RUN: ``config`` (the TrainConfig as JSON), ``dataset``, ``dataset_key``."""
+    path = Path(run_dir) / CONFIG
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RunError(f"{run_dir}: no {CONFIG} (not a raw2rgb run folder)") from None
+    except ValueError:
+        raise RunError(f"{path}: unreadable; use --force to start this run over") from None
+
+
+def holds_run(run_dir: Path) -> bool:
+    return (run_dir / CONFIG).is_file()
+
+
+def open_run(run_dir: Path, identity: dict[str, Any], force: bool) -> None:
+    """Create RUN for this identity, or check that it holds this run (the caller resumes it).
+
+    With ``force`` an existing run is started over: only what a run writes is removed, and only
+    where ``config.json`` says a run lives; a folder with other files and no run is refused.
+
+    Raises:
+        RunError: another config or dataset without ``force``, or a folder that holds no run.
+    """
+    path = run_dir / CONFIG
+    if run_dir.exists() and not holds_run(run_dir):
+        others = sorted(p.name for p in run_dir.iterdir() if p.name != ".raw2rgb.lock")
+        if others:
+            raise RunError(f"{run_dir} is not empty and holds no run ({', '.join(others[:3])}"
+                           f"{', …' if len(others) > 3 else ''}); choose an empty or new folder")
+    elif holds_run(run_dir) and not force:
+        saved = read_identity(run_dir)
+        if saved.get("config") != identity["config"]:
+            old, new = saved.get("config", {}), identity["config"]
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise RunError(f"{run_dir} holds a run with another config (differs in {', '.join(diff)}); "
+                           "use --force to start over, or another -o")
+        if saved.get("dataset_key") != identity["dataset_key"]:
+            raise RunError(f"{run_dir} was trained on other shards (the dataset changed since); use --force "
+                           "to start over, or another -o")
+        return
+    elif force:
+        for name in WRITES:
+            target = run_dir / name
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    target.unlink()
+    write_json(path, identity)
+
+
+# -- statistics ---------------------------------------------------------------------------------------
+
+def truncate_stats(run_dir: Path, lines: int) -> None:
+    """Keep the first ``lines`` lines of stats.jsonl: what was logged after the checkpoint is redone."""
+    path = run_dir / STATS
+    if path.is_file():
+        kept = path.read_text().splitlines(keepends=True)[:lines]
+        write_bytes(path, "".join(kept).encode())
+
+
+class Stats:
+    """stats.jsonl and TensorBoard scalars (rank 0 only; other ranks write nothing)."""
+
+    def __init__(self, run_dir: Path, lines: int, enabled: bool) -> None:
+        self.path, self.lines, self.enabled, self.tb = run_dir / STATS, lines, enabled, None
+        if enabled:
+            truncate_stats(run_dir, lines)
+            try:  # optional: training runs without TensorBoard (and its import takes a second)
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(run_dir / TENSORBOARD))
+            except ImportError:
+                log.warning("tensorboard is not installed: no TensorBoard scalars (pip install tensorboard)")
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.lines += 1
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k not in ("step", "stage", "epoch"):
+                    self.tb.add_scalar(k, v, record["step"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def iter_stats(run_dir: os.PathLike | str) -> Iterator[dict[str, Any]]:
+    """The records of a run's stats.jsonl, in order."""
+    path = Path(run_dir) / STATS
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                yield json.loads(line)
+
+
+def log_to_file(run_dir: Path) -> logging.Handler | None:
+    """Copy raw2rgb's log lines into RUN/log.txt (once per process)."""
+    path = run_dir / LOG
+    root = logging.getLogger("raw2rgb")
+    if any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path.resolve()) for h in root.handlers):
+        return None
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    handler.setLevel(logging.INFO)
+    root.addHandler(handler)
+    if root.level == logging.NOTSET or root.level > logging.INFO:
+        root.setLevel(logging.INFO)
+    return handler

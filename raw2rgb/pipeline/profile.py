@@ -1,0 +1,254 @@
+"""Colour profiles: the classical rendering → a target camera's rendering, fitted by least squares.
+
+A profile maps the classical pipeline's sRGB (as-shot white balance, the file's colour matrix,
+sRGB curve; ``develop.py``) to what the target camera makes of the same scene: its colour
+rendition and tone. It is fitted in seconds on a dataset's train split, with no GPU, and saved
+as a small JSON file. Two models, chosen by measurement (docs/benchmarks.md, quality):
+
+- ``poly3``: a cubic polynomial in (r, g, b) per output channel (20 terms), the classic
+  colour-correction fit;
+- ``lut``: a 3-D lookup table (``lut_size``³ nodes, trilinear), fitted with a smoothness penalty
+  on second differences so that nodes no pixel reaches follow their neighbours.
+
+This is a baseline (``evaluate --method profile``), a feature (``convert --method profile``:
+another camera's look in seconds) and the learned model's colour prior (``model/generator.py``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from raw2rgb.config import JsonConfig
+from raw2rgb.errors import ConfigError, UserError
+from raw2rgb.files import write_json
+from raw2rgb.pipeline.develop import develop
+from raw2rgb.pipeline.shards import ShardError, read_ids, read_index, shards_root
+from raw2rgb.pipeline.unpack import camera_name, read_sidecars
+
+FORMAT = 1
+KIND = "raw2rgb-profile"
+MODELS = ("poly3", "lut")
+DEFAULT_MODEL = "poly3"
+DEFAULT_LUT_SIZE = 9
+MAX_PIXELS = 2_000_000  # pixels a fit uses at most (an even sample beyond)
+SOURCE = ("classical pipeline: as-shot white balance, the file's colour matrix (grey world / camera RGB when absent), "
+          "sRGB")
+
+
+class ProfileError(UserError):
+    """A profile file that cannot be used; the message names the file and why."""
+
+
+@dataclass(frozen=True)
+class Profile(JsonConfig):
+    """A fitted colour profile (what the JSON file holds, beside its format and kind)."""
+
+    model: str = DEFAULT_MODEL
+    coefficients: tuple[tuple[float, float, float], ...] = ()  # poly3: 20 rows; lut: lut_size³ nodes
+    lut_size: int = 0
+    scale: int = 2  # the output scale of the renderings it was fitted on (1: one pixel per cell)
+    cameras: tuple[str, ...] = ()  # the RAW cameras of the fit ("make model"); empty: unknown
+    source: str = SOURCE
+    fitted_on: dict[str, Any] = field(default_factory=dict)  # dataset, split, pixels, fit PSNR
+
+    def __hash__(self) -> int:  # fitted_on is a dict; profiles are compared by value
+        return hash((self.model, self.coefficients, self.lut_size, self.scale))
+
+
+# -- the models -------------------------------------------------------------------------------------
+
+def poly3_terms(r, g, b) -> list:
+    """The 20 terms of a cubic in (r, g, b): 1, linear, quadratic, cubic. Works on numpy arrays and
+    torch tensors alike (the model's colour prior uses the same list)."""
+    one = r * 0 + 1
+    return [one, r, g, b, r * r, g * g, b * b, r * g, g * b, r * b, r * r * r, g * g * g, b * b * b,
+            r * r * g, r * r * b, g * g * r, g * g * b, b * b * r, b * b * g, r * g * b]
+
+
+def _lut_weights(rgb: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Trilinear interpolation: for each pixel (N, 3) in [0, 1], the 8 node indices and weights."""
+    x = np.clip(rgb, 0, 1) * (n - 1)
+    i0 = np.minimum(np.floor(x).astype(np.int64), n - 2)
+    t = x - i0
+    idx, wts = [], []
+    for dr in (0, 1):
+        for dg in (0, 1):
+            for db in (0, 1):
+                wts.append((t[:, 0] if dr else 1 - t[:, 0]) * (t[:, 1] if dg else 1 - t[:, 1])
+                           * (t[:, 2] if db else 1 - t[:, 2]))
+                idx.append(((i0[:, 0] + dr) * n + (i0[:, 1] + dg)) * n + (i0[:, 2] + db))
+    return np.stack(idx, 1), np.stack(wts, 1)
+
+
+def _second_differences(n: int) -> sp.csr_matrix:
+    rows, cols, vals = [], [], []
+    k = 0
+    grid = np.arange(n**3).reshape(n, n, n)
+    for axis in range(3):
+        g = np.moveaxis(grid, axis, -1)
+        a, b, c = g[..., :-2].ravel(), g[..., 1:-1].ravel(), g[..., 2:].ravel()
+        m = len(a)
+        rows += [np.arange(k, k + m)] * 3
+        cols += [a, b, c]
+        vals += [np.ones(m), -2 * np.ones(m), np.ones(m)]
+        k += m
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(k, n**3))
+
+
+def fit(source: np.ndarray, target: np.ndarray, model: str = DEFAULT_MODEL, lut_size: int = DEFAULT_LUT_SIZE,
+        smoothness: float = 1e-2) -> tuple[tuple[tuple[float, float, float], ...], int]:
+    """Least-squares coefficients of a profile taking ``source`` pixels (N, 3) in [0, 1] to ``target``
+    pixels (N, 3) in [0, 1]; returns (coefficients, lut_size)."""
+    source = np.asarray(source, np.float64).reshape(-1, 3)
+    target = np.asarray(target, np.float64).reshape(-1, 3)
+    if model == "poly3":
+        a = np.stack(poly3_terms(*source.T), 1)
+        coef = np.linalg.lstsq(a, target, rcond=None)[0]
+        return tuple(tuple(float(v) for v in row) for row in coef), 0
+    if model == "lut":
+        n = lut_size
+        idx, wts = _lut_weights(source, n)
+        rows = np.repeat(np.arange(len(source)), 8)
+        a = sp.csr_matrix((wts.ravel(), (rows, idx.ravel())), shape=(len(source), n**3))
+        lap = _second_differences(n)
+        # the penalty is scaled to the data: the same smoothness whatever the number of pixels
+        m = (a.T @ a + smoothness * len(source) / n**3 * (lap.T @ lap)).tocsc()
+        solve = spla.factorized(m)
+        nodes = np.stack([solve(a.T @ target[:, c]) for c in range(3)], 1)
+        return tuple(tuple(float(v) for v in row) for row in nodes), n
+    raise ConfigError(f"unknown profile model {model!r} ({', '.join(MODELS)})")
+
+
+def apply(profile: Profile, rgb: np.ndarray) -> np.ndarray:
+    """A profile on an sRGB image (…, 3) in [0, 1] → (…, 3) float32 in [0, 1]."""
+    shape = rgb.shape
+    x = np.asarray(rgb, np.float32).reshape(-1, 3)
+    coef = np.asarray(profile.coefficients, np.float32)
+    if profile.model == "poly3":
+        out = np.stack(poly3_terms(*x.T), 1) @ coef
+    else:
+        idx, wts = _lut_weights(x, profile.lut_size)
+        out = (coef[idx] * wts[..., None].astype(np.float32)).sum(1)
+    return np.clip(out, 0, 1).reshape(shape).astype(np.float32)
+
+
+# -- fitting on a dataset -----------------------------------------------------------------------------
+
+def _pairs_of_split(root: Path, split: str, render: Callable[[np.ndarray, str], np.ndarray], max_pixels: int,
+                    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(rendered pixels, target pixels, ids) of a split, an even sample of at most ``max_pixels``."""
+    index = read_index(root)
+    if split not in index["splits"] or not index["splits"][split]["count"]:
+        raise ShardError(f"{root}: the {split} split is empty; a profile is fitted on it")
+    shard_files = [root / s["file"] for s in index["splits"][split]["shards"]]
+    count = sum(s["count"] for s in index["splits"][split]["shards"])
+    xs, ys, all_ids = [], [], []
+    for path in shard_files:
+        with h5py.File(path, "r") as f:
+            ids = read_ids(f)
+            per_sample = int(np.prod(f["rgb"].shape[2:]))
+            step = max(1, int(np.ceil(count * per_sample / max_pixels)))
+            for j, sid in enumerate(ids):
+                raw = f["raw"][j].astype(np.float32) / 65535.0
+                rgb = f["rgb"][j].transpose(1, 2, 0).reshape(-1, 3).astype(np.float32) / 255.0
+                src = render(raw, sid).reshape(-1, 3)
+                xs.append(src[j % step :: step])
+                ys.append(rgb[j % step :: step])
+                all_ids.append(sid)
+    return np.concatenate(xs), np.concatenate(ys), all_ids
+
+
+def fit_dataset(dataset: os.PathLike | str, split: str = "train", model: str = DEFAULT_MODEL,
+                lut_size: int = DEFAULT_LUT_SIZE, max_pixels: int = MAX_PIXELS) -> Profile:
+    """Fit a profile on a split of a prepare DATASET (or shards folder): each patch rendered by the
+    classical pipeline with its RAW file's colours, against its target.
+
+    Raises:
+        ShardError: no such split or an unreadable shards folder.
+    """
+    root = shards_root(dataset)
+    index = read_index(root)
+    scale = int(index["scale"])
+    frames = read_sidecars(root)
+
+    def render(raw: np.ndarray, sid: str) -> np.ndarray:
+        frame = frames.get(sid.split("/")[0], {})
+        return develop(raw, frame.get("wb_gains"), frame.get("cam_to_rgb"), scale=scale)
+
+    src, dst, ids = _pairs_of_split(root, split, render, max_pixels)
+    coef, n = fit(src, dst, model, lut_size)
+    scenes = {i.split("/")[0] for i in ids}
+    cameras = sorted({camera_name(frames[s]) for s in scenes if s in frames} - {""})
+    profile = Profile(model=model, coefficients=coef, lut_size=n, scale=scale, cameras=tuple(cameras))
+    fitted = apply(profile, src)
+    mse = float(np.mean((np.rint(fitted * 255) - np.rint(dst * 255)) ** 2))
+    return dataclasses.replace(profile, fitted_on={
+        "dataset": str(root), "split": split, "pixels": int(len(src)), "samples": len(ids),
+        "fit_psnr": round(10 * np.log10(255**2 / max(mse, 1e-12)), 3)})
+
+
+# -- the file -----------------------------------------------------------------------------------------
+
+def save(profile: Profile, path: os.PathLike | str) -> Path:
+    write_json(path, {"format": FORMAT, "kind": KIND, **profile.to_json()})
+    return Path(path)
+
+
+def load(path: os.PathLike | str) -> Profile:
+    """A profile file, checked.
+
+    Raises:
+        ProfileError: missing, not JSON, not a raw2rgb profile, another format, or malformed.
+    """
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such profile") from None
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise ProfileError(f"{path}: not a readable profile ({type(e).__name__})") from None
+    if not isinstance(data, dict) or data.pop("kind", None) != KIND:
+        raise ProfileError(f"{path}: not a raw2rgb colour profile")
+    if data.pop("format", None) != FORMAT:
+        raise ProfileError(f"{path}: profile format is not {FORMAT}; refit it with this raw2rgb")
+    try:
+        profile = Profile.from_json(data)
+        coef = np.asarray(profile.coefficients, np.float64)
+        rows = 20 if profile.model == "poly3" else profile.lut_size**3
+        if profile.model not in MODELS or coef.shape != (rows, 3) or not np.isfinite(coef).all():
+            raise ValueError(f"{profile.model} with coefficients of shape {coef.shape}")
+        if profile.model == "lut" and profile.lut_size < 2:
+            raise ValueError(f"lut_size {profile.lut_size}")
+        if profile.scale not in (1, 2):
+            raise ValueError(f"scale {profile.scale}")
+    except (ConfigError, ValueError, TypeError) as e:
+        raise ProfileError(f"{path}: malformed profile ({e})") from None
+    return profile
+
+
+def check_compatible(profile: Profile, path: os.PathLike | str, scale: int | None = None,
+                     cameras: Sequence[str] | None = None) -> None:
+    """Refuse a profile fitted at another output scale, or on other cameras than ``cameras``.
+
+    Raises:
+        ProfileError: naming the file and the mismatch.
+    """
+    if scale is not None and profile.scale != scale:
+        raise ProfileError(f"{path}: fitted at output scale {profile.scale}, used here at scale {scale}; refit it "
+                           f"on a dataset prepared with --scale {scale}")
+    if cameras and profile.cameras:
+        other = sorted(set(cameras) - set(profile.cameras))
+        if other:
+            raise ProfileError(f"{path}: fitted on {', '.join(profile.cameras)}, not on {', '.join(other)}; fit a "
+                               "profile for that camera (raw2rgb profile fit)")
