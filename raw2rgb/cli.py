@@ -723,21 +723,28 @@ def report(run_dir, dataset, split, images, out) -> None:
 @click.option("--pairs", is_flag=True,
               help="A two-camera dataset: every bundled scene, each JPEG rendered by another camera with its own "
                    "look (what the demo trains on).")
+@click.option("--look", type=click.Choice(list(virtual_camera.LOOKS)), default="plain",
+              help="--pairs: the other camera's look: plain (colour and tone) or dslr (also hue-dependent colour, "
+                   "sharpening, local contrast).")
+@click.option("--phone", is_flag=True, help="--pairs: the RAW from a small-sensor phone (lens blur, vignetting, "
+                                             "more noise).")
 @seed_option
 @user_errors
-def synth(out_dir: Path, size: tuple[int, int], pairs: bool, seed: int) -> None:
+def synth(out_dir: Path, size: tuple[int, int], pairs: bool, look: str, phone: bool, seed: int) -> None:
     """Write sample DNGs from a virtual camera, each with a JPEG beside it.
 
     Default: one DNG per CFA pattern with the camera's own JPEG. --pairs: every colour scene
-    scikit-image bundles, the JPEG from "another camera" (warmer, more saturated, more contrast).
+    scikit-image bundles, the JPEG from "another camera" (warmer, more saturated, more contrast;
+    --look dslr adds a DSLR JPEG engine's local processing).
 
     \b
     Examples:
       raw2rgb synth -o samples/
       raw2rgb synth -o pairs/ --pairs --size 512 768
+      raw2rgb synth -o hard/ --pairs --look dslr --phone
     """
-    made = virtual_camera.paired_dngs(out_dir, size=size, seed=seed) if pairs else \
-        virtual_camera.sample_dngs(out_dir, size=size, seed=seed)
+    made = virtual_camera.paired_dngs(out_dir, size=size, seed=seed, look=virtual_camera.LOOKS[look], phone=phone) \
+        if pairs else virtual_camera.sample_dngs(out_dir, size=size, seed=seed)
     for p in made:
         click.echo(str(p))
 

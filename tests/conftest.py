@@ -60,3 +60,62 @@ def torch_image(img: np.ndarray):
     import torch
 
     return torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).permute(2, 0, 1)[None]
+
+
+def cli(*args, catch: bool = False):
+    """Run ``raw2rgb -q ARGS`` in-process; return click's result."""
+    from click.testing import CliRunner
+
+    from raw2rgb.cli import main
+
+    return CliRunner().invoke(main, ["-q", *map(str, args)], catch_exceptions=catch)
+
+
+@pytest.fixture(scope="session")
+def labelled(tmp_path_factory):
+    """A mini ZRR source prepared up to saliency (spectral residual), 112-px patches."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("zrr")
+    for d in ("huawei_raw", "canon"):
+        (root / "src" / "train" / d).mkdir(parents=True)
+    for i in range(6):
+        scene = synth.scene(synth.SCENES[i % 4], (448, 448))
+        mosaic = (bayer.mosaic(scene.astype(np.uint16), "RGGB") * 4 + 63).clip(0, 1023).astype(np.uint16)
+        Image.fromarray(mosaic).save(root / "src" / "train" / "huawei_raw" / f"{i}.png")
+        Image.fromarray(scene).save(root / "src" / "train" / "canon" / f"{i}.jpg", quality=95)
+    result = cli("prepare", root / "src", "-o", root / "ds", "--until", "saliency", "--patch-size", "112",
+                  "--saliency-method", "spectral-residual", "--min-score", "-1", "--split", "0.5,0.5,0")
+    assert result.exit_code == 0, result.output
+    return root / "ds"
+
+
+def build_shards(ds: Path, out: Path, *extra) -> dict:
+    """The shards command on a prepared DATASET's patches and saliency; index.json."""
+    import json
+
+    result = cli("shards", ds / "patches", ds / "saliency", "-o", out, *extra)
+    assert result.exit_code == 0, result.output
+    return json.loads((out / "index.json").read_text())
+
+
+def zrr_source(root: Path, n_train: int = 6, n_test: int = 2) -> dict[str, np.ndarray]:
+    """A mini ZRR folder: train|test/huawei_raw/N.png mosaics (one 8-bit, as ZRR saves dark crops) and
+    canon/N.jpg; returns the mosaics by scene."""
+    from PIL import Image
+
+    mosaics = {}
+    for part, n in (("train", n_train), ("test", n_test)):
+        (root / part / "huawei_raw").mkdir(parents=True)
+        (root / part / "canon").mkdir(parents=True)
+        for i in range(n):
+            scene = synth.scene(synth.SCENES[i % 4], (448, 448))
+            mosaic = (bayer.mosaic(scene.astype(np.uint16), "RGGB") * 4 + 20).clip(0, 1023)
+            if i == 0:  # ZRR saves a crop 8-bit when its max is <= 255
+                mosaic = (mosaic // 4).astype(np.uint8)
+            else:
+                mosaic = mosaic.astype(np.uint16)
+            Image.fromarray(mosaic).save(root / part / "huawei_raw" / f"{i}.png")
+            Image.fromarray(scene).save(root / part / "canon" / f"{i}.jpg", quality=95)
+            mosaics[f"{part}/{i}"] = mosaic
+    return mosaics

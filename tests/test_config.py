@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from raw2rgb.errors import UserError
 from raw2rgb.convert import ConvertConfig
+from raw2rgb.errors import UserError
 from raw2rgb.model.discriminator import DiscriminatorConfig
 from raw2rgb.model.generator import GeneratorConfig
 from raw2rgb.model.infer import TileConfig

@@ -11,12 +11,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from raw2rgb.cli import main
-from raw2rgb.model.losses import LossWeights
 from raw2rgb.model import checkpoint
 from raw2rgb.model.checkpoint import load as load_checkpoint
 from raw2rgb.model.train import Runtime, TrainConfig, train
 from raw2rgb.pipeline import synth
-from tests.model.conftest import make_shards
+from tests.model.conftest import make_shards, tiny_config
 
 
 def _cli(*args):
@@ -27,7 +26,7 @@ def _cli(*args):
 def run_dir(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("convert")
     root = make_shards(tmp / "shards", {"train": 4, "val": 2})
-    cfg = TrainConfig.preset_config("tiny", stage1_epochs=1, stage2_epochs=1, batch_size=4, weights=LossWeights(perceptual=0.0))
+    cfg = tiny_config()
     train(root, tmp / "run", cfg, Runtime(workers=0))
     return tmp / "run"
 

@@ -13,8 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from raw2rgb.cli import main
-from raw2rgb.pipeline import bayer, rawio, synth
 from raw2rgb.files import file_sha256
+from raw2rgb.pipeline import bayer, rawio, synth
 from tests.conftest import BLACK, WHITE, kill_midway
 
 

@@ -56,6 +56,7 @@ class ShardDataset(Dataset):
         self._files: dict[str, Any] = {}
         self._stale: dict[str, Any] = {}  # handles a forked child inherited: never used, never closed
         self._pid = os.getpid()
+        self._hw: tuple[int, int] | None = None
 
     def __len__(self) -> int:
         return int(self.starts[-1])
@@ -103,15 +104,27 @@ class ShardDataset(Dataset):
         except Exception as e:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError…
             raise ShardError(f"{self.root / name}: sample {j} unreadable ({one_line(str(e))})") from None
 
+    def transform(self, index: int) -> augment.Transform | None:
+        """The geometry sample ``index`` gets in the current epoch (None: as stored), a function of
+        (seed, epoch, index) only."""
+        if not (self.augment or self.crop):
+            return None
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        shape = self._shape()
+        if self.augment:
+            return augment.random_transform(rng, shape, self.crop, phase_moving=self.scale == 2)
+        return augment.Transform(crop=augment.random_transform(rng, shape, self.crop, phase_moving=False).crop)
+
+    def _shape(self) -> tuple[int, int]:
+        """(h, w) of the stored packed samples (one size per shards folder)."""
+        if self._hw is None:
+            self._hw = tuple(int(v) for v in self._file(self.shards[0])[0].shape[2:])
+        return self._hw
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         name, sid, j, raw, rgb, sal = self._read(index)
-        if self.augment or self.crop:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            if self.augment:
-                t = augment.random_transform(rng, raw.shape[1:], self.crop, phase_moving=self.scale == 2)
-            else:
-                t = augment.random_transform(rng, raw.shape[1:], self.crop, phase_moving=False)
-                t = augment.Transform(crop=t.crop)
+        t = self.transform(index)
+        if t is not None:
             raw, rgb, sal = self._move(raw, rgb, sal, t)
         sample = {"raw": torch.from_numpy(raw), "rgb": torch.from_numpy(rgb), "saliency": torch.from_numpy(sal),
                   "id": sid}

@@ -464,7 +464,7 @@ _SCHEDULER: contextvars.ContextVar[str | None] = contextvars.ContextVar("raw2rgb
 
 
 @contextlib.contextmanager
-def dask_cluster(address: str) -> Iterator[Any]:
+def dask_cluster(address: str, timeout: str = "20s") -> Iterator[Any]:
     """Run the stages started inside the block on the Dask cluster whose scheduler is at ``address``.
 
     Raises:
@@ -475,8 +475,8 @@ def dask_cluster(address: str) -> Iterator[Any]:
     except ImportError:
         raise InputError("--backend dask needs dask's distributed scheduler: pip install 'raw2rgb[dist]'") from None
     try:
-        client = Client(address, timeout="20s")
-    except (OSError, ValueError) as e:
+        client = Client(address, timeout=timeout)
+    except (OSError, ValueError, TimeoutError) as e:
         raise InputError(f"cannot reach the Dask scheduler at {address} ({one_line(str(e))})") from None
     token = _SCHEDULER.set(address)
     try:

@@ -46,8 +46,14 @@ class Camera(JsonConfig):
     xyz_to_cam: tuple[tuple[float, ...], ...] = CANON_350D_XYZ_TO_CAM
     wb_gains: tuple[float, float, float] = (2.0, 1.0, 1.6)  # as shot, R G B
     noise: float = 0.0  # Gaussian read noise, as a fraction of white - black
+    shot_noise: float = 0.0  # photon noise: std at full scale, as a fraction (std ∝ √signal)
+    blur: float = 0.0  # lens blur: Gaussian sigma in sensor pixels (a small phone lens)
+    vignetting: float = 0.0  # light lost at the frame's corners (cos⁴-like falloff)
     make: str = "raw2rgb"
     model: str = "Virtual Camera"
+
+
+PHONE = {"noise": 0.006, "shot_noise": 0.012, "blur": 0.9, "vignetting": 0.25}  # a small-sensor phone's optics
 
 
 def unprocess(srgb: np.ndarray, camera: Camera) -> np.ndarray:
@@ -60,15 +66,31 @@ def unprocess(srgb: np.ndarray, camera: Camera) -> np.ndarray:
     return np.clip(cam, 0.0, 1.0)
 
 
+def vignette(h: int, w: int, strength: float) -> np.ndarray:
+    """(h, w) gain: 1 at the centre, ``1 - strength`` at the corners (cos⁴ of the field angle)."""
+    yy, xx = np.mgrid[0:h, 0:w]
+    r2 = ((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2) / (((h - 1) / 2) ** 2 + ((w - 1) / 2) ** 2)
+    tan2 = r2 * ((1 - strength) ** -0.5 - 1)  # cos⁴ = 1 / (1 + tan²)² reaches 1 - strength at r = 1
+    return 1.0 / (1.0 + tan2) ** 2
+
+
 def capture(srgb: np.ndarray, camera: Camera, rng: np.random.Generator | None = None) -> np.ndarray:
-    """The mosaic (H, W) uint16 the virtual camera records of an sRGB scene."""
-    cam = bayer.mosaic(unprocess(srgb, camera), camera.pattern)
+    """The mosaic (H, W) uint16 the virtual camera records of an sRGB scene: lens blur and
+    vignetting on the light, then the mosaic, black/white level, photon and read noise."""
+    light = unprocess(srgb, camera)
+    if camera.blur > 0:
+        light = gaussian_filter(light, (camera.blur, camera.blur, 0), mode="reflect")
+    if camera.vignetting > 0:
+        light = light * vignette(*light.shape[:2], camera.vignetting)[..., None]
+    cam = bayer.mosaic(light, camera.pattern)
     black = bayer.cell_values(camera.pattern, camera.black)
     black_map = np.tile(black, (cam.shape[0] // 2 + 1, cam.shape[1] // 2 + 1))[: cam.shape[0], : cam.shape[1]]
-    values = black_map + cam * (camera.white - black_map)
-    if camera.noise > 0:
+    span = camera.white - black_map
+    values = black_map + cam * span
+    if camera.noise > 0 or camera.shot_noise > 0:
         rng = rng or np.random.default_rng(0)
-        values += rng.normal(0.0, camera.noise * (camera.white - black_map.mean()), values.shape)
+        std = np.sqrt((camera.noise * span) ** 2 + camera.shot_noise**2 * np.clip(cam, 0, 1) * span**2)
+        values += rng.standard_normal(values.shape) * std
     return np.clip(np.rint(values), 0, camera.white).astype(np.uint16)
 
 
@@ -162,12 +184,45 @@ def sample_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (512, 768),
 
 @dataclass(frozen=True)
 class Look(JsonConfig):
-    """How "another camera" renders a scene: its own white point, saturation and tone curve. A
-    model trained on such targets must learn them; a fixed classical pipeline cannot."""
+    """How "another camera" renders a scene: its own white point, saturation and tone curve and,
+    like a DSLR's JPEG engine, hue-dependent colour, capture sharpening and local contrast. A model
+    trained on such targets must learn them; a fixed classical pipeline cannot, and a colour
+    profile (one function of each pixel's colour) cannot learn the local parts."""
 
     warmth: tuple[float, float, float] = (1.08, 1.0, 0.88)  # linear gains R, G, B
     saturation: float = 1.3
     contrast: float = 0.6  # blend towards a smoothstep S-curve on the sRGB values
+    hue_shift: float = 0.0  # degrees: hues turn by up to this much, depending on the hue
+    hue_saturation: float = 0.0  # saturation varies with hue by ± this fraction (warm hues gain)
+    sharpen: float = 0.0  # unsharp mask on luma, σ 1 px (capture sharpening)
+    local_contrast: float = 0.0  # unsharp mask on luma, σ 3 % of the frame's diagonal (clarity)
+
+
+LOOKS = {
+    "plain": Look(),  # a global look: colour and tone
+    "dslr": Look(contrast=0.7, hue_shift=10.0, hue_saturation=0.15, sharpen=0.8, local_contrast=0.35),
+}
+
+
+def _hue_rendition(x: np.ndarray, shift: float, sat: float) -> np.ndarray:
+    """Turn hues and scale chroma by hue, in an opponent space of sRGB values (luma kept)."""
+    y = x @ np.array([0.299, 0.587, 0.114])
+    a = x[..., 0] - y  # red-cyan
+    b = x[..., 2] - y  # blue-yellow
+    hue = np.arctan2(b, a)
+    turn = -np.deg2rad(shift) * np.sin(2 * hue)  # oranges turn towards red, greens towards cyan
+    gain = 1.0 + sat * np.cos(hue - np.deg2rad(-30))  # warm (skin, orange) hues gain chroma
+    c, s = np.cos(turn) * gain, np.sin(turn) * gain
+    a2, b2 = a * c - b * s, a * s + b * c
+    r, bl = y + a2, y + b2
+    g = (y - 0.299 * r - 0.114 * bl) / 0.587
+    return np.stack([r, g, bl], -1)
+
+
+def _unsharp_luma(x: np.ndarray, sigma: float, amount: float) -> np.ndarray:
+    y = x @ np.array([0.299, 0.587, 0.114])
+    detail = y - gaussian_filter(y, sigma, mode="reflect")
+    return x + amount * detail[..., None]
 
 
 def render_look(srgb: np.ndarray, look: Look = Look()) -> np.ndarray:
@@ -176,21 +231,28 @@ def render_look(srgb: np.ndarray, look: Look = Look()) -> np.ndarray:
     y = lin @ np.array([0.2126, 0.7152, 0.0722])
     lin = y[..., None] + look.saturation * (lin - y[..., None])
     x = linear_to_srgb(np.clip(lin, 0, 1))
+    if look.hue_shift or look.hue_saturation:
+        x = np.clip(_hue_rendition(x, look.hue_shift, look.hue_saturation), 0, 1)
     x = x + look.contrast * (x * x * (3 - 2 * x) - x)
+    if look.local_contrast:
+        x = _unsharp_luma(x, 0.03 * float(np.hypot(*x.shape[:2])), look.local_contrast)
+    if look.sharpen:
+        x = _unsharp_luma(x, 1.0, look.sharpen)
     return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
 
 
 def paired_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (384, 576), seed: int = 0,
-                scenes: tuple[str, ...] = ALL_SCENES, look: Look = Look()) -> list[Path]:
+                scenes: tuple[str, ...] = ALL_SCENES, look: Look = Look(), phone: bool = False) -> list[Path]:
     """A RAW+JPEG dataset of two cameras: each scene's DNG from the virtual camera (with noise, CFA
-    patterns taking turns) beside ``NAME.jpg``, the scene as another camera with its own ``look``
-    renders it."""
+    patterns taking turns; ``phone``: a small sensor's lens blur, vignetting and noise) beside
+    ``NAME.jpg``, the scene as another camera with its own ``look`` renders it."""
     rng = np.random.default_rng(seed)
     paths = []
+    optics = PHONE if phone else {"noise": 0.004}
     for i, name in enumerate(scenes):
         pattern = bayer.PATTERNS[i % 4]
-        camera = Camera(pattern=pattern, black=(500 + i, 510 + i, 520 + i, 530 + i), noise=0.004,
-                        model=f"Virtual {pattern}")
+        camera = Camera(pattern=pattern, black=(500 + i, 510 + i, 520 + i, 530 + i), model=f"Virtual {pattern}",
+                        **optics)
         rgb = scene(name, size)
         path = Path(out_dir) / f"{name}.dng"
         paths.append(write_dng(path, capture(rgb, camera, rng), camera))

@@ -7,9 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from raw2rgb.files import write_json
+from raw2rgb.model.losses import LossWeights
+from raw2rgb.model.train import TrainConfig
 from raw2rgb.pipeline import bayer, shards, synth
 from raw2rgb.pipeline.develop import area_downsample
-from raw2rgb.files import write_json
 
 
 def make_shards(root: Path, counts: dict[str, int], size: int = 32, scale: int = 1, seed: int = 0) -> Path:
@@ -46,3 +48,9 @@ def make_shards(root: Path, counts: dict[str, int], size: int = 32, scale: int =
 @pytest.fixture(scope="session")
 def tiny_shards(tmp_path_factory) -> Path:
     return make_shards(tmp_path_factory.mktemp("shards"), {"train": 8, "val": 4})
+
+
+def tiny_config(**kw) -> TrainConfig:
+    """The tiny preset for one epoch per stage, batch 4, no VGG: seconds on a CPU."""
+    base = {"stage1_epochs": 1, "stage2_epochs": 1, "batch_size": 4, "weights": LossWeights(perceptual=0.0)}
+    return TrainConfig.preset_config("tiny", **{**base, **kw})

@@ -37,7 +37,8 @@ def test_tiny_shapes(scale, hw):
     assert sal.shape == (2, 1, scale * hw[0], scale * hw[1])
     assert g.rgb(x).shape == rgb.shape
     score = d(x, rgb)
-    assert score.shape[:2] == (2, 1) and score.shape[-1] > 0
+    # a PatchGAN map: three stride-2 stages (/8), then two 4×4 convs with padding 1 (−1 each)
+    assert score.shape == (2, 1, scale * hw[0] // 8 - 2, scale * hw[1] // 8 - 2)
 
 
 def test_bad_input_shape_is_named():

@@ -8,14 +8,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from raw2rgb.cli import main
-from raw2rgb.model.losses import LossWeights
-from raw2rgb.model.train import Runtime, TrainConfig, train
-from tests.model.conftest import make_shards
+from raw2rgb.model.train import Runtime, train
+from tests.model.conftest import make_shards, tiny_config
 
 
 def test_report_of_a_tiny_run_references_every_image(tmp_path):
     root = make_shards(tmp_path / "shards", {"train": 8, "val": 4})
-    cfg = TrainConfig.preset_config("tiny", stage1_epochs=2, stage2_epochs=1, batch_size=4, weights=LossWeights(perceptual=0.0))
+    cfg = tiny_config(stage1_epochs=2)
     train(root, tmp_path / "run", cfg, Runtime(workers=0, log_every=1))
     extra = tmp_path / "photo.png"
     Image.new("RGB", (20, 10), (200, 30, 30)).save(extra)

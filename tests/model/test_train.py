@@ -15,11 +15,11 @@ import torch
 from click.testing import CliRunner
 
 from raw2rgb.cli import main
-from raw2rgb.model import losses
-from raw2rgb.model.losses import LossWeights
 from raw2rgb.errors import UserError
+from raw2rgb.model import losses
 from raw2rgb.model.checkpoint import load as load_checkpoint
 from raw2rgb.model.distributed import weights_digest
+from raw2rgb.model.losses import LossWeights
 from raw2rgb.model.run import iter_stats
 from raw2rgb.model.train import Runtime, TrainConfig, TrainError, train
 from tests.model.conftest import make_shards
@@ -198,7 +198,8 @@ def test_perceptual_term_with_given_vgg_weights(tiny_shards, tmp_path):
     torch.save(vgg16(weights=None).state_dict(), tmp_path / "vgg.pth")
     feats = losses.load_vgg_features(tmp_path / "vgg.pth")
     assert len(feats) == 22 and isinstance(feats[-1], torch.nn.Conv2d)  # conv4_3, before its ReLU
-    train(tiny_shards, tmp_path / "run", tiny(weights=LossWeights(perceptual=1.0)), rt(stages="2", vgg_weights=str(tmp_path / "vgg.pth")))
+    train(tiny_shards, tmp_path / "run", tiny(weights=LossWeights(perceptual=1.0)),
+          rt(stages="2", vgg_weights=str(tmp_path / "vgg.pth")))
     assert all("perceptual" in r for r in iter_stats(tmp_path / "run") if r["event"] == "step")
 
 
@@ -302,3 +303,46 @@ def test_compiled_training_runs_both_stages(tiny_shards, tmp_path):
     assert result.finished and result.step == 4
     steps = [r for r in iter_stats(tmp_path / "run") if r["event"] == "step"]
     assert all(np.isfinite(r["total"]) for r in steps)
+
+
+def test_the_d_step_leaves_g_alone_and_the_g_step_leaves_d_alone():
+    """pix2pix order: D steps on (real, fake.detach()) — G's weights and gradients untouched — then G
+    steps with D frozen — D's weights unchanged and no gradient reaches them."""
+    from raw2rgb.model.discriminator import PRESETS as D_PRESETS
+    from raw2rgb.model.discriminator import Discriminator
+    from raw2rgb.model.generator import PRESETS, Generator, init_weights
+    from raw2rgb.model.train import Nets, _optimisers, train_step
+
+    g, d = Generator(PRESETS["tiny"]), Discriminator(D_PRESETS["tiny"])
+    init_weights(g, 0.02, torch.Generator().manual_seed(0))
+    init_weights(d, 0.02, torch.Generator().manual_seed(1))
+    nets = Nets(g, d, g, d, None)
+    opts = _optimisers(nets, tiny(), 2, False)
+    # parameters only: spectral norm's power iteration updates its u, v buffers in every forward
+    snap = lambda net: {k: v.detach().clone() for k, v in net.named_parameters()}  # noqa: E731
+    g0, d0 = snap(g), snap(d)
+    seen: dict[str, dict] = {}
+
+    def watch(name, opt):
+        step = opt.step
+
+        def wrapped(*a, **kw):
+            seen[name] = {"G": snap(g), "D": snap(d), "g_grads": [p.grad for p in g.parameters()],
+                          "d_grads": [None if p.grad is None else p.grad.clone() for p in d.parameters()]}
+            return step(*a, **kw)
+        opt.step = wrapped
+
+    watch("D", opts["opt_D"])
+    watch("G", opts["opt_G"])
+    x = torch.rand(2, 4, 32, 32) * 2 - 1
+    batch = {"raw": x, "rgb": torch.rand(2, 3, 32, 32) * 2 - 1, "saliency": torch.rand(2, 1, 32, 32)}
+    train_step(nets, opts, batch, 2, LossWeights(perceptual=0.0), torch.autocast("cpu", enabled=False))
+    # at D's step: G as it was, with no gradient (fake was detached)
+    assert all(torch.equal(seen["D"]["G"][k], g0[k]) for k in g0)
+    assert all(gr is None for gr in seen["D"]["g_grads"])
+    d_after = snap(d)
+    assert any(not torch.equal(d_after[k], d0[k]) for k in d0)  # D moved
+    # at G's step: D as its own step left it, its gradients those of the D step (G's loss added none)
+    assert all(torch.equal(seen["G"]["D"][k], d_after[k]) for k in d_after)
+    assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(seen["G"]["d_grads"], seen["D"]["d_grads"]))
+    assert any(not torch.equal(v, g0[k]) for k, v in snap(g).items())  # G moved

@@ -55,21 +55,6 @@ def test_augmenting_the_capture_equals_capturing_the_transformed_scene(scale, el
         assert got_raw.shape == (4, 10, 10) and got_rgb.shape[:2] == (10 * scale, 10 * scale)
 
 
-def test_the_papers_packed_flip_breaks_it():
-    scene = _scene()
-    raw, rgb, _ = _capture(scene, 1)
-    flipped_raw, flipped_rgb = augment.paper_flip(raw, rgb)
-    t = augment.Transform(flip_h=True)
-    want_raw, want_rgb, _ = _capture(_transformed_scene(scene, t), 1)
-    w = want_raw.shape[2]
-    assert not np.array_equal(flipped_raw[:, :, :w], want_raw)
-    assert not np.array_equal(flipped_raw[:, :, 1 : w + 1], want_raw)
-    # and its "R" plane is not red: it holds the samples that sat on R positions of the
-    # flipped image's cells only by accident of position, not by colour role
-    red_true = bayer.pack(bayer.mosaic(scene[:, ::-1].astype(np.uint16), "GRBG"), "GRBG")[0]
-    assert not np.array_equal(flipped_raw[0, :, 1:], red_true[:, : flipped_raw.shape[2] - 1])
-
-
 def test_the_papers_flip_swaps_red_and_green_positions_inside_each_cell():
     """On a scene whose value is its sensor column, every sample says where it was taken. After the
     paper's flip of the packed planes, the flipped image's column of a sample is W-1-value: its "R"

@@ -59,12 +59,10 @@ def test_greens_keep_their_row_roles(pattern):
     # Label each sample with its position so G1 (red row) and G2 (blue row) can be told apart.
     m = np.arange(16 * 16, dtype=np.int64).reshape(16, 16)
     packed = bayer.pack(m, pattern)
-    dy, dx = bayer.unify_offset(pattern)
-    ry, _ = bayer.channel_offsets(pattern)["R"]
+    ry, rx = {"RGGB": (0, 0), "GRBG": (0, 1), "GBRG": (1, 0), "BGGR": (1, 1)}[pattern]  # where red sits
     g1_rows = (packed[1] // 16)
-    assert np.all(g1_rows % 2 == ry % 2)  # G1 samples sit on the red rows of the source
-    assert np.all(packed[3] // 16 % 2 != ry % 2)
-    assert (dy, dx) == bayer.channel_offsets(pattern)["R"]
+    assert np.all(g1_rows % 2 == ry) and np.all(packed[3] // 16 % 2 != ry)  # G1 on red rows, G2 on blue rows
+    assert int(packed[0, 0, 0]) == 16 * ry + rx  # the first red sample of the source
 
 
 @pytest.mark.parametrize("pattern", bayer.PATTERNS)

@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from raw2rgb.cli import main
-from raw2rgb.pipeline import synth
+from raw2rgb.errors import InputError
 from raw2rgb.files import write_bytes
+from raw2rgb.pipeline import synth
 from raw2rgb.pipeline.stage import Context, Item, Manifest, Stage, dask_cluster, run_stage
 
 distributed = pytest.importorskip("distributed")
@@ -121,6 +122,12 @@ def test_a_worker_killed_mid_stage_loses_no_finished_item(cluster, tmp_path):
     assert rerun.cached == 9 and rerun.done == 0
 
 
-def test_unreachable_scheduler_is_one_line(tmp_path):
+def test_dask_without_a_scheduler_is_a_usage_error(tmp_path):
     r = CliRunner().invoke(main, ["unpack", str(tmp_path), "-o", str(tmp_path / "o"), "--backend", "dask"])
     assert r.exit_code == 2 and "needs --scheduler" in r.output
+
+
+def test_unreachable_scheduler_is_one_line():
+    with pytest.raises(InputError, match=r"cannot reach the Dask scheduler at tcp://127.0.0.1:9"):
+        with dask_cluster("tcp://127.0.0.1:9", timeout="1s"):
+            pass
