@@ -20,8 +20,10 @@ $(VENV)/.dev: $(VENV)/.core
 	touch $@
 
 # The whole mission on embedded data, a few minutes on 2 cores: a two-camera dataset from the virtual
-# camera, prepare, train (tiny preset), evaluate model and classical pipeline, convert a held-out
-# DNG both ways, export, and a report. Every stage is cached: a second `make demo` redoes nothing.
+# camera, prepare (output scale 2: full-resolution photos), train the recommended network (tiny preset,
+# its default schedule), fit a colour profile, evaluate the classical pipeline, the profile and the model
+# under one protocol, convert a held-out DNG all three ways, export, and a report. Every stage is cached:
+# a second `make demo` redoes nothing.
 R2R     := $(VENV)/bin/raw2rgb
 HELDOUT := chelsea# in the val split at --seed 8 (splits are by scene)
 demo: $(VENV)/.core
@@ -31,25 +33,32 @@ demo: $(VENV)/.core
 	$(R2R) prepare $(DEMO)/raw -o $(DEMO)/dataset --patch-size 64 --split 0.7,0.3,0 --seed 8 --copies 2 \
 	    --min-inliers 12
 	$(R2R) inspect $(DEMO)/dataset
-	$(R2R) train $(DEMO)/dataset -o $(DEMO)/run --preset tiny --epochs 40,10 --perceptual-weight 0 --log-every 31
-	$(R2R) evaluate $(DEMO)/dataset --checkpoint $(DEMO)/run -o $(DEMO)/eval/model
+	$(R2R) train $(DEMO)/dataset -o $(DEMO)/run --preset tiny --perceptual-weight 0 --log-every 50
+	$(R2R) profile fit $(DEMO)/dataset -o $(DEMO)/profile.json
 	$(R2R) evaluate $(DEMO)/dataset --method isp -o $(DEMO)/eval/isp
-	$(R2R) convert $(DEMO)/raw/$(HELDOUT).dng -o $(DEMO)/convert/model --checkpoint $(DEMO)/run
+	$(R2R) evaluate $(DEMO)/dataset --profile $(DEMO)/profile.json -o $(DEMO)/eval/profile
+	$(R2R) evaluate $(DEMO)/dataset --checkpoint $(DEMO)/run -o $(DEMO)/eval/model
 	$(R2R) convert $(DEMO)/raw/$(HELDOUT).dng -o $(DEMO)/convert/isp --method isp
+	$(R2R) convert $(DEMO)/raw/$(HELDOUT).dng -o $(DEMO)/convert/profile --profile $(DEMO)/profile.json
+	$(R2R) convert $(DEMO)/raw/$(HELDOUT).dng -o $(DEMO)/convert/model --checkpoint $(DEMO)/run
 	$(R2R) export $(DEMO)/run --pt2 $(DEMO)/generator.pt2
-	$(R2R) report $(DEMO)/run --dataset $(DEMO)/dataset -o $(DEMO)/report.html \
+	$(R2R) report $(DEMO)/run --dataset $(DEMO)/dataset --profile $(DEMO)/profile.json -o $(DEMO)/report.html \
 	    --image "$(HELDOUT).dng, classical pipeline=$(DEMO)/convert/isp/$(HELDOUT).png" \
+	    --image "$(HELDOUT).dng, fitted colour profile=$(DEMO)/convert/profile/$(HELDOUT).png" \
 	    --image "$(HELDOUT).dng, trained model=$(DEMO)/convert/model/$(HELDOUT).png" \
 	    --image "$(HELDOUT).dng, the other camera's JPEG (target)=$(DEMO)/raw/$(HELDOUT).jpg"
 	@echo
-	@echo "demo: RAW+JPEG pairs (virtual camera; JPEGs from 'another camera')  $(DEMO)/raw"
-	@echo "demo: packed RAW (4-channel 16-bit PNG + JSON sidecar)                $(DEMO)/packed"
-	@echo "demo: dataset (unpack, patches, saliency, shards; splits by scene)    $(DEMO)/dataset"
-	@echo "demo: training run (config, stats.jsonl, checkpoints, samples, TB)    $(DEMO)/run"
-	@echo "demo: metrics, model vs classical (per_image.csv, summary.json)      $(DEMO)/eval"
-	@echo "demo: $(HELDOUT).dng converted by the model and the classical pipeline $(DEMO)/convert"
-	@echo "demo: exported generator (torch.export)                              $(DEMO)/generator.pt2"
-	@echo "demo: report                                                          $(DEMO)/report.html, $(DEMO)/report.png"
+	@echo "demo: RAW+JPEG pairs (virtual camera; JPEGs from 'another camera')   $(DEMO)/raw"
+	@echo "demo: packed RAW (4-channel 16-bit PNG + JSON sidecar)                 $(DEMO)/packed"
+	@echo "demo: dataset (unpack, patches, saliency, shards; splits by scene)     $(DEMO)/dataset"
+	@echo "demo: training run (config, stats.jsonl, checkpoints, samples, TB)     $(DEMO)/run"
+	@echo "demo: colour profile fitted on the train split                         $(DEMO)/profile.json"
+	@echo "demo: metrics: classical, profile, model (per_image.csv, summary.json) $(DEMO)/eval"
+	@echo "demo: $(HELDOUT).dng converted all three ways, at full resolution       $(DEMO)/convert"
+	@echo "demo: exported generator (torch.export)                               $(DEMO)/generator.pt2"
+	@echo "demo: report                                                           $(DEMO)/report.html, $(DEMO)/report.png"
+	@$(PY) -c "import json; r = {m: json.load(open('$(DEMO)/eval/' + m + '/summary.json')) for m in ('isp', 'profile', 'model')}; \
+	    print('\n'.join(f'demo: {m:8s} PSNR {v[\"psnr\"]:.2f} dB  SSIM {v[\"ssim\"]:.4f}' for m, v in r.items()))"
 
 test: $(VENV)/.dev
 	$(PY) -m pytest -q

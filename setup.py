@@ -16,8 +16,8 @@ setup(
     packages=find_packages(include=["raw2rgb", "raw2rgb.*"]),
     install_requires=[
         "numpy>=1.24",
-        "torch>=2.1",
-        "torchvision>=0.16",
+        "torch>=2.5",  # torch.uint16, torch.amp.GradScaler (2.3), torch.OutOfMemoryError (2.5)
+        "torchvision>=0.20",
         "rawpy>=0.19",
         "imageio>=2.31",
         "pillow>=10",

@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report  # noqa: E402
 
 from raw2rgb.device import resolve_device  # noqa: E402
-from raw2rgb.model.generator import Generator, fold_spectral_norm, init_weights  # noqa: E402
 from raw2rgb.model import checkpoint  # noqa: E402
+from raw2rgb.model.generator import Generator, fold_spectral_norm, init_weights  # noqa: E402
 from raw2rgb.model.train import TrainConfig  # noqa: E402
 from raw2rgb.pipeline import synth  # noqa: E402
 

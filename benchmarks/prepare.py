@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report  # noqa: E402
 
 from raw2rgb import prepare as prep  # noqa: E402
-from raw2rgb.pipeline import bayer, pairs, rawio, synth  # noqa: E402
+from raw2rgb.pipeline import bayer, develop, pairs, rawio, synth  # noqa: E402
 from raw2rgb.pipeline.pairs import PatchParams  # noqa: E402
 
 

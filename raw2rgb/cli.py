@@ -24,6 +24,7 @@ from raw2rgb.model import losses
 from raw2rgb.model import report as rep
 from raw2rgb.model import train as tr
 from raw2rgb.model.data import describe
+from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline import rawio, stage
 from raw2rgb.pipeline import shards as shard_stage
 from raw2rgb.pipeline import synth as virtual_camera
@@ -216,7 +217,7 @@ def unpack(obj, inputs: tuple[str, ...], out_dir: Path, bit_depth: str, zrr_leve
     Example:
       raw2rgb unpack photos/ 'more/*.dng' -o packed/ -j 4
     """
-    items = unpack_stage.collect_inputs(inputs)
+    items = unpack_stage.collect_inputs(inputs, out_dir)
     result = unpack_stage.unpack(items, out_dir, bit_depth=int(bit_depth), zrr_levels=rawio.ZRR_LEVELS[zrr_levels],
                                  jobs=_jobs(jobs), force=force, progress=_progress(obj["quiet"]))
     click.echo(f"wrote {len(result.manifest.ok)} packed PNGs to {out_dir}", err=True)
@@ -311,8 +312,10 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
 # Patches
 @click.option("--patch-size", type=click.IntRange(min=8), default=224, metavar="P", help="Patch size, packed pixels.")
 @click.option("--stride", type=click.IntRange(min=1), default=None, metavar="S", help="[default: patch size]")
-@click.option("--scale", type=click.Choice(["1", "2"]), default="1",
-              help="Shards: target at packed resolution (1, the paper) or full sensor resolution (2).")
+@click.option("--scale", type=click.Choice(["1", "2"]), default=None,
+              help="Shards: target at packed resolution (1, the paper) or full sensor resolution (2) [default: 2 for "
+                   "two-camera layouts (pairs, raw+jpeg: convert writes full-resolution photos), 1 for zrr and "
+                   "aim2019 (the paper's protocol)].")
 @click.option("--copies", type=click.IntRange(min=1), default=1, metavar="K",
               help="Shards: K Bayer-safe transformed copies per patch (1: none).")
 @click.option("--crop", type=click.IntRange(min=8), default=None, metavar="C",
@@ -361,8 +364,10 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
       raw2rgb prepare ZRR/ -o zrr-ds --layout zrr
       raw2rgb prepare my-pairs/ -o ds --layout pairs --patch-size 224 --split 0.8,0.1,0.1
     """
+    layout = prep.resolve_layout(src, layout)
+    scale = scale or prep.DEFAULT_SCALE[layout]
     cfg = prep.PrepareConfig(
-        src=str(src.resolve()), out=str(out_dir.resolve()), layout=prep.resolve_layout(src, layout),
+        src=str(src.resolve()), out=str(out_dir.resolve()), layout=layout,
         pairs_csv=str(pairs_csv) if pairs_csv else None, zrr_levels=zrr_levels,
         patch=PatchParams(size=patch_size, stride=stride or patch_size, min_score=min_score,
                           max_clipped=max_clipped, min_mean=min_mean, max_shift=max_shift),
@@ -578,12 +583,16 @@ def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, 
 # Method
 @click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), default=None, metavar="CKPT|RUN",
               help="A trained checkpoint, or a RUN folder (its final checkpoint).")
-@click.option("--method", type=click.Choice(["model", "isp"]), default=None,
-              help="model (needs --checkpoint) or isp, the classical pipeline [default: model with a checkpoint, "
-                   "else isp].")
+@click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="JSON", help="A colour profile (raw2rgb profile fit; a RUN's profile.json).")
+@click.option("--method", type=click.Choice(list(conv.METHODS)), default=None,
+              help="model (needs --checkpoint), isp (the classical pipeline) or profile (the classical pipeline, "
+                   "then --profile) [default: model with a checkpoint, profile with a profile, else isp].")
 # Tiling
 @click.option("--tile", type=click.IntRange(min=16), default=512, metavar="N", help="Tile size, packed pixels.")
-@click.option("--overlap", type=click.IntRange(min=0), default=64, metavar="N", help="Tile overlap, packed pixels.")
+@click.option("--overlap", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Tile overlap, packed pixels [default: what the model needs for tiles to match one pass, "
+                   "measured once per model].")
 # Output
 @click.option("--format", "fmt", type=click.Choice(["png", "jpg", "tiff16"]), default="png",
               help="png and jpg: 8-bit sRGB; tiff16: 16-bit sRGB.")
@@ -597,25 +606,27 @@ def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, 
 @click.pass_obj
 @user_errors
 @backend_options
-def convert(obj, inputs, out_dir, checkpoint, method, tile, overlap, fmt, quality, zrr_levels, device, jobs,
-            force) -> None:
+def convert(obj, inputs, out_dir, checkpoint, profile, method, tile, overlap, fmt, quality, zrr_levels, device,
+            jobs, force) -> None:
     """Convert RAW files to full-resolution RGB images.
 
     INPUTS are files, folders (searched recursively) or glob patterns of any Bayer RAW (DNG, CR2,
-    NEF, ARW, …). With a checkpoint the trained model runs over overlapping tiles with frame-wide
-    normalisation (no seams, memory bounded by the tile); without one, the classical pipeline
+    NEF, ARW, …). With a checkpoint the trained model runs over overlapping tiles (no seams, memory
+    bounded by the tile); with a profile, the classical pipeline followed by that colour profile
+    (another camera's look in seconds, on any machine); without either, the classical pipeline
     (black/white level, as-shot white balance, demosaicing, the file's colour matrix, sRGB).
     Files already converted with the same settings are skipped.
 
     \b
     Examples:
-      raw2rgb convert photo.dng -o out/                       # classical pipeline
-      raw2rgb convert shoot/ -o out/ --checkpoint runs/paper  # the trained model
+      raw2rgb convert photo.dng -o out/                              # classical pipeline
+      raw2rgb convert shoot/ -o out/ --checkpoint runs/mine          # the trained model
+      raw2rgb convert shoot/ -o out/ --profile runs/mine/profile.json
     """
-    cfg = conv.resolve(method, checkpoint, tile=tile, overlap=overlap, format=fmt, quality=quality,
+    cfg = conv.resolve(method, checkpoint, profile, tile=tile, overlap=overlap, format=fmt, quality=quality,
                        zrr_levels=rawio.ZRR_LEVELS[zrr_levels])
-    items = conv.collect_inputs(inputs)
-    result = conv.convert(items, out_dir, cfg, device=device, jobs=_jobs(jobs) if cfg.method == "isp" else 1,
+    items = conv.collect_inputs(inputs, out_dir)
+    result = conv.convert(items, out_dir, cfg, device=device, jobs=_jobs(jobs) if cfg.method != "model" else 1,
                           force=force, progress=_progress(obj["quiet"]))
     click.echo(f"{cfg.method}: {len(result.manifest.ok)} images in {out_dir}", err=True)
     _finish(result)
@@ -628,30 +639,73 @@ def convert(obj, inputs, out_dir, checkpoint, method, tile, overlap, fmt, qualit
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", help="Split to evaluate.")
 @click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), default=None, metavar="CKPT|RUN",
               help="A trained checkpoint or RUN folder.")
-@click.option("--method", type=click.Choice(["model", "isp"]), default=None,
-              help="model (needs --checkpoint) or isp [default: model with a checkpoint, else isp].")
+@click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="JSON", help="A colour profile fitted on the train split (raw2rgb profile fit).")
+@click.option("--method", type=click.Choice(list(ev.METHODS)), default=None,
+              help="model (needs --checkpoint), isp (the classical pipeline) or profile (the classical pipeline, then "
+                   "--profile) [default: model with a checkpoint, profile with a profile, else isp].")
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               metavar="DIR", help="Write per_image.csv and summary.json here.")
 @batch_option()
 @device_option
 @user_errors
-def evaluate(dataset, split, checkpoint, method, out_dir, batch_size, device) -> None:
+def evaluate(dataset, split, checkpoint, profile, method, out_dir, batch_size, device) -> None:
     """PSNR, SSIM and colour-corrected PSNR on a split of a prepared DATASET.
 
     PSNR as in the paper (255 scale, per image, averaged); SSIM with a Gaussian window (as
     scikit-image's gaussian_weights=True); colour-corrected PSNR after an affine colour fit per
-    image. Prints summary.json.
+    image. Prints summary.json. Score a model beside the classical pipeline and the fitted profile
+    (docs/convert.md): a model worth training beats both.
 
     \b
     Examples:
-      raw2rgb evaluate ds/ --checkpoint runs/paper -o runs/paper/eval
-      raw2rgb evaluate ds/ --method isp --split test
+      raw2rgb evaluate ds/ --checkpoint runs/mine -o runs/mine/eval
+      raw2rgb evaluate ds/ --method isp
+      raw2rgb evaluate ds/ --profile runs/mine/profile.json
     """
-    result = ev.evaluate(dataset, split, checkpoint, method or ("model" if checkpoint else "isp"), device,
-                         batch_size)
+    method = method or ("model" if checkpoint else "profile" if profile else "isp")
+    result = ev.evaluate(dataset, split, checkpoint, method, device, batch_size, profile=profile)
     if out_dir:
         ev.write(result, out_dir)
     click.echo(json.dumps(result.summary, indent=1))
+
+
+# -- profile --------------------------------------------------------------------------------------
+
+@main.group(cls=_Group)
+def profile() -> None:
+    """Colour profiles: the classical rendering → a target camera's look, fitted in seconds."""
+
+
+@profile.command("fit")
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), metavar="JSON",
+              help="The profile file to write.")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", help="Split to fit on.")
+@click.option("--model", type=click.Choice(list(colour_profile.MODELS)), default=colour_profile.DEFAULT_MODEL,
+              help="poly3: a cubic polynomial per channel (20 terms); lut: a 3-D lookup table (docs/benchmarks.md "
+                   "compares them).")
+@click.option("--lut-size", type=click.IntRange(min=2, max=33), default=colour_profile.DEFAULT_LUT_SIZE,
+              metavar="N", help="lut: nodes per axis.")
+@user_errors
+def profile_fit(dataset, out, split, model, lut_size) -> None:
+    """Fit a colour profile on a split of a prepared DATASET and save it as JSON.
+
+    Each patch is rendered by the classical pipeline with its RAW file's white balance and colour
+    matrix; the profile maps those renderings to the targets by least squares. Use it with
+    `convert --profile` (any RAW of the same camera, full resolution) and `evaluate --profile`
+    (the baseline every trained model is shown beside).
+
+    \b
+    Examples:
+      raw2rgb profile fit ds/ -o look.json
+      raw2rgb convert shoot/ -o out/ --profile look.json
+    """
+    fitted = colour_profile.fit_dataset(dataset, split, model, lut_size)
+    colour_profile.save(fitted, out)
+    click.echo(f"wrote {out}: {fitted.model} profile, scale {fitted.scale}, {fitted.fitted_on['samples']} samples "
+               f"of {split}, fit PSNR {fitted.fitted_on['fit_psnr']:.2f} dB, cameras: "
+               f"{', '.join(fitted.cameras) or 'unknown'}", err=True)
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -698,19 +752,24 @@ def _captioned(ctx, param, values) -> list[tuple[str, Path]]:
               help="A prepared DATASET: adds held-out samples (RAW | classical | model | target | saliency) and "
                    "the metrics of the model and of the classical pipeline.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", help="Held-out split.")
+@click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              metavar="JSON", help="A fitted colour profile: shown and scored beside the model [default: the run's "
+                                   "profile.json, when it has one].")
 @click.option("--image", "images", multiple=True, callback=_captioned, metavar="CAPTION=PATH",
               help="Another image to show (repeatable), e.g. a converted photo.")
 @click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
               metavar="REPORT.html", help="The page; its pictures go beside it (REPORT.png, REPORT_files/).")
 @user_errors
-def report(run_dir, dataset, split, images, out) -> None:
+def report(run_dir, dataset, split, profile, images, out) -> None:
     """An HTML report of a training run: contact sheet, metrics, training curve.
 
     \b
     Example:
       raw2rgb report runs/paper --dataset ds/ -o runs/paper/report.html
     """
-    path = rep.write_report(run_dir, out, dataset, split, list(images))
+    if profile is None and (run_dir / "profile.json").is_file():
+        profile = run_dir / "profile.json"
+    path = rep.write_report(run_dir, out, dataset, split, list(images), profile=profile)
     click.echo(f"wrote {path}" + (f" and {path.with_suffix('.png')}" if dataset else ""))
 
 

@@ -14,6 +14,8 @@ Lives outside ``pipeline/`` because it chains numpy and torch stages, like ``pre
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -29,10 +31,10 @@ from raw2rgb.device import resolve_device
 from raw2rgb.errors import InputError
 from raw2rgb.files import atomic_path, collect_files, file_sha256
 from raw2rgb.model import run
-from raw2rgb.model.infer import TileConfig, load_generator, run_tiled
+from raw2rgb.model.infer import TileConfig, load_generator, needed_overlap, plan_overlap, run_tiled
 from raw2rgb.pipeline import develop, rawio
 from raw2rgb.pipeline import profile as colour_profile
-from raw2rgb.pipeline.stage import Context, Item, ItemError, Stage, StageResult, run_stage
+from raw2rgb.pipeline.stage import Context, Item, ItemError, Stage, StageResult, own_outputs, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +52,9 @@ class ConvertConfig(JsonConfig):
     profile: str | None = None
     profile_sha256: str | None = None
     tile: int = 512
-    overlap: int = 64
+    overlap: int | None = None  # None: what the model needs (infer.needed_overlap)
     stats_pixels: int = 1 << 20
+    precision: str = "fp32"  # the model's arithmetic: bf16 autocast on CUDA (other pixels, so part of the key)
     format: str = "png"
     quality: int = 95
     zrr_levels: tuple[float, float] = rawio.ZRR_LEVELS[rawio.ZRR_DEFAULT_LEVELS]
@@ -72,6 +75,12 @@ def write_image(path: Path, rgb: np.ndarray, fmt: str, quality: int = 95) -> Non
             img.save(tmp, format="PNG", compress_level=3)
 
 
+@functools.lru_cache(maxsize=4)
+def _profile(path: str, sha256: str | None) -> colour_profile.Profile:
+    """A profile file, read once per process (the sha256 keys the cache)."""
+    return colour_profile.load(path)
+
+
 def _camera(frame: rawio.RawFrame) -> str:
     return " ".join(p for p in (frame.make, frame.model) if p) or "unknown camera"
 
@@ -88,6 +97,10 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     except ValueError as e:
         raise ItemError(f"{src}: {e}") from None
     info: dict[str, Any] = {"camera": _camera(frame), "pattern": frame.pattern}
+    if not np.any(packed):
+        info["warning"] = (f"{src}: no signal (every sample at or below the black level): a metadata-only or blank "
+                           "file? the image is black")
+        log.warning("%s", info["warning"])
     if cfg.method in ("isp", "profile"):
         rgb = develop.develop(packed, frame.wb_gains, frame.cam_to_rgb, scale=2, orientation=frame.orientation)
         if frame.wb_gains is None or frame.cam_to_rgb is None:
@@ -95,15 +108,20 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
                                                                ("colour matrix", frame.cam_to_rgb)) if v is None) + \
                 " in the file: grey world / camera RGB used"
         if cfg.method == "profile":
-            prof = colour_profile.load(cfg.profile)
-            colour_profile.check_compatible(prof, cfg.profile, cameras=[info["camera"]])
+            path = ctx.options["profile"]
+            prof = _profile(path, cfg.profile_sha256)
+            try:
+                colour_profile.check_compatible(prof, path, cameras=[info["camera"]])
+            except colour_profile.ProfileError as e:
+                raise ItemError(f"{src}: {e}") from None
             rgb = colour_profile.apply(prof, rgb)
     else:
         device = ctx.options["device"]
         g, meta = load_generator(ctx.options["checkpoint"], device)
         tiles = TileConfig(tile=cfg.tile, overlap=cfg.overlap, stats_pixels=cfg.stats_pixels,
                            batch=4 if device.type == "cuda" else 1)
-        out = run_tiled(g, packed, tiles, device)
+        colour = develop.frame_colour(packed, frame.wb_gains, frame.cam_to_rgb)
+        out = run_tiled(g, packed, tiles, device, colour=colour)
         rgb = develop.orient(out.permute(1, 2, 0).cpu().numpy(), frame.orientation)
         cameras = meta.get("cameras") or []
         if cameras and info["camera"] not in cameras:
@@ -116,7 +134,7 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     return [name], info
 
 
-CONVERT = Stage("convert", 1, convert_item)
+CONVERT = Stage("convert", 1, convert_item, keeps_others=True)
 
 
 def resolve(method: str | None, checkpoint: os.PathLike | str | None, profile: os.PathLike | str | None = None,
@@ -144,13 +162,16 @@ def resolve(method: str | None, checkpoint: os.PathLike | str | None, profile: o
                              profile_sha256=file_sha256(profile), **pixels)
     if checkpoint is None:
         raise InputError("--method model needs --checkpoint CKPT (a checkpoint file or a RUN folder)")
-    TileConfig(tile=options.get("tile", 512), overlap=options.get("overlap", 64)).check()
+    TileConfig(tile=options.get("tile", 512), overlap=0).check()
+    if (options.get("overlap") or 0) % 8:
+        raise InputError(f"--overlap {options['overlap']}: a non-negative multiple of 8")
     path = run.checkpoint_file(checkpoint)
     return ConvertConfig(method="model", checkpoint=str(path), checkpoint_sha256=file_sha256(path), **options)
 
 
-def collect_inputs(args) -> list[Item]:
-    return [Item(key, (path,)) for key, path in collect_files(args, rawio.is_raw_path)]
+def collect_inputs(args, out_dir: os.PathLike | str | None = None) -> list[Item]:
+    """Convert items for files, folders and glob patterns; never this command's own outputs."""
+    return [Item(key, (path,)) for key, path in collect_files(args, rawio.is_raw_path, **own_outputs(args, out_dir))]
 
 
 def convert(items: list[Item], out_dir: os.PathLike | str, cfg: ConvertConfig, device: str = "auto",
@@ -165,7 +186,13 @@ def convert(items: list[Item], out_dir: os.PathLike | str, cfg: ConvertConfig, d
     params.pop("profile")
     dev = resolve_device(device) if cfg.method == "model" else None
     if dev is not None:
-        load_generator(cfg.checkpoint, dev)
+        g, _ = load_generator(cfg.checkpoint, dev)
+        need, errors = needed_overlap(g, cfg.checkpoint_sha256 or "", dev)
+        tile, overlap = plan_overlap(cfg.tile, cfg.overlap, need, errors)
+        cfg = dataclasses.replace(cfg, tile=tile, overlap=overlap, precision="bf16" if dev.type == "cuda" else "fp32")
+        params = cfg.to_json()
+        params.pop("checkpoint")
+        params.pop("profile")
         jobs = 1  # one process runs the model (and owns the GPU)
-    options = {"device": dev, "checkpoint": cfg.checkpoint}
+    options = {"device": dev, "checkpoint": cfg.checkpoint, "profile": cfg.profile}
     return run_stage(CONVERT, items, out_dir, params, jobs=jobs, force=force, progress=progress, options=options)

@@ -93,6 +93,12 @@ def file_sha256(path: os.PathLike | str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/raw2rgb``, by default ``~/.cache/raw2rgb``: weights, measured model facts."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "raw2rgb"
+
+
 # -- path safety ----------------------------------------------------------------------------------
 
 def inside(root: os.PathLike | str, path: os.PathLike | str) -> bool:
@@ -112,21 +118,22 @@ def _within(path: Path, folders: list[Path]) -> bool:
 # -- inputs ---------------------------------------------------------------------------------------
 
 def collect_files(args: Iterable[str], accept: Callable[[Path], bool],
-                  exclude: Iterable[os.PathLike | str] = ()) -> list[tuple[str, str]]:
+                  exclude: Iterable[os.PathLike | str] = (), skip: set[Path] = frozenset()) -> list[tuple[str, str]]:
     """Turn files, folders and glob patterns into (key, path) pairs, in a stable order.
 
     A folder contributes every accepted file below it (hidden ones skipped), keyed by its path
     relative to the folder without suffix, so ``a/x.dng`` and ``b/x.dng`` stay apart; a file found
     in a folder through a symbolic link that leads out of the folder is skipped; a file is keyed
     by its stem. Nothing under an ``exclude`` folder is taken (a command's own output folder,
-    when it lies inside its input). A path that does not exist is kept (its item fails with "no
-    such file", so the rest still run).
+    when it lies inside its input), nor a file of ``skip`` (resolved paths: the outputs a command
+    recorded in a folder that is also its input). A path that does not exist is kept (its item
+    fails with "no such file", so the rest still run).
 
     Raises:
         InputError: two inputs get the same key, or nothing was named.
     """
     found: dict[str, str] = {}
-    skip = [Path(p).resolve() for p in exclude]
+    folders = [Path(p).resolve() for p in exclude]
 
     def add(key: str, path: Path) -> None:
         key = key.replace(os.sep, "/")
@@ -138,13 +145,14 @@ def collect_files(args: Iterable[str], accept: Callable[[Path], bool],
     for arg in args:
         path = Path(arg)
         if path.is_dir():
-            if _within(path.resolve(), skip):
+            if _within(path.resolve(), folders):
                 continue
             for p in sorted(path.rglob("*")):
                 rel = p.relative_to(path)
                 if any(s.startswith(".") for s in rel.parts) or not p.is_file():
                     continue
-                if _within(p.resolve(), skip) or _within(p.parent.resolve(), skip) or not inside(path, p):
+                resolved = p.resolve()
+                if _within(resolved, folders) or resolved in skip or not inside(path, p):
                     continue
                 if accept(p):
                     add(str(rel.with_suffix("")), p.resolve())
@@ -152,7 +160,7 @@ def collect_files(args: Iterable[str], accept: Callable[[Path], bool],
             add(path.stem, path.resolve())
         elif glob.has_magic(arg):
             files = [Path(m) for m in sorted(glob.glob(arg, recursive=True))
-                     if Path(m).is_file() and not _within(Path(m).resolve(), skip)]
+                     if Path(m).is_file() and not _within(Path(m).resolve(), folders) and Path(m).resolve() not in skip]
             for m in files:
                 add(m.stem, m.resolve())
             if not files:
@@ -160,7 +168,7 @@ def collect_files(args: Iterable[str], accept: Callable[[Path], bool],
         else:
             add(path.stem or arg, path)
     if not found:
-        raise InputError("no input files" + (" (outside the output folder)" if skip else ""))
+        raise InputError("no input files" + (" (besides the command's own outputs)" if folders or skip else ""))
     return list(found.items())
 
 

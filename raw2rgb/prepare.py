@@ -5,8 +5,9 @@
 
 Each stage is a folder with its manifest (see ``pipeline/stage.py``); a rerun redoes only what
 changed, so changing one stage's params redoes that stage and, through their inputs, the stages
-after it. Splits are by scene, from a hash of the seed and the scene name, so adding scenes never
-moves others and no scene is in two splits. ``prepare.json``, ``splits.json`` and
+after it. Splits are by scene (no scene is in two splits), as near the ratios asked for as whole
+scenes allow, placed by a hash of the seed and the scene name; a rerun keeps each scene's split
+(``assign_splits``). ``prepare.json``, ``splits.json`` and
 ``summary.json`` in DATASET say what was done.
 """
 
@@ -21,11 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from raw2rgb.config import JsonConfig
-from raw2rgb.files import write_json
+from raw2rgb.errors import InputError
+from raw2rgb.files import FolderLock, write_json
 from raw2rgb.pipeline import pairs as pairs_mod
 from raw2rgb.pipeline import rawio, shards
 from raw2rgb.pipeline import unpack as unpack_stage
+from raw2rgb.pipeline.pairs import PairError
 from raw2rgb.pipeline.shards import patch_id
 from raw2rgb.pipeline.stage import Item, Stage, StageResult, run_stage
 from raw2rgb.salgan import label
@@ -33,6 +38,9 @@ from raw2rgb.salgan import label
 log = logging.getLogger(__name__)
 
 STAGES = ("unpack", "patches", "saliency", "shards")
+# Output scale by layout (DESIGN §6b): two-camera layouts at full sensor resolution, so that the trained
+# model converts to full-resolution photos; ZRR and AIM 2019 at the paper's packed resolution.
+DEFAULT_SCALE = {"pairs": "2", "raw+jpeg": "2", "zrr": "1", "aim2019": "1"}
 SPLITS = ("train", "val", "test")
 
 
@@ -59,18 +67,45 @@ class PrepareConfig(JsonConfig):
     jobs: int = 1
 
 
-def split_of(scene: str, seed: int, ratios: tuple[float, float, float], fixed: str | None = None) -> str:
-    """The split of a scene: ``fixed`` when the source decides, else from a hash of seed and scene."""
-    if fixed:
-        return fixed
-    u = int.from_bytes(hashlib.sha256(f"{seed}:{scene}".encode()).digest()[:8], "big") / 2**64
-    total = sum(ratios)
-    edge = 0.0
-    for name, r in zip(SPLITS, ratios):
-        edge += r / total
-        if u < edge:
-            return name
-    return SPLITS[-1]
+def _hash_position(scene: str, seed: int) -> float:
+    """A scene's place in [0, 1): a hash of (seed, scene)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{scene}".encode()).digest()[:8], "big") / 2**64
+
+
+def _quotas(n: int, ratios: tuple[float, float, float]) -> dict[str, int]:
+    """Whole scenes per split, as near the ratios as whole scenes allow (largest remainders)."""
+    exact = [n * r / sum(ratios) for r in ratios]
+    counts = [int(e) for e in exact]
+    for i in sorted(range(3), key=lambda i: exact[i] - counts[i], reverse=True)[: n - sum(counts)]:
+        counts[i] += 1
+    return dict(zip(SPLITS, counts))
+
+
+def assign_splits(scenes: dict[str, str | None], seed: int, ratios: tuple[float, float, float],
+                  previous: dict[str, str] | None = None) -> dict[str, str]:
+    """scene → split, by scene (never by patch). A scene the source places (ZRR's test folder) keeps
+    its split; the others get the fractions asked for as near as whole scenes allow. Each scene's
+    place comes from a hash of (seed, scene); scenes recorded in ``previous`` (the last run's
+    splits, same seed and ratios) keep their split while its share has room, so adding scenes moves
+    none of the others unless a share shrinks by the rounding (one scene at most)."""
+    out = {s: f for s, f in scenes.items() if f}
+    free = sorted((s for s, f in scenes.items() if not f), key=lambda s: _hash_position(s, seed))
+    room = _quotas(len(free), ratios)
+    rest = []
+    for s in free:
+        kept = (previous or {}).get(s)
+        if kept in room and room[kept] > 0:
+            out[s] = kept
+            room[kept] -= 1
+        else:
+            rest.append(s)
+    edges = np.cumsum(ratios) / sum(ratios)
+    for s in rest:  # the split whose share of [0, 1) holds the scene, if it has room; else the roomiest
+        wanted = SPLITS[min(int(np.searchsorted(edges, _hash_position(s, seed), side="right")), 2)]
+        chosen = wanted if room[wanted] > 0 else max(SPLITS, key=lambda k: room[k])
+        out[s] = chosen
+        room[chosen] -= 1
+    return out
 
 
 @dataclass
@@ -88,6 +123,22 @@ class PrepareResult:
 PATCHES = Stage("patches", 3, pairs_mod.patch_item)  # 3: OpenCV alignment with directional refinement
 
 
+def check(cfg: PrepareConfig) -> None:
+    """Refuse, before any work, options whose shards training could not use.
+
+    Raises:
+        InputError: a shard size the generator cannot take (a multiple of 8 is needed).
+    """
+    size = cfg.crop or (cfg.patch.size if cfg.copies == 1 else (cfg.patch.size - 1) // 8 * 8)
+    if size % 8 or size < 8:
+        hint = f", e.g. --crop {size // 8 * 8}" if size > 8 else ""
+        raise InputError(f"shard patches of {size} packed pixels: the generator needs a multiple of 8 (choose "
+                         f"--patch-size or --crop accordingly{hint})")
+    if cfg.crop and cfg.crop > cfg.patch.size - (cfg.copies > 1):
+        raise InputError(f"--crop {cfg.crop} does not fit patches of {cfg.patch.size}"
+                         + (" (transformed copies lose one pixel)" if cfg.copies > 1 else ""))
+
+
 def resolve_layout(src: Path, layout: str) -> str:
     return pairs_mod.detect_layout(src) if layout == "auto" else layout
 
@@ -98,11 +149,25 @@ def plan(cfg: PrepareConfig) -> tuple[list[pairs_mod.Pair], list[str]]:
 
 def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = frozenset(),
         progress=None) -> PrepareResult:
-    """Run the stages up to ``until``; ``force`` names stages to redo even when up to date."""
+    """Run the stages up to ``until``; ``force`` names stages to redo even when up to date. DATASET is
+    locked for the run (a second prepare into it is refused).
+
+    Raises:
+        PairError: no pairs for the layout, or no patch kept (nothing to train on).
+        InputError: options whose shards could not be trained on.
+    """
+    check(cfg)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "prepare.json", cfg.to_json())
+    with FolderLock(out, "raw2rgb prepare"):
+        return _run(cfg, out, until, force, progress)
+
+
+def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progress) -> PrepareResult:
     found, unpaired = plan(cfg)
+    if not found:
+        raise PairError(f"{cfg.src}: no pairs found for layout {cfg.layout} ({len(unpaired)} files without a "
+                        "partner); check --layout (docs/data.md)")
+    write_json(out / "prepare.json", cfg.to_json())
     stages: dict[str, StageResult] = {}
     wanted = set(STAGES[: STAGES.index(until) + 1])
 
@@ -131,7 +196,7 @@ def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = froze
         else:
             log.warning("saliency and shards skipped: no patch was kept (see the patches stage's failures)")
 
-    splits = {p.scene: split_of(p.scene, cfg.seed, cfg.split, p.fixed_split) for p in found}
+    splits = assign_splits({p.scene: p.fixed_split for p in found}, cfg.seed, cfg.split, _previous_splits(out, cfg))
     if "shards" in wanted and "saliency" in stages:  # training shards per split, with offline augmentation
         samples, owners = shards.samples_from(out / "patches", out / "saliency", splits)
         stages["shards"] = shards.build(
@@ -142,7 +207,20 @@ def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = froze
     summary = _summary(cfg, found, unpaired, stages, splits)
     write_json(out / "splits.json", {"seed": cfg.seed, "ratios": list(cfg.split), "scenes": splits})
     write_json(out / "summary.json", summary)
+    if "patches" in stages and not summary["patches_kept"]:
+        raise PairError(f"{out}: no patch was kept ({summary['patches_dropped'] or 'no pair aligned'}); see "
+                        f"{out}/summary.json and docs/data.md (--patch-size, --min-score, --layout)")
     return PrepareResult(stages, summary)
+
+
+def _previous_splits(out: Path, cfg: PrepareConfig) -> dict[str, str] | None:
+    """The scenes' splits of the last run into ``out``, when it used the same seed and ratios."""
+    try:
+        data = json.loads((out / "splits.json").read_text())
+    except (OSError, ValueError):
+        return None
+    same = data.get("seed") == cfg.seed and [float(r) for r in data.get("ratios", [])] == [float(r) for r in cfg.split]
+    return data.get("scenes") if same else None
 
 
 def _summary(cfg: PrepareConfig, found, unpaired, stages, split: dict[str, str]) -> dict[str, Any]:

@@ -16,6 +16,20 @@ WHITE = 15000
 FLAT = {"R": 1000, "G": 3000, "B": 7000}
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """The suite's own cache folder: measured overlaps and weights never touch the user's."""
+    import os
+
+    old = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = old
+
+
 def flat_mosaic(pattern: str, shape=(64, 96)) -> np.ndarray:
     """A mosaic whose every sample reads its colour's value in FLAT plus its channel's black."""
     m = np.zeros(shape, dtype=np.uint16)

@@ -77,7 +77,8 @@ def test_camera_other_than_the_training_camera_is_warned(raws, run_dir, tmp_path
 
 def test_bad_options_and_checkpoints_are_one_line(raws, run_dir, tmp_path):
     cases = [
-        (("--checkpoint", run_dir, "--tile", "32", "--overlap", "16"), "more than twice"),
+        (("--checkpoint", run_dir, "--tile", "60"), "--tile 60: a multiple of 8"),
+        (("--checkpoint", run_dir, "--overlap", "12"), "--overlap 12: a non-negative multiple of 8"),
         (("--method", "model"), "needs --checkpoint"),
         (("--checkpoint", raws / "broken.dng"), "broken.dng: not a readable checkpoint"),
     ]

@@ -17,17 +17,25 @@ def _cli(*args):
     return CliRunner().invoke(main, ["-q", *map(str, args)], catch_exceptions=False)
 
 
-def test_split_is_by_scene_deterministic_and_near_the_ratios():
-    scenes = [f"s{i:04d}" for i in range(2000)]
-    a = {s: prep.split_of(s, 0, (0.8, 0.1, 0.1)) for s in scenes}
-    assert a == {s: prep.split_of(s, 0, (0.8, 0.1, 0.1)) for s in scenes}
-    b = {s: prep.split_of(s, 1, (0.8, 0.1, 0.1)) for s in scenes}
-    assert a != b
-    counts = {k: list(a.values()).count(k) / len(scenes) for k in ("train", "val", "test")}
-    assert abs(counts["train"] - 0.8) < 0.04 and abs(counts["val"] - 0.1) < 0.03
-    # adding scenes never moves the others
-    assert all(prep.split_of(s, 0, (0.8, 0.1, 0.1)) == a[s] for s in scenes[:100])
-    assert prep.split_of("x", 0, (1, 0, 0), fixed="test") == "test"
+def test_splits_are_by_scene_deterministic_and_as_near_the_ratios_as_whole_scenes_allow():
+    nine = {f"s{i}": None for i in range(9)}
+    a = prep.assign_splits(nine, 0, (0.67, 0.33, 0))
+    assert sorted(a.values()).count("train") == 6 and sorted(a.values()).count("val") == 3  # not 4 / 5
+    assert a == prep.assign_splits(nine, 0, (0.67, 0.33, 0))
+    assert any(prep.assign_splits(nine, s, (0.67, 0.33, 0)) != a for s in range(1, 4))  # the seed decides
+    many = {f"s{i:04d}": None for i in range(2000)}
+    big = prep.assign_splits(many, 0, (0.8, 0.1, 0.1))
+    assert [list(big.values()).count(k) for k in ("train", "val", "test")] == [1600, 200, 200]
+    assert prep.assign_splits({"x": "test", "y": None}, 0, (1, 0, 0)) == {"x": "test", "y": "train"}
+
+
+def test_adding_scenes_keeps_the_splits_of_the_others():
+    first = {f"s{i}": None for i in range(10)}
+    a = prep.assign_splits(first, 3, (0.7, 0.3, 0))
+    more = {**first, **{f"t{i}": None for i in range(10)}}
+    b = prep.assign_splits(more, 3, (0.7, 0.3, 0), previous=a)
+    assert all(b[s] == a[s] for s in first)
+    assert [list(b.values()).count(k) for k in ("train", "val")] == [14, 6]
 
 
 def test_no_scene_leaks_across_splits(tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -66,10 +67,22 @@ def save(path: os.PathLike | str, states: dict[str, Any], config: dict[str, Any]
         with atomic_path(path) as tmp:
             torch.save(blob, tmp)
     except (OSError, RuntimeError) as e:
-        why = environment_message(e)
+        why = environment_message(e) or _disk_full(Path(path), e)
         if why is None:
             raise
         raise CheckpointError(f"{path}: cannot save the checkpoint ({why}); the previous one is kept") from None
+
+
+def _disk_full(path: Path, e: BaseException) -> str | None:
+    """torch's zip writer reports a full disk as "[enforce fail at inline_container.cc] … file write
+    failed", without the OS error: tell it by the free space left."""
+    if "write" not in str(e).lower():
+        return None
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return None
+    return "no space left on device" if free < 64 << 20 else None
 
 
 # -- reading --------------------------------------------------------------------------------------

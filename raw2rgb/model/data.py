@@ -6,7 +6,9 @@ Samples are deterministic functions of (index, epoch, seed), augmentation includ
 number of workers, and ``DistributedSampler``, see the same data.
 
 Returned tensors (DESIGN §4): ``raw`` (4, h, w) in [-1, 1]; ``rgb`` (3, s·h, s·w) in [-1, 1];
-``saliency`` (1, s·h, s·w) in [0, 1]; ``id`` the sample's name. With ``compact=True`` the samples
+``saliency`` (1, s·h, s·w) in [0, 1]; ``colour`` (12,) float32, the white balance and colour
+matrix of the sample's RAW file (``develop.frame_colour``: from the unpack sidecars of a prepare
+DATASET; grey world and identity where there are none); ``id`` the sample's name. With ``compact=True`` the samples
 stay as stored (uint16 raw, uint8 target and saliency: 0.6 MB instead of 1.6 MB at 224²) and
 :func:`to_model` converts a batch on the device — the way to feed a GPU, since moving a batch
 between worker processes costs more than reading it (benchmarks/loader.py).
@@ -26,7 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from raw2rgb.errors import one_line
 from raw2rgb.pipeline import augment
-from raw2rgb.pipeline.shards import ShardError, read_ids, read_index, shards_root
+from raw2rgb.pipeline.develop import frame_colour
+from raw2rgb.pipeline.shards import ShardError, read_ids, read_index, scene_of, shards_root, validate
+from raw2rgb.pipeline.unpack import read_sidecars
 
 
 class ShardDataset(Dataset):
@@ -35,9 +39,10 @@ class ShardDataset(Dataset):
     Args:
         root: the shards folder.
         split: ``train``, ``val`` or ``test``.
-        augment: random Bayer-safe geometry on the fly: at scale 2 the whole dihedral group, at
-            scale 1 the phase-preserving part (identity, transpose), whose results are exact
-            there (``pipeline/augment.py`` says why). Offline copies (``--copies``) cover the rest.
+        augment: random Bayer-safe geometry on the fly: at scale 2 with a ``crop`` the whole dihedral
+            group, else the phase-preserving part (identity, transpose), whose results are exact at
+            scale 1 and keep the size (``pipeline/augment.py`` says why). Offline copies
+            (``--copies``) cover the rest.
         crop: random crop to this size (packed pixels), on the 2-pixel grid of the mosaic.
         seed: base of the per-sample random streams; ``set_epoch`` varies them per epoch.
         compact: return the stored integer tensors; convert batches with :func:`to_model`.
@@ -50,6 +55,7 @@ class ShardDataset(Dataset):
         if split not in index["splits"]:
             raise ShardError(f"{self.root}: no split {split!r} (has {', '.join(sorted(index['splits']))})")
         self.scale = int(index["scale"])
+        self.frames = read_sidecars(self.root)  # scene → frame metadata (colour), when prepared here
         self.shards = [s["file"] for s in index["splits"][split]["shards"]]
         self.starts = list(np.cumsum([0] + [s["count"] for s in index["splits"][split]["shards"]]))
         self.augment, self.crop, self.seed, self.epoch, self.compact = augment, crop, seed, 0, compact
@@ -112,8 +118,14 @@ class ShardDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.epoch, index])
         shape = self._shape()
         if self.augment:
-            return augment.random_transform(rng, shape, self.crop, phase_moving=self.scale == 2)
+            # a phase-moving move costs one pixel (a re-crop): only with a crop that leaves room for it,
+            # so that every sample keeps one size
+            return augment.random_transform(rng, shape, self.crop, phase_moving=self.scale == 2 and bool(self.crop))
         return augment.Transform(crop=augment.random_transform(rng, shape, self.crop, phase_moving=False).crop)
+
+    def _colour(self, sid: str, raw: np.ndarray) -> np.ndarray:
+        frame = self.frames.get(scene_of(sid), {})
+        return frame_colour(raw.astype(np.float32) / 65535.0, frame.get("wb_gains"), frame.get("cam_to_rgb"))
 
     def _shape(self) -> tuple[int, int]:
         """(h, w) of the stored packed samples (one size per shards folder)."""
@@ -127,7 +139,7 @@ class ShardDataset(Dataset):
         if t is not None:
             raw, rgb, sal = self._move(raw, rgb, sal, t)
         sample = {"raw": torch.from_numpy(raw), "rgb": torch.from_numpy(rgb), "saliency": torch.from_numpy(sal),
-                  "id": sid}
+                  "colour": torch.from_numpy(self._colour(sid, raw)), "id": sid}
         return sample if self.compact else to_model(sample)
 
     def _move(self, raw, rgb, sal, t: augment.Transform):
@@ -161,7 +173,8 @@ def to_model(batch: dict[str, Any], device: torch.device | str | None = None,
             ShardDataset without ``compact``) or is not what shards store, and passing it on would
             skip or repeat the 2x − 1 mapping without a sign.
     """
-    out = dict(batch)
+    out = {k: v.to(device, non_blocking=non_blocking) if device is not None and torch.is_tensor(v) else v
+           for k, v in batch.items()}  # the colour (float) goes as it is
     for key, (dtype, top, lo) in STORED.items():
         x = batch[key]
         if x.dtype != dtype:
@@ -178,6 +191,7 @@ def describe(path: os.PathLike | str, batch_size: int = 8) -> list[str]:
     the shapes and value ranges of a loaded batch."""
     root = shards_root(path)
     index = read_index(root)
+    validate(root, index)
     lines = [f"{root}: scale {index['scale']}, crop {index.get('crop')}, copies {index.get('copies')}, "
              f"saliency {index.get('saliency_method') or '?'}"]
     for split, entry in sorted(index["splits"].items()):

@@ -24,7 +24,7 @@ class DiscriminatorConfig(JsonConfig):
     base: int = 64
 
 
-PRESETS = {"paper": DiscriminatorConfig(), "tiny": DiscriminatorConfig(base=16)}
+PRESETS = {"standard": DiscriminatorConfig(), "tiny": DiscriminatorConfig(base=16), "paper": DiscriminatorConfig()}
 
 
 class _Pad1(nn.Module):

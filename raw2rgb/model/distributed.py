@@ -8,6 +8,7 @@ all-reduce forever.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ class Dist:
         """End the process group this run started: a gloo/NCCL group left to the interpreter's exit
         can abort the process ("terminate called without an active exception")."""
         if self.owned:
+            with contextlib.suppress(RuntimeError):  # a rank that failed leaves the others no barrier
+                tdist.barrier()  # no rank tears the group down while another is still in a collective
             tdist.destroy_process_group()
 
 

@@ -31,7 +31,7 @@ from raw2rgb.model.data import ShardDataset, to_model
 from raw2rgb.model.infer import load_generator
 from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline.develop import develop
-from raw2rgb.pipeline.shards import ShardError, read_index, shards_root, split_count
+from raw2rgb.pipeline.shards import ShardError, read_index, scene_of, shards_root, split_count
 from raw2rgb.pipeline.unpack import read_sidecars
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def scene_colours(shards: Path) -> dict[str, Colour]:
 
 
 def colours_of(ids: Iterable[str], colours: dict[str, Colour]) -> list[Colour]:
-    return [colours.get(i.split("/")[0], (None, None)) for i in ids]
+    return [colours.get(scene_of(i), (None, None)) for i in ids]
 
 
 def isp_batch(raw: torch.Tensor, scale: int, colours: list[Colour] | None = None,

@@ -1,15 +1,20 @@
 """`raw2rgb export`: the inference generator (G1, spectral norm folded) as ONNX or a torch.export
 program, with dynamic batch, height and width (multiples of 8).
 
-Input ``raw`` (B, 4, h, w) in [-1, 1], packed R, G1, B, G2 in RGGB phase; output ``rgb``
-(B, 3, s·h, s·w) in [-1, 1]. Each image is normalised by its own statistics (InstanceNorm), as in
+Input ``raw`` (B, 4, h, w) in [-1, 1], packed R, G1, B, G2 in RGGB phase, and for a generator with
+a colour prior ``colour`` (B, 12): white-balance gains R, G, B and the camera → sRGB matrix row by
+row (``develop.frame_colour``); output ``rgb`` (B, 3, s·h, s·w) in [-1, 1] (clamp it: with a prior
+it is not bounded). Each image is normalised by its own statistics (InstanceNorm), as in
 training; full frames are converted in tiles by ``raw2rgb convert``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -24,24 +29,51 @@ OPSET = 18
 
 
 class InferenceGenerator(nn.Module):
-    """G1 alone: what an exported model runs."""
+    """G1 alone: what an exported model runs (``raw``, and ``colour`` for a generator with a prior)."""
 
     def __init__(self, g: nn.Module) -> None:
         super().__init__()
         self.g = g
 
-    def forward(self, raw: torch.Tensor) -> torch.Tensor:
-        return self.g.rgb(raw)
+    def forward(self, raw: torch.Tensor, colour: torch.Tensor | None = None) -> torch.Tensor:
+        return self.g.rgb(raw, colour)
 
 
-def _example() -> torch.Tensor:
-    return torch.rand(2, 4, 64, 96) * 2 - 1  # batch 2: an example of 1 would fix the batch size
+def _inputs(g: nn.Module) -> tuple[torch.Tensor, ...]:
+    """Example inputs, batch 2 (an example of 1 would fix the batch size)."""
+    raw = torch.rand(2, 4, 64, 96) * 2 - 1
+    if g.prior is None:
+        return (raw,)
+    return raw, torch.tensor([[2.0, 1.0, 1.6, 1, 0, 0, 0, 1, 0, 0, 0, 1]] * 2)
 
 
-def _dynamic_shapes():
+def _dynamic_shapes(g: nn.Module):
     b = Dim("batch", min=1, max=1024)
     h, w = Dim("h8", min=2, max=8192), Dim("w8", min=2, max=8192)
-    return {"raw": {0: b, 2: 8 * h, 3: 8 * w}}
+    shapes = {"raw": {0: b, 2: 8 * h, 3: 8 * w}}
+    if g.prior is not None:
+        shapes["colour"] = {0: b}
+    return shapes
+
+
+@contextlib.contextmanager
+def _quiet():
+    """The ONNX exporter prints hundreds of lines of progress; a user needs the file, or its error."""
+    noise = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(noise), contextlib.redirect_stderr(noise), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    except Exception:
+        log.debug("exporter output:\n%s", noise.getvalue())
+        raise
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def export_onnx(checkpoint: os.PathLike | str, out: os.PathLike | str) -> Path:
@@ -49,10 +81,10 @@ def export_onnx(checkpoint: os.PathLike | str, out: os.PathLike | str) -> Path:
     g, _ = load_generator(checkpoint)
     model = InferenceGenerator(g).eval()
     out = Path(out)
-    with atomic_path(out) as tmp:
-        onnx_program = torch.onnx.export(model, (_example(),), dynamo=True, input_names=["raw"],
-                                         output_names=["rgb"], dynamic_shapes=_dynamic_shapes(), opset_version=OPSET,
-                                         verbose=False)
+    with atomic_path(out) as tmp, _quiet():
+        onnx_program = torch.onnx.export(model, _inputs(g), dynamo=True,
+                                         input_names=["raw", "colour"][: len(_inputs(g))], output_names=["rgb"],
+                                         dynamic_shapes=_dynamic_shapes(g), opset_version=OPSET, verbose=False)
         onnx_program.save(str(tmp.with_suffix(".onnx")))
         os.replace(tmp.with_suffix(".onnx"), tmp)
     return out
@@ -61,7 +93,7 @@ def export_onnx(checkpoint: os.PathLike | str, out: os.PathLike | str) -> Path:
 def export_pt2(checkpoint: os.PathLike | str, out: os.PathLike | str) -> Path:
     """Write a ``torch.export`` program (``.pt2``) of the inference generator (atomically)."""
     g, _ = load_generator(checkpoint)
-    program = torch.export.export(InferenceGenerator(g).eval(), (_example(),), dynamic_shapes=_dynamic_shapes())
+    program = torch.export.export(InferenceGenerator(g).eval(), _inputs(g), dynamic_shapes=_dynamic_shapes(g))
     out = Path(out)
     with atomic_path(out) as tmp:
         torch.export.save(program, str(tmp.with_suffix(".pt2")))  # the archive writer wants the suffix

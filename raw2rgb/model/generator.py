@@ -6,8 +6,17 @@ normalisation layers are :class:`FrameNorm`, an InstanceNorm that can also take 
 jointly over a batch (``collect``) and then hold them (``fixed``): that is how tiled inference
 gets the statistics of the whole frame (``model/infer.py``).
 
-Shapes: raw (B, 4, h, w) in [-1, 1] with h, w multiples of 8 → rgb (B, 3, s·h, s·w) in [-1, 1]
-and saliency (B, 1, s·h, s·w) in [0, 1]; s is the output scale (1 or 2).
+Two departures, raw2rgb's recommended configuration (``norm="none"``, ``prior="profile"``; the
+presets ``standard`` and ``tiny``), chosen by measurement (benchmarks/quality.py): InstanceNorm
+removes each image's global colour and brightness, which is what a RAW-to-RGB mapping must get
+right, so it is left out; and a colour prior (``model/prior.py``: the classical pipeline and a
+colour profile fitted on the train split) renders each image first, the network sees the raw and
+that rendering and adds a residual whose last conv starts at zero — at step 0 the model is the
+fitted profile, and training starts from there. The ``paper`` preset is the paper's network.
+
+Shapes: raw (B, 4, h, w) in [-1, 1] with h, w multiples of 8, and with a prior the frame's colour
+(B, 12) (``develop.frame_colour``) → rgb (B, 3, s·h, s·w) in [-1, 1] (with a prior: unbounded, the
+caller clamps) and saliency (B, 1, s·h, s·w) in [0, 1]; s is the output scale (1 or 2).
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
 from raw2rgb.config import JsonConfig
+from raw2rgb.model.prior import ColourPrior
 
 PAPER_PARAMETERS = 24_352_448
 EPS = 1e-5
@@ -33,11 +43,15 @@ class GeneratorConfig(JsonConfig):
     res_blocks: int = 4
     saliency_width: int = 64
     scale: int = 1  # output scale: 1 (the paper: RGB at packed resolution) or 2 (full sensor resolution)
+    norm: str = "instance"  # instance (the paper) or none
+    prior: str = "none"  # none (the paper) or profile: a fitted colour profile renders first, the network adds
 
 
+NORMS, PRIORS = ("instance", "none"), ("none", "profile")
 PRESETS = {
-    "paper": GeneratorConfig(),
-    "tiny": GeneratorConfig(base=16, res_blocks=2, saliency_width=16),
+    "standard": GeneratorConfig(norm="none", prior="profile"),  # raw2rgb's recommended network
+    "tiny": GeneratorConfig(base=16, res_blocks=2, saliency_width=16, norm="none", prior="profile"),  # its small size
+    "paper": GeneratorConfig(),  # exactly the paper's network
 }
 
 
@@ -63,7 +77,10 @@ class FrameNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "instance":
-            return F.instance_norm(x, eps=EPS)
+            # F.instance_norm returns a contiguous tensor: every conv on a channels_last network would
+            # then convert layouts. Elementwise ops keep the input's memory format; statistics in fp32.
+            var, mean = torch.var_mean(x.float(), dim=(2, 3), keepdim=True, correction=0)
+            return ((x - mean) * torch.rsqrt(var + EPS)).to(x.dtype)
         if self.mode == "collect":
             self.mean, self.var = self._statistics(x.float())
         if self.mean is None or self.var is None:
@@ -99,9 +116,9 @@ def conv(cin: int, cout: int, k: int, stride: int = 1, norm: bool = True, act: b
 class ResBlock(nn.Module):
     """conv3 IN lrelu → conv3 (no norm, no act), plus the identity."""
 
-    def __init__(self, ch: int) -> None:
+    def __init__(self, ch: int, norm: bool = True) -> None:
         super().__init__()
-        self.body = nn.Sequential(conv(ch, ch, 3), conv(ch, ch, 3, norm=False, act=False))
+        self.body = nn.Sequential(conv(ch, ch, 3, norm=norm), conv(ch, ch, 3, norm=False, act=False))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.body(x)
@@ -133,13 +150,15 @@ class Up(nn.Module):
     multiply-adds, and the 4× larger intermediate (the decoder's largest tensor) never exists.
     """
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, norm: bool = True) -> None:
         super().__init__()
-        self.conv = conv(cin, cout, 3)
+        self.conv = conv(cin, cout, 3, norm=norm)
+        # (phase, 2, 3): a buffer, so no host → device copy (and GPU sync) happens in the forward
+        self.register_buffer("taps", torch.tensor(_PHASE_TAPS), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.conv[1].weight  # (cout, cin, 3, 3), spectral norm applied
-        taps = torch.tensor(_PHASE_TAPS, dtype=w.dtype, device=w.device)  # (phase, 2, 3)
+        taps = self.taps.to(w.dtype)
         k = torch.einsum("ayi,ocij,bxj->aboc" "yx", taps, w, taps)  # (2, 2, cout, cin, 2, 2)
         cout, h, wd = w.shape[0], x.shape[-2], x.shape[-1]
         y = F.conv2d(_edge_pad1(x), k.reshape(4 * cout, *k.shape[3:]))
@@ -161,65 +180,92 @@ class Generator(nn.Module):
         super().__init__()
         if cfg.scale not in (1, 2):
             raise ValueError(f"output scale must be 1 or 2, got {cfg.scale}")
+        if cfg.norm not in NORMS or cfg.prior not in PRIORS:
+            raise ValueError(f"norm must be one of {NORMS} and prior one of {PRIORS}, got {cfg.norm}, {cfg.prior}")
         self.cfg = cfg
-        b, sw = cfg.base, cfg.saliency_width
-        self.e1 = conv(4, b, 7, norm=False)
-        self.e2 = conv(b, 2 * b, 4, stride=2)
-        self.e3 = conv(2 * b, 4 * b, 4, stride=2)
-        self.e4 = conv(4 * b, 8 * b, 4, stride=2)
-        self.bottleneck = nn.Sequential(*[ResBlock(8 * b) for _ in range(cfg.res_blocks)])
-        self.d1 = Up(8 * b, 4 * b)
-        self.d2 = Up(8 * b, 2 * b)
-        self.d3 = Up(4 * b, b)
+        b, sw, n = cfg.base, cfg.saliency_width, cfg.norm == "instance"
+        # With a prior, E1 also sees the prior's rendering, folded onto the packed grid (3·s² channels).
+        self.prior = ColourPrior(cfg.scale) if cfg.prior == "profile" else None
+        self.e1 = conv(4 + (3 * cfg.scale**2 if self.prior is not None else 0), b, 7, norm=False)
+        self.e2 = conv(b, 2 * b, 4, stride=2, norm=n)
+        self.e3 = conv(2 * b, 4 * b, 4, stride=2, norm=n)
+        self.e4 = conv(4 * b, 8 * b, 4, stride=2, norm=n)
+        self.bottleneck = nn.Sequential(*[ResBlock(8 * b, n) for _ in range(cfg.res_blocks)])
+        self.d1 = Up(8 * b, 4 * b, n)
+        self.d2 = Up(8 * b, 2 * b, n)
+        self.d3 = Up(4 * b, b, n)
         # Output scale 2: one more nearest ×2 + conv stage at sensor resolution before D4.
-        self.d_up = Up(2 * b, b) if cfg.scale == 2 else None
+        self.d_up = Up(2 * b, b, n) if cfg.scale == 2 else None
         self.d4 = conv(2 * b if cfg.scale == 1 else b, 3, 7, norm=False, act=False)
+        if self.prior is not None:
+            # With a prior, D4 is the residual: a plain conv that init_weights starts at zero (spectral
+            # norm would rescale any start to unit gain), so that at step 0 the model is the prior.
+            parametrize.remove_parametrizations(self.d4[1], "weight", leave_parametrized=False)
+            self.d4[1].zero_init = True
         # Saliency decoder (its own weights), fed by the three concatenated decoder tensors.
-        self.s1a = nn.Sequential(Up(8 * b, sw), conv(sw, sw, 3))
-        self.s1b = nn.Sequential(Up(sw, sw), conv(sw, sw, 3))
-        self.s2 = nn.Sequential(Up(4 * b, sw), conv(sw, sw, 3))
-        self.s3 = conv(2 * b, sw, 3)
-        self.s_fuse = conv(3 * sw, sw, 3)
+        self.s1a = nn.Sequential(Up(8 * b, sw, n), conv(sw, sw, 3, norm=n))
+        self.s1b = nn.Sequential(Up(sw, sw, n), conv(sw, sw, 3, norm=n))
+        self.s2 = nn.Sequential(Up(4 * b, sw, n), conv(sw, sw, 3, norm=n))
+        self.s3 = conv(2 * b, sw, 3, norm=n)
+        self.s_fuse = conv(3 * sw, sw, 3, norm=n)
         self.s_out = conv(sw, 1, 7, norm=False, act=False)
 
-    def _encode(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _inputs(self, raw: torch.Tensor, colour: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """E1's input and the prior's rendering (None without a prior)."""
         h, w = raw.shape[-2:]
         if raw.ndim != 4 or raw.shape[1] != 4 or h % 8 or w % 8:
             raise ValueError(f"generator input is (B, 4, h, w) with h, w multiples of 8, got {tuple(raw.shape)}")
-        e1 = self.e1(raw)
+        if self.prior is None:
+            return raw, None
+        if colour is None or colour.shape != (raw.shape[0], 12):
+            raise ValueError(f"a generator with a colour prior takes each image's colour (B, 12) beside the raw, got "
+                             f"{None if colour is None else tuple(colour.shape)}")
+        with torch.autocast(raw.device.type, enabled=False):  # the colour pipeline in float32
+            p = self.prior(raw.float(), colour.float())
+        folded = F.pixel_unshuffle(p, self.cfg.scale) if self.cfg.scale > 1 else p
+        return torch.cat([raw, folded.to(raw.dtype)], 1), p
+
+    def _encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        e1 = self.e1(x)
         e2 = self.e2(e1)
         e3 = self.e3(e2)
         c1 = torch.cat([self.d1(self.bottleneck(self.e4(e3))), e3], 1)
         return e1, e2, c1, torch.cat([self.d2(c1), e2], 1)
 
-    def _decode(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        e1, _, c1, c2 = self._encode(raw)
+    def _decode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        e1, _, c1, c2 = self._encode(x)
         return c1, c2, torch.cat([self.d3(c2), e1], 1)
 
-    def run_normalisations(self, raw: torch.Tensor) -> None:
+    def run_normalisations(self, raw: torch.Tensor, colour: torch.Tensor | None = None) -> None:
         """G1 up to its last normalisation layer and no further: what a statistics pass needs
         (the output layers, the largest tensors at full resolution, are skipped)."""
-        e1, _, _, c2 = self._encode(raw)
+        e1, _, _, c2 = self._encode(self._inputs(raw, colour)[0])
         if self.d_up is None:
             self.d3(c2)
         else:
             self.d_up(torch.cat([self.d3(c2), e1], 1))
 
-    def _head(self, c3: torch.Tensor) -> torch.Tensor:
+    def _head(self, c3: torch.Tensor, prior: torch.Tensor | None) -> torch.Tensor:
+        """D4 (and tanh, or the prior's sum) in float32 even under autocast: in bf16 the output would
+        hold about 2,300 levels (steps of 128 in a 16-bit TIFF's top quarter)."""
         y = self.d_up(c3) if self.d_up is not None else c3
-        return torch.tanh(self.d4(y))
+        with torch.autocast(y.device.type, enabled=False):
+            out = self.d4(y.float())
+            return torch.tanh(out) if prior is None else prior.float() + out
 
     def rgb(self, raw: torch.Tensor, colour: torch.Tensor | None = None) -> torch.Tensor:
-        """G1 alone: raw (B, 4, h, w) in [-1, 1] → rgb (B, 3, s·h, s·w) in [-1, 1]."""
-        return self._head(self._decode(raw)[2])
+        """G1 alone: raw (B, 4, h, w) in [-1, 1] (and colour (B, 12) with a prior) → rgb (B, 3, s·h, s·w)."""
+        x, prior = self._inputs(raw, colour)
+        return self._head(self._decode(x)[2], prior)
 
     def forward(self, raw: torch.Tensor, colour: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        c1, c2, c3 = self._decode(raw)
+        x, prior = self._inputs(raw, colour)
+        c1, c2, c3 = self._decode(x)
         s = torch.cat([self.s1b(self.s1a(c1)), self.s2(c2), self.s3(c3)], 1)
         s = self.s_fuse(s)
         if self.cfg.scale == 2:
             s = _up(s)
-        return self._head(c3), torch.sigmoid(self.s_out(s))
+        return self._head(c3, prior), torch.sigmoid(self.s_out(s))
 
 
 def convs(model: nn.Module) -> list[nn.Conv2d]:
@@ -233,7 +279,10 @@ def init_weights(model: nn.Module, std: float = 0.02, generator: torch.Generator
     with torch.no_grad():
         for m in convs(model):
             if not parametrize.is_parametrized(m, "weight"):
-                m.weight.normal_(0.0, std, generator=generator)
+                if getattr(m, "zero_init", False):
+                    m.weight.zero_()  # a residual that starts at nothing
+                else:
+                    m.weight.normal_(0.0, std, generator=generator)
                 continue
             m.parametrizations.weight.original.normal_(0.0, std, generator=generator)
             # spectral_norm drew its power-iteration vectors from the global RNG; redraw them from

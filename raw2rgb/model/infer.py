@@ -12,9 +12,12 @@ Tiles overlap and are blended with weights that fall off towards each tile's bor
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,15 +29,19 @@ import torch.nn.functional as F
 from raw2rgb.config import JsonConfig
 from raw2rgb.device import cached
 from raw2rgb.errors import ConfigError, InputError, one_line
+from raw2rgb.files import cache_dir, write_json
 from raw2rgb.model import checkpoint, run
-from raw2rgb.model.generator import Generator, GeneratorConfig, fold_spectral_norm, set_norm_mode
+from raw2rgb.model.generator import Generator, GeneratorConfig, fold_spectral_norm, norms, set_norm_mode
+from raw2rgb.pipeline import bayer, synth
+from raw2rgb.pipeline.develop import cam_to_srgb, frame_colour
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TileConfig(JsonConfig):
-    """Tiling of a frame, in packed pixels (multiples of 8)."""
+    """Tiling of a frame, in packed pixels (multiples of 8). ``convert`` sets the overlap to what the
+    loaded model needs (:func:`plan_overlap`)."""
 
     tile: int = 512
     overlap: int = 64
@@ -164,23 +171,101 @@ def stats_plan(plan: list[_Tile], hh: int, ww: int, th: int, tw: int, budget: in
     return _even_sample(grid, budget // (sh * sw)), sh, sw
 
 
+# -- how much overlap a model needs -------------------------------------------------------------------
+
+OVERLAPS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)
+TOLERANCE = 1.0  # /255: tiles agree with one pass over the frame within this, on average
+PROBE = 256  # packed pixels: the side of the probe frame
+
+
+def _probe_frame() -> tuple[np.ndarray, np.ndarray]:
+    """A natural scene as the virtual camera records it (packed, in [0, 1]) and its colour."""
+    cam = synth.Camera(noise=0.002)
+    mosaic = synth.capture(synth.scene("astronaut", (2 * PROBE, 2 * PROBE)), cam, np.random.default_rng(0))
+    packed = bayer.normalize_packed(bayer.planes(mosaic), cam.black, cam.white, np.float32)
+    return packed, frame_colour(packed, cam.wb_gains, cam_to_srgb(np.asarray(cam.xyz_to_cam)))
+
+
+def measure_overlaps(g: Generator, device: torch.device | str = "cpu") -> dict[int, float]:
+    """For each overlap, the mean difference (/255) between the smallest tiles it allows and one pass
+    over a probe frame, until one is within :data:`TOLERANCE` (larger tiles have fewer borders and
+    do no worse)."""
+    packed, colour = _probe_frame()
+    whole = run_tiled(g, packed, TileConfig(tile=PROBE, overlap=0), device, colour=colour)
+    errors: dict[int, float] = {}
+    for overlap in OVERLAPS:
+        tile = max(64, 2 * overlap + 16)
+        if tile >= PROBE:
+            break
+        tiled = run_tiled(g, packed, TileConfig(tile=tile, overlap=overlap), device, colour=colour)
+        errors[overlap] = float((tiled - whole).abs().mean()) * 255
+        if errors[overlap] <= TOLERANCE:
+            break
+    return errors
+
+
+def needed_overlap(g: Generator, key: str, device: torch.device | str = "cpu") -> tuple[int, dict[int, float]]:
+    """The overlap ``g`` needs for tiles to match one pass within :data:`TOLERANCE`, measured once per
+    model (``key``: the checkpoint's sha256) and kept in the user's cache folder; and the
+    measured differences by overlap."""
+    path = cache_dir() / "overlaps.json"
+    try:
+        known = json.loads(path.read_text())
+    except (OSError, ValueError):
+        known = {}
+    entry = known.get(key)
+    if not entry:
+        t0 = time.perf_counter()
+        errors = measure_overlaps(g, device)
+        need = next((o for o, e in errors.items() if e <= TOLERANCE), max(errors, default=OVERLAPS[-1]))
+        entry = {"overlap": need, "errors": {str(o): round(e, 3) for o, e in errors.items()}}
+        log.info("tile overlap this model needs: %d packed pixels (measured in %.1f s)", need, time.perf_counter() - t0)
+        with contextlib.suppress(OSError):  # a read-only home only costs the measurement next time
+            write_json(path, {**known, key: entry})
+    return int(entry["overlap"]), {int(o): float(e) for o, e in entry["errors"].items()}
+
+
+def plan_overlap(tile: int, overlap: int | None, need: int, errors: dict[int, float]) -> tuple[int, int]:
+    """(tile, overlap) for a user's ``--tile`` and ``--overlap`` (None: what the model needs). A tile
+    too small for the overlap grows to the smallest that allows it (with a note); a smaller overlap
+    than the model needs is kept, with a warning saying what it costs."""
+    if overlap is None:
+        overlap = need
+    elif overlap < need:
+        known = [e for o, e in sorted(errors.items()) if o <= overlap]
+        cost = f" (measured: {known[-1]:.1f}/255 on average at {max(o for o in errors if o <= overlap)})" if known \
+            else ""
+        log.warning("--overlap %d is less than the %d this model needs for tiles to match one pass within %.0f/255%s: "
+                    "seams may show", overlap, need, TOLERANCE, cost)
+    if tile <= 2 * overlap:
+        grown = 2 * overlap + 8
+        log.info("--tile %d cannot hold an overlap of %d on both sides; using tiles of %d", tile, overlap, grown)
+        tile = grown
+    return tile, overlap
+
+
 @torch.no_grad()
 def run_tiled(g: Generator, packed: np.ndarray | torch.Tensor, tiles: TileConfig = TileConfig(),
-              device: torch.device | str = "cpu", amp: bool | None = None) -> torch.Tensor:
-    """Convert one frame: packed (4, h, w) in [0, 1] → RGB (3, s·h, s·w) in [0, 1] (float32, on
+              device: torch.device | str = "cpu", amp: bool | None = None,
+              colour: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
+    """Convert one frame: packed (4, h, w) in [0, 1] (and, for a generator with a colour prior, the
+    frame's colour (12,), ``develop.frame_colour``) → RGB (3, s·h, s·w) in [0, 1] (float32, on
     ``device``). Frames whose sides are not multiples of 8 are reflection-padded, then cropped.
 
-    With ``tiles.frame_norm`` the statistics pass runs the tiles (all, or a sample beyond the budget)
-    as one batch in ``collect`` mode over the parts they own; when that was every tile, its outputs
-    are the result (one pass in all), else every tile then runs with the statistics fixed."""
+    With ``tiles.frame_norm`` and normalisation layers in the network, the statistics pass runs the
+    tiles (all, or a sample beyond the budget) as one batch in ``collect`` mode over the parts they
+    own; when that was every tile, its outputs are the result (one pass in all), else every tile
+    then runs with the statistics fixed. A network without normalisation layers runs its tiles."""
     tiles.check()
     device = torch.device(device)
     amp = device.type == "cuda" if amp is None else amp
+    col = None if colour is None else torch.as_tensor(colour, dtype=torch.float32).to(device).reshape(1, 12)
     x = torch.as_tensor(packed, dtype=torch.float32).to(device)[None] * 2 - 1
     _, _, h, w = x.shape
-    ph, pw = -h % 8, -w % 8
-    if ph or pw:
-        x = F.pad(x, (0, pw, 0, ph), mode="reflect")
+    # multiples of 8, and at least 16: the network's deepest layers (1/8) reflect-pad by one pixel
+    ph, pw = max(16, h + -h % 8) - h, max(16, w + -w % 8) - w
+    if ph or pw:  # reflection needs a side longer than the pad; a frame of a few pixels repeats its edge
+        x = F.pad(x, (0, pw, 0, ph), mode="reflect" if ph < h and pw < w else "replicate")
     s, (hh, ww) = g.cfg.scale, x.shape[-2:]
     th, tw = min(tiles.tile, hh), min(tiles.tile, ww)
     plan = plan_tiles(hh, ww, th, tw, tiles.overlap)
@@ -188,42 +273,54 @@ def run_tiled(g: Generator, packed: np.ndarray | torch.Tensor, tiles: TileConfig
     def crop(ts: list[_Tile], h_: int = th, w_: int = tw) -> torch.Tensor:
         return torch.cat([x[:, :, t.y : t.y + h_, t.x : t.x + w_] for t in ts])
 
+    def colours(n: int) -> torch.Tensor | None:
+        return None if col is None else col.expand(n, 12)
+
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         try:
             todo = plan
-            if tiles.frame_norm:
+            if tiles.frame_norm and norms(g):
                 sample, sh, sw = stats_plan(plan, hh, ww, th, tw, tiles.stats_pixels)
                 # sampled windows partition what they cover: no mask (no full-size temporaries)
                 set_norm_mode(g, "collect", _masks(sample, sh, sw, x.device) if sample is plan else None)
                 if sample is plan:  # the statistics pass runs every tile: its outputs are the result
-                    out.add(sample, g.rgb(crop(sample)))
+                    out.add(sample, g.rgb(crop(sample), colours(len(sample))))
                     todo = []
                 else:
-                    g.run_normalisations(crop(sample, sh, sw))
+                    g.run_normalisations(crop(sample, sh, sw), colours(len(sample)))
                 set_norm_mode(g, "fixed")
             for i in range(0, len(todo), tiles.batch):
                 chunk = todo[i : i + tiles.batch]
-                out.add(chunk, g.rgb(crop(chunk)))
+                out.add(chunk, g.rgb(crop(chunk), colours(len(chunk))))
         finally:
             set_norm_mode(g, "instance")
     return out.result()[:, : s * h, : s * w].clamp_(0, 1)
 
 
 class _Blend:
-    """Weighted accumulation of tile outputs (in [-1, 1]) into a frame in [0, 1]."""
+    """Weighted accumulation of tile outputs (in [-1, 1]) into a frame in [0, 1]. The blend windows
+    are made once per kind of tile (which sides meet a neighbour), on the frame's device: no
+    host → device copy per tile."""
 
     def __init__(self, device, s: int, hh: int, ww: int, th: int, tw: int, overlap: int) -> None:
-        self.s, self.th, self.tw, self.overlap = s, th, tw, overlap
+        self.s, self.th, self.tw, self.overlap, self.device = s, th, tw, overlap, device
         self.acc = torch.zeros(3, s * hh, s * ww, device=device)
         self.wsum = torch.zeros(1, s * hh, s * ww, device=device)
+        self.windows: dict[tuple[bool, bool, bool, bool], torch.Tensor] = {}
+
+    def _window(self, edges: tuple[bool, bool, bool, bool]) -> torch.Tensor:
+        if edges not in self.windows:
+            top, bottom, left, right = edges
+            s = self.s
+            wy = blend_window(s * self.th, s * self.overlap, top, bottom)
+            wx = blend_window(s * self.tw, s * self.overlap, left, right)
+            self.windows[edges] = (wy[:, None] * wx[None, :]).to(self.device)
+        return self.windows[edges]
 
     def add(self, tiles: list[_Tile], outputs: torch.Tensor) -> None:
         s, th, tw = self.s, self.th, self.tw
         for t, o in zip(tiles, outputs.float()):
-            top, bottom, left, right = t.edges
-            wy = blend_window(s * th, s * self.overlap, top, bottom).to(o.device)
-            wx = blend_window(s * tw, s * self.overlap, left, right).to(o.device)
-            wgt = wy[:, None] * wx[None, :]
+            wgt = self._window(t.edges)
             self.acc[:, s * t.y : s * (t.y + th), s * t.x : s * (t.x + tw)] += (o + 1) * 0.5 * wgt
             self.wsum[:, s * t.y : s * (t.y + th), s * t.x : s * (t.x + tw)] += wgt
 
@@ -232,8 +329,10 @@ class _Blend:
 
 
 @torch.no_grad()
-def run_whole(g: Generator, packed: np.ndarray | torch.Tensor, device: torch.device | str = "cpu") -> torch.Tensor:
+def run_whole(g: Generator, packed: np.ndarray | torch.Tensor, device: torch.device | str = "cpu",
+              colour: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
     """The reference: the whole frame in one pass (memory grows with the frame). Same ranges as
     :func:`run_tiled`; sides must be multiples of 8."""
     x = torch.as_tensor(packed, dtype=torch.float32).to(device)[None] * 2 - 1
-    return ((g.rgb(x)[0].float() + 1) * 0.5).clamp_(0, 1)
+    col = None if colour is None else torch.as_tensor(colour, dtype=torch.float32).to(device).reshape(1, 12)
+    return ((g.rgb(x, col)[0].float() + 1) * 0.5).clamp_(0, 1)

@@ -42,7 +42,11 @@ def _gaussian(device: torch.device) -> torch.Tensor:
 
 def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0) -> torch.Tensor:
     """Per-image SSIM of (B, C, H, W) images: Gaussian window, statistics of the population
-    (not the sample), each channel separately, averaged over the valid region and channels."""
+    (not the sample), each channel separately, averaged over the valid region and channels.
+
+    Variances and the covariance are taken of each channel minus its mean over the image and the
+    local means added back: E[x²] − μ² on the 0–255 scale cancels catastrophically in reduced
+    precision (TF32 convolutions on a GPU), differences from the mean do not."""
     a, b = a.float(), b.float()
     c = a.shape[1]
     g = _gaussian(a.device)
@@ -52,10 +56,13 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0) -> torch.T
     def blur(x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(F.conv2d(x, kx, groups=c), ky, groups=c)
 
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
+    ma, mb = a.mean(dim=(2, 3), keepdim=True), b.mean(dim=(2, 3), keepdim=True)
+    a0, b0 = a - ma, b - mb
+    da, db = blur(a0), blur(b0)
+    var_a = blur(a0 * a0) - da**2
+    var_b = blur(b0 * b0) - db**2
+    cov = blur(a0 * b0) - da * db
+    mu_a, mu_b = da + ma, db + mb
     c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
     s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return s.flatten(1).mean(1)
@@ -64,14 +71,16 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 255.0) -> torch.T
 def color_correct(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The output after an affine colour fit to the target, per image: the 3×4 matrix M that
     minimises |M·[o; 1] − t|², applied and clipped to 0–255. Common in the ZRR literature, where
-    the target camera's colours are not the phone's."""
-    bsz, c = output.shape[:2]
+    the target camera's colours are not the phone's.
+
+    Solved through the 4×4 normal equations with a pseudo-inverse (float64): grey, constant or
+    clipped outputs make them singular, and CUDA's ``lstsq`` (``gels``) assumes full rank."""
     o = output.double().flatten(2)  # (B, 3, N)
     t = target.double().flatten(2)
-    ones = torch.ones_like(o[:, :1])
-    x = torch.cat([o, ones], 1).transpose(1, 2)  # (B, N, 4)
-    m = torch.linalg.lstsq(x, t.transpose(1, 2)).solution  # (B, 4, 3)
-    fitted = (x @ m).transpose(1, 2).reshape(output.shape)
+    x = torch.cat([o, torch.ones_like(o[:, :1])], 1)  # (B, 4, N)
+    xtx = x @ x.transpose(1, 2)  # (B, 4, 4)
+    m = torch.linalg.pinv(xtx, hermitian=True) @ (x @ t.transpose(1, 2))  # (B, 4, 3)
+    fitted = (m.transpose(1, 2) @ x).reshape(output.shape)
     return fitted.clamp(0, 255).float()
 
 

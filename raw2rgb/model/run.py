@@ -6,6 +6,7 @@
     RUN/checkpoints/       latest.pt (resume), stage1.pt, final.pt (the model to use)
     RUN/samples/           a grid of held-out samples per epoch
     RUN/tensorboard/       the same scalars for TensorBoard
+    RUN/profile.json       the colour prior's profile, fitted on the train split (recommended presets)
 
 A run is keyed on its config and its dataset's key: the same command on a finished run does
 nothing, on an interrupted one resumes; another config or changed shards are refused unless the
@@ -36,7 +37,8 @@ CHECKPOINTS = "checkpoints"
 LATEST, STAGE1, FINAL = "latest.pt", "stage1.pt", "final.pt"
 SAMPLES = "samples"
 TENSORBOARD = "tensorboard"
-WRITES = (CONFIG, STATS, LOG, CHECKPOINTS, SAMPLES, TENSORBOARD)  # everything a run writes
+PROFILE = "profile.json"  # the colour prior's fitted profile (convert --method profile takes it too)
+WRITES = (CONFIG, STATS, LOG, CHECKPOINTS, SAMPLES, TENSORBOARD, PROFILE)  # everything a run writes
 
 
 class RunError(UserError):

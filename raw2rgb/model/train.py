@@ -40,15 +40,21 @@ from raw2rgb.model.evaluate import score, summarise
 from raw2rgb.model.generator import PRESETS as G_PRESETS
 from raw2rgb.model.generator import Generator, GeneratorConfig, init_weights
 from raw2rgb.model.pictures import grid_rows, save_png
+from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline.shards import dataset_key, read_index, shards_root, split_count
+from raw2rgb.pipeline.shards import validate as validate_shards
 from raw2rgb.pipeline.unpack import camera_name, read_sidecars
 
 log = logging.getLogger(__name__)
 
 STAGES = {"1": (1,), "2": (2,), "all": (1, 2)}
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-DEFAULT_PRESET = "paper"
-PRESET_HELP = "Network and schedule: paper (the paper's 24.4 M-parameter generator) or tiny (tests, demo)."
+DEFAULT_PRESET = "standard"
+# Each preset's schedule, over TrainConfig's defaults (the paper's); chosen by benchmarks/quality.py.
+SCHEDULES: dict[str, dict[str, Any]] = {"paper": {}, "standard": {}, "tiny": {}}
+PRESET_HELP = ("Network and schedule: standard (raw2rgb's recommended network: a fitted colour prior, no InstanceNorm; "
+               "for GPUs), tiny (its small size: CPUs, the demo, tests) or paper (exactly the paper's network and "
+               "recipe, to reproduce it).")
 
 
 class TrainError(UserError):
@@ -80,7 +86,8 @@ class TrainConfig(JsonConfig):
     def preset_config(cls, name: str, **overrides: Any) -> TrainConfig:
         if name not in G_PRESETS:
             raise TrainError(f"unknown preset {name!r} ({', '.join(G_PRESETS)})")
-        return cls(preset=name, generator=G_PRESETS[name], discriminator=D_PRESETS[name], **overrides)
+        return cls(**{"preset": name, "generator": G_PRESETS[name], "discriminator": D_PRESETS[name],
+                      **SCHEDULES[name], **overrides})
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> TrainConfig:
@@ -217,6 +224,7 @@ def write_samples(G: nn.Module, batch: dict[str, torch.Tensor], path: Path, amp:
 
 def _check_dataset(root: Path, cfg: TrainConfig) -> dict[str, Any]:
     index = read_index(root)
+    validate_shards(root, index)
     if split_count(index, "train") == 0:
         raise TrainError(f"{root}: the train split is empty (no training samples); check prepare's --split")
     if int(index["scale"]) != cfg.generator.scale:
@@ -242,11 +250,14 @@ def _precision(rt: Runtime, device: torch.device) -> str:
     return p
 
 
-def _build(cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, need_vgg: bool) -> Nets:
+def _build(cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, need_vgg: bool,
+           prior: colour_profile.Profile | None) -> Nets:
     G, D = Generator(cfg.generator), Discriminator(cfg.discriminator)
     gen = torch.Generator().manual_seed(cfg.seed)
     init_weights(G, cfg.init_std, gen)
     init_weights(D, cfg.init_std, gen)
+    if prior is not None:
+        G.prior.set_profile(prior)
     perceptual = None
     if need_vgg:
         perceptual = losses.Perceptual(losses.load_vgg_features(rt.vgg_weights)).to(device)
@@ -299,6 +310,21 @@ def _resume(run_dir: Path, nets: Nets, cfg: TrainConfig, precision: str, dist: D
     return progress, opts
 
 
+def _fit_prior(root: Path, run_dir: Path, cfg: TrainConfig, dist: Dist) -> colour_profile.Profile | None:
+    """The colour prior's profile, fitted on the train split (deterministic: every rank fits the
+    same one), and saved as RUN/profile.json for ``convert --method profile``. A resumed run takes
+    the prior from its checkpoint; the fit is the same."""
+    if cfg.generator.prior != "profile":
+        return None
+    t0 = time.perf_counter()
+    prior = colour_profile.fit_dataset(root, "train", "poly3")
+    if dist.main:
+        colour_profile.save(prior, run_dir / run.PROFILE)
+        log.info("colour prior: a %s profile fitted on %d train pixels in %.1f s (train PSNR %.2f dB)", prior.model,
+                 prior.fitted_on["pixels"], time.perf_counter() - t0, prior.fitted_on["fit_psnr"])
+    return prior
+
+
 def _finished(progress: Progress, stages: tuple[int, ...], cfg: TrainConfig, rt: Runtime) -> str | None:
     last = stages[-1]
     epochs = cfg.stage1_epochs if last == 1 else cfg.stage2_epochs
@@ -316,6 +342,14 @@ def _datasets(root: Path, cfg: TrainConfig, dist: Dist) -> tuple[ShardDataset, S
     if val_set is None and dist.main:
         log.warning("%s: no val split; no validation (prepare with --split giving val a share)", root)
     return train_set, val_set
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C and SIGTERM to the training process, which finishes its step
+    and saves: a scheduler's SIGTERM reaches the whole process group, and a worker that died of it
+    would end the run without its checkpoint."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class _StopRequest:
@@ -374,7 +408,7 @@ class _Loop:
 
     def loader(self, dataset: ShardDataset, batches: list[list[int]]) -> DataLoader:
         return DataLoader(dataset, batch_sampler=batches, num_workers=self.rt.workers,
-                          pin_memory=self.device.type == "cuda")
+                          pin_memory=self.device.type == "cuda", worker_init_fn=_ignore_stop_signals)
 
     def note_terms(self, terms: dict[str, torch.Tensor]) -> None:
         """Remember which terms have ever been NaN or infinite, without a GPU sync."""
@@ -509,7 +543,8 @@ def _train(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: tor
         run.log_to_file(run_dir)
     precision = _precision(rt, device)
     stages = STAGES[rt.stages]
-    nets = _build(cfg, rt, device, dist, need_vgg=2 in stages and cfg.weights.perceptual > 0)
+    prior = _fit_prior(root, run_dir, cfg, dist)
+    nets = _build(cfg, rt, device, dist, need_vgg=2 in stages and cfg.weights.perceptual > 0, prior=prior)
 
     # -- resume
     progress, opts = _resume(run_dir, nets, cfg, precision, dist)

@@ -76,6 +76,23 @@ def grey_world(rgb: np.ndarray) -> np.ndarray:
     return (means[1] / means).astype(np.float32)
 
 
+def grey_world_packed(packed: np.ndarray) -> np.ndarray:
+    """:func:`grey_world` of packed planes (4, h, w) R, G1, B, G2: the same gains whatever the
+    rendering's scale (bilinear demosaicing keeps each plane's mean, up to the border)."""
+    p = np.asarray(packed, np.float64)
+    r, g, b = p[0].mean(), (p[1].mean() + p[3].mean()) * 0.5, p[2].mean()
+    return (g / (np.array([r, g, b]) + 1e-6)).astype(np.float32)
+
+
+def frame_colour(packed: np.ndarray, wb_gains=None, cam_to_rgb=None) -> np.ndarray:
+    """The colour a classical rendering of a frame uses, as 12 numbers (float32): white-balance
+    gains R, G, B (as shot; grey world of the planes when unknown), then the camera → sRGB matrix
+    row by row (identity when unknown). What a model with a colour prior takes beside the raw."""
+    gains = grey_world_packed(packed) if wb_gains is None else np.asarray(wb_gains, np.float32)
+    matrix = np.eye(3) if cam_to_rgb is None else np.asarray(cam_to_rgb)
+    return np.concatenate([gains, np.ravel(matrix)]).astype(np.float32)
+
+
 def white_balance(rgb: np.ndarray, gains) -> np.ndarray:
     """Multiply camera RGB (…, 3) by gains and clip to [0, 1] (highlights clip, as dcraw does)."""
     out = rgb * np.asarray(gains, dtype=np.float32)
@@ -160,7 +177,7 @@ def develop(packed: np.ndarray, wb_gains=None, cam_to_rgb=None, scale: int = 1, 
     when unknown), sRGB gamma, orientation. Black and white level are applied by the normalisation
     that made ``packed`` (``RawFrame.packed``)."""
     cam = camera_rgb(packed, scale)
-    gains = grey_world(cam) if wb_gains is None else wb_gains
+    gains = grey_world_packed(packed) if wb_gains is None else wb_gains
     rgb = white_balance(cam, gains)
     if cam_to_rgb is not None:
         rgb = apply_matrix(rgb, cam_to_rgb)

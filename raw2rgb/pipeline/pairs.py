@@ -24,7 +24,7 @@ from PIL import Image
 
 from raw2rgb.config import JsonConfig
 from raw2rgb.errors import UserError, one_line
-from raw2rgb.files import write_bytes
+from raw2rgb.files import inside, write_bytes
 from raw2rgb.pipeline import rawio
 from raw2rgb.pipeline.align import AlignError, Alignment, align_target, warp_target
 from raw2rgb.pipeline.develop import area_downsample, linear_to_srgb, luma
@@ -79,14 +79,6 @@ def detect_layout(src: Path) -> str:
                     "with same-name JPEGs); choose one with --layout")
 
 
-def _inside(root: Path, path: Path) -> bool:
-    try:
-        path.resolve().relative_to(root.resolve())
-        return True
-    except ValueError:
-        return False
-
-
 def find_pairs(src: os.PathLike | str, layout: str, pairs_csv: os.PathLike | str | None = None
                ) -> tuple[list[Pair], list[str]]:
     """The pairs of a source folder, sorted by scene, and one line per file left unpaired."""
@@ -99,8 +91,14 @@ def find_pairs(src: os.PathLike | str, layout: str, pairs_csv: os.PathLike | str
     def by_stem(folder: Path, suffixes) -> dict[str, Path]:
         if not folder.is_dir():
             return {}
-        return {p.stem: p for p in sorted(folder.iterdir())
-                if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")}
+        found = {}
+        for p in sorted(folder.iterdir()):
+            if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."):
+                if inside(src, p):
+                    found[p.stem] = p
+                else:  # the one path-safety rule: a link out of SRC is refused, not followed
+                    problems.append(f"{p}: leads outside {src}; refused")
+        return found
 
     def match(raws: dict[str, Path], rgbs: dict[str, Path], prefix: str, aligned: bool,
               split: str | None) -> None:
@@ -132,7 +130,7 @@ def find_pairs(src: os.PathLike | str, layout: str, pairs_csv: os.PathLike | str
                 scene = row.get("scene") or Path(row.get("raw", "")).stem
                 if not row.get("raw") or not row.get("rgb"):
                     problems.append(f"{pairs_csv}: a row without raw and rgb columns: {row}")
-                elif not (_inside(src, raw) and _inside(src, rgb)):
+                elif not (inside(src, raw) and inside(src, rgb)):
                     problems.append(f"{pairs_csv}: {row['raw']} / {row['rgb']} lies outside {src}; refused")
                 else:
                     pairs.append(Pair(scene, str(raw), str(rgb)))

@@ -33,7 +33,7 @@ from raw2rgb.config import JsonConfig
 from raw2rgb.errors import ConfigError, UserError
 from raw2rgb.files import write_json
 from raw2rgb.pipeline.develop import develop
-from raw2rgb.pipeline.shards import ShardError, read_ids, read_index, shards_root
+from raw2rgb.pipeline.shards import ShardError, read_ids, read_index, scene_of, shards_root
 from raw2rgb.pipeline.unpack import camera_name, read_sidecars
 
 FORMAT = 1
@@ -42,6 +42,7 @@ MODELS = ("poly3", "lut")
 DEFAULT_MODEL = "poly3"
 DEFAULT_LUT_SIZE = 9
 MAX_PIXELS = 2_000_000  # pixels a fit uses at most (an even sample beyond)
+MAX_SAMPLES = 2048  # patches a fit reads at most (an even sample beyond): seconds on any dataset
 SOURCE = ("classical pipeline: as-shot white balance, the file's colour matrix (grey world / camera RGB when absent), "
           "sRGB")
 
@@ -146,27 +147,34 @@ def apply(profile: Profile, rgb: np.ndarray) -> np.ndarray:
 # -- fitting on a dataset -----------------------------------------------------------------------------
 
 def _pairs_of_split(root: Path, split: str, render: Callable[[np.ndarray, str], np.ndarray], max_pixels: int,
-                    ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(rendered pixels, target pixels, ids) of a split, an even sample of at most ``max_pixels``."""
+                    max_samples: int = MAX_SAMPLES) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(rendered pixels, target pixels, ids) of an even sample of a split: at most ``max_samples``
+    samples, at most ``max_pixels`` pixels in all."""
     index = read_index(root)
     if split not in index["splits"] or not index["splits"][split]["count"]:
         raise ShardError(f"{root}: the {split} split is empty; a profile is fitted on it")
-    shard_files = [root / s["file"] for s in index["splits"][split]["shards"]]
-    count = sum(s["count"] for s in index["splits"][split]["shards"])
-    xs, ys, all_ids = [], [], []
-    for path in shard_files:
-        with h5py.File(path, "r") as f:
-            ids = read_ids(f)
+    shards = index["splits"][split]["shards"]
+    count = sum(s["count"] for s in shards)
+    wanted = set(np.linspace(0, count - 1, min(count, max_samples)).round().astype(int).tolist())
+    xs, ys, ids = [], [], []
+    start = 0
+    for s in shards:
+        local = sorted(k - start for k in wanted if start <= k < start + s["count"])
+        start += s["count"]
+        if not local:
+            continue
+        with h5py.File(root / s["file"], "r") as f:
+            names = read_ids(f)
             per_sample = int(np.prod(f["rgb"].shape[2:]))
-            step = max(1, int(np.ceil(count * per_sample / max_pixels)))
-            for j, sid in enumerate(ids):
+            step = max(1, int(np.ceil(len(wanted) * per_sample / max_pixels)))
+            for j in local:
                 raw = f["raw"][j].astype(np.float32) / 65535.0
                 rgb = f["rgb"][j].transpose(1, 2, 0).reshape(-1, 3).astype(np.float32) / 255.0
-                src = render(raw, sid).reshape(-1, 3)
+                src = render(raw, names[j]).reshape(-1, 3)
                 xs.append(src[j % step :: step])
                 ys.append(rgb[j % step :: step])
-                all_ids.append(sid)
-    return np.concatenate(xs), np.concatenate(ys), all_ids
+                ids.append(names[j])
+    return np.concatenate(xs), np.concatenate(ys), ids
 
 
 def fit_dataset(dataset: os.PathLike | str, split: str = "train", model: str = DEFAULT_MODEL,
@@ -183,19 +191,19 @@ def fit_dataset(dataset: os.PathLike | str, split: str = "train", model: str = D
     frames = read_sidecars(root)
 
     def render(raw: np.ndarray, sid: str) -> np.ndarray:
-        frame = frames.get(sid.split("/")[0], {})
+        frame = frames.get(scene_of(sid), {})
         return develop(raw, frame.get("wb_gains"), frame.get("cam_to_rgb"), scale=scale)
 
     src, dst, ids = _pairs_of_split(root, split, render, max_pixels)
     coef, n = fit(src, dst, model, lut_size)
-    scenes = {i.split("/")[0] for i in ids}
+    scenes = {scene_of(i) for i in ids}
     cameras = sorted({camera_name(frames[s]) for s in scenes if s in frames} - {""})
     profile = Profile(model=model, coefficients=coef, lut_size=n, scale=scale, cameras=tuple(cameras))
     fitted = apply(profile, src)
     mse = float(np.mean((np.rint(fitted * 255) - np.rint(dst * 255)) ** 2))
     return dataclasses.replace(profile, fitted_on={
         "dataset": str(root), "split": split, "pixels": int(len(src)), "samples": len(ids),
-        "fit_psnr": round(10 * np.log10(255**2 / max(mse, 1e-12)), 3)})
+        "fit_psnr": round(float(10 * np.log10(255**2 / max(mse, 1e-12))), 3)})
 
 
 # -- the file -----------------------------------------------------------------------------------------

@@ -100,9 +100,21 @@ class RawFrame:
 
 
 def is_raw_path(path: os.PathLike | str) -> bool:
-    """True when ``path``'s suffix is one ``read_raw`` handles (RAW formats and PNG)."""
+    """True when ``path`` is a file ``read_raw`` handles: a RAW format's suffix, or a PNG that can
+    hold RAW data — one plane (a ZRR mosaic) or four (packed R, G1, B, G2) — read from its header.
+    An ordinary RGB PNG beside RAW files (a photo, a converted output) is not a RAW file."""
     suffix = Path(path).suffix.lower()
-    return suffix in RAW_SUFFIXES or suffix in PNG_SUFFIXES
+    if suffix in RAW_SUFFIXES:
+        return True
+    if suffix not in PNG_SUFFIXES:
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return True  # let reading it say what is wrong
+    # IHDR colour type (byte 25): 0 grey, 4 grey + alpha, 6 RGBA; 2 RGB and 3 palette are pictures
+    return len(head) < 26 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[25] in (0, 6)
 
 
 def read_raw(path: os.PathLike | str, zrr_levels: tuple[float, float] | None = None) -> RawFrame:

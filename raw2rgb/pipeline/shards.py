@@ -47,6 +47,11 @@ def read_ids(f) -> list[str]:
     return [s.decode() if isinstance(s, bytes) else str(s) for s in f["id"][()]]
 
 
+def scene_of(sample_id: str) -> str:
+    """The scene of a sample id ``SCENE/yY_xX`` (or ``SCENE/yY_xX#k``, a transformed copy)."""
+    return sample_id.rsplit("/", 1)[0]
+
+
 def patch_id(rel: str) -> str:
     """The sample id of a patches-stage output ``rgb/SCENE/yY_xX.png`` (or ``raw/…``): ``SCENE/yY_xX``."""
     return rel.split("/", 1)[1].rsplit(".", 1)[0]
@@ -273,6 +278,51 @@ def read_index(root: os.PathLike | str) -> dict[str, Any]:
             if not (root / s["file"]).resolve().is_relative_to(root.resolve()):
                 raise ShardError(f"{root / INDEX}: {s['file']} lies outside the folder; refused")
     return index
+
+
+STORED_DTYPES = {"raw": np.uint16, "rgb": np.uint8, "saliency": np.uint8}
+
+
+def validate(root: os.PathLike | str, index: Mapping[str, Any] | None = None) -> tuple[int, int]:
+    """Check every training shard of a shards folder against the format, from its metadata (no sample
+    is read): the datasets, their dtypes, shapes (raw (N, 4, h, w), rgb (N, 3, s·h, s·w), saliency
+    (N, 1, s·h, s·w), one h, w across shards) and the counts of ``index.json``. The one check that
+    ``inspect`` and ``train`` share; returns (h, w).
+
+    Raises:
+        ShardError: naming the shard and what is wrong.
+    """
+    root = Path(root)
+    index = index if index is not None else read_index(root)
+    scale = int(index["scale"])
+    size: tuple[int, int] | None = None
+    for split in sorted(index["splits"]):
+        for entry in index["splits"][split]["shards"]:
+            path = root / entry["file"]
+            try:
+                with h5py.File(path, "r") as f:
+                    shapes = {k: tuple(f[k].shape) for k in ("raw", "rgb", "saliency", "id")}
+                    dtypes = {k: f[k].dtype for k in STORED_DTYPES}
+            except (OSError, KeyError) as e:
+                raise ShardError(f"{path}: unreadable training shard ({one_line(str(e))})") from None
+            for k, want in STORED_DTYPES.items():
+                if dtypes[k] != want:
+                    raise ShardError(f"{path}: {k} is {dtypes[k]}, the format stores {np.dtype(want).name}")
+            n, c, h, w = shapes["raw"] if len(shapes["raw"]) == 4 else (None, None, None, None)
+            if c != 4:
+                raise ShardError(f"{path}: raw has shape {shapes['raw']}, the format stores (N, 4, h, w)")
+            for k, ch in (("rgb", 3), ("saliency", 1)):
+                if shapes[k] != (n, ch, scale * h, scale * w):
+                    raise ShardError(f"{path}: {k} has shape {shapes[k]}, the raw {shapes['raw']} at scale {scale} "
+                                     f"needs {(n, ch, scale * h, scale * w)}")
+            if shapes["id"] != (n,) or n != entry["count"]:
+                raise ShardError(f"{path}: {n} samples and {shapes['id'][0]} ids, index.json says {entry['count']}")
+            if size is not None and (h, w) != size:
+                raise ShardError(f"{path}: samples of {h}×{w}, other shards hold {size[0]}×{size[1]}")
+            size = (h, w)
+    if size is None:
+        raise ShardError(f"{root}: no shards")
+    return size
 
 
 def split_count(index: Mapping[str, Any], split: str) -> int:

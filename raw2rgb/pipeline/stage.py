@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from joblib import Parallel, delayed, parallel_config
 
 from raw2rgb.errors import InputError, UserError, one_line
-from raw2rgb.files import file_sha256, json_bytes, remove_partials, write_bytes, write_json
+from raw2rgb.files import FolderLock, file_sha256, inside, json_bytes, remove_partials, write_bytes, write_json
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ class Stage:
     version: int
     work: Callable[[Item, Context], tuple[list[str], dict] | Deferred]
     deferred: bool = False  # work returns a Deferred: in-process runs finish it on a writer thread
+    keeps_others: bool = False  # items are independent files: a run keeps the records of items it was not given
 
 
 @dataclass
@@ -161,12 +162,17 @@ class Manifest:
             for r in data["items"]:
                 rec = Record(**{k: v for k, v in r.items() if k in Record.__dataclass_fields__})
                 records[rec.key] = rec
-            return cls(data["stage"], int(data["version"]), dict(data["params"]), records)
+            manifest = cls(data["stage"], int(data["version"]), dict(data["params"]), records)
         except FileNotFoundError:
             return None
         except (ValueError, KeyError, TypeError) as e:
             log.warning("%s: unreadable manifest (%s); every item will be redone", path, e)
             return None
+        for rec in manifest.records.values():  # the one path-safety rule: nothing is read outside the folder
+            for rel in rec.outputs:
+                if not inside(out_dir, Path(out_dir) / rel):
+                    raise InputError(f"{path}: output {rel} of {rec.key} lies outside the folder; refused")
+        return manifest
 
 
 @dataclass
@@ -206,6 +212,24 @@ class _NoProgress:
 
     def close(self) -> None:
         pass
+
+
+def outputs_of(out_dir: os.PathLike | str) -> set[Path]:
+    """The files a stage recorded writing into ``out_dir`` (its manifest's outputs)."""
+    manifest = Manifest.load(Path(out_dir))
+    return {(Path(out_dir) / rel).resolve() for r in manifest.records.values() for rel in r.outputs} \
+        if manifest else set()
+
+
+def own_outputs(args: Iterable[str], out_dir: os.PathLike | str | None) -> dict:
+    """``collect_files`` arguments that keep a command from reading what it wrote: the output folder
+    when it lies inside an input folder, the files its manifest records when it is one."""
+    if out_dir is None:
+        return {}
+    out = Path(out_dir).resolve()
+    inputs = [Path(a).resolve() for a in args if Path(a).is_dir()]
+    nested = [out] if any(out != i and i in out.parents for i in inputs) else []
+    return {"exclude": nested, "skip": outputs_of(out) if out.is_dir() else set()}
 
 
 JOURNAL = ".journal"
@@ -249,15 +273,20 @@ def _stat(path: str) -> tuple[int, int] | None:
 
 
 def _known_hashes(item: Item, previous: Record | None) -> dict[str, str | None]:
-    """sha256 of each input taken from the previous record where size and mtime are unchanged."""
-    out: dict[str, str | None] = {}
-    for p in item.inputs:
-        old = previous.inputs.get(p) if previous else None
+    """sha256 of each input taken from the previous record where size and mtime are unchanged.
+
+    Inputs are matched by position, not by path: a folder moved, renamed or copied with its
+    times (``mv``, ``cp -a``) keeps its cached work without being hashed again."""
+    out: dict[str, str | None] = {p: None for p in item.inputs}
+    if previous is None:
+        return out
+    old = list(previous.inputs.values())
+    if len(old) != len(item.inputs):
+        return out
+    for p, rec in zip(item.inputs, old):
         st = _stat(p)
-        if old and st and (old.get("size"), old.get("mtime_ns")) == st:
-            out[p] = old.get("sha256")
-        else:
-            out[p] = None
+        if st and (rec.get("size"), rec.get("mtime_ns")) == st:
+            out[p] = rec.get("sha256")
     return out
 
 
@@ -383,8 +412,14 @@ def run_stage(
         items are in ``result.failed`` with their reasons; the others completed.
     """
     out_dir = Path(out_dir)
-    items = list(items)
-    params = json.loads(json.dumps(dict(params)))
+    with FolderLock(out_dir, f"raw2rgb {stage.name}"):
+        return _run_stage(stage, list(items), out_dir, json.loads(json.dumps(dict(params))), jobs, force, progress,
+                          options, on_plan)
+
+
+def _run_stage(stage: Stage, items: list[Item], out_dir: Path, params: dict[str, Any], jobs: int, force: bool,
+               progress: Callable[..., Progress] | None, options: Mapping[str, Any] | None,
+               on_plan: Callable[[list[Item]], None] | None) -> StageResult:
     old = _previous_records(stage, items, out_dir)
     manifest = Manifest(stage.name, stage.version, params)
     result = StageResult(manifest)
@@ -404,6 +439,11 @@ def run_stage(
             bar.update(1)
     finally:
         bar.close()
+    if stage.keeps_others:  # another shoot converted into the same folder earlier stays on record
+        given = {it.key for it in items}
+        for key, rec in old.items():
+            if key not in given and rec.status == "ok" and _outputs_intact(out_dir, rec):
+                manifest.records[key] = rec
     # Every finished item is in the journal; once the manifest holds them all, drop it. An
     # interrupted loop (an exception, ^C) leaves the journal for the next run instead.
     manifest.save(out_dir)
@@ -446,9 +486,9 @@ def _plan(stage: Stage, items: list[Item], out_dir: Path, params: Mapping[str, A
             if all(known.values()):
                 key = cache_key(stage, item, params, known)  # type: ignore[arg-type]
                 if key == prev.cache_key and _outputs_intact(out_dir, prev):
-                    for p in item.inputs:  # refresh stat data in case of a touch
-                        st = _stat(p)
-                        prev.inputs[p] = {**prev.inputs[p], "size": st[0], "mtime_ns": st[1]}
+                    # the inputs as they are now: their paths (moved?) and stat data (touched?)
+                    prev.inputs = {p: {"size": _stat(p)[0], "mtime_ns": _stat(p)[1], "sha256": known[p]}
+                                   for p in item.inputs}
                     result.manifest.records[item.key] = prev
                     result.cached += 1
                     continue

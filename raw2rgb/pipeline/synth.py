@@ -249,10 +249,11 @@ def paired_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (384, 576), 
     rng = np.random.default_rng(seed)
     paths = []
     optics = PHONE if phone else {"noise": 0.004}
+    camera_model = "Virtual Phone" if phone else "Virtual Camera"
     for i, name in enumerate(scenes):
         pattern = bayer.PATTERNS[i % 4]
-        camera = Camera(pattern=pattern, black=(500 + i, 510 + i, 520 + i, 530 + i), model=f"Virtual {pattern}",
-                        **optics)
+        # one camera model (the CFA phase varies, as crops of one sensor's frames do)
+        camera = Camera(pattern=pattern, black=(500 + i, 510 + i, 520 + i, 530 + i), model=camera_model, **optics)
         rgb = scene(name, size)
         path = Path(out_dir) / f"{name}.dng"
         paths.append(write_dng(path, capture(rgb, camera, rng), camera))

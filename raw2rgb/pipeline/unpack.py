@@ -11,15 +11,16 @@ import numpy as np
 
 from raw2rgb.files import collect_files, write_bytes, write_json
 from raw2rgb.pipeline import bayer, rawio
-from raw2rgb.pipeline.stage import Context, Item, ItemError, Stage, StageResult, run_stage
+from raw2rgb.pipeline.stage import Context, Item, ItemError, Stage, StageResult, own_outputs, run_stage
 
 SIDECAR_FORMAT = 1
 STAGE_FOLDER = "unpack"  # DATASET/unpack, beside DATASET/shards
 
 
-def collect_inputs(args: Iterable[str]) -> list[Item]:
-    """Unpack items for files, folders (RAW and PNG files below them) and glob patterns."""
-    return [Item(key, (path,)) for key, path in collect_files(args, rawio.is_raw_path)]
+def collect_inputs(args: Iterable[str], out_dir: os.PathLike | str | None = None) -> list[Item]:
+    """Unpack items for files, folders (RAW files and RAW-holding PNGs below them) and glob patterns;
+    never the command's own outputs (``out_dir`` inside an input folder, or the same folder)."""
+    return [Item(key, (path,)) for key, path in collect_files(args, rawio.is_raw_path, **own_outputs(args, out_dir))]
 
 
 def unpack_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
@@ -52,7 +53,7 @@ def unpack_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     return [png, sidecar], {"pattern": frame.pattern, "shape": meta["shape"]}
 
 
-UNPACK = Stage("unpack", 2, unpack_item)  # 2: faster PNG settings
+UNPACK = Stage("unpack", 2, unpack_item, keeps_others=True)  # 2: faster PNG settings
 
 
 def unpack(items: list[Item], out_dir: os.PathLike | str, bit_depth: int = 16,

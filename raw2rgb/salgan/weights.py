@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from raw2rgb.errors import UserError
-from raw2rgb.files import atomic_path
+from raw2rgb.files import atomic_path, cache_dir
 from raw2rgb.salgan.model import SalGAN
 
 ENV_VAR = "RAW2RGB_SALGAN_WEIGHTS"
@@ -30,12 +30,6 @@ FORMAT_VERSION = 1
 
 class WeightsError(UserError):
     """Weights that are missing or do not fit; the message says what to do."""
-
-
-def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/raw2rgb``, by default ``~/.cache/raw2rgb``."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "raw2rgb"
 
 
 def default_path() -> Path:

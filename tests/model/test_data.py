@@ -162,3 +162,17 @@ def test_inspect_command(shard_root, tmp_path):
     (tmp_path / "empty").mkdir()
     bad = _cli("inspect", tmp_path / "empty")
     assert bad.exit_code == 1 and "index.json" in bad.output and "Traceback" not in bad.output
+
+
+def test_scale_2_augmentation_without_a_crop_keeps_every_sample_one_size(tmp_path):
+    """The whole dihedral group costs a pixel at scale 2; without a crop only moves that keep the
+    size are drawn, so batches collate."""
+    from tests.model.conftest import make_shards
+
+    root = make_shards(tmp_path / "s2", {"train": 8}, size=16, scale=2)
+    ds = ShardDataset(root, "train", augment=True, compact=True)
+    assert {tuple(ds[i]["raw"].shape) for i in range(8)} == {(4, 16, 16)}
+    assert any(ds.transform(i).transpose for i in range(8))
+    cropped = ShardDataset(root, "train", augment=True, crop=8, compact=True)
+    assert {tuple(cropped[i]["raw"].shape) for i in range(8)} == {(4, 8, 8)}
+    assert any(cropped.transform(i).moves_phase and not cropped.transform(i).transpose for i in range(8))

@@ -34,8 +34,9 @@ def test_onnx_export_matches_eager_pytorch(trained, tmp_path):
     program = torch.export.load(str(tmp_path / "g.pt2")).module()
     for shape in ((1, 4, 64, 96), (3, 4, 40, 24)):  # dynamic batch, height and width
         x = torch.rand(*shape) * 2 - 1
+        colour = torch.tensor([[1.8, 1.0, 1.5, 1.6, -0.5, -0.1, -0.2, 1.4, -0.2, 0.0, -0.4, 1.4]]).expand(shape[0], 12)
         with torch.no_grad():
-            ref = g.rgb(x)
-            got = torch.from_numpy(session.run(None, {"raw": x.numpy()})[0])
+            ref = g.rgb(x, colour)
+            got = torch.from_numpy(session.run(None, {"raw": x.numpy(), "colour": colour.numpy()})[0])
             assert got.shape == ref.shape and float((got - ref).abs().max()) < 1e-4
-            assert float((program(x) - ref).abs().max()) < 1e-5
+            assert float((program(x, colour) - ref).abs().max()) < 1e-5

@@ -26,16 +26,22 @@ def test_paper_shapes_at_224():
     assert rgb.abs().max() <= 1 and 0 <= sal.min() and sal.max() <= 1
 
 
+COLOUR = torch.tensor([[2.0, 1.0, 1.6, 1.7, -0.9, 0.2, 0.0, 1.3, -0.4, 0.0, -0.3, 1.3]])
+
+
 @pytest.mark.parametrize("scale", [1, 2])
 @pytest.mark.parametrize("hw", [(32, 48), (64, 40), (56, 56)])
-def test_tiny_shapes(scale, hw):
-    cfg = GeneratorConfig(**{**gmod.PRESETS["tiny"].to_json(), "scale": scale})
+@pytest.mark.parametrize("norm,prior", [("none", "profile"), ("instance", "none")])
+def test_tiny_shapes(scale, hw, norm, prior):
+    cfg = GeneratorConfig(**{**gmod.PRESETS["tiny"].to_json(), "scale": scale, "norm": norm, "prior": prior})
     g, d = Generator(cfg), Discriminator(dmod.PRESETS["tiny"])
     x = torch.rand(2, 4, *hw) * 2 - 1
-    rgb, sal = g(x)
+    colour = COLOUR.expand(2, 12) if prior == "profile" else None
+    rgb, sal = g(x, colour)
     assert rgb.shape == (2, 3, scale * hw[0], scale * hw[1])
     assert sal.shape == (2, 1, scale * hw[0], scale * hw[1])
-    assert g.rgb(x).shape == rgb.shape
+    assert g.rgb(x, colour).shape == rgb.shape
+    assert len(gmod.norms(g)) == (0 if norm == "none" else 16 + (scale == 2))  # E2-4, 2 res, D1-3, 8 in G2, D_up
     score = d(x, rgb)
     # a PatchGAN map: three stride-2 stages (/8), then two 4×4 convs with padding 1 (−1 each)
     assert score.shape == (2, 1, scale * hw[0] // 8 - 2, scale * hw[1] // 8 - 2)
@@ -64,13 +70,15 @@ def test_fold_spectral_norm_keeps_outputs_and_drops_parametrisations():
     torch.manual_seed(0)
     g = Generator(gmod.PRESETS["tiny"])
     x = torch.rand(1, 4, 32, 32) * 2 - 1
+    with torch.no_grad():
+        g.d4[1].weight.normal_(0, 0.02)  # the residual head starts at zero: as after training
     g.train()
-    g(x)  # one power iteration, as in training
+    g(x, COLOUR)  # one power iteration, as in training
     g.eval()
     with torch.no_grad():
-        before = g.rgb(x)
+        before = g.rgb(x, COLOUR)
         gmod.fold_spectral_norm(g)
-        after = g.rgb(x)
+        after = g.rgb(x, COLOUR)
     assert not any(hasattr(c, "parametrizations") for c in gmod.convs(g))
     assert torch.allclose(before, after, atol=1e-6)
 

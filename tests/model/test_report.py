@@ -28,7 +28,11 @@ def test_report_of_a_tiny_run_references_every_image(tmp_path):
         img = Image.open(tmp_path / "rep" / src)
         assert img.size[0] > 10 and img.size[1] > 5
     sheet = Image.open(tmp_path / "rep" / "report.png")
-    # 32² patches shown 5× larger: five columns (RAW, classical, model, target, saliency), four rows
-    assert sheet.size == (5 * 160 + 4 * 20, 4 * 160 + 3 * 20)
-    assert "<th>PSNR (dB)</th>" in page and "classical pipeline" in page and "model" in page
+    # 32² patches shown 5× larger, four rows; six columns: RAW, classical, the run's fitted profile (its
+    # colour prior, taken by default), model, target, saliency
+    assert sheet.size == (6 * 160 + 5 * 20, 4 * 160 + 3 * 20)
+    table = page[page.index("<table>"): page.index("</table>")]
+    assert [m for m in ("classical pipeline", "fitted profile", "model") if f"<td>{m}</td>" in table] == \
+        ["classical pipeline", "fitted profile", "model"]
+    assert "<th>PSNR (dB)</th>" in page
     assert "validation PSNR" in page and "after the last" in page

@@ -1,0 +1,82 @@
+"""The colour prior: the classical pipeline followed by a fitted colour profile, in torch, as a fixed and
+differentiable front end of the generator (DESIGN §6b).
+
+A generator that must learn each camera's colour and tone from scratch spends its capacity and its
+training time on what a least-squares profile gets in a second. With the prior the network sees
+the raw and the prior's rendering and learns only the residual: what a function of each pixel's
+colour cannot do (demosaicing, noise, sharpening, local contrast). It is the same computation as
+``pipeline/develop.py`` (white balance, demosaicing, camera → sRGB matrix, sRGB curve) followed
+by ``pipeline/profile.py``'s ``apply`` — a test holds them equal — and it is pointwise but for
+the 3×3 demosaicing, so tiles stay seamless.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from raw2rgb.pipeline.profile import Profile, poly3_terms
+
+POLY3_TERMS = 20
+
+
+def demosaic_bilinear(p: torch.Tensor) -> torch.Tensor:
+    """Packed planes (B, 4, h, w) R, G1, B, G2 in [0, 1] → (B, 3, 2h, 2w): ``develop.demosaic_planes``
+    (each missing sample the mean of its nearest same-colour neighbours, edges repeated)."""
+    b, _, h, w = p.shape
+    pp = F.pad(p, (1, 1, 1, 1), mode="replicate")
+
+    def at(c: int, dy: int, dx: int) -> torch.Tensor:
+        return pp[:, c, 1 + dy : h + 1 + dy, 1 + dx : w + 1 + dx]
+
+    r, g1, bl, g2 = 0, 1, 2, 3
+    # the four sites of each 2×2 cell: R (0, 0), G1 (0, 1), G2 (1, 0), B (1, 1)
+    red = [at(r, 0, 0), (at(r, 0, 0) + at(r, 0, 1)) * 0.5, (at(r, 0, 0) + at(r, 1, 0)) * 0.5,
+           (at(r, 0, 0) + at(r, 0, 1) + at(r, 1, 0) + at(r, 1, 1)) * 0.25]
+    green = [(at(g2, -1, 0) + at(g2, 0, 0) + at(g1, 0, -1) + at(g1, 0, 0)) * 0.25, at(g1, 0, 0), at(g2, 0, 0),
+             (at(g1, 0, 0) + at(g1, 1, 0) + at(g2, 0, 0) + at(g2, 0, 1)) * 0.25]
+    blue = [(at(bl, -1, -1) + at(bl, -1, 0) + at(bl, 0, -1) + at(bl, 0, 0)) * 0.25,
+            (at(bl, -1, 0) + at(bl, 0, 0)) * 0.5, (at(bl, 0, -1) + at(bl, 0, 0)) * 0.5, at(bl, 0, 0)]
+    sites = torch.stack([torch.stack(c, 1) for c in (red, green, blue)], 1)  # (B, 3, 4 sites, h, w)
+    return F.pixel_shuffle(sites.reshape(b, 12, h, w), 2)
+
+
+def classical(raw: torch.Tensor, colour: torch.Tensor, scale: int) -> torch.Tensor:
+    """``develop.develop`` in torch: model-range raw (B, 4, h, w) and per-image colour (B, 12: white
+    balance R, G, B, then the camera → sRGB matrix row by row) → sRGB (B, 3, s·h, s·w) in [0, 1]."""
+    p = ((raw.float() + 1) * 0.5).clamp(0, 1)
+    if scale == 1:
+        cam = torch.stack([p[:, 0], (p[:, 1] + p[:, 3]) * 0.5, p[:, 2]], 1)
+    else:
+        cam = demosaic_bilinear(p)
+    colour = colour.float()
+    cam = (cam * colour[:, :3, None, None]).clamp(0, 1)
+    lin = torch.einsum("bij,bjhw->bihw", colour[:, 3:].reshape(-1, 3, 3), cam).clamp(0, 1)
+    return torch.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
+
+
+class ColourPrior(nn.Module):
+    """The classical rendering followed by a cubic colour profile (``pipeline/profile.py``'s poly3),
+    whose 20×3 coefficients are a buffer: saved with the generator, fixed in training."""
+
+    def __init__(self, scale: int) -> None:
+        super().__init__()
+        self.scale = scale
+        identity = torch.zeros(POLY3_TERMS, 3)
+        identity[1:4] = torch.eye(3)  # terms 1, r, g, b, …: the identity profile until one is fitted
+        self.register_buffer("coefficients", identity)
+
+    def set_profile(self, profile: Profile) -> None:
+        if profile.model != "poly3" or profile.scale != self.scale:
+            raise ValueError(f"the colour prior takes a poly3 profile at scale {self.scale}, got {profile.model} at "
+                             f"scale {profile.scale}")
+        with torch.no_grad():
+            self.coefficients.copy_(torch.tensor(profile.coefficients, dtype=torch.float32))
+
+    def forward(self, raw: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+        """(B, 4, h, w) raw in [-1, 1] and (B, 12) colour → (B, 3, s·h, s·w) in [-1, 1]."""
+        x = classical(raw, colour, self.scale)
+        terms = torch.stack(poly3_terms(x[:, 0], x[:, 1], x[:, 2]), 1)  # (B, 20, H, W)
+        out = torch.einsum("bkhw,kc->bchw", terms, self.coefficients.float()).clamp(0, 1)
+        return out * 2 - 1

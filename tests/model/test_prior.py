@@ -1,0 +1,97 @@
+"""The colour prior and the recommended generator: the torch prior equals the numpy pipeline and
+profile, the model starts as the fitted profile, tiles stay seamless."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from raw2rgb.model import prior as prior_mod
+from raw2rgb.model.generator import PRESETS, Generator, GeneratorConfig, fold_spectral_norm, init_weights
+from raw2rgb.model.infer import TileConfig, run_tiled, run_whole
+from raw2rgb.pipeline import bayer, develop, profile, synth
+
+
+@pytest.fixture(scope="module")
+def frame():
+    cam = synth.Camera(pattern="RGGB", noise=0.003)
+    mosaic = synth.capture(synth.scene("chelsea", (192, 256)), cam, np.random.default_rng(0))
+    packed = bayer.normalize_packed(bayer.planes(mosaic, "RGGB"), cam.black, cam.white, np.float32)
+    wb = np.asarray(cam.wb_gains)
+    matrix = develop.cam_to_srgb(np.asarray(cam.xyz_to_cam))
+    return packed, wb, matrix
+
+
+def _poly(seed: int = 0, scale: int = 2) -> profile.Profile:
+    rng = np.random.default_rng(seed)
+    coef = np.zeros((20, 3))
+    coef[1:4] = np.eye(3) * 0.9 + rng.normal(0, 0.05, (3, 3))
+    coef[4:10] = rng.normal(0, 0.05, (6, 3))
+    return profile.Profile(model="poly3", coefficients=tuple(map(tuple, coef)), scale=scale)
+
+
+@pytest.mark.parametrize("scale", [1, 2])
+@pytest.mark.parametrize("known", [True, False])
+def test_the_torch_prior_is_the_classical_pipeline_and_the_profile(frame, scale, known):
+    packed, wb, matrix = frame
+    wb, matrix = (wb, matrix) if known else (None, None)  # unknown: grey world, camera RGB
+    want = profile.apply(_poly(scale=scale), develop.develop(packed, wb, matrix, scale=scale))
+    prior = prior_mod.ColourPrior(scale)
+    prior.set_profile(_poly(scale=scale))
+    colour = torch.from_numpy(develop.frame_colour(packed, wb, matrix))[None]
+    got = prior(torch.from_numpy(packed)[None] * 2 - 1, colour)[0]
+    got = ((got + 1) * 0.5).permute(1, 2, 0).numpy()
+    assert got.shape == want.shape
+    assert np.abs(got - want).max() < 2e-3  # the numpy pipeline's sRGB table: < half an 8-bit level
+
+
+def test_the_recommended_generator_starts_as_its_fitted_profile(frame):
+    packed, wb, matrix = frame
+    g = Generator(GeneratorConfig(**{**PRESETS["tiny"].to_json(), "scale": 2}))
+    init_weights(g, 0.02, torch.Generator().manual_seed(0))
+    g.prior.set_profile(_poly())
+    colour = torch.from_numpy(develop.frame_colour(packed, wb, matrix))[None]
+    x = torch.from_numpy(packed)[None] * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(g.rgb(x, colour), g.prior(x, colour), rtol=0, atol=0)
+        rgb, sal = g(x, colour)
+    assert rgb.shape == (1, 3, 192, 256) and sal.shape == (1, 1, 192, 256)
+    with pytest.raises(ValueError, match=r"colour \(B, 12\)"):
+        g.rgb(x)
+    assert float(g.d4[1].weight.abs().max()) == 0.0 and not parametrize_is(g)  # the residual head, at zero
+
+
+def parametrize_is(g: Generator) -> bool:
+    """Every conv of the generator under spectral norm (the paper's network)."""
+    from torch.nn.utils import parametrize
+
+    from raw2rgb.model.generator import convs
+
+    return all(parametrize.is_parametrized(c, "weight") for c in convs(g))
+
+
+def test_the_paper_preset_is_unchanged():
+    g = Generator(PRESETS["paper"])
+    assert g.prior is None and parametrize_is(g)
+    assert sum(p.numel() for p in g.parameters() if p.requires_grad) == 24_352_448
+
+
+def _trained_like(scale: int = 2) -> Generator:
+    """The tiny recommended generator with a random residual head: every layer contributes, as after training."""
+    g = Generator(GeneratorConfig(**{**PRESETS["tiny"].to_json(), "scale": scale}))
+    init_weights(g, 0.02, torch.Generator().manual_seed(0))
+    g.prior.set_profile(_poly(scale=scale))
+    with torch.no_grad():
+        g.d4[1].weight.normal_(0, 0.02)
+    return fold_spectral_norm(g.eval())
+
+
+def test_tiles_of_the_recommended_generator_equal_the_whole_frame(frame):
+    packed, wb, matrix = frame
+    g = _trained_like()
+    colour = develop.frame_colour(packed, wb, matrix)
+    whole = run_whole(g, packed, colour=colour)
+    tiled = run_tiled(g, packed, TileConfig(tile=64, overlap=24), colour=colour)
+    assert tiled.shape == whole.shape == (3, 192, 256)
+    assert float((tiled - whole).abs().max()) * 255 < 1.0
