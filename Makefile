@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 DEMO   ?= build/demo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean gpu-check gpu-wheels
 
 $(VENV)/.core: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,18 @@ bench: $(VENV)/.core
 	$(PY) benchmarks/loader.py
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/convert.py
+
+# One prepared run for the minutes a GPU machine is lent: every figure into build/gpu-check.json
+# (benchmarks/gpu_check.py). There it runs on the machine's own Python and torch, with the wheels of
+# `make gpu-wheels` carried along (no index there); here, with the venv when there is one.
+GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check:
+	PYTHONPATH=. $(GPU_PY) benchmarks/gpu_check.py --out build/gpu-check.json
+
+WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+gpu-wheels:
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 $(WHEEL_PLATFORMS) \
+	    -d build/wheels rawpy imagecodecs tifffile click joblib tqdm pytest pytest-timeout pluggy iniconfig packaging
 
 clean:
 	rm -rf build $(VENV) *.egg-info .pytest_cache

@@ -45,11 +45,11 @@ CONVERT_SCRIPT = textwrap.dedent("""
     from raw2rgb.model import generator as gmod
     spent = {"net": 0.0, "calls": 0, "pixels": 0, "stats": 0.0, "stats_pixels": 0}
     def timed(method, stats):
-        def run(self, x):
+        def run(self, x, *args):
             if x.is_cuda:
                 torch.cuda.synchronize()
             t = time.perf_counter()
-            y = method(self, x)
+            y = method(self, x, *args)
             if x.is_cuda:
                 torch.cuda.synchronize()
             dt, px = time.perf_counter() - t, x.shape[0] * x.shape[2] * x.shape[3]
@@ -63,9 +63,9 @@ CONVERT_SCRIPT = textwrap.dedent("""
         return run
     gmod.Generator.rgb = timed(gmod.Generator.rgb, False)
     gmod.Generator.run_normalisations = timed(gmod.Generator.run_normalisations, True)
-    dng, ckpt, out, device, batch = sys.argv[1:6]
+    dng, ckpt, out, device, batch = sys.argv[1:6]  # argv[6]: the tile
     t0 = time.perf_counter()
-    cfg = conv.resolve("model", ckpt, tile=512, overlap=64, format="png")
+    cfg = conv.resolve("model", ckpt, tile=int(sys.argv[6]), overlap=64, format="png")
     items = conv.collect_inputs([dng])
     result = conv.convert(items, out, cfg, device=device, force=True)
     total = time.perf_counter() - t0
@@ -106,6 +106,7 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--size", type=int, nargs=2, default=(3000, 4000), metavar=("H", "W"))
     ap.add_argument("--batch", type=int, default=1, help="generator batch at 224²")
+    ap.add_argument("--tile", type=int, default=512, help="convert's tile (packed pixels)")
     args = ap.parse_args()
     device = resolve_device(args.device)
     torch.manual_seed(0)
@@ -129,7 +130,7 @@ def main() -> None:
 
         checkpoint.save(tmp / "paper.pt", {"G": g, "D": Discriminator(cfg.discriminator)}, cfg.to_json(), {})
         proc = subprocess.run([sys.executable, "-c", CONVERT_SCRIPT, str(dng), str(tmp / "paper.pt"), str(tmp / "out"),
-                               str(device), "1"], capture_output=True, text=True)
+                               str(device), "1", str(args.tile)], capture_output=True, text=True)
         if proc.returncode:
             sys.exit(proc.stderr[-3000:])
         r = json.loads(proc.stdout.strip().splitlines()[-1])

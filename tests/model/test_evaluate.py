@@ -49,3 +49,23 @@ def test_evaluate_refuses_missing_splits_and_checkpoints(trained, tmp_path):
     assert r.exit_code == 1 and "val split is empty" in r.output
     r = _cli("evaluate", root, "--method", "model")
     assert r.exit_code == 1 and "--checkpoint" in r.output
+
+
+def test_the_fitted_profile_is_fitted_and_scored_under_the_same_protocol(trained, tmp_path):
+    """profile fit on the train split, then evaluate --profile: the classical pipeline, the profile
+    and the model on one protocol. On the split it was fitted on, the profile brings the classical
+    rendering (grey world and camera RGB here: these shards have no sidecars) closer."""
+    root, run = trained
+    r = _cli("profile", "fit", root, "-o", tmp_path / "p.json")
+    assert r.exit_code == 0 and "poly3 profile, scale 1" in r.output, r.output
+    scores = {}
+    for method, extra in (("isp", ()), ("profile", ("--profile", tmp_path / "p.json")),
+                          ("model", ("--checkpoint", run))):
+        out = _cli("evaluate", root, *extra, "--method", method, "--split", "train").output
+        scores[method] = json.loads(out)
+        assert scores[method]["method"] == method and scores[method]["images"] == 4
+    assert scores["profile"]["psnr"] > scores["isp"]["psnr"] + 1
+    assert scores["profile"]["protocol"] == scores["model"]["protocol"] == scores["isp"]["protocol"]
+    two = make_shards(tmp_path / "s2", {"train": 2, "val": 2}, scale=2)
+    r = _cli("evaluate", two, "--profile", tmp_path / "p.json")
+    assert r.exit_code == 1 and "p.json: fitted at output scale 1, used here at scale 2" in r.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -54,7 +55,8 @@ def test_tiny_networks_overfit_eight_samples(tmp_path, generator):
     val.unlink()
     os.link(root / "train-00000.h5", val)  # validate on the training samples themselves
     extra = {"generator": generator} if generator else {}
-    cfg = tiny(stage1_epochs=60, augment=False, lr_stage1=1e-3, halve_every=1000, **extra)
+    cfg = tiny(stage1_epochs=60, augment=False, lr_stage1=1e-3, lr_decay="step", halve_every=1000, ema=0.0,
+               **extra)
     result = train(root, tmp_path / "run", cfg, rt(stages="1"))
     steps = [r for r in iter_stats(tmp_path / "run") if r["event"] == "step"]
     epochs = [r for r in iter_stats(tmp_path / "run") if r["event"] == "epoch"]
@@ -88,10 +90,16 @@ def test_two_stages_step_both_networks_and_write_everything(tiny_shards, tmp_pat
     assert json.loads((run / "config.json").read_text())["config"]["preset"] == "tiny"
 
 
-def test_learning_rates_halve_every_k_epochs(tiny_shards, tmp_path):
-    train(tiny_shards, tmp_path / "run", tiny(stage1_epochs=3, halve_every=1), rt(stages="1"))
+def test_learning_rates_halve_every_k_epochs_or_follow_a_cosine(tiny_shards, tmp_path):
+    """The paper's schedule (halved every k epochs), and the tiny preset's cosine to 1 % per stage."""
+    train(tiny_shards, tmp_path / "run", tiny(stage1_epochs=3, halve_every=1, lr_decay="step", lr_stage1=2e-4),
+          rt(stages="1"))
     lrs = [r["lr_g"] for r in iter_stats(tmp_path / "run") if r["event"] == "step"]
     assert lrs == [2e-4, 2e-4, 1e-4, 1e-4, 5e-5, 5e-5]
+    train(tiny_shards, tmp_path / "cos", tiny(stage1_epochs=4, lr_decay="cosine", lr_stage1=4e-4), rt(stages="1"))
+    lrs = [r["lr_g"] for r in iter_stats(tmp_path / "cos") if r["event"] == "step"][::2]
+    want = [4e-6 + (4e-4 - 4e-6) * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    assert lrs == pytest.approx(want, rel=1e-9)
 
 
 def test_finished_run_does_nothing_and_other_config_is_refused(tiny_shards, tmp_path):
@@ -148,7 +156,10 @@ def test_resume_after_sigkill_is_bit_identical(tiny_shards, tmp_path):
     resumed = train(tiny_shards, tmp_path / "b", tiny(), rt(checkpoint_every=2))
     assert resumed.steps_run == 2 and resumed.step == straight.step == 4
     a, b = (load_checkpoint(p / "checkpoints" / "final.pt") for p in (tmp_path / "a", tmp_path / "b"))
-    for net in ("G", "D", "opt_G", "opt_D"):
+    for net in ("G", "D", "opt_G", "opt_D", "G_ema"):
+        assert (net in a) == (net in b)
+        if net not in a:
+            continue
         flat_a = {k: v for k, v in _flatten(a[net])}
         flat_b = {k: v for k, v in _flatten(b[net])}
         assert flat_a.keys() == flat_b.keys()
@@ -358,3 +369,23 @@ def test_the_d_step_leaves_g_alone_and_the_g_step_leaves_d_alone():
     assert all(torch.equal(seen["G"]["D"][k], d_after[k]) for k in d_after)
     assert all(a is None and b is None or torch.equal(a, b) for a, b in zip(seen["G"]["d_grads"], seen["D"]["d_grads"]))
     assert any(not torch.equal(v, g0[k]) for k, v in snap(g).items())  # G moved
+
+
+def test_the_moving_average_follows_the_network_and_is_what_inference_reads(tiny_shards, tmp_path):
+    from raw2rgb.model.checkpoint import load_generator_state
+    from raw2rgb.model.train import update_ema
+
+    net, ema = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+        ema.weight.fill_(0.0)
+    update_ema(ema, net, 0.9, step=100)  # past the ramp: d = 0.9
+    assert torch.allclose(ema.weight, torch.full((1, 2), 0.1))
+    update_ema(ema, net, 0.9, step=0)  # at the start d = 0.1: the average starts as the network
+    assert torch.allclose(ema.weight, torch.full((1, 2), 0.1 * 0.1 + 0.9))
+    train(tiny_shards, tmp_path / "run", tiny(ema=0.99), rt())
+    blob = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")
+    assert "G_ema" in blob and any(not torch.equal(blob["G"][k], blob["G_ema"][k]) for k in blob["G"]
+                                   if blob["G"][k].is_floating_point())
+    _, state, _ = load_generator_state(tmp_path / "run" / "checkpoints" / "final.pt")
+    assert all(torch.equal(state[k], blob["G_ema"][k]) for k in state)

@@ -165,6 +165,7 @@ def test_postprocess_and_predict_shapes_and_range(weights_file):
     assert int(out.max()) > int(out.min())
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_predictor_matches_eager_predict():
     from raw2rgb.salgan.model import Predictor
