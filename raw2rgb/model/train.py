@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -673,9 +674,13 @@ def _train(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: tor
                     if bar is not None:
                         bar.close()
                     # -- end of epoch: schedules, validation, samples, snapshot
-                    loop.opts["sched_G"].step()
-                    if stage == 2:  # D is idle in stage 1
-                        loop.opts["sched_D"].step()
+                    with warnings.catch_warnings():
+                        # a run resumed at the end of its first epoch steps the schedule before this process
+                        # has stepped the optimiser; the order is right (it stepped before the interruption)
+                        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+                        loop.opts["sched_G"].step()
+                        if stage == 2:  # D is idle in stage 1
+                            loop.opts["sched_D"].step()
                     loop.end_of_epoch(stage, val_set, val_set if val_set is not None else train_set)
                     progress.epoch += 1
                     progress.batch = 0
