@@ -425,6 +425,9 @@ class _StopRequest:
             signal.signal(sig, old)
 
 
+INTERRUPTED = "interrupted"  # why an epoch stopped early: a signal, on this or another rank
+
+
 @dataclass
 class _Loop:
     """What the loop's helpers share (one training process)."""
@@ -446,6 +449,7 @@ class _Loop:
     term_names: list[str] = field(default_factory=list)
     last_terms: dict[str, torch.Tensor] = field(default_factory=dict)
     last_val: dict[str, float] = field(default_factory=dict)
+    steps_run: int = 0  # by this process
 
     def loader(self, dataset: ShardDataset, batches: list[list[int]]) -> DataLoader:
         workers = self.rt.workers if self.rt.workers is not None else (2 if self.device.type == "cuda" else 0)
@@ -497,8 +501,75 @@ class _Loop:
             shutil.copyfile(latest, partial)
             os.replace(partial, latest.with_name(name))
 
+    def epoch(self, stage: int, train_set: ShardDataset, stop: _StopRequest,
+              on_step: Callable[[int], None] | None, progress_bar) -> str | None:
+        """The rest of this epoch's batches; why it stopped early (after a checkpoint), or None."""
+        progress, cfg, rt, dist = self.progress, self.cfg, self.rt, self.dist
+        train_set.set_epoch(progress.epoch + (cfg.stage1_epochs if stage == 2 else 0))
+        batches = distributed.epoch_batches(len(train_set), cfg.batch_size, cfg.seed, stage, progress.epoch, dist)
+        if not batches:
+            raise TrainError(f"{self.root}: {len(train_set)} training samples make no batch of "
+                             f"{cfg.batch_size} × {dist.world}; lower --batch-size")
+        bar = None
+        if progress_bar and dist.main:
+            bar = progress_bar(total=len(batches), initial=progress.batch,
+                               desc=f"stage {stage} epoch {progress.epoch + 1}")
+        t0, seen = time.perf_counter(), 0
+        try:
+            for batch in self.loader(train_set, batches[progress.batch :]):
+                terms = self.step(stage, batch)
+                seen += cfg.batch_size * dist.world
+                # -- log
+                if bar is not None:
+                    bar.update(1)
+                if progress.step % rt.log_every == 0:
+                    self.log_step(stage, terms, seen / (time.perf_counter() - t0))
+                    if bar is not None:
+                        bar.set_postfix({k: f"{v.item():.4f}" for k, v in terms.items()})
+                    t0, seen = time.perf_counter(), 0
+                if progress.step % rt.checkpoint_every == 0:
+                    self.snapshot()
+                if on_step is not None:
+                    on_step(progress.step)
+                # -- stop early (decided by all ranks together)
+                stopping = distributed.agree(stop.requested, dist, self.device)
+                if stopping or (rt.max_steps is not None and progress.step >= rt.max_steps):
+                    self.snapshot()
+                    return INTERRUPTED if stopping else f"reached --max-steps {rt.max_steps}"
+        finally:
+            if bar is not None:
+                bar.close()
+        return None
+
+    def step(self, stage: int, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """One training step on a loader's batch: the GAN step, the moving average, the counters."""
+        batch = to_model(batch, self.device, non_blocking=True)
+        if self.rt.channels_last and self.device.type == "cuda":
+            batch = {k: v.contiguous(memory_format=torch.channels_last) if torch.is_tensor(v) and v.ndim == 4 else v
+                     for k, v in batch.items()}
+        try:
+            terms = train_step(self.nets, self.opts, batch, stage, self.cfg.weights, self.amp)
+        except torch.OutOfMemoryError:
+            raise TrainError(f"out of GPU memory at batch size {self.cfg.batch_size} on {self.device}; lower "
+                             "--batch-size (or use --crop for smaller patches)") from None
+        if self.nets.G_ema is not None:
+            update_ema(self.nets.G_ema, self.nets.G, self.cfg.ema, self.progress.step)
+        self.note_terms(terms)
+        self.progress.batch += 1
+        self.progress.step += 1
+        self.steps_run += 1
+        return terms
+
     def end_of_epoch(self, stage: int, val_set: ShardDataset | None, sample_source: ShardDataset) -> None:
-        """Validation, the epoch's record and its sample grid (rank 0; the others wait)."""
+        """Schedules, validation, the epoch's record and its sample grid (rank 0; the others wait), the
+        next epoch's checkpoint."""
+        with warnings.catch_warnings():
+            # a run resumed at the end of its first epoch steps the schedule before this process
+            # has stepped the optimiser; the order is right (it stepped before the interruption)
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.opts["sched_G"].step()
+            if stage == 2:  # D is idle in stage 1
+                self.opts["sched_D"].step()
         self.check_finite()
         if self.dist.main:
             record: dict[str, Any] = {"step": self.progress.step, "event": "epoch", "stage": stage,
@@ -519,6 +590,19 @@ class _Loop:
                 write_samples(self.nets.G_eval, batch, self.run_dir / run.SAMPLES / f"stage{stage}-epoch"
                               f"{self.progress.epoch + 1:03d}.png", self.amp)
         distributed.barrier(self.dist)
+        self.progress.epoch += 1
+        self.progress.batch = 0
+        self.snapshot()
+
+    def end_of_stage(self, stage: int) -> None:
+        """The stage's checkpoint; the next stage starts with fresh optimisers."""
+        self.progress = Progress(stage=stage + 1, step=self.progress.step, stats_lines=self.stats.lines)
+        if stage == 1:
+            self.opts = _optimisers(self.nets, self.cfg, 2, self.precision == "fp16")
+        name = run.STAGE1 if stage == 1 else run.FINAL
+        self.snapshot(name)
+        if self.dist.main:
+            log.info("stage %d finished at step %d: %s", stage, self.progress.step, run.checkpoint(self.run_dir, name))
 
     def compare_ranks(self) -> None:
         """Under DDP every process must end with the same weights; record their digests."""
@@ -566,7 +650,36 @@ def train(dataset: os.PathLike | str, run_dir: os.PathLike | str, cfg: TrainConf
 
 def _train(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, force: bool,
            on_step: Callable[[int], None] | None, progress_bar) -> TrainResult:
-    # -- set up: device, dataset, RUN folder, networks
+    device = _device_policy(device, dist)
+    set_up = _set_up(root, run_dir, cfg, rt, device, dist, force)
+    if isinstance(set_up, TrainResult):
+        return set_up
+    loop, stages, train_set, val_set = set_up
+    # -- the loop: stages → epochs → batches
+    try:
+        with _StopRequest() as stop:
+            for stage in stages:
+                if stage < loop.progress.stage:
+                    continue
+                epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
+                while loop.progress.epoch < epochs:
+                    why = loop.epoch(stage, train_set, stop, on_step, progress_bar)
+                    if why:
+                        return TrainResult(run_dir, loop.steps_run, loop.progress.step, False,
+                                           f"{run_dir}: {why} at step {loop.progress.step}; checkpoint saved, rerun "
+                                           "the command to continue", loop.last_val,
+                                           (stop.signal or signal.SIGTERM) if why == INTERRUPTED else None)
+                    loop.end_of_epoch(stage, val_set, val_set if val_set is not None else train_set)
+                loop.end_of_stage(stage)
+        loop.compare_ranks()
+    finally:
+        loop.stats.close()
+    return TrainResult(run_dir, loop.steps_run, loop.progress.step, True,
+                       f"{run_dir}: stage {stages[-1]} finished at step {loop.progress.step}", loop.last_val)
+
+
+def _device_policy(device: torch.device, dist: Dist) -> torch.device:
+    """This process's device (its own GPU under DDP) and the CUDA kernel policy."""
     if device.type == "cuda":
         if dist.world > 1:
             device = torch.device("cuda", dist.local_rank)
@@ -574,6 +687,12 @@ def _train(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: tor
         torch.backends.cudnn.benchmark = True  # fixed patch sizes: pick the fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 parts (losses, norms) on tensor cores
         torch.backends.cudnn.allow_tf32 = True
+    return device
+
+
+def _set_up(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, force: bool
+            ) -> TrainResult | tuple[_Loop, tuple[int, ...], ShardDataset, ShardDataset | None]:
+    """Dataset, RUN folder, networks and the resumed state; a TrainResult when nothing is left to do."""
     index = _check_dataset(root, cfg)
     identity = {"format": checkpoint.FORMAT, "config": cfg.to_json(), "dataset": str(root),
                 "dataset_key": dataset_key(root)}
@@ -588,8 +707,6 @@ def _train(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: tor
     stages = STAGES[rt.stages]
     prior = _fit_prior(root, run_dir, cfg, dist)
     nets = _build(cfg, rt, device, dist, need_vgg=2 in stages and cfg.weights.perceptual > 0, prior=prior)
-
-    # -- resume
     progress, opts = _resume(run_dir, nets, cfg, precision, dist)
     done = _finished(progress, stages, cfg, rt)
     if done:
@@ -609,95 +726,9 @@ def _train(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: tor
     if progress.stage < stages[0]:
         log.warning("starting stage %d without a finished stage %d: the generator starts from %s", stages[0],
                     progress.stage, "its initialisation" if progress.step == 0 else f"step {progress.step}")
-        loop.progress = progress = Progress(stage=stages[0], step=progress.step, stats_lines=loop.stats.lines)
+        loop.progress = Progress(stage=stages[0], step=progress.step, stats_lines=loop.stats.lines)
         loop.opts = _optimisers(nets, cfg, stages[0], precision == "fp16")
-    steps_run = 0
-
-    # -- the loop: stages → epochs → batches
-    try:
-        with _StopRequest() as stop:
-            for stage in stages:
-                if stage < progress.stage:
-                    continue
-                epochs = cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs
-                while progress.epoch < epochs:
-                    train_set.set_epoch(progress.epoch + (cfg.stage1_epochs if stage == 2 else 0))
-                    batches = distributed.epoch_batches(len(train_set), cfg.batch_size, cfg.seed, stage,
-                                                        progress.epoch, dist)
-                    if not batches:
-                        raise TrainError(f"{root}: {len(train_set)} training samples make no batch of "
-                                         f"{cfg.batch_size} × {dist.world}; lower --batch-size")
-                    bar = progress_bar(total=len(batches), initial=progress.batch,
-                                       desc=f"stage {stage} epoch {progress.epoch + 1}") \
-                        if progress_bar and dist.main else None
-                    t0, seen = time.perf_counter(), 0
-                    for batch in loop.loader(train_set, batches[progress.batch :]):
-                        batch = to_model(batch, device, non_blocking=True)
-                        if rt.channels_last and device.type == "cuda":
-                            batch = {k: v.contiguous(memory_format=torch.channels_last)
-                                     if torch.is_tensor(v) and v.ndim == 4 else v for k, v in batch.items()}
-                        try:
-                            terms = train_step(nets, loop.opts, batch, stage, cfg.weights, amp)
-                        except torch.OutOfMemoryError:
-                            raise TrainError(f"out of GPU memory at batch size {cfg.batch_size} on {device}; lower "
-                                             "--batch-size (or use --crop for smaller patches)") from None
-                        if nets.G_ema is not None:
-                            update_ema(nets.G_ema, nets.G, cfg.ema, progress.step)
-                        loop.note_terms(terms)
-                        progress.batch += 1
-                        progress.step += 1
-                        steps_run += 1
-                        seen += cfg.batch_size * dist.world
-                        # -- log
-                        if bar is not None:
-                            bar.update(1)
-                        if progress.step % rt.log_every == 0:
-                            loop.log_step(stage, terms, seen / (time.perf_counter() - t0))
-                            if bar is not None:
-                                bar.set_postfix({k: f"{v.item():.4f}" for k, v in terms.items()})
-                            t0, seen = time.perf_counter(), 0
-                        if progress.step % rt.checkpoint_every == 0:
-                            loop.snapshot()
-                        if on_step is not None:
-                            on_step(progress.step)
-                        # -- stop early (decided by all ranks together)
-                        stopping = distributed.agree(stop.requested, dist, device)
-                        if stopping or (rt.max_steps is not None and progress.step >= rt.max_steps):
-                            loop.snapshot()
-                            if bar is not None:
-                                bar.close()
-                            why = "interrupted" if stopping else f"reached --max-steps {rt.max_steps}"
-                            return TrainResult(run_dir, steps_run, progress.step, False,
-                                               f"{run_dir}: {why} at step {progress.step}; checkpoint saved, rerun "
-                                               "the command to continue", loop.last_val,
-                                               (stop.signal or signal.SIGTERM) if stopping else None)
-                    if bar is not None:
-                        bar.close()
-                    # -- end of epoch: schedules, validation, samples, snapshot
-                    with warnings.catch_warnings():
-                        # a run resumed at the end of its first epoch steps the schedule before this process
-                        # has stepped the optimiser; the order is right (it stepped before the interruption)
-                        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-                        loop.opts["sched_G"].step()
-                        if stage == 2:  # D is idle in stage 1
-                            loop.opts["sched_D"].step()
-                    loop.end_of_epoch(stage, val_set, val_set if val_set is not None else train_set)
-                    progress.epoch += 1
-                    progress.batch = 0
-                    loop.snapshot()
-                # -- end of stage: the next stage starts with fresh optimisers
-                loop.progress = progress = Progress(stage=stage + 1, step=progress.step, stats_lines=loop.stats.lines)
-                if stage == 1:
-                    loop.opts = _optimisers(nets, cfg, 2, precision == "fp16")
-                loop.snapshot(run.STAGE1 if stage == 1 else run.FINAL)
-                if dist.main:
-                    log.info("stage %d finished at step %d: %s", stage, progress.step,
-                             run.checkpoint(run_dir, run.STAGE1 if stage == 1 else run.FINAL))
-        loop.compare_ranks()
-    finally:
-        loop.stats.close()
-    return TrainResult(run_dir, steps_run, progress.step, True,
-                       f"{run_dir}: stage {stages[-1]} finished at step {progress.step}", loop.last_val)
+    return loop, stages, train_set, val_set
 
 
 __all__ = ["TrainConfig", "Runtime", "TrainError", "TrainResult", "train", "train_step", "validate", "dataset_cameras"]

@@ -124,16 +124,7 @@ def find_pairs(src: os.PathLike | str, layout: str, pairs_csv: os.PathLike | str
             match(by_stem(src / f"{part}PhoneRaw", {".png"}), by_stem(src / f"{part}CanonRGB", RGB_SUFFIXES),
                   f"{part.lower()}/", True, split)
     elif layout == "pairs" and pairs_csv:
-        with open(pairs_csv, newline="") as f:
-            for row in csv.DictReader(f):
-                raw, rgb = src / row.get("raw", ""), src / row.get("rgb", "")
-                scene = row.get("scene") or Path(row.get("raw", "")).stem
-                if not row.get("raw") or not row.get("rgb"):
-                    problems.append(f"{pairs_csv}: a row without raw and rgb columns: {row}")
-                elif not (inside(src, raw) and inside(src, rgb)):
-                    problems.append(f"{pairs_csv}: {row['raw']} / {row['rgb']} lies outside {src}; refused")
-                else:
-                    pairs.append(Pair(scene, str(raw), str(rgb)))
+        pairs += _pairs_of_csv(src, Path(pairs_csv), problems)
     elif layout == "pairs":
         match(by_stem(src / "raw", raw_suffixes), by_stem(src / "rgb", RGB_SUFFIXES),
               "", False, None)
@@ -143,6 +134,23 @@ def find_pairs(src: os.PathLike | str, layout: str, pairs_csv: os.PathLike | str
         match(files, jpegs, "", False, None)
     pairs.sort(key=lambda p: p.scene)
     return pairs, problems
+
+
+def _pairs_of_csv(src: Path, pairs_csv: Path, problems: list[str]) -> list[Pair]:
+    """The pairs a ``pairs.csv`` lists (columns raw, rgb and optionally scene, relative to SRC);
+    a line in ``problems`` for each row refused."""
+    pairs = []
+    with open(pairs_csv, newline="") as f:
+        for row in csv.DictReader(f):
+            raw, rgb = src / row.get("raw", ""), src / row.get("rgb", "")
+            scene = row.get("scene") or Path(row.get("raw", "")).stem
+            if not row.get("raw") or not row.get("rgb"):
+                problems.append(f"{pairs_csv}: a row without raw and rgb columns: {row}")
+            elif not (inside(src, raw) and inside(src, rgb)):
+                problems.append(f"{pairs_csv}: {row['raw']} / {row['rgb']} lies outside {src}; refused")
+            else:
+                pairs.append(Pair(scene, str(raw), str(rgb)))
+    return pairs
 
 
 # -- images -----------------------------------------------------------------------------------------
