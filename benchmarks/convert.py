@@ -42,6 +42,7 @@ CONVERT_SCRIPT = textwrap.dedent("""
     import json, resource, sys, time
     import torch
     from raw2rgb import convert as conv
+    from raw2rgb.pipeline.unpack import collect_inputs
     from raw2rgb.model import generator as gmod
     spent = {"net": 0.0, "calls": 0, "pixels": 0, "stats": 0.0, "stats_pixels": 0}
     def timed(method, stats):
@@ -66,7 +67,7 @@ CONVERT_SCRIPT = textwrap.dedent("""
     dng, ckpt, out, device, batch = sys.argv[1:6]  # argv[6]: the tile
     t0 = time.perf_counter()
     cfg = conv.resolve("model", ckpt, tile=int(sys.argv[6]), overlap=64, format="png")
-    items = conv.collect_inputs([dng])
+    items = collect_inputs([dng])
     result = conv.convert(items, out, cfg, device=device, force=True)
     total = time.perf_counter() - t0
     gpu = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0

@@ -20,7 +20,7 @@ from raw2rgb import prepare as prep
 from raw2rgb.errors import ConfigError, UserError, environment_message, one_line
 from raw2rgb.model import evaluate as ev
 from raw2rgb.model import export as ex
-from raw2rgb.model import losses
+from raw2rgb.model import losses, run
 from raw2rgb.model import report as rep
 from raw2rgb.model import train as tr
 from raw2rgb.model.data import describe
@@ -636,7 +636,7 @@ def convert(obj, inputs, out_dir, checkpoint, profile, method, tile, overlap, fm
     """
     cfg = conv.resolve(method, checkpoint, profile, tile=tile, overlap=overlap, format=fmt, quality=quality,
                        zrr_levels=rawio.ZRR_LEVELS[zrr_levels])
-    items = conv.collect_inputs(inputs, out_dir)
+    items = unpack_stage.collect_inputs(inputs, out_dir)
     result = conv.convert(items, out_dir, cfg, device=device, jobs=_jobs(jobs) if cfg.method != "model" else 1,
                           force=force, progress=_progress(obj["quiet"]))
     click.echo(f"{cfg.method}: {len(result.manifest.ok)} images in {out_dir}", err=True)
@@ -772,8 +772,8 @@ def report(run_dir, dataset, split, profile, images, out) -> None:
     Example:
       raw2rgb report runs/paper --dataset ds/ -o runs/paper/report.html
     """
-    if profile is None and (run_dir / "profile.json").is_file():
-        profile = run_dir / "profile.json"
+    if profile is None and (run_dir / run.PROFILE).is_file():
+        profile = run_dir / run.PROFILE
     path = rep.write_report(run_dir, out, dataset, split, list(images), profile=profile)
     click.echo(f"wrote {path}" + (f" and {path.with_suffix('.png')}" if dataset else ""))
 

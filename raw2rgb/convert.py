@@ -29,12 +29,12 @@ from PIL import Image
 from raw2rgb.config import JsonConfig
 from raw2rgb.device import resolve_device
 from raw2rgb.errors import InputError
-from raw2rgb.files import atomic_path, collect_files, file_sha256
+from raw2rgb.files import atomic_path, file_sha256
 from raw2rgb.model import run
 from raw2rgb.model.infer import TileConfig, load_generator, needed_overlap, plan_overlap, run_tiled
 from raw2rgb.pipeline import develop, rawio
 from raw2rgb.pipeline import profile as colour_profile
-from raw2rgb.pipeline.stage import Context, Item, ItemError, Stage, StageResult, own_outputs, run_stage
+from raw2rgb.pipeline.stage import Context, Item, ItemError, Stage, StageResult, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -169,11 +169,6 @@ def resolve(method: str | None, checkpoint: os.PathLike | str | None, profile: o
     return ConvertConfig(method="model", checkpoint=str(path), checkpoint_sha256=file_sha256(path), **options)
 
 
-def collect_inputs(args, out_dir: os.PathLike | str | None = None) -> list[Item]:
-    """Convert items for files, folders and glob patterns; never this command's own outputs."""
-    return [Item(key, (path,)) for key, path in collect_files(args, rawio.is_raw_path, **own_outputs(args, out_dir))]
-
-
 def convert(items: list[Item], out_dir: os.PathLike | str, cfg: ConvertConfig, device: str = "auto",
             jobs: int = 1, force: bool = False, progress=None) -> StageResult:
     """Run the convert stage over ``items`` into ``out_dir``. With a model, the checkpoint is read
@@ -181,18 +176,15 @@ def convert(items: list[Item], out_dir: os.PathLike | str, cfg: ConvertConfig, d
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: the output folder is a file")
-    params = cfg.to_json()
-    params.pop("checkpoint")  # the paths may move; the sha256 is what matters
-    params.pop("profile")
     dev = resolve_device(device) if cfg.method == "model" else None
     if dev is not None:
         g, _ = load_generator(cfg.checkpoint, dev)
         need, errors = needed_overlap(g, cfg.checkpoint_sha256 or "", dev)
         tile, overlap = plan_overlap(cfg.tile, cfg.overlap, need, errors)
         cfg = dataclasses.replace(cfg, tile=tile, overlap=overlap, precision="bf16" if dev.type == "cuda" else "fp32")
-        params = cfg.to_json()
-        params.pop("checkpoint")
-        params.pop("profile")
         jobs = 1  # one process runs the model (and owns the GPU)
+    params = cfg.to_json()
+    params.pop("checkpoint")  # the paths may move; the sha256 is what matters
+    params.pop("profile")
     options = {"device": dev, "checkpoint": cfg.checkpoint, "profile": cfg.profile}
     return run_stage(CONVERT, items, out_dir, params, jobs=jobs, force=force, progress=progress, options=options)

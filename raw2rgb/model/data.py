@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 from raw2rgb.errors import one_line
 from raw2rgb.pipeline import augment
 from raw2rgb.pipeline.develop import frame_colour
-from raw2rgb.pipeline.shards import ShardError, read_ids, read_index, scene_of, shards_root, validate
-from raw2rgb.pipeline.unpack import read_sidecars
+from raw2rgb.pipeline.shards import ShardError, read_ids, read_index, shards_root, validate
+from raw2rgb.pipeline.unpack import colour_of, scene_colours
 
 
 class ShardDataset(Dataset):
@@ -55,7 +55,7 @@ class ShardDataset(Dataset):
         if split not in index["splits"]:
             raise ShardError(f"{self.root}: no split {split!r} (has {', '.join(sorted(index['splits']))})")
         self.scale = int(index["scale"])
-        self.frames = read_sidecars(self.root)  # scene → frame metadata (colour), when prepared here
+        self.colours = scene_colours(self.root)  # scene → its RAW file's colour, when prepared here
         self.shards = [s["file"] for s in index["splits"][split]["shards"]]
         self.starts = list(np.cumsum([0] + [s["count"] for s in index["splits"][split]["shards"]]))
         self.augment, self.crop, self.seed, self.epoch, self.compact = augment, crop, seed, 0, compact
@@ -124,8 +124,8 @@ class ShardDataset(Dataset):
         return augment.Transform(crop=augment.random_transform(rng, shape, self.crop, phase_moving=False).crop)
 
     def _colour(self, sid: str, raw: np.ndarray) -> np.ndarray:
-        frame = self.frames.get(scene_of(sid), {})
-        return frame_colour(raw.astype(np.float32) / 65535.0, frame.get("wb_gains"), frame.get("cam_to_rgb"))
+        wb_gains, cam_to_rgb = colour_of(sid, self.colours)
+        return frame_colour(raw.astype(np.float32) / 65535.0, wb_gains, cam_to_rgb)
 
     def _shape(self) -> tuple[int, int]:
         """(h, w) of the stored packed samples (one size per shards folder)."""

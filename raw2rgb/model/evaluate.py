@@ -31,8 +31,8 @@ from raw2rgb.model.data import ShardDataset, to_model
 from raw2rgb.model.infer import load_generator
 from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline.develop import develop
-from raw2rgb.pipeline.shards import ShardError, read_index, scene_of, shards_root, split_count
-from raw2rgb.pipeline.unpack import read_sidecars
+from raw2rgb.pipeline.shards import ShardError, read_index, shards_root, split_count
+from raw2rgb.pipeline.unpack import Colour, colours_of, scene_colours
 
 log = logging.getLogger(__name__)
 
@@ -80,18 +80,6 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 # -- the classical pipeline and the fitted profile on a batch ---------------------------------------
-
-Colour = tuple  # (wb_gains, cam_to_rgb), either may be None
-
-
-def scene_colours(shards: Path) -> dict[str, Colour]:
-    """scene → (as-shot white balance, camera → sRGB matrix), from the dataset's unpack sidecars."""
-    return {scene: (frame.get("wb_gains"), frame.get("cam_to_rgb")) for scene, frame in read_sidecars(shards).items()}
-
-
-def colours_of(ids: Iterable[str], colours: dict[str, Colour]) -> list[Colour]:
-    return [colours.get(scene_of(i), (None, None)) for i in ids]
-
 
 def isp_batch(raw: torch.Tensor, scale: int, colours: list[Colour] | None = None,
               profile: colour_profile.Profile | None = None) -> torch.Tensor:

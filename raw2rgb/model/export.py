@@ -81,9 +81,10 @@ def export_onnx(checkpoint: os.PathLike | str, out: os.PathLike | str) -> Path:
     g, _ = load_generator(checkpoint)
     model = InferenceGenerator(g).eval()
     out = Path(out)
+    inputs = _inputs(g)
     with atomic_path(out) as tmp, _quiet():
-        onnx_program = torch.onnx.export(model, _inputs(g), dynamo=True,
-                                         input_names=["raw", "colour"][: len(_inputs(g))], output_names=["rgb"],
+        onnx_program = torch.onnx.export(model, inputs, dynamo=True,
+                                         input_names=["raw", "colour"][: len(inputs)], output_names=["rgb"],
                                          dynamic_shapes=_dynamic_shapes(g), opset_version=OPSET, verbose=False)
         onnx_program.save(str(tmp.with_suffix(".onnx")))
         os.replace(tmp.with_suffix(".onnx"), tmp)

@@ -244,6 +244,14 @@ def plan_overlap(tile: int, overlap: int | None, need: int, errors: dict[int, fl
     return tile, overlap
 
 
+def _model_inputs(packed: np.ndarray | torch.Tensor, colour: np.ndarray | torch.Tensor | None,
+                  device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A packed frame in [0, 1] as the model takes it: (1, 4, h, w) in [-1, 1], and its colour (1, 12)."""
+    x = torch.as_tensor(packed, dtype=torch.float32).to(device)[None] * 2 - 1
+    col = None if colour is None else torch.as_tensor(colour, dtype=torch.float32).to(device).reshape(1, 12)
+    return x, col
+
+
 @torch.no_grad()
 def run_tiled(g: Generator, packed: np.ndarray | torch.Tensor, tiles: TileConfig = TileConfig(),
               device: torch.device | str = "cpu", amp: bool | None = None,
@@ -259,8 +267,7 @@ def run_tiled(g: Generator, packed: np.ndarray | torch.Tensor, tiles: TileConfig
     tiles.check()
     device = torch.device(device)
     amp = device.type == "cuda" if amp is None else amp
-    col = None if colour is None else torch.as_tensor(colour, dtype=torch.float32).to(device).reshape(1, 12)
-    x = torch.as_tensor(packed, dtype=torch.float32).to(device)[None] * 2 - 1
+    x, col = _model_inputs(packed, colour, device)
     _, _, h, w = x.shape
     # multiples of 8, and at least 16: the network's deepest layers (1/8) reflect-pad by one pixel
     ph, pw = max(16, h + -h % 8) - h, max(16, w + -w % 8) - w
@@ -333,6 +340,5 @@ def run_whole(g: Generator, packed: np.ndarray | torch.Tensor, device: torch.dev
               colour: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
     """The reference: the whole frame in one pass (memory grows with the frame). Same ranges as
     :func:`run_tiled`; sides must be multiples of 8."""
-    x = torch.as_tensor(packed, dtype=torch.float32).to(device)[None] * 2 - 1
-    col = None if colour is None else torch.as_tensor(colour, dtype=torch.float32).to(device).reshape(1, 12)
+    x, col = _model_inputs(packed, colour, device)
     return ((g.rgb(x, col)[0].float() + 1) * 0.5).clamp_(0, 1)

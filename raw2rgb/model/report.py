@@ -16,11 +16,12 @@ from torch.utils.data import default_collate
 from raw2rgb.files import write_bytes
 from raw2rgb.model import losses, run
 from raw2rgb.model.data import ShardDataset, to_model
-from raw2rgb.model.evaluate import colours_of, evaluate, isp_batch, scene_colours
+from raw2rgb.model.evaluate import evaluate, isp_batch
 from raw2rgb.model.infer import load_generator
 from raw2rgb.model.pictures import assemble, enlarge, raw_preview, saliency_tile, save_png, to_uint8
 from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline.shards import shards_root
+from raw2rgb.pipeline.unpack import colours_of, scene_colours
 
 
 def training_curve(run_dir: os.PathLike | str, path: os.PathLike | str) -> Path:

@@ -353,9 +353,11 @@ def _resume(run_dir: Path, nets: Nets, cfg: TrainConfig, precision: str, dist: D
 
 def _fit_prior(root: Path, run_dir: Path, cfg: TrainConfig, dist: Dist) -> colour_profile.Profile | None:
     """The colour prior's profile, fitted on the train split (deterministic: every rank fits the
-    same one), and saved as RUN/profile.json for ``convert --method profile``. A resumed run takes
-    the prior from its checkpoint; the fit is the same."""
+    same one), and saved as RUN/profile.json for ``convert --method profile``. None without a prior,
+    and when resuming: the prior's coefficients are a buffer of G, restored with the checkpoint."""
     if cfg.generator.prior != "profile":
+        return None
+    if run.checkpoint(run_dir).is_file() and (run_dir / run.PROFILE).is_file():
         return None
     t0 = time.perf_counter()
     prior = colour_profile.fit_dataset(root, "train", "poly3")

@@ -70,15 +70,10 @@ def cam_to_srgb(xyz_to_cam: np.ndarray) -> np.ndarray:
     return np.linalg.inv(cam_from_srgb)
 
 
-def grey_world(rgb: np.ndarray) -> np.ndarray:
-    """White-balance gains (R, G, B) with G = 1 that make the image's mean grey."""
-    means = rgb.reshape(-1, 3).mean(axis=0, dtype=np.float64) + 1e-6
-    return (means[1] / means).astype(np.float32)
-
-
 def grey_world_packed(packed: np.ndarray) -> np.ndarray:
-    """:func:`grey_world` of packed planes (4, h, w) R, G1, B, G2: the same gains whatever the
-    rendering's scale (bilinear demosaicing keeps each plane's mean, up to the border)."""
+    """White-balance gains (R, G, B) with G = 1 that make the mean of packed planes (4, h, w) R, G1,
+    B, G2 grey: the same gains whatever the rendering's scale (bilinear demosaicing keeps each
+    plane's mean, up to the border)."""
     p = np.asarray(packed, np.float64)
     r, g, b = p[0].mean(), (p[1].mean() + p[3].mean()) * 0.5, p[2].mean()
     return (g / (np.array([r, g, b]) + 1e-6)).astype(np.float32)

@@ -34,7 +34,7 @@ from raw2rgb.errors import ConfigError, UserError
 from raw2rgb.files import write_json
 from raw2rgb.pipeline.develop import develop
 from raw2rgb.pipeline.shards import ShardError, read_ids, read_index, scene_of, shards_root
-from raw2rgb.pipeline.unpack import camera_name, read_sidecars
+from raw2rgb.pipeline.unpack import camera_name, colour_of, read_sidecars, scene_colours
 
 FORMAT = 1
 KIND = "raw2rgb-profile"
@@ -190,10 +190,11 @@ def fit_dataset(dataset: os.PathLike | str, split: str = "train", model: str = D
     index = read_index(root)
     scale = int(index["scale"])
     frames = read_sidecars(root)
+    colours = scene_colours(root)
 
     def render(raw: np.ndarray, sid: str) -> np.ndarray:
-        frame = frames.get(scene_of(sid), {})
-        return develop(raw, frame.get("wb_gains"), frame.get("cam_to_rgb"), scale=scale)
+        wb_gains, cam_to_rgb = colour_of(sid, colours)
+        return develop(raw, wb_gains, cam_to_rgb, scale=scale)
 
     src, dst, ids = _pairs_of_split(root, split, render, max_pixels)
     coef, n = fit(src, dst, model, lut_size)

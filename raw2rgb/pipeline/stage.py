@@ -272,6 +272,15 @@ def _stat(path: str) -> tuple[int, int] | None:
     return st.st_size, st.st_mtime_ns
 
 
+def _input_records(paths: Iterable[str], hashes: Mapping[str, str | None]) -> dict[str, dict[str, Any]]:
+    """What a record keeps of its inputs: size and mtime (to trust the sha256 next time) and sha256."""
+    records = {}
+    for p in paths:
+        size, mtime_ns = _stat(p) or (None, None)
+        records[p] = {"size": size, "mtime_ns": mtime_ns, "sha256": hashes[p]}
+    return records
+
+
 def _known_hashes(item: Item, previous: Record | None) -> dict[str, str | None]:
     """sha256 of each input taken from the previous record where size and mtime are unchanged.
 
@@ -362,9 +371,7 @@ def _start_item(stage: Stage, item: Item, out_dir: Path, params: Mapping[str, An
     inputs: dict[str, dict[str, Any]] = {}
     try:
         hashes = hashing.result() if hashing is not None else _hash_inputs(item.inputs, known)
-        for p in item.inputs:
-            st = _stat(p)
-            inputs[p] = {"size": st[0], "mtime_ns": st[1], "sha256": hashes[p]}
+        inputs = _input_records(item.inputs, hashes)
         key = cache_key(stage, item, params, hashes)
         return key, inputs, stage.work(item, Context(out_dir, params, options, hashes))
     except Exception as e:  # noqa: BLE001 - one item's failure must not stop the others
@@ -487,8 +494,7 @@ def _plan(stage: Stage, items: list[Item], out_dir: Path, params: Mapping[str, A
                 key = cache_key(stage, item, params, known)  # type: ignore[arg-type]
                 if key == prev.cache_key and _outputs_intact(out_dir, prev):
                     # the inputs as they are now: their paths (moved?) and stat data (touched?)
-                    prev.inputs = {p: {"size": _stat(p)[0], "mtime_ns": _stat(p)[1], "sha256": known[p]}
-                                   for p in item.inputs}
+                    prev.inputs = _input_records(item.inputs, known)
                     result.manifest.records[item.key] = prev
                     result.cached += 1
                     continue
