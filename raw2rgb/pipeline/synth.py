@@ -204,9 +204,12 @@ LOOKS = {
 }
 
 
+_LUMA_601 = np.array([0.299, 0.587, 0.114])  # develop.LUMA_601 in float64: the looks are rendered in float64
+
+
 def _hue_rendition(x: np.ndarray, shift: float, sat: float) -> np.ndarray:
     """Turn hues and scale chroma by hue, in an opponent space of sRGB values (luma kept)."""
-    y = x @ np.array([0.299, 0.587, 0.114])
+    y = x @ _LUMA_601
     a = x[..., 0] - y  # red-cyan
     b = x[..., 2] - y  # blue-yellow
     hue = np.arctan2(b, a)
@@ -220,7 +223,7 @@ def _hue_rendition(x: np.ndarray, shift: float, sat: float) -> np.ndarray:
 
 
 def _unsharp_luma(x: np.ndarray, sigma: float, amount: float) -> np.ndarray:
-    y = x @ np.array([0.299, 0.587, 0.114])
+    y = x @ _LUMA_601
     detail = y - gaussian_filter(y, sigma, mode="reflect")
     return x + amount * detail[..., None]
 
