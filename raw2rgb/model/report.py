@@ -120,8 +120,8 @@ def write_report(run_dir: os.PathLike | str, out: os.PathLike | str, dataset: os
     summary = (f"validation PSNR {vals[0]['val_psnr']:.2f} dB after the first epoch, {vals[-1]['val_psnr']:.2f} dB "
                "after the last") if vals else "no validation recorded"
     parts.append(f"<h2>Training</h2><p>{summary}.</p><img src=\"{assets.name}/{curve.name}\" alt=\"training curve\">")
-    for caption, src in images:
-        dst = assets / Path(src).name
+    for i, (caption, src) in enumerate(images, 1):
+        dst = assets / f"{i:02d}-{Path(src).name}"  # numbered: conversions by several methods share a name
         if Path(src).resolve() != dst.resolve():
             shutil.copyfile(src, dst)
         parts.append(f"<h3>{html.escape(caption)}</h3><img src=\"{assets.name}/{dst.name}\" "

@@ -19,6 +19,7 @@ import skimage.data
 import tifffile
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+from skimage.color import hsv2rgb
 from skimage.transform import resize
 
 from raw2rgb.config import JsonConfig
@@ -32,8 +33,10 @@ CANON_350D_XYZ_TO_CAM = (
     (-0.1530, 0.1719, 0.7642),
 )
 SCENES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "retina")
-# Every colour image skimage.data ships (no download): the demo's dataset.
-ALL_SCENES = SCENES + ("hubble_deep_field", "stereo_motorcycle")
+# The demo's dataset: every colour photograph skimage.data ships (no download), and a colour chart, as
+# anyone profiling a camera shoots one: without it no scene holds saturated yellows and greens, and
+# every fit extrapolates them (the cat's green iris came out amber).
+ALL_SCENES = SCENES + ("hubble_deep_field", "stereo_motorcycle", "chart")
 
 
 @dataclass(frozen=True)
@@ -152,8 +155,28 @@ def write_dng(path: os.PathLike | str, data: np.ndarray, camera: Camera,
     return path
 
 
+def colour_chart(h: int = 512, w: int = 768) -> np.ndarray:
+    """A colour chart (H, W, 3) uint8: 24 hues (columns) × 3 saturations × 3 values (rows) of the
+    sRGB gamut's HSV solid, patches on a dark frame with a faint paper grain."""
+    hue = np.arange(24) / 24
+    sv = [(s, v) for v in (1.0, 0.7, 0.45) for s in (1.0, 0.7, 0.4)]
+    cells = np.array([[hsv2rgb(np.array([[[x, s, v]]]))[0, 0] for x in hue] for s, v in sv])  # (9, 24, 3)
+    rows = np.minimum(np.arange(h) * len(sv) // h, len(sv) - 1)
+    cols = np.minimum(np.arange(w) * len(hue) // w, len(hue) - 1)
+    img = cells[rows][:, cols]
+    gap = 2  # the dark frame around each patch
+    edge_y = np.abs(np.arange(h) - np.round((rows + 0.5) * h / len(sv))) > h / len(sv) / 2 - gap
+    edge_x = np.abs(np.arange(w) - np.round((cols + 0.5) * w / len(hue))) > w / len(hue) / 2 - gap
+    img[edge_y] = 0.12
+    img[:, edge_x] = 0.12
+    return np.clip(np.rint(img * (1 + faint_texture(h, w, 1.0, 0.015, 3)) * 255), 0, 255).astype(np.uint8)
+
+
 def scene(name: str = "astronaut", size: tuple[int, int] | None = None) -> np.ndarray:
-    """A natural sRGB image (H, W, 3) uint8 from ``skimage.data``, optionally resized to (H, W)."""
+    """A natural sRGB image (H, W, 3) uint8 from ``skimage.data`` (or ``chart``: the colour chart),
+    optionally resized to (H, W)."""
+    if name == "chart":
+        return colour_chart(*(size or (512, 768)))
     img = getattr(skimage.data, name)()
     if isinstance(img, tuple):  # stereo_motorcycle: (left, right, disparity)
         img = img[0]
