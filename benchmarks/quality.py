@@ -90,13 +90,13 @@ def main() -> None:
         budget = None
         for name in args.variants.split(","):
             run_dir = args.out / look / f"run-{name}"
-            rt = Runtime(workers=2, log_every=50, checkpoint_every=10_000)
+            rt = Runtime(log_every=50, checkpoint_every=10_000)  # data loading as `raw2rgb train` does it
             if VARIANTS[name] is None:  # the paper preset, for the recommended run's wall time
                 cfg = TrainConfig.preset_config("paper", weights=LossWeights(perceptual=0.0))
                 cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, scale=2),
                                           batch_size=TINY.batch_size)
                 probe = args.out / look / "run-paper-probe"
-                t = trained(ds, probe, cfg, Runtime(workers=2, max_steps=3, checkpoint_every=10_000))
+                t = trained(ds, probe, cfg, Runtime(max_steps=3, checkpoint_every=10_000))
                 steps = 1 if args.quick else max(3, int((budget or 300) / (t / 3)))
                 rt = dataclasses.replace(rt, max_steps=steps)
             else:

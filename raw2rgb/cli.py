@@ -785,8 +785,8 @@ def report(run_dir, dataset, split, profile, images, out) -> None:
 @click.option("--size", type=(click.IntRange(min=64), click.IntRange(min=64)), default=(512, 768),
               metavar="H W", help="Sensor size in pixels.")
 @click.option("--pairs", is_flag=True,
-              help="A two-camera dataset: every bundled scene, each JPEG rendered by another camera with its own "
-                   "look (what the demo trains on).")
+              help="A two-camera dataset: every bundled scene and a colour chart, each JPEG rendered by another "
+                   "camera with its own look (what the demo trains on).")
 @click.option("--look", type=click.Choice(list(virtual_camera.LOOKS)), default="plain",
               help="--pairs: the other camera's look: plain (colour and tone) or dslr (also hue-dependent colour, "
                    "sharpening, local contrast).")
@@ -798,8 +798,8 @@ def synth(out_dir: Path, size: tuple[int, int], pairs: bool, look: str, phone: b
     """Write sample DNGs from a virtual camera, each with a JPEG beside it.
 
     Default: one DNG per CFA pattern with the camera's own JPEG. --pairs: every colour scene
-    scikit-image bundles, the JPEG from "another camera" (warmer, more saturated, more contrast;
-    --look dslr adds a DSLR JPEG engine's local processing).
+    scikit-image bundles and a colour chart, the JPEG from "another camera" (warmer, more saturated,
+    more contrast; --look dslr adds a DSLR JPEG engine's local processing).
 
     \b
     Examples:
