@@ -40,6 +40,7 @@ from raw2rgb.pipeline.pairs import PatchParams  # noqa: E402
 TINY = TrainConfig.preset_config("tiny")
 VARIANTS = {
     "recommended": {},
+    "lut-prior": {"prior_model": "lut"},
     "with-instancenorm": {"norm": "instance"},
     "no-prior": {"prior": "none"},
     "paper-network-tiny": {"norm": "instance", "prior": "none"},

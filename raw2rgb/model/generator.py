@@ -45,9 +45,10 @@ class GeneratorConfig(JsonConfig):
     scale: int = 1  # output scale: 1 (the paper: RGB at packed resolution) or 2 (full sensor resolution)
     norm: str = "instance"  # instance (the paper) or none
     prior: str = "none"  # none (the paper) or profile: a fitted colour profile renders first, the network adds
+    prior_model: str = "poly3"  # the prior's profile: poly3 or lut (pipeline/profile.py's models)
 
 
-NORMS, PRIORS = ("instance", "none"), ("none", "profile")
+NORMS, PRIORS, PRIOR_MODELS = ("instance", "none"), ("none", "profile"), ("poly3", "lut")
 PRESETS = {
     "standard": GeneratorConfig(norm="none", prior="profile"),  # raw2rgb's recommended network
     "tiny": GeneratorConfig(base=16, res_blocks=2, saliency_width=16, norm="none", prior="profile"),  # its small size
@@ -180,12 +181,13 @@ class Generator(nn.Module):
         super().__init__()
         if cfg.scale not in (1, 2):
             raise ValueError(f"output scale must be 1 or 2, got {cfg.scale}")
-        if cfg.norm not in NORMS or cfg.prior not in PRIORS:
-            raise ValueError(f"norm must be one of {NORMS} and prior one of {PRIORS}, got {cfg.norm}, {cfg.prior}")
+        if cfg.norm not in NORMS or cfg.prior not in PRIORS or cfg.prior_model not in PRIOR_MODELS:
+            raise ValueError(f"norm must be one of {NORMS}, prior one of {PRIORS} and prior_model one of {PRIOR_MODELS}, "
+                             f"got {cfg.norm}, {cfg.prior}, {cfg.prior_model}")
         self.cfg = cfg
         b, sw, n = cfg.base, cfg.saliency_width, cfg.norm == "instance"
         # With a prior, E1 also sees the prior's rendering, folded onto the packed grid (3·s² channels).
-        self.prior = ColourPrior(cfg.scale) if cfg.prior == "profile" else None
+        self.prior = ColourPrior(cfg.scale, cfg.prior_model) if cfg.prior == "profile" else None
         self.e1 = conv(4 + (3 * cfg.scale**2 if self.prior is not None else 0), b, 7, norm=False)
         self.e2 = conv(b, 2 * b, 4, stride=2, norm=n)
         self.e3 = conv(2 * b, 4 * b, 4, stride=2, norm=n)

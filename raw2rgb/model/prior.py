@@ -1,4 +1,4 @@
-"""The colour prior: the classical pipeline followed by a fitted colour profile, in torch, as a fixed and
+"""The colour prior: the classical pipeline followed by a fitted colour profile (poly3 or LUT), in torch, as a fixed and
 differentiable front end of the generator (DESIGN §6b).
 
 A generator that must learn each camera's colour and tone from scratch spends its capacity and its
@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raw2rgb.pipeline.profile import Profile, poly3_terms
+from raw2rgb.pipeline.profile import DEFAULT_LUT_SIZE, MODELS, Profile, poly3_terms
 
 POLY3_TERMS = 20
 
@@ -56,27 +56,57 @@ def classical(raw: torch.Tensor, colour: torch.Tensor, scale: int) -> torch.Tens
     return torch.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
 
 
-class ColourPrior(nn.Module):
-    """The classical rendering followed by a cubic colour profile (``pipeline/profile.py``'s poly3),
-    whose 20×3 coefficients are a buffer: saved with the generator, fixed in training."""
+def lut_trilinear(x: torch.Tensor, nodes: torch.Tensor, n: int) -> torch.Tensor:
+    """``profile.apply`` of a LUT in torch: sRGB (B, 3, H, W) in [0, 1] and nodes (n³, 3) → (B, 3, H, W),
+    trilinear between the 8 nodes around each pixel (gathers: exportable, differentiable in x)."""
+    x = x.clamp(0, 1) * (n - 1)
+    i0 = x.detach().floor().clamp(max=n - 2)
+    t = x - i0
+    i0 = i0.long()
+    out = torch.zeros_like(x)
+    for dr in (0, 1):
+        for dg in (0, 1):
+            for db in (0, 1):
+                w = ((t[:, 0] if dr else 1 - t[:, 0]) * (t[:, 1] if dg else 1 - t[:, 1])
+                     * (t[:, 2] if db else 1 - t[:, 2]))
+                idx = ((i0[:, 0] + dr) * n + (i0[:, 1] + dg)) * n + (i0[:, 2] + db)  # (B, H, W)
+                out = out + w[:, None] * nodes[idx].permute(0, 3, 1, 2)
+    return out
 
-    def __init__(self, scale: int) -> None:
+
+class ColourPrior(nn.Module):
+    """The classical rendering followed by a fitted colour profile (``pipeline/profile.py``): a cubic
+    (``poly3``, 20×3 coefficients) or a 3-D LUT (``lut``, n³×3 nodes). The coefficients are a buffer:
+    saved with the generator, fixed in training."""
+
+    def __init__(self, scale: int, model: str = "poly3", lut_size: int = DEFAULT_LUT_SIZE) -> None:
         super().__init__()
-        self.scale = scale
-        identity = torch.zeros(POLY3_TERMS, 3)
-        identity[1:4] = torch.eye(3)  # terms 1, r, g, b, …: the identity profile until one is fitted
+        if model not in MODELS:
+            raise ValueError(f"a colour prior is one of {MODELS}, got {model!r}")
+        self.scale, self.model, self.lut_size = scale, model, lut_size
+        if model == "poly3":
+            identity = torch.zeros(POLY3_TERMS, 3)
+            identity[1:4] = torch.eye(3)  # terms 1, r, g, b, …: the identity profile until one is fitted
+        else:
+            axis = torch.linspace(0, 1, lut_size)
+            identity = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
         self.register_buffer("coefficients", identity)
 
     def set_profile(self, profile: Profile) -> None:
-        if profile.model != "poly3" or profile.scale != self.scale:
-            raise ValueError(f"the colour prior takes a poly3 profile at scale {self.scale}, got {profile.model} at "
-                             f"scale {profile.scale}")
+        if profile.model != self.model or profile.scale != self.scale or \
+                (self.model == "lut" and profile.lut_size != self.lut_size):
+            size = f" {self.lut_size}³" if self.model == "lut" else ""
+            raise ValueError(f"the colour prior takes a {self.model}{size} profile at scale {self.scale}, got "
+                             f"{profile.model} at scale {profile.scale}")
         with torch.no_grad():
             self.coefficients.copy_(torch.tensor(profile.coefficients, dtype=torch.float32))
 
     def forward(self, raw: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
         """(B, 4, h, w) raw in [-1, 1] and (B, 12) colour → (B, 3, s·h, s·w) in [-1, 1]."""
         x = classical(raw, colour, self.scale)
-        terms = torch.stack(poly3_terms(x[:, 0], x[:, 1], x[:, 2]), 1)  # (B, 20, H, W)
-        out = torch.einsum("bkhw,kc->bchw", terms, self.coefficients.float()).clamp(0, 1)
-        return out * 2 - 1
+        if self.model == "poly3":
+            terms = torch.stack(poly3_terms(x[:, 0], x[:, 1], x[:, 2]), 1)  # (B, 20, H, W)
+            out = torch.einsum("bkhw,kc->bchw", terms, self.coefficients.float())
+        else:
+            out = lut_trilinear(x, self.coefficients.float(), self.lut_size)
+        return out.clamp(0, 1) * 2 - 1

@@ -360,7 +360,7 @@ def _fit_prior(root: Path, run_dir: Path, cfg: TrainConfig, dist: Dist) -> colou
     if run.checkpoint(run_dir).is_file() and (run_dir / run.PROFILE).is_file():
         return None
     t0 = time.perf_counter()
-    prior = colour_profile.fit_dataset(root, "train", "poly3")
+    prior = colour_profile.fit_dataset(root, "train", cfg.generator.prior_model)
     if dist.main:
         colour_profile.save(prior, run_dir / run.PROFILE)
         log.info("colour prior: a %s profile fitted on %d train pixels in %.1f s (train PSNR %.2f dB)", prior.model,

@@ -31,14 +31,25 @@ def _poly(seed: int = 0, scale: int = 2) -> profile.Profile:
     return profile.Profile(model="poly3", coefficients=tuple(map(tuple, coef)), scale=scale)
 
 
+def _lut(seed: int = 0, scale: int = 2, n: int = 9) -> profile.Profile:
+    """A LUT of a curved colour transform (nodes off the identity in every direction)."""
+    axis = np.linspace(0, 1, n)
+    rgb = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    mix = np.eye(3) * 0.9 + np.random.default_rng(seed).normal(0, 0.05, (3, 3))
+    nodes = np.clip(rgb @ mix.T, 0, 1) ** 0.8
+    return profile.Profile(model="lut", coefficients=tuple(map(tuple, nodes)), lut_size=n, scale=scale)
+
+
+@pytest.mark.parametrize("model", ["poly3", "lut"])
 @pytest.mark.parametrize("scale", [1, 2])
 @pytest.mark.parametrize("known", [True, False])
-def test_the_torch_prior_is_the_classical_pipeline_and_the_profile(frame, scale, known):
+def test_the_torch_prior_is_the_classical_pipeline_and_the_profile(frame, scale, known, model):
     packed, wb, matrix = frame
     wb, matrix = (wb, matrix) if known else (None, None)  # unknown: grey world, camera RGB
-    want = profile.apply(_poly(scale=scale), develop.develop(packed, wb, matrix, scale=scale))
-    prior = prior_mod.ColourPrior(scale)
-    prior.set_profile(_poly(scale=scale))
+    fitted = _poly(scale=scale) if model == "poly3" else _lut(scale=scale)
+    want = profile.apply(fitted, develop.develop(packed, wb, matrix, scale=scale))
+    prior = prior_mod.ColourPrior(scale, model)
+    prior.set_profile(fitted)
     colour = torch.from_numpy(develop.frame_colour(packed, wb, matrix))[None]
     got = prior(torch.from_numpy(packed)[None] * 2 - 1, colour)[0]
     got = ((got + 1) * 0.5).permute(1, 2, 0).numpy()

@@ -18,18 +18,19 @@ def _patch_centres(img: np.ndarray, rows: int = 9, cols: int = 24) -> np.ndarray
 
 
 def test_colour_chart_spans_every_hue_at_three_saturations_and_values():
+    assert synth.CHART_SATURATIONS == (0.85, 0.6, 0.35) and synth.CHART_VALUES == (0.9, 0.65, 0.4)
     chart = synth.scene("chart", (512, 768))
     assert chart.shape == (512, 768, 3) and chart.dtype == np.uint8
     hsv = np.array([[colorsys.rgb_to_hsv(*c) for c in row] for row in _patch_centres(chart)])
     hue_deg = hsv[..., 0] * 360
     steps = (np.diff(hue_deg[:, :-1], axis=1) + 360) % 360  # between neighbouring columns
     np.testing.assert_allclose(steps, 15, atol=1.5)
-    saturation = np.tile([1.0, 0.7, 0.4], 3)[:, None]  # rows: saturations within values
-    value = np.repeat([1.0, 0.7, 0.45], 3)[:, None]
+    saturation = np.tile([0.85, 0.6, 0.35], 3)[:, None]  # rows: saturations within values
+    value = np.repeat([0.9, 0.65, 0.4], 3)[:, None]
     np.testing.assert_allclose(hsv[..., 1], np.broadcast_to(saturation, (9, 24)), atol=0.03)
     np.testing.assert_allclose(hsv[..., 2], np.broadcast_to(value, (9, 24)), atol=0.03)
-    # a known answer: row 0 (S 1, V 1), column 3 (45°) is a saturated orange-yellow
-    np.testing.assert_allclose(_patch_centres(chart)[0, 3], [1.0, 0.75, 0.0], atol=0.03)
+    # a known answer: row 0 (S 0.85, V 0.9), column 3 (45°) is a saturated orange-yellow
+    np.testing.assert_allclose(_patch_centres(chart)[0, 3], [0.9, 0.7088, 0.135], atol=0.03)
     # the dark frame between patches gives alignment its corners
     assert chart[:, 0].mean() < 0.2 * 255 and chart[0].mean() < 0.2 * 255
 
