@@ -182,8 +182,8 @@ class Generator(nn.Module):
         if cfg.scale not in (1, 2):
             raise ValueError(f"output scale must be 1 or 2, got {cfg.scale}")
         if cfg.norm not in NORMS or cfg.prior not in PRIORS or cfg.prior_model not in PRIOR_MODELS:
-            raise ValueError(f"norm must be one of {NORMS}, prior one of {PRIORS} and prior_model one of {PRIOR_MODELS}, "
-                             f"got {cfg.norm}, {cfg.prior}, {cfg.prior_model}")
+            raise ValueError(f"norm must be one of {NORMS}, prior one of {PRIORS} and prior_model one of "
+                             f"{PRIOR_MODELS}, got {cfg.norm}, {cfg.prior}, {cfg.prior_model}")
         self.cfg = cfg
         b, sw, n = cfg.base, cfg.saliency_width, cfg.norm == "instance"
         # With a prior, E1 also sees the prior's rendering, folded onto the packed grid (3·s² channels).
