@@ -93,11 +93,12 @@ class ColourPrior(nn.Module):
         self.register_buffer("coefficients", identity)
 
     def set_profile(self, profile: Profile) -> None:
-        if profile.model != self.model or profile.scale != self.scale or \
-                (self.model == "lut" and profile.lut_size != self.lut_size):
-            size = f" {self.lut_size}³" if self.model == "lut" else ""
-            raise ValueError(f"the colour prior takes a {self.model}{size} profile at scale {self.scale}, got "
-                             f"{profile.model} at scale {profile.scale}")
+        def kind(model: str, lut_size: int, scale: int) -> str:
+            return f"{model}{f' {lut_size}³' if model == 'lut' else ''} profile at scale {scale}"
+
+        want, got = kind(self.model, self.lut_size, self.scale), kind(profile.model, profile.lut_size, profile.scale)
+        if got != want:
+            raise ValueError(f"the colour prior takes a {want}, got a {got}")
         with torch.no_grad():
             self.coefficients.copy_(torch.tensor(profile.coefficients, dtype=torch.float32))
 

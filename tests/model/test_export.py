@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from click.testing import CliRunner
@@ -9,14 +11,19 @@ from click.testing import CliRunner
 from raw2rgb.cli import main
 from raw2rgb.model.infer import load_generator
 from raw2rgb.model.train import Runtime, train
+from raw2rgb.pipeline import profile
 from tests.model.conftest import make_shards, tiny_config
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+@pytest.fixture(scope="module", params=["poly3", "lut"])
+def trained(tmp_path_factory, request):
+    """A tiny run with each kind of colour prior (the LUT's gathers must export too)."""
     tmp = tmp_path_factory.mktemp("export")
     root = make_shards(tmp / "shards", {"train": 4, "val": 2})
-    train(root, tmp / "run", tiny_config(), Runtime(workers=0))
+    cfg = tiny_config()
+    cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, prior_model=request.param))
+    train(root, tmp / "run", cfg, Runtime(workers=0))
+    assert profile.load(tmp / "run" / "profile.json").model == request.param  # the prior the run fitted
     return root, tmp / "run"
 
 

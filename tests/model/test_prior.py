@@ -106,3 +106,19 @@ def test_tiles_of_the_recommended_generator_equal_the_whole_frame(frame):
     tiled = run_tiled(g, packed, TileConfig(tile=64, overlap=24), colour=colour)
     assert tiled.shape == whole.shape == (3, 192, 256)
     assert float((tiled - whole).abs().max()) * 255 < 1.0
+
+
+def test_a_lut_prior_starts_as_its_fitted_lut_and_refuses_another_profile(frame):
+    packed, wb, matrix = frame
+    g = Generator(GeneratorConfig(**{**PRESETS["tiny"].to_json(), "scale": 2, "prior_model": "lut"}))
+    init_weights(g, 0.02, torch.Generator().manual_seed(0))
+    g.prior.set_profile(_lut())
+    colour = torch.from_numpy(develop.frame_colour(packed, wb, matrix))[None]
+    x = torch.from_numpy(packed)[None] * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(g.rgb(x, colour), g.prior(x, colour), rtol=0, atol=0)
+    for other in (_poly(), _lut(n=5), _lut(scale=1)):  # another model, LUT size or scale
+        with pytest.raises(ValueError, match="the colour prior takes a lut 9³ profile at scale 2"):
+            g.prior.set_profile(other)
+    with pytest.raises(ValueError, match="prior_model one of"):
+        Generator(GeneratorConfig(**{**PRESETS["tiny"].to_json(), "prior_model": "cubic"}))
