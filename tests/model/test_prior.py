@@ -57,11 +57,17 @@ def test_the_torch_prior_is_the_classical_pipeline_and_the_profile(frame, scale,
     assert np.abs(got - want).max() < 2e-3  # the numpy pipeline's sRGB table: < half an 8-bit level
 
 
-def test_the_recommended_generator_starts_as_its_fitted_profile(frame):
+@pytest.mark.parametrize("model", ["poly3", "lut"])
+def test_the_recommended_generator_starts_as_its_fitted_profile(frame, model):
     packed, wb, matrix = frame
-    g = Generator(GeneratorConfig(**{**PRESETS["tiny"].to_json(), "scale": 2}))
+    g = Generator(GeneratorConfig(**{**PRESETS["tiny"].to_json(), "scale": 2, "prior_model": model}))
     init_weights(g, 0.02, torch.Generator().manual_seed(0))
-    g.prior.set_profile(_poly())
+    fitted, others = {"poly3": (_poly(), [_lut(), _poly(scale=1)]),
+                      "lut": (_lut(), [_poly(), _lut(n=5), _lut(scale=1)])}[model]  # another model, size or scale
+    for other in others:
+        with pytest.raises(ValueError, match=f"the colour prior takes a {model}( 9³)? profile at scale 2, got a"):
+            g.prior.set_profile(other)
+    g.prior.set_profile(fitted)
     colour = torch.from_numpy(develop.frame_colour(packed, wb, matrix))[None]
     x = torch.from_numpy(packed)[None] * 2 - 1
     with torch.no_grad():
@@ -71,6 +77,8 @@ def test_the_recommended_generator_starts_as_its_fitted_profile(frame):
     with pytest.raises(ValueError, match=r"colour \(B, 12\)"):
         g.rgb(x)
     assert float(g.d4[1].weight.detach().abs().max()) == 0.0 and not parametrize_is(g)  # the residual head, at zero
+    with pytest.raises(ValueError, match="prior_model one of"):
+        Generator(GeneratorConfig(**{**PRESETS["tiny"].to_json(), "prior_model": "cubic"}))
 
 
 def parametrize_is(g: Generator) -> bool:
@@ -107,18 +115,3 @@ def test_tiles_of_the_recommended_generator_equal_the_whole_frame(frame):
     assert tiled.shape == whole.shape == (3, 192, 256)
     assert float((tiled - whole).abs().max()) * 255 < 1.0
 
-
-def test_a_lut_prior_starts_as_its_fitted_lut_and_refuses_another_profile(frame):
-    packed, wb, matrix = frame
-    g = Generator(GeneratorConfig(**{**PRESETS["tiny"].to_json(), "scale": 2, "prior_model": "lut"}))
-    init_weights(g, 0.02, torch.Generator().manual_seed(0))
-    g.prior.set_profile(_lut())
-    colour = torch.from_numpy(develop.frame_colour(packed, wb, matrix))[None]
-    x = torch.from_numpy(packed)[None] * 2 - 1
-    with torch.no_grad():
-        torch.testing.assert_close(g.rgb(x, colour), g.prior(x, colour), rtol=0, atol=0)
-    for other in (_poly(), _lut(n=5), _lut(scale=1)):  # another model, LUT size or scale
-        with pytest.raises(ValueError, match="the colour prior takes a lut 9³ profile at scale 2"):
-            g.prior.set_profile(other)
-    with pytest.raises(ValueError, match="prior_model one of"):
-        Generator(GeneratorConfig(**{**PRESETS["tiny"].to_json(), "prior_model": "cubic"}))
