@@ -30,6 +30,7 @@ from torch.nn.utils import parametrizations, parametrize
 
 from raw2rgb.config import JsonConfig
 from raw2rgb.model.prior import ColourPrior
+from raw2rgb.pipeline.profile import MODELS as PROFILE_MODELS
 
 PAPER_PARAMETERS = 24_352_448
 EPS = 1e-5
@@ -48,7 +49,7 @@ class GeneratorConfig(JsonConfig):
     prior_model: str = "poly3"  # the prior's profile: poly3 or lut (pipeline/profile.py's models)
 
 
-NORMS, PRIORS, PRIOR_MODELS = ("instance", "none"), ("none", "profile"), ("poly3", "lut")
+NORMS, PRIORS, PRIOR_MODELS = ("instance", "none"), ("none", "profile"), PROFILE_MODELS
 PRESETS = {
     "standard": GeneratorConfig(norm="none", prior="profile"),  # raw2rgb's recommended network
     "tiny": GeneratorConfig(base=16, res_blocks=2, saliency_width=16, norm="none", prior="profile"),  # its small size

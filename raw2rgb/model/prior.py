@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raw2rgb.pipeline.profile import DEFAULT_LUT_SIZE, MODELS, Profile, poly3_terms
+from raw2rgb.pipeline.profile import DEFAULT_LUT_SIZE, MODELS, Profile, lut_corners, poly3_terms
 
 POLY3_TERMS = 20
 
@@ -58,20 +58,9 @@ def classical(raw: torch.Tensor, colour: torch.Tensor, scale: int) -> torch.Tens
 
 def lut_trilinear(x: torch.Tensor, nodes: torch.Tensor, n: int) -> torch.Tensor:
     """``profile.apply`` of a LUT in torch: sRGB (B, 3, H, W) in [0, 1] and nodes (n³, 3) → (B, 3, H, W),
-    trilinear between the 8 nodes around each pixel (gathers: exportable, differentiable in x)."""
-    x = x.clamp(0, 1) * (n - 1)
-    i0 = x.detach().floor().clamp(max=n - 2)
-    t = x - i0
-    i0 = i0.long()
-    out = torch.zeros_like(x)
-    for dr in (0, 1):
-        for dg in (0, 1):
-            for db in (0, 1):
-                w = ((t[:, 0] if dr else 1 - t[:, 0]) * (t[:, 1] if dg else 1 - t[:, 1])
-                     * (t[:, 2] if db else 1 - t[:, 2]))
-                idx = ((i0[:, 0] + dr) * n + (i0[:, 1] + dg)) * n + (i0[:, 2] + db)  # (B, H, W)
-                out = out + w[:, None] * nodes[idx].permute(0, 3, 1, 2)
-    return out
+    trilinear between the 8 nodes around each pixel (gathers: exportable)."""
+    corners = lut_corners(x[:, 0], x[:, 1], x[:, 2], n)
+    return sum(w[:, None] * nodes[idx.long()].permute(0, 3, 1, 2) for idx, w in corners)
 
 
 class ColourPrior(nn.Module):

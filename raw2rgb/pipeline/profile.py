@@ -77,19 +77,26 @@ def poly3_terms(r, g, b) -> list:
             r * r * g, r * r * b, g * g * r, g * g * b, b * b * r, b * b * g, r * g * b]
 
 
-def _lut_weights(rgb: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Trilinear interpolation: for each pixel (N, 3) in [0, 1], the 8 node indices and weights."""
-    x = np.clip(rgb, 0, 1) * (n - 1)
-    i0 = np.minimum(np.floor(x).astype(np.int64), n - 2)
-    t = x - i0
-    idx, wts = [], []
+def lut_corners(r, g, b, n: int) -> list[tuple]:
+    """Trilinear interpolation in an n³ LUT, on numpy arrays and torch tensors alike (as
+    ``poly3_terms``; the model's colour prior uses it too): for channels in [0, 1], the 8 nodes around
+    each pixel as (flat node index, still a float; weight)."""
+    pos = [c.clip(0, 1) * (n - 1) for c in (r, g, b)]
+    low = [(p - p % 1).clip(0, n - 2) for p in pos]  # floor; the top node closes the last cell
+    t = [p - q for p, q in zip(pos, low)]
+    corners = []
     for dr in (0, 1):
         for dg in (0, 1):
             for db in (0, 1):
-                wts.append((t[:, 0] if dr else 1 - t[:, 0]) * (t[:, 1] if dg else 1 - t[:, 1])
-                           * (t[:, 2] if db else 1 - t[:, 2]))
-                idx.append(((i0[:, 0] + dr) * n + (i0[:, 1] + dg)) * n + (i0[:, 2] + db))
-    return np.stack(idx, 1), np.stack(wts, 1)
+                weight = (t[0] if dr else 1 - t[0]) * (t[1] if dg else 1 - t[1]) * (t[2] if db else 1 - t[2])
+                corners.append((((low[0] + dr) * n + (low[1] + dg)) * n + (low[2] + db), weight))
+    return corners
+
+
+def _lut_weights(rgb: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each pixel (N, 3): the 8 node indices and weights of ``lut_corners``, (N, 8) each."""
+    corners = lut_corners(*rgb.T, n)
+    return np.stack([i for i, _ in corners], 1).astype(np.int64), np.stack([w for _, w in corners], 1)
 
 
 def _second_differences(n: int) -> sp.csr_matrix:

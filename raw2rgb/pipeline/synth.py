@@ -165,7 +165,7 @@ def colour_chart(h: int = 512, w: int = 768) -> np.ndarray:
     with the chart lost 1.4 dB on the natural scenes of the harder look (benchmarks/quality.py)."""
     hue = np.arange(24) / 24
     sv = [(s, v) for v in CHART_VALUES for s in CHART_SATURATIONS]
-    cells = np.array([[hsv2rgb(np.array([[[x, s, v]]]))[0, 0] for x in hue] for s, v in sv])  # (9, 24, 3)
+    cells = hsv2rgb(np.array([[[x, s, v] for x in hue] for s, v in sv]))  # (9, 24, 3)
     rows = np.minimum(np.arange(h) * len(sv) // h, len(sv) - 1)
     cols = np.minimum(np.arange(w) * len(hue) // w, len(hue) - 1)
     img = cells[rows][:, cols]
