@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 DEMO   ?= build/demo
 
-.PHONY: demo test lint bench clean gpu-check gpu-wheels
+.PHONY: demo test lint bench clean gpu-check gpu-wheels gpu-rehearsal
 
 $(VENV)/.core: setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -74,17 +74,41 @@ bench: $(VENV)/.core
 	$(PY) benchmarks/train.py
 	$(PY) benchmarks/convert.py
 
-# One prepared run for the minutes a GPU machine is lent: every figure into build/gpu-check.json
-# (benchmarks/gpu_check.py). There it runs on the machine's own Python and torch, with the wheels of
-# `make gpu-wheels` carried along (no index there); here, with the venv when there is one.
-GPU_PY := $(if $(wildcard $(PY)),$(PY),$(PYTHON))
-gpu-check:
-	PYTHONPATH=. $(GPU_PY) benchmarks/gpu_check.py --out build/gpu-check.json
-
+# The minutes a GPU machine is lent: one prepared command (docs/gpus.md), `benchmarks/gpu_device.sh`, which
+# installs the carried wheels and runs benchmarks/gpu_check.py; every figure into $$OUT/gpu-check.json.
+# That machine has Python 3.12, torch and most of what raw2rgb needs, no package index, and not these:
+GPU_MISSING := rawpy imagecodecs pypng
 WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+GPU_PYVER ?= 3.12
+GPU_WHEELS ?= build/wheels
 gpu-wheels:
-	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 $(WHEEL_PLATFORMS) \
-	    -d build/wheels rawpy imagecodecs tifffile click joblib tqdm pytest pytest-timeout pluggy iniconfig packaging
+	rm -rf $(GPU_WHEELS)
+	$(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYVER) --implementation cp \
+	    $(WHEEL_PLATFORMS) -d $(GPU_WHEELS) $(GPU_MISSING)
+
+# The same command on this machine, as the GPU machine will run it: a clean environment holding only what
+# that machine has preinstalled (its image's list, less what raw2rgb never imports), wheels for this Python
+# installed from a folder exactly as there (--no-index --no-deps --target), Python started with -S so that
+# nothing is imported for free. CUDA parts say "no CUDA"; the rest runs to the end on the CPU.
+REHEARSAL := build/rehearsal
+GPU_PREINSTALLED := $(TORCH) numpy h5py opencv-python-headless scikit-image scipy pillow tifffile imageio click \
+    joblib tqdm tensorboard matplotlib onnx onnxscript onnxruntime pytest pytest-timeout
+$(REHEARSAL)/env/.ok:
+	rm -rf $(REHEARSAL)/env
+	$(PYTHON) -m venv $(REHEARSAL)/env
+	$(REHEARSAL)/env/bin/python -m pip install -q $(GPU_PREINSTALLED)
+	touch $@
+REHEARSAL_SITE = $(shell $(REHEARSAL)/env/bin/python -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+gpu-rehearsal: $(REHEARSAL)/env/.ok
+	$(MAKE) --no-print-directory gpu-wheels GPU_PYVER=$(shell $(REHEARSAL)/env/bin/python -c \
+	    "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')") GPU_WHEELS=$(REHEARSAL)/wheels
+	rm -rf $(REHEARSAL)/site
+	OUT=$${OUT:-$(REHEARSAL)/out} GPU_PYTHON=$(REHEARSAL)/env/bin/python GPU_PYFLAGS=-S GPU_SITE=$(REHEARSAL)/site \
+	    GPU_WHEELS=$(REHEARSAL)/wheels PYTHONPATH=$(REHEARSAL_SITE) bash benchmarks/gpu_device.sh
+
+# The check with this machine's venv (no wheels, no clean environment): quicker, less faithful.
+gpu-check: $(VENV)/.core
+	PYTHONPATH=. $(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf build $(VENV) *.egg-info .pytest_cache

@@ -1,33 +1,38 @@
-"""`make gpu-check`: one prepared run for the minutes a GPU is at hand; every figure into one JSON file.
+"""The GPU check: one prepared run for the minutes a GPU machine is lent; every figure into one JSON file.
 
-On a CUDA machine, in this order and within a time budget (default 7 minutes; what does not fit is
-recorded as skipped):
+Run it through ``benchmarks/gpu_device.sh`` (the device command in docs/gpus.md), which installs the
+carried wheels first; ``make gpu-rehearsal`` runs that same command here in a clean environment like
+the GPU machine's. Parts, in this order, each within what is left of one deadline (default 8
+minutes; every sub-process's timeout is capped at the time left, and a part that no longer fits
+says so):
 
-1. the CUDA-marked tests (`pytest -m cuda`);
-2. `benchmarks/train.py` for the paper preset in bf16 at batch 8, stage 1 and stage 2, with and
-   without `--compile`, and without channels_last (seconds per step, FLOP/s as a fraction of a
-   same-run dense bf16 matmul, peak memory);
-3. the folded generator's 224² inference throughput in images/s (the poster: 28 images/s on a
-   GTX 1080 Ti);
-4. a 12-MP `convert` end to end (seconds, peak GPU memory, pixels through the network per frame
-   pixel);
-5. CUDA against CPU: PSNR, SSIM and colour-corrected PSNR of the same outputs, grey and clipped
-   ones included;
-6. a 1-process NCCL `torchrun` smoke run and its resume.
+1. ``environment``: Python, torch, CUDA, the device, and which of raw2rgb's imports are there;
+2. ``cuda_tests``: the CUDA-marked tests (on a CPU: collected only, to show they would run);
+3. ``train_*``: training speed as ``raw2rgb train`` runs it (benchmarks/train.py): presets paper and
+   standard in bf16 at batch 8, without channels_last, at the largest batch that fits in 40 GB, and
+   compiled (seconds per step, FLOP/s executed and paper-nominal as a fraction of a same-run dense
+   matmul, peak memory);
+4. ``loader``: ShardDataset's samples/s from real shards on this machine's cores, against the GPU's
+   training rate;
+5. ``inference_224``: the folded generator's 224² images/s (the poster: 28 on a GTX 1080 Ti);
+6. ``convert_12mp``: a 12-MP ``convert`` end to end (seconds, peak GPU memory);
+7. ``metrics``: CUDA against CPU for PSNR, SSIM and colour-corrected PSNR;
+8. ``torchrun_smoke``: a 1-rank NCCL process group with DDP (``RAW2RGB_PROCESS_GROUP=1``), a run and its
+   resume.
 
-Without CUDA it says so in one line and runs what it can (5 on the CPU alone, 6 on gloo).
+Without CUDA the CUDA parts say "no CUDA" and the rest runs small, so a rehearsal on a CPU meets every
+import and code path. The JSON is rewritten after every part (a timeout keeps what was measured), to
+``$OUT/gpu-check.json`` when ``OUT`` is set, else build/gpu-check.json; a failing part keeps the last
+40 lines of its output.
 
-The GPU machine has torch but not rawpy, imagecodecs or this project's smaller dependencies, and no
-package index: `make gpu-wheels` (here, with an index) downloads them into build/wheels, which the
-device run carries; this script installs what is missing from there into build/pydeps.
-
-    python benchmarks/gpu_check.py [--out build/gpu-check.json] [--budget 420]
+    python benchmarks/gpu_check.py [--out FILE] [--deadline 480] [--only PART ...]
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import importlib.metadata
+import importlib.util
 import json
 import os
 import subprocess
@@ -35,65 +40,168 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-NEEDED = {"rawpy": "rawpy", "imagecodecs": "imagecodecs", "tifffile": "tifffile", "click": "click",
-          "joblib": "joblib", "tqdm": "tqdm", "pytest": "pytest", "pytest_timeout": "pytest-timeout"}
+BENCH = REPO / "benchmarks"
+TAIL = 40  # lines kept of a failing part's output
+DEADLINE = 480.0  # seconds for everything: the device command's budget, with room to rerun it once
+MEMORY_LIMIT_GB = 40.0
+# What raw2rgb and this check import (module → distribution)
+IMPORTS = {"torch": "torch", "torchvision": "torchvision", "numpy": "numpy", "h5py": "h5py",
+           "cv2": "opencv-python-headless", "skimage": "scikit-image", "scipy": "scipy", "PIL": "pillow",
+           "tifffile": "tifffile", "imageio": "imageio", "click": "click", "joblib": "joblib", "tqdm": "tqdm",
+           "tensorboard": "tensorboard", "matplotlib": "matplotlib", "rawpy": "rawpy", "imagecodecs": "imagecodecs",
+           "png": "pypng", "pytest": "pytest", "onnx": "onnx", "onnxruntime": "onnxruntime"}
 
 
-def ensure_dependencies() -> dict:
-    """Import what the project needs; install what is missing from build/wheels (no index)."""
-    missing = [pkg for mod, pkg in NEEDED.items() if importlib.util.find_spec(mod) is None]
-    note = {"missing": missing}
-    wheels, target = REPO / "build" / "wheels", REPO / "build" / "pydeps"
-    if missing and wheels.is_dir():
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--find-links", str(wheels),
-                               "--target", str(target), *missing], capture_output=True, text=True)
-        note["installed"] = proc.returncode == 0
-        note["pip"] = proc.stderr[-500:]
-    if target.is_dir():
-        sys.path.insert(0, str(target))
-        os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), str(REPO),
-                                                                  os.environ.get("PYTHONPATH")]))
-    note["still_missing"] = [pkg for mod, pkg in NEEDED.items() if importlib.util.find_spec(mod) is None]
-    return note
+class PartFailed(Exception):
+    def __init__(self, message: str, output: str = "") -> None:
+        super().__init__(message)
+        self.output = output
 
 
-class Budget:
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + seconds
+def tail(text: str, n: int = TAIL) -> list[str]:
+    return text.splitlines()[-n:]
+
+
+def python() -> list[str]:
+    """This interpreter with its start-up flags (-S in the rehearsal): sub-processes start as this one."""
+    return [sys.executable, *subprocess._args_from_interpreter_flags()]
+
+
+def default_out() -> Path:
+    out = os.environ.get("OUT")
+    return Path(out) / "gpu-check.json" if out else REPO / "build" / "gpu-check.json"
+
+
+class Check:
+    """The parts' results, the deadline, and the JSON file rewritten after every part."""
+
+    def __init__(self, out: Path, deadline: float) -> None:
+        self.out, self.end = out, time.monotonic() + deadline
+        self.results: dict = {"deadline_s": deadline, "out": str(out)}
 
     def left(self) -> float:
         return self.end - time.monotonic()
 
+    def timeout(self, want: float) -> float:
+        """``want`` seconds, or what is left of the deadline (less a margin to write the file)."""
+        left = self.left() - 5
+        if left <= 1:
+            raise PartFailed(f"no time left (deadline {self.results['deadline_s']:.0f} s)")
+        return min(want, left)
 
-def step(results: dict, name: str, budget: Budget, need: float, fn) -> None:
-    """Run one part, recording its figures, its error, or that it did not fit the time left."""
-    if budget.left() < need:
-        results[name] = {"skipped": f"{budget.left():.0f} s left, needs about {need:.0f}"}
-        return
-    t0 = time.perf_counter()
-    try:
-        results[name] = fn()
-    except Exception as e:  # noqa: BLE001 - a failed part is a finding, the others still run
-        results[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-2000:]}
-    if isinstance(results[name], dict):
-        results[name]["seconds"] = round(time.perf_counter() - t0, 1)
-    print(f"gpu-check: {name}: {json.dumps(results[name], default=str)[:400]}", flush=True)
+    def run(self, args: list[str], want: float, env: dict | None = None, cwd: Path = REPO) -> str:
+        """A sub-process within the deadline; its stdout. Raises PartFailed with its output's last lines."""
+        timeout = self.timeout(want)
+        try:
+            proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                                  env={**os.environ, **(env or {})})
+        except subprocess.TimeoutExpired as e:
+            out = (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
+            err = (e.stderr or b"").decode() if isinstance(e.stderr, bytes) else (e.stderr or "")
+            raise PartFailed(f"timed out after {timeout:.0f} s", out + err) from None
+        if proc.returncode:
+            raise PartFailed(f"exit {proc.returncode}: {' '.join(args[-6:])}", proc.stdout + proc.stderr)
+        return proc.stdout
+
+    def part(self, name: str, need: float, fn: Callable[[], dict]) -> dict:
+        """Run one part: its figures, its error with the output's last lines, or why it was skipped."""
+        if self.left() < need:
+            result = {"skipped": f"{self.left():.0f} s left of the deadline, needs about {need:.0f}"}
+        else:
+            t0 = time.perf_counter()
+            try:
+                result = fn()
+            except PartFailed as e:
+                result = {"error": str(e), "output_tail": tail(e.output)}
+            except Exception as e:  # noqa: BLE001 - a failed part is a finding; the others still run
+                result = {"error": f"{type(e).__name__}: {e}", "output_tail": tail(traceback.format_exc())}
+            result["seconds"] = round(time.perf_counter() - t0, 1)
+        self.results[name] = result
+        self.write()
+        brief = "error: " + result["error"] if "error" in result else result.get("skipped") or "ok"
+        print(f"gpu-check: {name}: {brief} ({result.get('seconds', 0)} s)", flush=True)
+        return result
+
+    def write(self) -> None:
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.out.with_name(self.out.name + ".partial")
+        tmp.write_text(json.dumps(self.results, indent=1, default=str))
+        os.replace(tmp, self.out)
 
 
-def cuda_tests() -> dict:
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider",
-                           str(REPO / "tests")], capture_output=True, text=True, cwd=REPO, timeout=240)
-    return {"returncode": proc.returncode, "summary": proc.stdout.strip().splitlines()[-1:]}
+# -- the parts --------------------------------------------------------------------------------------------
+
+def environment() -> dict:
+    import torch
+
+    found, missing = {}, []
+    for module, dist in IMPORTS.items():
+        if importlib.util.find_spec(module) is None:
+            missing.append(dist)
+            continue
+        try:
+            found[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            found[dist] = "?"
+    cuda = torch.cuda.is_available()
+    return {"python": sys.version.split()[0], "flags": subprocess._args_from_interpreter_flags(),
+            "site_imported": "site" in sys.modules and not sys.flags.no_site, "torch": torch.__version__,
+            "cuda": cuda, "device": torch.cuda.get_device_name(0) if cuda else None,
+            "gpus": torch.cuda.device_count() if cuda else 0, "cpus": os.cpu_count(), "packages": found,
+            "missing": missing}
 
 
-def train_speed(device, compile_: bool, channels_last: bool = True) -> dict:
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    import train as bench  # benchmarks/train.py
+def cuda_tests(check: Check, cuda: bool, tests: Path = REPO / "tests") -> dict:
+    """The CUDA-marked tests (collected only without CUDA); a module that fails to import is an error
+    of its own, not of the whole run."""
+    args = [*python(), "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", "--continue-on-collection-errors",
+            "-o", "addopts=", str(tests)]
+    if not cuda:
+        args.insert(args.index("-q"), "--collect-only")
+    timeout = check.timeout(300)
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    lines = proc.stdout.strip().splitlines()
+    collected = sum(1 for line in lines if "::" in line) if not cuda else None
+    out = {"ran": cuda, "returncode": proc.returncode, "summary": lines[-1] if lines else "",
+           "collected": collected}
+    if proc.returncode not in (0, 5) or "error" in out["summary"]:
+        out["output_tail"] = tail(proc.stdout + proc.stderr)
+    return out
 
-    return bench.measure(device, "paper", batch=8, steps=10, compile=compile_, channels_last=channels_last)
+
+def train_figures(check: Check, preset: str, cuda: bool, batch: int | None = None, compile: bool = False,
+                  channels_last: bool = True, fit_gb: float | None = None, want: float = 150) -> dict:
+    args = [*python(), str(BENCH / "train.py"), "--json", "--preset", preset]
+    if cuda:
+        args += ["--device", "cuda"] + (["--batch", str(batch)] if batch else [])
+        args += ["--max-memory-gb", str(fit_gb)] if fit_gb else []
+    else:  # the same code path, small: a CPU cannot say anything about GPU speed
+        args += ["--device", "cpu", "--batch", "1", "--steps", "1", "--size", "32"]
+    args += ["--compile"] if compile else []
+    args += [] if channels_last else ["--no-channels-last"]
+    return json.loads(check.run(args, want).strip().splitlines()[-1])
+
+
+def loader_rate(train_rates: list[float], cuda: bool) -> dict:
+    """ShardDataset through a DataLoader on this machine's cores (as training feeds the GPU) against the
+    fastest training rate measured."""
+    sys.path.insert(0, str(BENCH))
+    import loader as bench  # benchmarks/loader.py
+
+    from raw2rgb.model.data import ShardDataset
+
+    workers = min(16, os.cpu_count() or 1)
+    n = 512 if cuda else 32
+    with tempfile.TemporaryDirectory() as tmp:
+        bench.make_data(Path(tmp), n)
+        rate = bench.rate(ShardDataset(Path(tmp) / "shards", "train", compact=True), workers, 2)
+    fastest = max(train_rates, default=None)
+    return {"workers": workers, "samples": n, "samples_per_s": round(rate, 1), "fastest_training_samples_per_s":
+            fastest, "loader_over_training": round(rate / fastest, 2) if fastest else None}
 
 
 def inference_throughput(device) -> dict:
@@ -103,29 +211,35 @@ def inference_throughput(device) -> dict:
 
     g = Generator()
     init_weights(g, 0.02, torch.Generator().manual_seed(0))
-    g = fold_spectral_norm(g).eval().to(device)
+    cuda = device.type == "cuda"
+    fmt = torch.channels_last if cuda else torch.contiguous_format
+    g = fold_spectral_norm(g).eval().to(device, memory_format=fmt)
     out = {}
-    for batch in (1, 8, 32):
-        x = torch.rand(batch, 4, 224, 224, device=device) * 2 - 1
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            for _ in range(3):
+    for batch in (1, 8, 32) if cuda else (1,):
+        x = (torch.rand(batch, 4, 224, 224, device=device) * 2 - 1).contiguous(memory_format=fmt)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            for _ in range(3 if cuda else 1):
                 g.rgb(x)
-            torch.cuda.synchronize()
+            if cuda:
+                torch.cuda.synchronize()
             n, t0 = 0, time.perf_counter()
-            while time.perf_counter() - t0 < 3:
+            while time.perf_counter() - t0 < (3 if cuda else 0.5):
                 g.rgb(x)
                 n += batch
-            torch.cuda.synchronize()
+            if cuda:
+                torch.cuda.synchronize()
         out[f"batch{batch}_images_per_s"] = round(n / (time.perf_counter() - t0), 1)
     out["poster_gtx1080ti_images_per_s"] = 28
     return out
 
 
-def convert_12mp(device, tile: int = 2048) -> dict:
+def convert_frame(check: Check, device, cuda: bool) -> dict:
+    """``convert`` end to end with the paper generator (random weights): 12 MP on CUDA, a small frame on a
+    CPU (the same code path)."""
     import numpy as np
     import torch
 
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    sys.path.insert(0, str(BENCH))
     import convert as bench  # benchmarks/convert.py
 
     from raw2rgb.model import checkpoint
@@ -134,27 +248,25 @@ def convert_12mp(device, tile: int = 2048) -> dict:
     from raw2rgb.model.train import TrainConfig
     from raw2rgb.pipeline import synth
 
+    size = (3000, 4000) if cuda else (256, 384)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cam = synth.Camera(noise=0.002)
-        dng = synth.write_dng(tmp / "frame.dng", synth.capture(synth.scene("astronaut", (3000, 4000)), cam,
+        dng = synth.write_dng(tmp / "frame.dng", synth.capture(synth.scene("astronaut", size), cam,
                                                                np.random.default_rng(0)), cam)
         cfg = TrainConfig.preset_config("paper")
         g = Generator(cfg.generator)
         init_weights(g, 0.02, torch.Generator().manual_seed(0))
         checkpoint.save(tmp / "paper.pt", {"G": g, "D": Discriminator(cfg.discriminator)}, cfg.to_json(), {})
-        out = {}
-        for t in (512, tile):
-            proc = subprocess.run([sys.executable, "-c", bench.CONVERT_SCRIPT, str(dng), str(tmp / "paper.pt"),
-                                   str(tmp / f"out{t}"), str(device), "1", str(t)], capture_output=True, text=True,
-                                  timeout=300)
-            if proc.returncode:
-                raise RuntimeError(proc.stderr[-1500:])
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
+        out = {"megapixels": size[0] * size[1] / 1e6}
+        for t in (512, 2048) if cuda else (128,):
+            stdout = check.run([*python(), "-c", bench.CONVERT_SCRIPT, str(dng), str(tmp / "paper.pt"),
+                                str(tmp / f"out{t}"), str(device), "1", str(t)], 240)
+            r = json.loads(stdout.strip().splitlines()[-1])
             out[f"tile{t}"] = {"seconds": round(r["total"], 2), "network_seconds": round(r["net"], 2),
-                               "peak_gpu_gib": round(r["gpu_peak"] / 2**30, 2),
-                               "pixels_through_network_per_frame_pixel": round(r["pixels"] / (1500 * 2000), 2),
-                               "failed": r["failed"]}
+                               "peak_gpu_gib": round(r["gpu_peak"] / 2**30, 2), "peak_rss_gib":
+                               round(r["maxrss_kb"] / 2**20, 2), "pixels_through_network_per_frame_pixel":
+                               round(r["pixels"] / (size[0] * size[1] / 4), 2), "failed": r["failed"]}
         return out
 
 
@@ -168,7 +280,7 @@ def metric_agreement(device) -> dict:
     outputs = {"noisy": (target + torch.randn(target.shape, generator=g) * 12).clamp(0, 255).round(),
                "grey": target.mean(1, keepdim=True).expand(-1, 3, -1, -1).round(),
                "clipped": torch.full_like(target, 255.0)}
-    out = {}
+    out = {"device": str(device)}
     for name, o in outputs.items():
         for fn in ("psnr", "ssim", "psnr_cc"):
             cpu = getattr(metrics, fn)(o, target)
@@ -178,63 +290,78 @@ def metric_agreement(device) -> dict:
     return out
 
 
-def ddp_smoke(cuda: bool) -> dict:
-    import numpy as np
-
-    from raw2rgb.files import write_json
-    from raw2rgb.pipeline import shards
+def torchrun_smoke(check: Check, cuda: bool) -> dict:
+    """A 1-rank process group (NCCL on a GPU) with DDP, forced by RAW2RGB_PROCESS_GROUP: a run stopped at
+    step 2, then resumed to its end."""
+    sys.path.insert(0, str(REPO))
+    from tests.model.conftest import make_shards
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        rng = np.random.default_rng(0)
-        n = 8
-        shards.write_shard(tmp / "train-00000.h5", [f"s/{i}" for i in range(n)],
-                           rng.integers(0, 65535, (n, 4, 32, 32)).astype(np.uint16),
-                           rng.integers(0, 255, (n, 3, 32, 32)).astype(np.uint8),
-                           rng.integers(0, 255, (n, 1, 32, 32)).astype(np.uint8), {"format": 1, "scale": 1})
-        write_json(tmp / "index.json", {"format": 1, "scale": 1, "crop": 32, "splits": {"train": {
-            "count": n, "shards": [{"file": "train-00000.h5", "count": n}]}}})
-        base = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_port", "29561",
-                "-m", "raw2rgb", "-q", "train", str(tmp), "-o", str(tmp / "run"), "--preset", "tiny", "--epochs",
-                "2,0", "--batch-size", "2", "--perceptual-weight", "0", "--workers", "0", "--log-every", "1",
+        make_shards(tmp / "shards", {"train": 8, "val": 0})
+        base = [*python(), "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m", "raw2rgb",
+                "-q", "train", str(tmp / "shards"), "-o", str(tmp / "run"), "--preset", "tiny", "--epochs", "2,0",
+                "--batch-size", "2", "--perceptual-weight", "0", "--workers", "0", "--log-every", "1",
                 "--device", "cuda" if cuda else "cpu"]
-        first = subprocess.run(base + ["--max-steps", "2"], capture_output=True, text=True, timeout=180)
-        second = subprocess.run(base, capture_output=True, text=True, timeout=180)
-        steps = [json.loads(line)["step"] for line in (tmp / "run" / "stats.jsonl").read_text().splitlines()
-                 if json.loads(line).get("event") == "step"]
-        return {"backend": "nccl" if cuda else "gloo", "first_rc": first.returncode, "resume_rc": second.returncode,
-                "steps": steps, "stderr": (first.stderr + second.stderr)[-800:]}
+        env = {"RAW2RGB_PROCESS_GROUP": "1"}
+        check.run(base + ["--max-steps", "2"], 180, env)
+        check.run(base, 180, env)
+        records = [json.loads(line) for line in (tmp / "run" / "stats.jsonl").read_text().splitlines()]
+        steps = [r["step"] for r in records if r.get("event") == "step"]
+        ranks = [r for r in records if r.get("event") == "ranks"]
+        ok = steps == list(range(1, 9)) and bool(ranks) and ranks[-1].get("ddp") is True
+        return {"backend": ranks[-1].get("backend") if ranks else None, "ddp": ranks[-1].get("ddp") if ranks else None,
+                "steps": steps, "resumed": steps[:2] == [1, 2] and len(steps) == 8, "ok": ok}
 
 
-def main() -> None:
+# -- the run ----------------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, default=REPO / "build" / "gpu-check.json")
-    ap.add_argument("--budget", type=float, default=420.0, help="seconds for everything")
-    args = ap.parse_args()
-    budget = Budget(args.budget)
-    results: dict = {"dependencies": ensure_dependencies()}
+    ap.add_argument("--out", type=Path, default=None, help="the JSON file (default: $OUT/gpu-check.json, else "
+                    "build/gpu-check.json)")
+    ap.add_argument("--deadline", type=float, default=DEADLINE, help="seconds for everything")
+    ap.add_argument("--only", nargs="+", default=None, help="run only these parts (by name prefix)")
+    args = ap.parse_args(argv)
+    check = Check(args.out or default_out(), args.deadline)
     sys.path.insert(0, str(REPO))
+
+    def part(name: str, need: float, fn: Callable[[], dict]) -> dict | None:
+        if args.only and not any(name.startswith(p) for p in args.only):
+            return None
+        return check.part(name, need, fn)
+
+    env = part("environment", 0, environment) or environment()
+    cuda = env.get("cuda", False)
+    if not cuda:
+        print("gpu-check: no CUDA here: CUDA parts run small on the CPU (same code paths, no GPU figures)", flush=True)
     import torch
 
-    cuda = torch.cuda.is_available()
-    results["environment"] = {"python": sys.version.split()[0], "torch": torch.__version__, "cuda": cuda,
-                              "device": torch.cuda.get_device_name(0) if cuda else None}
     device = torch.device("cuda" if cuda else "cpu")
-    if not cuda:
-        print("gpu-check: no CUDA device here; running what the CPU can (metrics, a gloo smoke run)", flush=True)
-    else:
-        step(results, "cuda_tests", budget, 60, cuda_tests)
-        step(results, "train_paper_bf16_b8", budget, 60, lambda: train_speed(device, False))
-        step(results, "train_paper_bf16_b8_no_channels_last", budget, 50, lambda: train_speed(device, False, False))
-        step(results, "inference_224", budget, 20, lambda: inference_throughput(device))
-        step(results, "convert_12mp", budget, 60, lambda: convert_12mp(device))
-    step(results, "metrics_cuda_vs_cpu" if cuda else "metrics_cpu", budget, 10, lambda: metric_agreement(device))
-    step(results, "torchrun_smoke_and_resume", budget, 60, lambda: ddp_smoke(cuda))
+    part("cuda_tests", 20, lambda: cuda_tests(check, cuda))
+    rates = []
+
+    def train(name: str, need: float, **kw) -> None:
+        r = part(name, need, lambda: train_figures(check, cuda=cuda, **kw))
+        if r and "stage1" in r:
+            rates.append(round(r["stage1"]["samples_per_s"], 1))
+
+    train("train_paper_b8", 40, preset="paper", batch=8)
+    train("train_standard_b8", 40, preset="standard", batch=8)
     if cuda:
-        step(results, "train_paper_bf16_b8_compile", budget, 150, lambda: train_speed(device, True))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1, default=str))
-    print(f"gpu-check: wrote {args.out}", flush=True)
+        train("train_paper_b8_no_channels_last", 40, preset="paper", batch=8, channels_last=False)
+        train("train_paper_largest_batch", 90, preset="paper", fit_gb=MEMORY_LIMIT_GB)
+        train("train_standard_largest_batch", 90, preset="standard", fit_gb=MEMORY_LIMIT_GB)
+    part("loader", 30, lambda: loader_rate(rates, cuda))
+    part("inference_224", 15, lambda: inference_throughput(device))
+    part("convert_12mp" if cuda else "convert_small", 40, lambda: convert_frame(check, device, cuda))
+    part("metrics", 10, lambda: metric_agreement(device))
+    part("torchrun_smoke", 40, lambda: torchrun_smoke(check, cuda))
+    train("train_paper_b8_compile", 120, preset="paper", batch=8, compile=True, want=240)
+    check.results["deadline_left_s"] = round(check.left(), 1)
+    check.write()
+    print(f"gpu-check: wrote {check.out}", flush=True)
+    return check.results
 
 
 if __name__ == "__main__":

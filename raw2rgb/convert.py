@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import tifffile
+import torch
 from PIL import Image
 
 from raw2rgb.config import JsonConfig
@@ -34,7 +35,7 @@ from raw2rgb.model import run
 from raw2rgb.model.infer import TileConfig, load_generator, needed_overlap, plan_overlap, run_tiled
 from raw2rgb.pipeline import develop, rawio
 from raw2rgb.pipeline import profile as colour_profile
-from raw2rgb.pipeline.stage import Context, Item, ItemError, Stage, StageResult, run_stage
+from raw2rgb.pipeline.stage import Context, Deferred, Item, ItemError, Stage, StageResult, run_stage
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +61,31 @@ class ConvertConfig(JsonConfig):
     zrr_levels: tuple[float, float] = rawio.ZRR_LEVELS[rawio.ZRR_DEFAULT_LEVELS]
 
 
+def depth(fmt: str) -> tuple[int, np.dtype]:
+    """The top level and sample type a format stores: 16-bit TIFF, else 8 bits."""
+    return (65535, np.dtype(np.uint16)) if fmt == "tiff16" else (255, np.dtype(np.uint8))
+
+
+def quantise(rgb: torch.Tensor, fmt: str) -> np.ndarray:
+    """(3, H, W) float in [0, 1], on any device → (H, W, 3) samples of the format's depth. Rounded where
+    the tensor is (on a GPU: 1/4 or 1/2 of the float frame's bytes cross to the host, and no
+    numpy pass over a float frame follows); the same values as :func:`write_image`'s own rounding."""
+    top, dtype = depth(fmt)
+    q = rgb.clamp(0, 1).mul_(top).round_().to(torch.uint8 if top == 255 else torch.int32)
+    return q.permute(1, 2, 0).cpu().numpy().astype(dtype, copy=False)
+
+
 def write_image(path: Path, rgb: np.ndarray, fmt: str, quality: int = 95) -> None:
-    """Write (H, W, 3) float in [0, 1] atomically as 8-bit PNG, JPEG or 16-bit TIFF."""
+    """Write (H, W, 3) atomically as 8-bit PNG, JPEG or 16-bit TIFF: float in [0, 1], or samples
+    already quantised to the format's depth (:func:`quantise`)."""
+    top, dtype = depth(fmt)
+    if rgb.dtype != dtype:
+        rgb = np.rint(np.clip(rgb, 0, 1) * top).astype(dtype)
     if fmt == "tiff16":
-        data = np.rint(np.clip(rgb, 0, 1) * 65535).astype(np.uint16)
         with atomic_path(path) as tmp:
-            tifffile.imwrite(tmp, data, photometric="rgb", metadata=None)
+            tifffile.imwrite(tmp, rgb, photometric="rgb", metadata=None)
         return
-    img = Image.fromarray(np.rint(np.clip(rgb, 0, 1) * 255).astype(np.uint8))
+    img = Image.fromarray(rgb)
     with atomic_path(path) as tmp:
         if fmt == "jpg":
             img.save(tmp, format="JPEG", quality=quality, subsampling=0)
@@ -121,20 +139,26 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
         tiles = TileConfig(tile=cfg.tile, overlap=cfg.overlap, stats_pixels=cfg.stats_pixels,
                            batch=4 if device.type == "cuda" else 1)
         colour = develop.frame_colour(packed, frame.wb_gains, frame.cam_to_rgb)
-        out = run_tiled(g, packed, tiles, device, colour=colour)
-        rgb = develop.orient(out.permute(1, 2, 0).cpu().numpy(), frame.orientation)
+        rgb = develop.orient(quantise(run_tiled(g, packed, tiles, device, colour=colour), cfg.format),
+                             frame.orientation)
         cameras = meta.get("cameras") or []
         if cameras and info["camera"] not in cameras:
             info["warning"] = (f"{src}: taken with {info['camera']}, the model was trained on {', '.join(cameras)}; "
                                "colours may be off (see docs/troubleshooting.md)")
             log.warning("%s", info["warning"])
     name = f"{item.key}{FORMATS[cfg.format]}"
-    write_image(ctx.out_dir / name, np.ascontiguousarray(rgb), cfg.format, cfg.quality)
     info["shape"] = list(rgb.shape)
-    return [name], info
+
+    def write() -> tuple[list[str], dict]:
+        write_image(ctx.out_dir / name, np.ascontiguousarray(rgb), cfg.format, cfg.quality)
+        return [name], info
+
+    # the encoding (single-threaded PNG/TIFF, seconds for a large frame) runs on the stage's writer
+    # thread while the next file is read and converted; the item is journalled once it is written
+    return Deferred(write)
 
 
-CONVERT = Stage("convert", 1, convert_item, keeps_others=True)
+CONVERT = Stage("convert", 1, convert_item, deferred=True, keeps_others=True)
 
 
 def resolve(method: str | None, checkpoint: os.PathLike | str | None, profile: os.PathLike | str | None = None,

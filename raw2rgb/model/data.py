@@ -174,7 +174,7 @@ def to_model(batch: dict[str, Any], device: torch.device | str | None = None,
             skip or repeat the 2x − 1 mapping without a sign.
     """
     out = {k: v.to(device, non_blocking=non_blocking) if device is not None and torch.is_tensor(v) else v
-           for k, v in batch.items()}  # the colour (float) goes as it is
+           for k, v in batch.items() if k not in STORED}  # the colour (float) goes as it is
     for key, (dtype, top, lo) in STORED.items():
         x = batch[key]
         if x.dtype != dtype:

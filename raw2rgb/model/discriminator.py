@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raw2rgb.config import JsonConfig
-from raw2rgb.model.generator import conv
+from raw2rgb.model.generator import ReflectPad, conv
 
 PAPER_PARAMETERS = 8_151_488
 
@@ -33,7 +33,7 @@ class _Pad1(nn.Module):
     def __init__(self, cin: int, cout: int, norm: bool, act: bool) -> None:
         super().__init__()
         self.body = conv(cin, cout, 4, norm=norm, act=act)
-        self.body[0] = nn.ReflectionPad2d(1)
+        self.body[0] = ReflectPad(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

@@ -101,12 +101,35 @@ class FrameNorm(nn.Module):
         return mean, var
 
 
+def reflect_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Reflection padding by ``pad`` on every side, as ``F.pad(mode="reflect")``, written with slices:
+    the output keeps the input's memory format (``nn.ReflectionPad2d`` returns contiguous NCHW, so
+    a channels_last network converted layouts around every conv) and the backward is slicing
+    rather than the reflection kernel's atomic adds."""
+    x = torch.cat([x[:, :, 1 : pad + 1].flip(2), x, x[:, :, -pad - 1 : -1].flip(2)], dim=2)
+    return torch.cat([x[..., 1 : pad + 1].flip(3), x, x[..., -pad - 1 : -1].flip(3)], dim=3)
+
+
+class ReflectPad(nn.Module):
+    """:func:`reflect_pad` as a layer (no state: checkpoints of ``nn.ReflectionPad2d`` networks load)."""
+
+    def __init__(self, pad: int) -> None:
+        super().__init__()
+        self.pad = pad
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return reflect_pad(x, self.pad)
+
+    def extra_repr(self) -> str:
+        return str(self.pad)
+
+
 def conv(cin: int, cout: int, k: int, stride: int = 1, norm: bool = True, act: bool = True) -> nn.Sequential:
     """Reflection pad → spectral-norm conv (no bias) → [FrameNorm] → [LeakyReLU 0.2].
 
     Padding keeps the size at stride 1 and halves it at stride 2 (k = 4, pad 1)."""
     pad = (k - 1) // 2 if stride == 1 else (k - stride) // 2
-    layers: list[nn.Module] = [nn.ReflectionPad2d(pad) if pad else nn.Identity(),
+    layers: list[nn.Module] = [ReflectPad(pad) if pad else nn.Identity(),
                                parametrizations.spectral_norm(nn.Conv2d(cin, cout, k, stride, bias=False))]
     if norm:
         layers.append(FrameNorm())

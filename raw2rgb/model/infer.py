@@ -150,25 +150,32 @@ def _masks(tiles: list[_Tile], th: int, tw: int, device: torch.device) -> torch.
     return m
 
 
-def _even_sample(items: list, k: int) -> list:
-    if k >= len(items):
-        return items
-    idx = np.linspace(0, len(items) - 1, max(1, k)).round().astype(int)
-    return [items[i] for i in sorted(set(idx.tolist()))]
+STATS_WINDOWS = 16  # at least this many windows in a sampled statistics pass, spread over the whole frame
+
+
+def _spread(size: int, window: int, n: int) -> list[int]:
+    """``n`` starts of ``window``-wide spans over ``size`` (both multiples of 8), multiples of 8, the first
+    at 0 and the last ending at the edge, evenly spaced and not overlapping (rounding down keeps
+    starts at least ``window`` apart)."""
+    n = max(1, min(n, size // window))
+    return sorted({int(v) // 8 * 8 for v in np.linspace(0, size - window, n)})
 
 
 def stats_plan(plan: list[_Tile], hh: int, ww: int, th: int, tw: int, budget: int) -> tuple[list[_Tile], int, int]:
     """The tiles of the statistics pass and their size: every tile of ``plan`` when they fit the
-    budget; else small tiles (a quarter of the area, at least 64²) that partition the frame,
-    sampled evenly to fit — many small windows spread over the frame estimate its statistics
-    better than a few large ones."""
+    budget; else square windows small enough that at least :data:`STATS_WINDOWS` fit the budget
+    (64² at the least, half a tile at the most), on a grid shaped like the frame whose first and
+    last rows and columns touch its edges — many small windows spread over the whole frame
+    estimate its statistics better than a few large ones, and none of its parts is left out."""
     if len(plan) * th * tw <= budget:
         return plan, th, tw
-    sh, sw = max(64, th // 2 // 8 * 8), max(64, tw // 2 // 8 * 8)
-    sh, sw = min(sh, hh), min(sw, ww)
-    grid = [_Tile(y, x, (0, sh, 0, sw), (False,) * 4) for y in range(0, hh - sh + 1, sh)
-            for x in range(0, ww - sw + 1, sw)]
-    return _even_sample(grid, budget // (sh * sw)), sh, sw
+    side = int(math.isqrt(max(1, budget // STATS_WINDOWS))) // 8 * 8
+    side = min(max(64, side), max(64, min(th, tw) // 2 // 8 * 8), hh // 8 * 8, ww // 8 * 8)
+    k = max(1, budget // (side * side))
+    ny = max(1, min(hh // side, round(math.sqrt(k * hh / ww))))
+    nx = max(1, min(ww // side, k // ny))
+    ys, xs = _spread(hh, side, ny), _spread(ww, side, nx)
+    return [_Tile(y, x, (0, side, 0, side), (False,) * 4) for y in ys for x in xs], side, side
 
 
 # -- how much overlap a model needs -------------------------------------------------------------------

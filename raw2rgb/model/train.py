@@ -175,10 +175,11 @@ def update_ema(ema: nn.Module, net: nn.Module, decay: float, step: int) -> None:
     the first steps (d = min(decay, (1 + step) / (10 + step))), so that the average starts as the
     network rather than its initialisation."""
     d = min(decay, (1 + step) / (10 + step))
-    for e, p in zip(ema.parameters(), net.parameters()):
-        e.lerp_(p.detach(), 1 - d)
-    for e, b in zip(ema.buffers(), net.buffers()):
-        e.copy_(b)
+    # one multi-tensor kernel per list, not one launch per parameter
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in net.parameters()], 1 - d)
+    buffers = list(ema.buffers())
+    if buffers:
+        torch._foreach_copy_(buffers, list(net.buffers()))
 
 
 def _set_requires_grad(net: nn.Module, flag: bool) -> None:
@@ -209,7 +210,12 @@ def train_step(nets: Nets, opts: dict[str, Any], batch: dict[str, torch.Tensor],
         terms["rgb"] = losses.l1(rgb.float(), y)
         terms["attention"] = losses.attention(rgb.float(), sal.float(), y, s)
         if stage == 2:
-            terms["adversarial"] = losses.lsgan_g(nets.D(x, rgb))  # plain D: no DDP sync for this pass
+            # plain D (no DDP sync for this pass) in eval mode: its spectral norms reuse this step's
+            # power iteration (run in the D step) instead of iterating a second time; D has no other
+            # train/eval difference (InstanceNorm without running statistics)
+            nets.D.eval()
+            terms["adversarial"] = losses.lsgan_g(nets.D(x, rgb))
+            nets.D.train()
             if nets.perceptual is not None:
                 terms["perceptual"] = nets.perceptual(rgb, y)
         total = losses.weighted_total({k: v for k, v in terms.items() if k != "d"}, weights)
@@ -289,13 +295,13 @@ def _build(cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, need
     init_weights(D, cfg.init_std, gen)
     if prior is not None:
         G.prior.set_profile(prior)
+    fmt = torch.channels_last if rt.channels_last and device.type == "cuda" else torch.contiguous_format
     perceptual = None
     if need_vgg:
-        perceptual = losses.Perceptual(losses.load_vgg_features(rt.vgg_weights)).to(device)
-    fmt = torch.channels_last if rt.channels_last and device.type == "cuda" else torch.contiguous_format
+        perceptual = losses.Perceptual(losses.load_vgg_features(rt.vgg_weights)).to(device, memory_format=fmt)
     G, D = G.to(device, memory_format=fmt), D.to(device, memory_format=fmt)
     g_train, d_train = G, D
-    if dist.world > 1:
+    if dist.grouped:
         ids = [device.index] if device.type == "cuda" else None
         g_train, d_train = DistributedDataParallel(G, device_ids=ids), DistributedDataParallel(D, device_ids=ids)
     if rt.compile:
@@ -309,8 +315,9 @@ def _optimisers(nets: Nets, cfg: TrainConfig, stage: int, scaler_on: bool) -> di
     (the paper), or a cosine from the stage's rate to 1 % of it at the stage's end — the weights a
     short run ends with are then not one noisy step of a high rate."""
     lr_g = cfg.lr_stage1 if stage == 1 else cfg.lr_g
-    opt_g = torch.optim.Adam(nets.G.parameters(), lr=lr_g, betas=cfg.betas)
-    opt_d = torch.optim.Adam(nets.D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
+    fused = next(nets.G.parameters()).is_cuda  # one kernel for the whole update (CUDA only)
+    opt_g = torch.optim.Adam(nets.G.parameters(), lr=lr_g, betas=cfg.betas, fused=fused)
+    opt_d = torch.optim.Adam(nets.D.parameters(), lr=cfg.lr_d, betas=cfg.betas, fused=fused)
     if cfg.lr_decay not in LR_DECAYS:
         raise TrainError(f"unknown lr_decay {cfg.lr_decay!r} ({', '.join(LR_DECAYS)})")
     if cfg.lr_decay == "cosine":
@@ -428,6 +435,7 @@ class _StopRequest:
 
 
 INTERRUPTED = "interrupted"  # why an epoch stopped early: a signal, on this or another rank
+AGREE_EVERY = 8  # steps between the ranks' stop agreements (each one waits for the GPU)
 
 
 @dataclass
@@ -533,8 +541,13 @@ class _Loop:
                     self.snapshot()
                 if on_step is not None:
                     on_step(progress.step)
-                # -- stop early (decided by all ranks together)
-                stopping = distributed.agree(stop.requested, dist, self.device)
+                # -- stop early (decided by all ranks together; under a process group every
+                # AGREE_EVERY steps and at the epoch's last batch, since agreeing waits for the GPU)
+                stopping = stop.requested
+                if dist.grouped:
+                    last = progress.batch == len(batches)
+                    stopping = (distributed.agree(stopping, dist, self.device)
+                                if last or progress.step % AGREE_EVERY == 0 else False)
                 if stopping or (rt.max_steps is not None and progress.step >= rt.max_steps):
                     self.snapshot()
                     return INTERRUPTED if stopping else f"reached --max-steps {rt.max_steps}"
@@ -608,11 +621,14 @@ class _Loop:
 
     def compare_ranks(self) -> None:
         """Under DDP every process must end with the same weights; record their digests."""
-        if self.dist.world == 1:
+        if not self.dist.grouped:
             return
         digest = distributed.weights_digest(self.nets.G) + ":" + distributed.weights_digest(self.nets.D)
         digests = distributed.gather(digest, self.dist)
-        self.stats.write({"step": self.progress.step, "event": "ranks", "weights_sha256": digests})
+        self.stats.write({"step": self.progress.step, "event": "ranks", "backend": self.dist.backend,
+                          "ddp": isinstance(getattr(self.nets.g_train, "_orig_mod", self.nets.g_train),
+                                            DistributedDataParallel),
+                          "weights_sha256": digests})
         if len(set(digests)) != 1:
             raise TrainError(f"the {self.dist.world} processes ended with different weights: {digests}")
 
@@ -652,7 +668,7 @@ def train(dataset: os.PathLike | str, run_dir: os.PathLike | str, cfg: TrainConf
 
 def _train(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, force: bool,
            on_step: Callable[[int], None] | None, progress_bar) -> TrainResult:
-    device = _device_policy(device, dist)
+    device = device_policy(device, dist)
     set_up = _set_up(root, run_dir, cfg, rt, device, dist, force)
     if isinstance(set_up, TrainResult):
         return set_up
@@ -680,10 +696,10 @@ def _train(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: tor
                        f"{run_dir}: stage {stages[-1]} finished at step {loop.progress.step}", loop.last_val)
 
 
-def _device_policy(device: torch.device, dist: Dist) -> torch.device:
+def device_policy(device: torch.device, dist: Dist) -> torch.device:
     """This process's device (its own GPU under DDP) and the CUDA kernel policy."""
     if device.type == "cuda":
-        if dist.world > 1:
+        if dist.grouped:
             device = torch.device("cuda", dist.local_rank)
             torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed patch sizes: pick the fastest kernels once

@@ -37,3 +37,13 @@ def test_cuda_conversion_agrees_with_the_cpu(preset):
     gpu = run_tiled(g.cuda(), x, TileConfig(tile=96, overlap=32), "cuda", colour=COLOUR).cpu()  # bf16
     assert float((gpu - cpu).abs().mean()) * 255 < 2.0
     assert len(np.unique(np.rint(gpu.numpy() * 65535))) > 8000  # 16-bit output, not bf16 levels
+
+
+def test_adam_is_fused_on_cuda():
+    from raw2rgb.model.distributed import Dist
+    from raw2rgb.model.train import _build, _optimisers
+
+    cfg = tiny_config()
+    nets = _build(cfg, Runtime(device="cuda"), torch.device("cuda"), Dist(), False, None)
+    opts = _optimisers(nets, cfg, 2, scaler_on=False)
+    assert opts["opt_G"].defaults["fused"] and opts["opt_D"].defaults["fused"]

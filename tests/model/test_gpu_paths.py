@@ -168,8 +168,10 @@ def test_ranks_agree_on_a_stop_that_one_of_them_sees_late(tiny_shards, tmp_path)
            str(script), str(tiny_shards), str(tmp_path / "run")]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "rank 0 stopped at 2" in proc.stdout and "rank 1 stopped at 2" in proc.stdout
-    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "latest.pt")["progress"]["step"] == 2
+    # the ranks agree every AGREE_EVERY steps and at an epoch's last batch (4 steps an epoch here):
+    # both stop at step 4, together, with a checkpoint
+    assert "rank 0 stopped at 4" in proc.stdout and "rank 1 stopped at 4" in proc.stdout
+    assert checkpoint.load(tmp_path / "run" / "checkpoints" / "latest.pt")["progress"]["step"] == 4
 
 
 # 9. resuming with another precision or process count
@@ -220,3 +222,129 @@ def test_any_tile_with_the_default_overlap_matches_one_tile(which, paper_g):
         tiled = run_tiled(g, packed, TileConfig(tile=t, overlap=o), colour=colour)
         assert float((tiled - one).abs().mean()) * 255 < 2.0, (tile, t, o)
     assert dataclasses.replace(TileConfig(), overlap=need).overlap == need
+
+
+# the performance paths: each the same numbers as the form it replaced
+
+@pytest.mark.parametrize("pad", [1, 2, 3])
+def test_reflect_pad_by_slices_equals_reflection_padding_and_keeps_channels_last(pad):
+    from raw2rgb.model.generator import reflect_pad
+
+    x = torch.randn(2, 5, 9, 11, generator=torch.Generator().manual_seed(pad)).requires_grad_(True)
+    ours, theirs = reflect_pad(x, pad), F.pad(x, (pad,) * 4, mode="reflect")
+    assert torch.equal(ours, theirs)
+    g1, = torch.autograd.grad((ours * torch.arange(ours.numel()).reshape(ours.shape)).sum(), x)
+    g2, = torch.autograd.grad((theirs * torch.arange(theirs.numel()).reshape(theirs.shape)).sum(), x)
+    assert torch.equal(g1, g2)
+    cl = x.detach().contiguous(memory_format=torch.channels_last)
+    assert reflect_pad(cl, pad).is_contiguous(memory_format=torch.channels_last)
+
+
+def test_no_reflection_pad_layer_is_left_in_the_networks():
+    from raw2rgb.model.discriminator import Discriminator
+
+    for net in (Generator(PRESETS["paper"]), Discriminator()):
+        assert not any(isinstance(m, torch.nn.ReflectionPad2d) for m in net.modules())
+
+
+def test_moving_average_by_multi_tensor_lerp_equals_the_formula():
+    from raw2rgb.model.train import update_ema
+
+    net, ema = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        net.weight.copy_(torch.tensor([1.0, 2.0, 3.0]))
+        ema.weight.copy_(torch.tensor([0.0, 0.0, 0.0]))
+        net.running_mean.copy_(torch.tensor([5.0, 6.0, 7.0]))
+    update_ema(ema, net, decay=0.5, step=100)  # d = min(0.5, 101/110) = 0.5
+    assert ema.weight.tolist() == [0.5, 1.0, 1.5] and ema.running_mean.tolist() == [5.0, 6.0, 7.0]
+    update_ema(ema, net, decay=0.999, step=0)  # d = 1/10
+    assert torch.allclose(ema.weight, torch.tensor([0.95, 1.9, 2.85]))
+
+
+def test_to_model_copies_each_stored_tensor_once(monkeypatch):
+    from raw2rgb.model.data import to_model
+
+    batch = {"raw": torch.zeros(1, 4, 8, 8, dtype=torch.uint16), "rgb": torch.zeros(1, 3, 8, 8, dtype=torch.uint8),
+             "saliency": torch.zeros(1, 1, 8, 8, dtype=torch.uint8), "colour": torch.zeros(1, 12)}
+    moved = []
+    real = torch.Tensor.to
+
+    def to(self, *a, **kw):
+        if a and isinstance(a[0], (str, torch.device)) or "device" in kw:
+            moved.append(self.dtype)
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(torch.Tensor, "to", to)
+    to_model(batch, "cpu")
+    assert sorted(map(str, moved)) == sorted(map(str, [torch.uint16, torch.uint8, torch.uint8, torch.float32]))
+
+
+def test_the_discriminator_iterates_its_spectral_norms_once_per_gan_step(tiny_shards, monkeypatch):
+    from torch.nn.utils import parametrizations
+
+    from raw2rgb.model.train import _optimisers, train_step
+
+    cfg = tiny_config()
+    nets = _build(cfg, Runtime(), torch.device("cpu"), Dist(), False, None)
+    opts = _optimisers(nets, cfg, 2, scaler_on=False)
+    assert not opts["opt_G"].defaults["fused"]  # fused Adam is for CUDA (test_cuda.py checks it there)
+    d_norms = {id(m) for m in nets.D.modules() if isinstance(m, parametrizations._SpectralNorm)}
+    calls = []
+    real = parametrizations._SpectralNorm._power_method
+    monkeypatch.setattr(parametrizations._SpectralNorm, "_power_method",
+                        lambda self, *a: (calls.append(id(self)), real(self, *a))[1])
+    s = 32
+    batch = {"raw": torch.rand(2, 4, s, s) * 2 - 1, "rgb": torch.rand(2, 3, s, s) * 2 - 1,
+             "saliency": torch.rand(2, 1, s, s), "colour": torch.from_numpy(np.stack([COLOUR] * 2))}
+    amp = torch.autocast("cpu", enabled=False)
+    train_step(nets, opts, batch, 2, cfg.weights, amp)
+    d_calls = [c for c in calls if c in d_norms]
+    assert len(d_calls) == len(d_norms) and nets.D.training  # once each; D left in training mode
+
+
+@pytest.mark.parametrize("fmt,top,dtype", [("png", 255, np.uint8), ("tiff16", 65535, np.uint16)])
+def test_quantising_on_the_device_gives_the_levels_write_image_would(fmt, top, dtype):
+    from raw2rgb.convert import quantise
+
+    rgb = torch.rand(3, 17, 23, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.1
+    rgb[0, 0, :4] = torch.tensor([0.5 / top, 1.5 / top, 2.5 / top, 1.0])  # ties round to even, as np.rint
+    q = quantise(rgb, fmt)
+    expected = np.rint(np.clip(rgb.permute(1, 2, 0).numpy(), 0, 1) * top).astype(dtype)
+    assert q.dtype == dtype and q.shape == (17, 23, 3) and np.array_equal(q, expected)
+
+
+@pytest.mark.parametrize("tile", [256, 512, 1024, 2048])
+def test_sampled_statistics_windows_reach_every_edge_of_a_12_mp_frame(tile):
+    hh, ww = 1504, 2000  # a 12-MP frame, packed
+    th, tw = min(tile, hh), min(tile, ww)
+    plan = infer.plan_tiles(hh, ww, th, tw, 64)
+    sample, sh, sw = infer.stats_plan(plan, hh, ww, th, tw, 1 << 20)
+    assert sample is not plan and len(sample) >= infer.STATS_WINDOWS - 1
+    assert len(sample) * sh * sw <= 1 << 20
+    assert min(t.y for t in sample) == 0 and max(t.y for t in sample) + sh == hh
+    assert min(t.x for t in sample) == 0 and max(t.x for t in sample) + sw == ww
+    cells = sorted((t.y, t.x) for t in sample)
+    assert all(not (abs(a[0] - b[0]) < sh and abs(a[1] - b[1]) < sw) for a, b in zip(cells, cells[1:]))
+
+
+def test_sampled_statistics_see_a_bottom_right_quarter_that_differs(paper_g):
+    """A frame dark but for its bottom-right quarter, one tile larger than the statistics budget: the
+    sampled statistics (first normalisation layer: the frame's own levels) match a pass over the
+    whole frame. One window at the top-left, as a budget of one tile-half window gave, saw only the
+    dark part."""
+    from raw2rgb.model.generator import norms
+
+    packed = np.full((4, 512, 640), 0.1, np.float32)
+    packed[:, 256:, 320:] = 0.9
+    packed += np.random.default_rng(0).normal(0, 0.02, packed.shape).astype(np.float32)
+
+    def first_layer_mean(stats_pixels: int) -> torch.Tensor:
+        run_tiled(paper_g, packed, TileConfig(tile=1024, overlap=0, stats_pixels=stats_pixels))
+        return norms(paper_g)[0].mean.clone()
+
+    whole, sampled = first_layer_mean(1 << 20), first_layer_mean(1 << 16)  # 512 × 640 = 327,680 pixels
+    dark = packed[:, :256, :320].copy()
+    run_tiled(paper_g, dark, TileConfig(tile=1024, overlap=0, stats_pixels=1 << 20))
+    top_left = norms(paper_g)[0].mean.clone()
+    err, control = float((sampled - whole).abs().mean()), float((top_left - whole).abs().mean())
+    assert err < 0.1 * control, (err, control)
