@@ -3,9 +3,9 @@
 torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; raw2rgb then uses NCCL on GPUs and gloo on the
 CPU. One process makes no process group, unless ``RAW2RGB_PROCESS_GROUP=1`` asks for one: then a
 1-rank group and DDP run exactly as with several (NCCL start-up, the reducer, the agreed flags, the
-barrier and the teardown), which is how one GPU rehearses a multi-GPU run. Every decision that ends or changes the loop (a stop request, a NaN loss) is agreed across
-ranks before anyone acts on it: a rank that stops alone leaves the others waiting in an
-all-reduce forever.
+barrier and the teardown), which is how one GPU rehearses a multi-GPU run. Every decision that
+ends or changes the loop (a stop request, a NaN loss) is agreed across ranks before anyone acts
+on it: a rank that stops alone leaves the others waiting in an all-reduce forever.
 """
 
 from __future__ import annotations
