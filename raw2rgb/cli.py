@@ -25,7 +25,7 @@ from raw2rgb.model import report as rep
 from raw2rgb.model import train as tr
 from raw2rgb.model.data import describe
 from raw2rgb.pipeline import profile as colour_profile
-from raw2rgb.pipeline import rawio, stage
+from raw2rgb.pipeline import rawio, stage, whitebalance
 from raw2rgb.pipeline import shards as shard_stage
 from raw2rgb.pipeline import synth as virtual_camera
 from raw2rgb.pipeline import unpack as unpack_stage
@@ -692,8 +692,12 @@ def profile() -> None:
                    "compares them).")
 @click.option("--lut-size", type=click.IntRange(min=2, max=33), default=colour_profile.DEFAULT_LUT_SIZE,
               metavar="N", help="lut: nodes per axis.")
+@click.option("--white-balance", type=click.Choice(list(whitebalance.RULES)), default=whitebalance.DEFAULT_RULE,
+              show_default=True, help="For RAW files without a white balance (ZRR mosaics): dataset (one grey world "
+                                      "over the train split) or frame-* (an estimate over each whole frame); recorded "
+                                      "in the profile, which convert and evaluate follow (docs/training.md).")
 @user_errors
-def profile_fit(dataset, out, split, model, lut_size) -> None:
+def profile_fit(dataset, out, split, model, lut_size, white_balance) -> None:
     """Fit a colour profile on a split of a prepared DATASET and save it as JSON.
 
     Each patch is rendered by the classical pipeline with its RAW file's white balance and colour
@@ -706,11 +710,11 @@ def profile_fit(dataset, out, split, model, lut_size) -> None:
       raw2rgb profile fit ds/ -o look.json
       raw2rgb convert shoot/ -o out/ --profile look.json
     """
-    fitted = colour_profile.fit_dataset(dataset, split, model, lut_size)
+    fitted = colour_profile.fit_dataset(dataset, split, model, lut_size, white_balance_rule=white_balance)
     colour_profile.save(fitted, out)
     click.echo(f"wrote {out}: {fitted.model} profile, scale {fitted.scale}, {fitted.fitted_on['samples']} samples "
                f"of {split}, fit PSNR {fitted.fitted_on['fit_psnr']:.2f} dB, cameras: "
-               f"{', '.join(fitted.cameras) or 'unknown'}", err=True)
+               f"{', '.join(fitted.cameras) or 'unknown'}, white balance: {fitted.white_balance.describe()}", err=True)
 
 
 # -- export ---------------------------------------------------------------------------------------

@@ -200,7 +200,8 @@ def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progr
     if "shards" in wanted and "saliency" in stages:  # training shards per split, with offline augmentation
         samples, owners = shards.samples_from(out / "patches", out / "saliency", splits)
         stages["shards"] = shards.build(
-            samples, owners, out / "shards", scale=cfg.scale, copies=cfg.copies, crop=cfg.crop, seed=cfg.seed,
+            samples, owners, out / "shards", shards.frames_of(out / "unpack"), scale=cfg.scale, copies=cfg.copies,
+            crop=cfg.crop, seed=cfg.seed,
             saliency_method=stages["saliency"].manifest.params["method"], jobs=cfg.jobs,
             force="shards" in force, progress=progress)
 

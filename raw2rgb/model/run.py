@@ -1,6 +1,6 @@
 """The RUN folder of a training run: its file names, its identity, its statistics and its lock.
 
-    RUN/config.json        the TrainConfig and the dataset's key: what the run is
+    RUN/config.json        the TrainConfig, the dataset's key and its colour source: what the run is
     RUN/stats.jsonl        one JSON object per logged step, per epoch (validation) and per event
     RUN/log.txt            the log
     RUN/checkpoints/       latest.pt (resume), stage1.pt, final.pt (the model to use)
@@ -8,10 +8,10 @@
     RUN/tensorboard/       the same scalars for TensorBoard
     RUN/profile.json       the colour prior's profile, fitted on the train split (recommended presets)
 
-A run is keyed on its config and its dataset's key: the same command on a finished run does
-nothing, on an interrupted one resumes; another config or changed shards are refused unless the
-run is started over (``force``), which removes only what a run writes, and only in a folder that
-holds a run.
+A run is keyed on its config, its dataset's key and where its data's colour comes from: the same
+command on a finished run does nothing, on an interrupted one resumes; another config, changed
+shards or another colour source are refused unless the run is started over (``force``), which
+removes only what a run writes, and only in a folder that holds a run.
 """
 
 from __future__ import annotations
@@ -81,6 +81,15 @@ def read_identity(run_dir: os.PathLike | str) -> dict[str, Any]:
         raise RunError(f"{path}: unreadable; use --force to start this run over") from None
 
 
+def colour_words(colour: dict[str, Any] | None) -> str:
+    """A run identity's colour source in words."""
+    if not isinstance(colour, dict):
+        return "the unpack sidecars beside the shards (an older raw2rgb)"
+    gains = colour.get("dataset_gains")
+    return (f"{colour.get('stored')}, {colour.get('as_shot')} of {colour.get('samples')} samples with an as-shot white "
+            f"balance" + ("" if gains is None else ", dataset gains " + ", ".join(f"{g:.3f}" for g in gains)))
+
+
 def holds_run(run_dir: Path) -> bool:
     return (run_dir / CONFIG).is_file()
 
@@ -107,6 +116,10 @@ def open_run(run_dir: Path, identity: dict[str, Any], force: bool) -> None:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise RunError(f"{run_dir} holds a run with another config (differs in {', '.join(diff)}); "
                            "use --force to start over, or another -o")
+        if saved.get("colour") != identity.get("colour"):
+            raise RunError(f"{run_dir} was trained on colour from {colour_words(saved.get('colour'))}, this data's "
+                           f"comes from {colour_words(identity.get('colour'))}; resume on the data it was trained on, "
+                           "or use --force to start over")
         if saved.get("dataset_key") != identity["dataset_key"]:
             raise RunError(f"{run_dir} was trained on other shards (the dataset changed since); use --force "
                            "to start over, or another -o")

@@ -42,10 +42,11 @@ from raw2rgb.model.evaluate import score, summarise
 from raw2rgb.model.generator import PRESETS as G_PRESETS
 from raw2rgb.model.generator import Generator, GeneratorConfig, init_weights
 from raw2rgb.model.pictures import grid_rows, save_png
+from raw2rgb.model.prior import model_white_balance
 from raw2rgb.pipeline import profile as colour_profile
-from raw2rgb.pipeline.shards import dataset_key, read_index, shards_root, split_count
+from raw2rgb.pipeline import whitebalance
+from raw2rgb.pipeline.shards import cameras, colour_source, dataset_key, read_index, shards_root, split_count
 from raw2rgb.pipeline.shards import validate as validate_shards
-from raw2rgb.pipeline.unpack import camera_name, read_sidecars
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class TrainConfig(JsonConfig):
     crop: int | None = None  # random crop of the training patches (packed pixels)
     augment: bool = True  # Bayer-safe geometry on the fly (model/data.py)
     seed: int = 0
+    # where a RAW file has no white balance: pipeline/whitebalance.py (the prior's profile is fitted with it)
+    white_balance: str = whitebalance.DEFAULT_RULE
 
     @classmethod
     def preset_config(cls, name: str, **overrides: Any) -> TrainConfig:
@@ -360,7 +363,8 @@ def _fit_prior(root: Path, run_dir: Path, cfg: TrainConfig, dist: Dist) -> colou
     if run.checkpoint(run_dir).is_file() and (run_dir / run.PROFILE).is_file():
         return None
     t0 = time.perf_counter()
-    prior = colour_profile.fit_dataset(root, "train", cfg.generator.prior_model)
+    prior = colour_profile.fit_dataset(root, "train", cfg.generator.prior_model,
+                                       white_balance_rule=cfg.white_balance)
     if dist.main:
         colour_profile.save(prior, run_dir / run.PROFILE)
         log.info("colour prior: a %s profile fitted on %d train pixels in %.1f s (train PSNR %.2f dB)", prior.model,
@@ -378,10 +382,12 @@ def _finished(progress: Progress, stages: tuple[int, ...], cfg: TrainConfig, rt:
     return None
 
 
-def _datasets(root: Path, cfg: TrainConfig, dist: Dist) -> tuple[ShardDataset, ShardDataset | None]:
-    train_set = ShardDataset(root, "train", augment=cfg.augment, crop=cfg.crop, seed=cfg.seed, compact=True)
+def _datasets(root: Path, cfg: TrainConfig, dist: Dist, wb: whitebalance.WhiteBalance | str
+              ) -> tuple[ShardDataset, ShardDataset | None]:
+    train_set = ShardDataset(root, "train", augment=cfg.augment, crop=cfg.crop, seed=cfg.seed, compact=True,
+                             white_balance=wb)
     index = read_index(root)
-    val_set = ShardDataset(root, "val", compact=True) if split_count(index, "val") else None
+    val_set = ShardDataset(root, "val", compact=True, white_balance=wb) if split_count(index, "val") else None
     if val_set is None and dist.main:
         log.warning("%s: no val split; no validation (prepare with --split giving val a share)", root)
     return train_set, val_set
@@ -618,9 +624,9 @@ class _Loop:
 
 
 def dataset_cameras(root: Path) -> list[str]:
-    """The cameras ("make model") of a prepare DATASET's RAW files (none for a bare shards folder);
-    convert warns when a file comes from another camera."""
-    return sorted({camera_name(frame) for frame in read_sidecars(root).values()} - {""})
+    """The cameras ("make model") of a shards folder's RAW files, as the shards record them; convert
+    warns when a file comes from another camera."""
+    return cameras(root)
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -697,7 +703,7 @@ def _set_up(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: to
     """Dataset, RUN folder, networks and the resumed state; a TrainResult when nothing is left to do."""
     index = _check_dataset(root, cfg)
     identity = {"format": checkpoint.FORMAT, "config": cfg.to_json(), "dataset": str(root),
-                "dataset_key": dataset_key(root)}
+                "dataset_key": dataset_key(root), "colour": colour_source(root, index)}
     if dist.main:
         run.open_run(run_dir, identity, force)
     distributed.barrier(dist)
@@ -715,7 +721,10 @@ def _set_up(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: to
         return TrainResult(run_dir, 0, progress.step, True, f"{run_dir}: {done}; nothing to do")
     amp = torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
                          enabled=precision != "fp32")
-    train_set, val_set = _datasets(root, cfg, dist)
+    # the colour of files without a white balance: the prior's rule and gains (restored with a resumed
+    # checkpoint), else the config's rule on this data
+    wb = model_white_balance(nets.G) if nets.G.prior is not None else cfg.white_balance
+    train_set, val_set = _datasets(root, cfg, dist, wb)
     loop = _Loop(root, run_dir, cfg, rt, device, dist, precision, nets, opts, progress,
                  run.Stats(run_dir, progress.stats_lines, dist.main), amp, dataset_cameras(root))
     if dist.main:

@@ -51,9 +51,9 @@ def test_the_json_round_trips(tmp_path):
 
 @pytest.mark.parametrize("content,reason", [(b"{not json", "not a readable profile"),
                                             (b'{"kind": "other"}', "not a raw2rgb colour profile"),
-                                            (b'{"kind": "raw2rgb-profile", "format": 1, "model": "poly3", '
+                                            (b'{"kind": "raw2rgb-profile", "format": 2, "model": "poly3", '
                                              b'"coefficients": [[1, 2, 3]]}', "malformed profile"),
-                                            (b'{"kind": "raw2rgb-profile", "format": 1, "model": "poly3", '
+                                            (b'{"kind": "raw2rgb-profile", "format": 2, "model": "poly3", '
                                              b'"coefficients": 7}', "malformed profile")])
 def test_a_corrupt_profile_is_refused_naming_the_file(tmp_path, content, reason):
     (tmp_path / "bad.json").write_bytes(content)
