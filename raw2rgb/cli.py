@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import sys
 from inspect import cleandoc
@@ -14,7 +15,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from raw2rgb import __version__, files
+from raw2rgb import __version__, config, files
 from raw2rgb import convert as conv
 from raw2rgb import prepare as prep
 from raw2rgb.errors import ConfigError, UserError, environment_message, one_line
@@ -80,9 +81,25 @@ def user_errors(fn):
 
 # -- options every command shares, one default each -------------------------------------------------
 
+def output_path(folder: bool):
+    """A click callback for an output path: ``files.check_output``, the one check behind every
+    command's ``-o`` (a path under a file, a file where a folder goes or the reverse), as one line."""
+
+    def check(ctx, param, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                files.check_output(value, folder)
+            except UserError as e:
+                raise click.ClickException(f"{param.opts[0]} {e}" if str(e).startswith(str(value)) else str(e)) \
+                    from None
+        return value
+
+    return check
+
+
 def out_option(help: str, metavar: str = "DIR"):
     return click.option("-o", "--out", "out_dir", required=True, metavar=metavar, help=help,
-                        type=click.Path(file_okay=False, path_type=Path))
+                        type=click.Path(path_type=Path), callback=output_path(folder=True))
 
 
 device_option = click.option("--device", default="auto", metavar="DEV",
@@ -287,7 +304,7 @@ def salgan() -> None:
 
 @salgan.command("import-weights")
 @click.argument("npz", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PT",
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, metavar="PT", callback=output_path(False),
               help="Where to write [default: ~/.cache/raw2rgb/salgan.pt, where lookup finds it].")
 @user_errors
 def import_weights(npz: Path, out: Path | None) -> None:
@@ -310,7 +327,7 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
         parts = [float(v) for v in value.split(",")]
     except ValueError:
         parts = []
-    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+    if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or sum(parts) <= 0:
         raise click.BadParameter("three non-negative ratios train,val,test, e.g. 0.9,0.1,0")
     return tuple(parts)  # type: ignore[return-value]
 
@@ -361,6 +378,8 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
               help="Last stage to run.")
 @click.option("--force", "force", multiple=True, type=click.Choice(["unpack", "patches", "saliency", "shards"]),
               help="Redo a stage even when up to date (repeatable).")
+@click.option("--replace-source", is_flag=True,
+              help="DATASET was built from another SRC: rebuild it from this one (the other's data is replaced).")
 @jobs_option
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and plan as JSON; run nothing.")
 @click.pass_obj
@@ -368,12 +387,13 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
 @backend_options
 def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride, scale, copies, crop, min_score,
             max_clipped, min_mean, min_inliers, max_shift, split, seed, saliency_method, weights, device, batch_size,
-            until, force, jobs, dry_run) -> None:
+            until, force, replace_source, jobs, dry_run) -> None:
     """Build a paired training dataset from SRC into DATASET.
 
     Stages: unpack (RAW -> packed PNG), patches (pair, align, cut, score), saliency (maps of the
     target patches), shards (HDF5 training shards per split, with Bayer-safe augmentation). Each
-    is cached in its own folder; a rerun redoes only what changed.
+    is cached in its own folder; a rerun redoes only what changed. DATASET keeps to the SRC it was
+    built from: another SRC is refused (--replace-source rebuilds it from the new one).
 
     \b
     Examples:
@@ -396,7 +416,8 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
                                "stages": list(prep.STAGES[: prep.STAGES.index(until) + 1]),
                                "force": sorted(force)}, indent=1))
         return
-    result = prep.run(cfg, until=until, force=frozenset(force), progress=_progress(obj["quiet"]))
+    result = prep.run(cfg, until=until, force=frozenset(force), progress=_progress(obj["quiet"]),
+                      replace_source=replace_source)
     lines = [r.summary() for r in result.stages.values()] + prep.summary_lines(result.summary)
     _finish(result, lines, details=f"{out_dir}/summary.json")
 
@@ -479,38 +500,27 @@ def loss_weight_options(fn):
     return fn
 
 
-def _merge(base: dict, changes: dict) -> dict:
-    """``changes`` over ``base``, nested configs merged field by field."""
-    out = dict(base)
-    for k, v in changes.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def train_config(preset: str, config_file: Path | None, changes: dict) -> tr.TrainConfig:
     """The run's recipe: the preset, then the fields of ``--config`` (a TrainConfig's JSON or a run's
-    config.json; any subset), then the options given. Every field is checked.
+    config.json; any subset), then the options given. Each layer is checked field by field (types at
+    any depth, unknown fields, ranges, finite numbers) as it is merged, before any work.
 
     Raises:
-        ConfigError: unreadable JSON, unknown fields or values of the wrong type, naming the file.
+        ConfigError: unreadable JSON, unknown fields, values of the wrong type or out of range, naming
+            the file when the value came from it.
     """
-    data = tr.TrainConfig.preset_config(preset).to_json()
+    base = tr.TrainConfig.preset_config(preset).to_json()
+    layers: list[tuple[str | None, dict]] = [(None, base)]
     if config_file is not None:
-        try:
-            loaded = json.loads(config_file.read_text())
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{config_file}: not a readable JSON file ({one_line(str(e))})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{config_file}: a JSON object of TrainConfig fields expected")
+        loaded = config.read_json_object(config_file, "TrainConfig fields")
         loaded = loaded.get("config", loaded)  # a run's config.json holds {"config": …}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config_file}: \"config\" is not a JSON object of TrainConfig fields")
         if "preset" in loaded and loaded["preset"] != preset and loaded["preset"] in tr.G_PRESETS:
-            data = tr.TrainConfig.preset_config(loaded["preset"]).to_json()
-        data = _merge(data, loaded)
-    data = _merge(data, changes)
-    try:
-        return tr.TrainConfig.from_json(data)
-    except ConfigError as e:
-        raise ConfigError(f"{config_file}: {e}" if config_file else str(e)) from None
+            layers = [(None, tr.TrainConfig.preset_config(loaded["preset"]).to_json())]
+        layers.append((str(config_file), loaded))
+    layers.append((None, changes))
+    return config.layered(tr.TrainConfig, layers)
 
 
 @main.command()
@@ -649,7 +659,7 @@ def convert(obj, inputs, out_dir, checkpoint, profile, method, tile, overlap, fm
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", help="Split to evaluate.")
 @method_options
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None, callback=output_path(True),
               metavar="DIR", help="Write per_image.csv and summary.json here.")
 @batch_option()
 @device_option
@@ -684,8 +694,8 @@ def profile() -> None:
 
 @profile.command("fit")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), metavar="JSON",
-              help="The profile file to write.")
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), metavar="JSON",
+              callback=output_path(False), help="The profile file to write.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", help="Split to fit on.")
 @click.option("--model", type=click.Choice(list(colour_profile.MODELS)), default=colour_profile.DEFAULT_MODEL,
               help="poly3: a cubic polynomial per channel (20 terms); lut: a 3-D lookup table (docs/benchmarks.md "
@@ -721,9 +731,9 @@ def profile_fit(dataset, out, split, model, lut_size, white_balance) -> None:
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(exists=True, path_type=Path), metavar="CKPT|RUN")
-@click.option("--onnx", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="OUT.onnx",
+@click.option("--onnx", type=click.Path(path_type=Path), default=None, metavar="OUT.onnx", callback=output_path(False),
               help="Write an ONNX model (opset 18).")
-@click.option("--pt2", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="OUT.pt2",
+@click.option("--pt2", type=click.Path(path_type=Path), default=None, metavar="OUT.pt2", callback=output_path(False),
               help="Write a torch.export program.")
 @user_errors
 def export(checkpoint, onnx, pt2) -> None:
@@ -766,7 +776,7 @@ def _captioned(ctx, param, values) -> list[tuple[str, Path]]:
                                    "profile.json, when it has one].")
 @click.option("--image", "images", multiple=True, callback=_captioned, metavar="CAPTION=PATH",
               help="Another image to show (repeatable), e.g. a converted photo.")
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), callback=output_path(False),
               metavar="REPORT.html", help="The page; its pictures go beside it (REPORT.png, REPORT_files/).")
 @user_errors
 def report(run_dir, dataset, split, profile, images, out) -> None:

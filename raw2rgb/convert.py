@@ -26,7 +26,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from raw2rgb.config import JsonConfig
+from raw2rgb.config import JsonConfig, checked
 from raw2rgb.device import resolve_device
 from raw2rgb.errors import InputError
 from raw2rgb.files import atomic_path, file_sha256
@@ -48,17 +48,18 @@ METHODS = ("model", "isp", "profile")
 class ConvertConfig(JsonConfig):
     """Everything that decides the output pixels (the stage's params), plus where to run."""
 
-    method: str = "isp"
+    method: str = checked("isp", choices=METHODS)
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
     profile: str | None = None
     profile_sha256: str | None = None
-    tile: int = 512
-    overlap: int | None = None  # None: what the model needs (infer.needed_overlap)
-    stats_pixels: int = 1 << 20
-    precision: str = "fp32"  # the model's arithmetic: bf16 autocast on CUDA (other pixels, so part of the key)
-    format: str = "png"
-    quality: int = 95
+    tile: int = checked(512, min=16)
+    overlap: int | None = checked(None, min=0)  # None: what the model needs (infer.needed_overlap)
+    stats_pixels: int = checked(1 << 20, min=1)
+    precision: str = checked("fp32", choices=("fp32", "bf16"))  # the model's arithmetic: bf16 autocast on CUDA
+    # (other pixels, so part of the key)
+    format: str = checked("png", choices=FORMATS)
+    quality: int = checked(95, min=1, max=100)
     zrr_levels: tuple[float, float] = rawio.ZRR_LEVELS[rawio.ZRR_DEFAULT_LEVELS]
 
 

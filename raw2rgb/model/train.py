@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, default_collate
 
-from raw2rgb.config import JsonConfig
+from raw2rgb.config import FieldError, JsonConfig, checked
 from raw2rgb.device import resolve_device
 from raw2rgb.errors import UserError
 from raw2rgb.files import FolderLock
@@ -77,26 +77,32 @@ class TrainError(UserError):
 class TrainConfig(JsonConfig):
     """The recipe: everything a run's results depend on. Defaults are the paper's (DESIGN §6)."""
 
-    preset: str = "paper"
+    preset: str = checked("paper", choices=G_PRESETS)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
-    stage1_epochs: int = 10
-    stage2_epochs: int = 30
-    batch_size: int = 8  # per process
-    lr_stage1: float = 2e-4
-    lr_g: float = 1e-4
-    lr_d: float = 4e-4  # two time-scale update rule
-    betas: tuple[float, float] = (0.5, 0.999)
-    halve_every: int = 10  # epochs (lr_decay "step")
-    lr_decay: str = "step"  # step: halve every halve_every epochs (the paper); cosine: to 1 % over each stage
-    init_std: float = 0.02
-    ema: float = 0.0  # decay of a moving average of G's weights (0: none, as the paper); validated and saved
+    stage1_epochs: int = checked(10, min=0)
+    stage2_epochs: int = checked(30, min=0)
+    batch_size: int = checked(8, min=1)  # per process
+    lr_stage1: float = checked(2e-4, above=0)
+    lr_g: float = checked(1e-4, above=0)
+    lr_d: float = checked(4e-4, above=0)  # two time-scale update rule
+    betas: tuple[float, float] = checked((0.5, 0.999), min=0, below=1)
+    halve_every: int = checked(10, min=1)  # epochs (lr_decay "step")
+    lr_decay: str = checked("step", choices=LR_DECAYS)  # step: halve every halve_every epochs (the paper); cosine: to
+    # 1 % over each stage
+    init_std: float = checked(0.02, above=0)
+    ema: float = checked(0.0, min=0, below=1)  # decay of a moving average of G's weights (0: none, as the paper)
     weights: losses.LossWeights = field(default_factory=losses.LossWeights)
-    crop: int | None = None  # random crop of the training patches (packed pixels)
+    crop: int | None = checked(None, min=8)  # random crop of the training patches (packed pixels)
     augment: bool = True  # Bayer-safe geometry on the fly (model/data.py)
-    seed: int = 0
+    seed: int = checked(0, min=0)
     # where a RAW file has no white balance: pipeline/whitebalance.py (the prior's profile is fitted with it)
-    white_balance: str = whitebalance.DEFAULT_RULE
+    white_balance: str = checked(whitebalance.DEFAULT_RULE, choices=whitebalance.RULES)
+
+    def _check_together(self) -> None:
+        if self.stage1_epochs + self.stage2_epochs == 0:
+            raise FieldError(type(self).__name__, ("stage1_epochs",), "0 with stage2_epochs 0 would train nothing "
+                             "(accepted: at least one epoch in one of the stages)")
 
     @classmethod
     def preset_config(cls, name: str, **overrides: Any) -> TrainConfig:
@@ -120,16 +126,16 @@ class TrainConfig(JsonConfig):
 class Runtime(JsonConfig):
     """How to run, not what to learn: not part of a run's identity."""
 
-    stages: str = "all"  # 1, 2 or all
+    stages: str = checked("all", choices=STAGES)  # 1, 2 or all
     device: str = "auto"
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32
+    precision: str = checked("auto", choices=PRECISIONS)  # auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32
     compile: bool = False
     channels_last: bool = True  # on CUDA
-    max_steps: int | None = None  # stop after this global step (a rerun with a larger one continues)
-    checkpoint_every: int = 500  # steps; also at every epoch's end
-    log_every: int = 10  # steps
-    workers: int | None = None  # data-loading processes; None: 2 on CUDA, 0 on a CPU (they would take its cores)
-    samples: int = 4  # images in each epoch's sample grid
+    max_steps: int | None = checked(None, min=1)  # stop after this global step (a rerun with a larger one continues)
+    checkpoint_every: int = checked(500, min=1)  # steps; also at every epoch's end
+    log_every: int = checked(10, min=1)  # steps
+    workers: int | None = checked(None, min=0)  # data-loading processes; None: 2 on CUDA, 0 on a CPU (its cores)
+    samples: int = checked(4, min=0)  # images in each epoch's sample grid
     vgg_weights: str | None = None
 
 
@@ -481,9 +487,11 @@ class _Loop:
         bad = distributed.any_rank(self.bad, self.dist)
         if bool(bad.any()):
             names = [n for n, b in zip(self.term_names, bad.tolist()) if b and n != "total"]
+            latest = run.checkpoint(self.run_dir)  # every checkpoint is saved after this check: a good one
+            kept = f"the last good checkpoint ({latest}) is kept" if latest.is_file() else \
+                "no checkpoint had been written yet"
             raise TrainError(f"loss {', '.join(names) or 'total'} became NaN or infinite by step {self.progress.step}; "
-                             f"stopped, the last good checkpoint ({run.checkpoint(self.run_dir)}) is kept. "
-                             "Lower the learning rates or check the data")
+                             f"stopped, {kept}. Lower the learning rates or check the data")
 
     def log_step(self, stage: int, terms: dict[str, torch.Tensor], rate: float) -> None:
         self.check_finite()
