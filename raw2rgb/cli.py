@@ -106,7 +106,8 @@ device_option = click.option("--device", default="auto", metavar="DEV",
                              help="auto (CUDA when present), cpu, cuda or cuda:N.")
 jobs_option = click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
                            help="Worker processes [default: min(4, cores)].")
-seed_option = click.option("--seed", type=int, default=0, help="Random seed (splits, augmentation, init).")
+seed_option = click.option("--seed", type=click.IntRange(min=0), default=0,
+                           help="Random seed (splits, augmentation, init).")
 
 
 def batch_option(help: str = "Images per batch."):
@@ -540,7 +541,8 @@ def train_config(preset: str, config_file: Path | None, changes: dict) -> tr.Tra
               help="Random crop of the training patches (a multiple of 8).")
 @loss_weight_options
 @click.option("--scale", type=click.Choice(["1", "2"]), default=None, help="Output scale [default: the shards'].")
-@click.option("--seed", type=int, default=None, help="Random seed (data order, augmentation, init) [0].")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Random seed (data order, augmentation, init) [0].")
 # Execution (not part of the run's identity)
 @click.option("--stage", "stages", type=click.Choice(["1", "2", "all"]), default="all", help="Stages to run.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, metavar="N",

@@ -30,10 +30,7 @@ class FolderLocked(UserError):
 # OS errors that describe the machine, not a bug: disk full, no permission, read-only file system.
 ENVIRONMENT_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
                       errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
-                      errno.EROFS: "read-only file system",
-                      # path mistakes that got past files.check_output (a library caller, a race)
-                      errno.ENOTDIR: "a part of the path is a file, not a folder",
-                      errno.EISDIR: "a folder, where a file was expected"}
+                      errno.EROFS: "read-only file system"}
 
 
 def environment_message(e: BaseException) -> str | None:
