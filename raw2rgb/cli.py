@@ -798,8 +798,8 @@ def report(run_dir, dataset, split, profile, images, out) -> None:
 
 @main.command()
 @out_option("Where to write the DNGs.")
-@click.option("--size", type=(click.IntRange(min=64), click.IntRange(min=64)), default=(512, 768),
-              metavar="H W", help="Sensor size in pixels.")
+@click.option("--size", type=(click.IntRange(min=64), click.IntRange(min=64)), default=None,
+              metavar="H W", help="Sensor size in pixels [default: 512 768; --zrr: 896 1344].")
 @click.option("--pairs", is_flag=True,
               help="A two-camera dataset: every bundled scene and a colour chart, each JPEG rendered by another "
                    "camera with its own look (what the demo trains on).")
@@ -808,9 +808,18 @@ def report(run_dir, dataset, split, profile, images, out) -> None:
                    "sharpening, local contrast).")
 @click.option("--phone", is_flag=True, help="--pairs: the RAW from a small-sensor phone (lens blur, vignetting, "
                                              "more noise).")
+@click.option("--zrr", is_flag=True, help="A ZRR-layout dataset: the phone's RAW as 10-bit one-plane PNG mosaics "
+                                           "without metadata and the other camera's JPEG, cut into aligned crops "
+                                           "(train|test/huawei_raw/N.png, canon/N.jpg; chelsea in test/).")
+@click.option("--light", type=click.Choice(list(virtual_camera.LIGHTS)), default="steady", show_default=True,
+              help="--zrr: one light for every scene, or each scene under its own (the RAW carries its cast; the "
+                   "other camera white-balances on its own).")
+@click.option("--crop", type=click.IntRange(min=16), default=virtual_camera.ZRR_CROP, show_default=True,
+              metavar="N", help="--zrr: crop size in sensor pixels (even).")
 @seed_option
 @user_errors
-def synth(out_dir: Path, size: tuple[int, int], pairs: bool, look: str, phone: bool, seed: int) -> None:
+def synth(out_dir: Path, size: tuple[int, int] | None, pairs: bool, look: str, phone: bool, zrr: bool, light: str,
+          crop: int, seed: int) -> None:
     """Write sample DNGs from a virtual camera, each with a JPEG beside it.
 
     Default: one DNG per CFA pattern with the camera's own JPEG. --pairs: every colour scene
@@ -822,7 +831,20 @@ def synth(out_dir: Path, size: tuple[int, int], pairs: bool, look: str, phone: b
       raw2rgb synth -o samples/
       raw2rgb synth -o pairs/ --pairs --size 512 768
       raw2rgb synth -o hard/ --pairs --look dslr --phone
+      raw2rgb synth -o zrr-like/ --zrr --light varying
     """
+    if zrr:
+        if crop % 2:
+            raise click.BadParameter(f"{crop}: the crops keep the mosaic's RGGB phase, so an even size",
+                                     param_hint="--crop")
+        size = size or (896, 1344)
+        if crop > min(size):
+            raise click.BadParameter(f"{crop} is larger than the frame {size[0]}×{size[1]}", param_hint="--crop")
+        records = virtual_camera.zrr_dataset(out_dir, size=size, crop=crop, seed=seed, look=virtual_camera.LOOKS[look],
+                                             light=light)
+        click.echo(f"wrote {len(records)} crops to {out_dir} (zrr layout, {light} light)")
+        return
+    size = size or (512, 768)
     made = virtual_camera.paired_dngs(out_dir, size=size, seed=seed, look=virtual_camera.LOOKS[look], phone=phone) \
         if pairs else virtual_camera.sample_dngs(out_dir, size=size, seed=seed)
     for p in made:
