@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from raw2rgb.errors import one_line
-from raw2rgb.pipeline import augment, whitebalance
+from raw2rgb.pipeline import augment, shards, whitebalance
 from raw2rgb.pipeline.shards import ShardError, read_colours, read_ids, read_index, shards_root, validate
 from raw2rgb.pipeline.shards import white_balance as white_balance_of
 from raw2rgb.pipeline.whitebalance import LEGACY_RULE, WhiteBalance
@@ -208,7 +208,8 @@ def describe(path: os.PathLike | str, batch_size: int = 8) -> list[str]:
     index = read_index(root)
     validate(root, index)
     lines = [f"{root}: scale {index['scale']}, crop {index.get('crop')}, copies {index.get('copies')}, "
-             f"saliency {index.get('saliency_method') or '?'}"]
+             f"saliency {index.get('saliency_method') or '?'}",
+             f"  colour: {shards.colour_words(shards.colour_source(root, index))}"]
     for split, entry in sorted(index["splits"].items()):
         batch = next(iter(DataLoader(ShardDataset(root, split), batch_size=batch_size)))
         ranges = ", ".join(f"{k} {tuple(batch[k].shape)} [{batch[k].min():.2f}, {batch[k].max():.2f}]"

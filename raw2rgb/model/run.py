@@ -27,6 +27,7 @@ from typing import Any
 
 from raw2rgb.errors import UserError
 from raw2rgb.files import write_bytes, write_json
+from raw2rgb.pipeline.shards import colour_words
 
 log = logging.getLogger(__name__)
 
@@ -79,15 +80,6 @@ def read_identity(run_dir: os.PathLike | str) -> dict[str, Any]:
         raise RunError(f"{run_dir}: no {CONFIG} (not a raw2rgb run folder)") from None
     except ValueError:
         raise RunError(f"{path}: unreadable; use --force to start this run over") from None
-
-
-def colour_words(colour: dict[str, Any] | None) -> str:
-    """A run identity's colour source in words."""
-    if not isinstance(colour, dict):
-        return "the unpack sidecars beside the shards (an older raw2rgb)"
-    gains = colour.get("dataset_gains")
-    return (f"{colour.get('stored')}, {colour.get('as_shot')} of {colour.get('samples')} samples with an as-shot white "
-            f"balance" + ("" if gains is None else ", dataset gains " + ", ".join(f"{g:.3f}" for g in gains)))
 
 
 def holds_run(run_dir: Path) -> bool:

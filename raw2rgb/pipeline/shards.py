@@ -543,6 +543,15 @@ def colour_source(root: os.PathLike | str, index: Mapping[str, Any] | None = Non
             "dataset_gains": None if gains is None else [round(g, 6) for g in gains]}
 
 
+def colour_words(colour: dict[str, Any] | None) -> str:
+    """A :func:`colour_source` (as a run's identity records it) in words; None: a run of before it."""
+    if not isinstance(colour, dict):
+        return "the unpack sidecars beside the shards (an older raw2rgb)"
+    gains = colour.get("dataset_gains")
+    return (f"{colour.get('stored')}, {colour.get('as_shot')} of {colour.get('samples')} samples with an as-shot white "
+            f"balance" + ("" if gains is None else ", dataset gains " + ", ".join(f"{g:.3f}" for g in gains)))
+
+
 def cameras(root: os.PathLike | str, index: Mapping[str, Any] | None = None) -> list[str]:
     """The cameras ("make model") of a shards folder's samples (none where unknown)."""
     root = Path(root)
