@@ -1,5 +1,5 @@
 """White balance where a RAW file records none: estimators on whole frames, and the one rule that
-decides each sample's gains (DESIGN §6b).
+decides each sample's gains.
 
 A file with an as-shot white balance keeps it, and its colour matrix. A file without one (a ZRR
 mosaic PNG, any headerless mosaic) gets its gains from a *rule*, never from the patch alone: a
