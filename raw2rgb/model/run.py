@@ -108,13 +108,13 @@ def open_run(run_dir: Path, identity: dict[str, Any], force: bool) -> None:
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise RunError(f"{run_dir} holds a run with another config (differs in {', '.join(diff)}); "
                            "use --force to start over, or another -o")
+        if saved.get("dataset_key") != identity["dataset_key"]:
+            raise RunError(f"{run_dir} was trained on other shards (the dataset changed since); use --force "
+                           "to start over, or another -o")
         if saved.get("colour") != identity.get("colour"):
             raise RunError(f"{run_dir} was trained on colour from {colour_words(saved.get('colour'))}, this data's "
                            f"comes from {colour_words(identity.get('colour'))}; resume on the data it was trained on, "
                            "or use --force to start over")
-        if saved.get("dataset_key") != identity["dataset_key"]:
-            raise RunError(f"{run_dir} was trained on other shards (the dataset changed since); use --force "
-                           "to start over, or another -o")
         return
     elif force:
         for name in WRITES:
