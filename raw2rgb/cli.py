@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import json
 import logging
+import math
 import os
 import sys
 from inspect import cleandoc
@@ -14,7 +15,7 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from raw2rgb import __version__, files
+from raw2rgb import __version__, config, files
 from raw2rgb import convert as conv
 from raw2rgb import prepare as prep
 from raw2rgb.errors import ConfigError, UserError, environment_message, one_line
@@ -25,7 +26,7 @@ from raw2rgb.model import report as rep
 from raw2rgb.model import train as tr
 from raw2rgb.model.data import describe
 from raw2rgb.pipeline import profile as colour_profile
-from raw2rgb.pipeline import rawio, stage
+from raw2rgb.pipeline import rawio, stage, whitebalance
 from raw2rgb.pipeline import shards as shard_stage
 from raw2rgb.pipeline import synth as virtual_camera
 from raw2rgb.pipeline import unpack as unpack_stage
@@ -80,16 +81,33 @@ def user_errors(fn):
 
 # -- options every command shares, one default each -------------------------------------------------
 
+def output_path(folder: bool):
+    """A click callback for an output path: ``files.check_output``, the one check behind every
+    command's ``-o`` (a path under a file, a file where a folder goes or the reverse), as one line."""
+
+    def check(ctx, param, value: Path | None) -> Path | None:
+        if value is not None:
+            try:
+                files.check_output(value, folder)
+            except UserError as e:
+                raise click.ClickException(f"{param.opts[0]} {e}" if str(e).startswith(str(value)) else str(e)) \
+                    from None
+        return value
+
+    return check
+
+
 def out_option(help: str, metavar: str = "DIR"):
     return click.option("-o", "--out", "out_dir", required=True, metavar=metavar, help=help,
-                        type=click.Path(file_okay=False, path_type=Path))
+                        type=click.Path(path_type=Path), callback=output_path(folder=True))
 
 
 device_option = click.option("--device", default="auto", metavar="DEV",
                              help="auto (CUDA when present), cpu, cuda or cuda:N.")
 jobs_option = click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
                            help="Worker processes [default: min(4, cores)].")
-seed_option = click.option("--seed", type=int, default=0, help="Random seed (splits, augmentation, init).")
+seed_option = click.option("--seed", type=click.IntRange(min=0), default=0,
+                           help="Random seed (splits, augmentation, init).")
 
 
 def batch_option(help: str = "Images per batch."):
@@ -287,7 +305,7 @@ def salgan() -> None:
 
 @salgan.command("import-weights")
 @click.argument("npz", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PT",
+@click.option("-o", "--out", type=click.Path(path_type=Path), default=None, metavar="PT", callback=output_path(False),
               help="Where to write [default: ~/.cache/raw2rgb/salgan.pt, where lookup finds it].")
 @user_errors
 def import_weights(npz: Path, out: Path | None) -> None:
@@ -310,7 +328,7 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
         parts = [float(v) for v in value.split(",")]
     except ValueError:
         parts = []
-    if len(parts) != 3 or min(parts) < 0 or sum(parts) <= 0:
+    if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or sum(parts) <= 0:
         raise click.BadParameter("three non-negative ratios train,val,test, e.g. 0.9,0.1,0")
     return tuple(parts)  # type: ignore[return-value]
 
@@ -361,6 +379,8 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
               help="Last stage to run.")
 @click.option("--force", "force", multiple=True, type=click.Choice(["unpack", "patches", "saliency", "shards"]),
               help="Redo a stage even when up to date (repeatable).")
+@click.option("--replace-source", is_flag=True,
+              help="DATASET was built from another SRC: rebuild it from this one (the other's data is replaced).")
 @jobs_option
 @click.option("--dry-run", is_flag=True, help="Print the resolved configuration and plan as JSON; run nothing.")
 @click.pass_obj
@@ -368,12 +388,13 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
 @backend_options
 def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride, scale, copies, crop, min_score,
             max_clipped, min_mean, min_inliers, max_shift, split, seed, saliency_method, weights, device, batch_size,
-            until, force, jobs, dry_run) -> None:
+            until, force, replace_source, jobs, dry_run) -> None:
     """Build a paired training dataset from SRC into DATASET.
 
     Stages: unpack (RAW -> packed PNG), patches (pair, align, cut, score), saliency (maps of the
     target patches), shards (HDF5 training shards per split, with Bayer-safe augmentation). Each
-    is cached in its own folder; a rerun redoes only what changed.
+    is cached in its own folder; a rerun redoes only what changed. DATASET keeps to the SRC it was
+    built from: another SRC is refused (--replace-source rebuilds it from the new one).
 
     \b
     Examples:
@@ -396,7 +417,8 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
                                "stages": list(prep.STAGES[: prep.STAGES.index(until) + 1]),
                                "force": sorted(force)}, indent=1))
         return
-    result = prep.run(cfg, until=until, force=frozenset(force), progress=_progress(obj["quiet"]))
+    result = prep.run(cfg, until=until, force=frozenset(force), progress=_progress(obj["quiet"]),
+                      replace_source=replace_source)
     lines = [r.summary() for r in result.stages.values()] + prep.summary_lines(result.summary)
     _finish(result, lines, details=f"{out_dir}/summary.json")
 
@@ -479,38 +501,27 @@ def loss_weight_options(fn):
     return fn
 
 
-def _merge(base: dict, changes: dict) -> dict:
-    """``changes`` over ``base``, nested configs merged field by field."""
-    out = dict(base)
-    for k, v in changes.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def train_config(preset: str, config_file: Path | None, changes: dict) -> tr.TrainConfig:
     """The run's recipe: the preset, then the fields of ``--config`` (a TrainConfig's JSON or a run's
-    config.json; any subset), then the options given. Every field is checked.
+    config.json; any subset), then the options given. Each layer is checked field by field (types at
+    any depth, unknown fields, ranges, finite numbers) as it is merged, before any work.
 
     Raises:
-        ConfigError: unreadable JSON, unknown fields or values of the wrong type, naming the file.
+        ConfigError: unreadable JSON, unknown fields, values of the wrong type or out of range, naming
+            the file when the value came from it.
     """
-    data = tr.TrainConfig.preset_config(preset).to_json()
+    base = tr.TrainConfig.preset_config(preset).to_json()
+    layers: list[tuple[str | None, dict]] = [(None, base)]
     if config_file is not None:
-        try:
-            loaded = json.loads(config_file.read_text())
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{config_file}: not a readable JSON file ({one_line(str(e))})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{config_file}: a JSON object of TrainConfig fields expected")
+        loaded = config.read_json_object(config_file, "TrainConfig fields")
         loaded = loaded.get("config", loaded)  # a run's config.json holds {"config": …}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{config_file}: \"config\" is not a JSON object of TrainConfig fields")
         if "preset" in loaded and loaded["preset"] != preset and loaded["preset"] in tr.G_PRESETS:
-            data = tr.TrainConfig.preset_config(loaded["preset"]).to_json()
-        data = _merge(data, loaded)
-    data = _merge(data, changes)
-    try:
-        return tr.TrainConfig.from_json(data)
-    except ConfigError as e:
-        raise ConfigError(f"{config_file}: {e}" if config_file else str(e)) from None
+            layers = [(None, tr.TrainConfig.preset_config(loaded["preset"]).to_json())]
+        layers.append((str(config_file), loaded))
+    layers.append((None, changes))
+    return config.layered(tr.TrainConfig, layers)
 
 
 @main.command()
@@ -530,7 +541,8 @@ def train_config(preset: str, config_file: Path | None, changes: dict) -> tr.Tra
               help="Random crop of the training patches (a multiple of 8).")
 @loss_weight_options
 @click.option("--scale", type=click.Choice(["1", "2"]), default=None, help="Output scale [default: the shards'].")
-@click.option("--seed", type=int, default=None, help="Random seed (data order, augmentation, init) [0].")
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Random seed (data order, augmentation, init) [0].")
 # Execution (not part of the run's identity)
 @click.option("--stage", "stages", type=click.Choice(["1", "2", "all"]), default="all", help="Stages to run.")
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, metavar="N",
@@ -649,7 +661,7 @@ def convert(obj, inputs, out_dir, checkpoint, profile, method, tile, overlap, fm
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", help="Split to evaluate.")
 @method_options
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+@click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None, callback=output_path(True),
               metavar="DIR", help="Write per_image.csv and summary.json here.")
 @batch_option()
 @device_option
@@ -684,16 +696,20 @@ def profile() -> None:
 
 @profile.command("fit")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path), metavar="JSON",
-              help="The profile file to write.")
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), metavar="JSON",
+              callback=output_path(False), help="The profile file to write.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", help="Split to fit on.")
 @click.option("--model", type=click.Choice(list(colour_profile.MODELS)), default=colour_profile.DEFAULT_MODEL,
               help="poly3: a cubic polynomial per channel (20 terms); lut: a 3-D lookup table (docs/benchmarks.md "
                    "compares them).")
 @click.option("--lut-size", type=click.IntRange(min=2, max=33), default=colour_profile.DEFAULT_LUT_SIZE,
               metavar="N", help="lut: nodes per axis.")
+@click.option("--white-balance", type=click.Choice(list(whitebalance.RULES)), default=whitebalance.DEFAULT_RULE,
+              show_default=True, help="For RAW files without a white balance (ZRR mosaics): dataset (one grey world "
+                                      "over the train split) or frame-* (an estimate over each whole frame); recorded "
+                                      "in the profile, which convert and evaluate follow (docs/training.md).")
 @user_errors
-def profile_fit(dataset, out, split, model, lut_size) -> None:
+def profile_fit(dataset, out, split, model, lut_size, white_balance) -> None:
     """Fit a colour profile on a split of a prepared DATASET and save it as JSON.
 
     Each patch is rendered by the classical pipeline with its RAW file's white balance and colour
@@ -706,20 +722,20 @@ def profile_fit(dataset, out, split, model, lut_size) -> None:
       raw2rgb profile fit ds/ -o look.json
       raw2rgb convert shoot/ -o out/ --profile look.json
     """
-    fitted = colour_profile.fit_dataset(dataset, split, model, lut_size)
+    fitted = colour_profile.fit_dataset(dataset, split, model, lut_size, white_balance_rule=white_balance)
     colour_profile.save(fitted, out)
     click.echo(f"wrote {out}: {fitted.model} profile, scale {fitted.scale}, {fitted.fitted_on['samples']} samples "
                f"of {split}, fit PSNR {fitted.fitted_on['fit_psnr']:.2f} dB, cameras: "
-               f"{', '.join(fitted.cameras) or 'unknown'}", err=True)
+               f"{', '.join(fitted.cameras) or 'unknown'}, white balance: {fitted.white_balance.describe()}", err=True)
 
 
 # -- export ---------------------------------------------------------------------------------------
 
 @main.command()
 @click.argument("checkpoint", type=click.Path(exists=True, path_type=Path), metavar="CKPT|RUN")
-@click.option("--onnx", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="OUT.onnx",
+@click.option("--onnx", type=click.Path(path_type=Path), default=None, metavar="OUT.onnx", callback=output_path(False),
               help="Write an ONNX model (opset 18).")
-@click.option("--pt2", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="OUT.pt2",
+@click.option("--pt2", type=click.Path(path_type=Path), default=None, metavar="OUT.pt2", callback=output_path(False),
               help="Write a torch.export program.")
 @user_errors
 def export(checkpoint, onnx, pt2) -> None:
@@ -762,7 +778,7 @@ def _captioned(ctx, param, values) -> list[tuple[str, Path]]:
                                    "profile.json, when it has one].")
 @click.option("--image", "images", multiple=True, callback=_captioned, metavar="CAPTION=PATH",
               help="Another image to show (repeatable), e.g. a converted photo.")
-@click.option("-o", "--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+@click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), callback=output_path(False),
               metavar="REPORT.html", help="The page; its pictures go beside it (REPORT.png, REPORT_files/).")
 @user_errors
 def report(run_dir, dataset, split, profile, images, out) -> None:
@@ -782,8 +798,8 @@ def report(run_dir, dataset, split, profile, images, out) -> None:
 
 @main.command()
 @out_option("Where to write the DNGs.")
-@click.option("--size", type=(click.IntRange(min=64), click.IntRange(min=64)), default=(512, 768),
-              metavar="H W", help="Sensor size in pixels.")
+@click.option("--size", type=(click.IntRange(min=64), click.IntRange(min=64)), default=None,
+              metavar="H W", help="Sensor size in pixels [default: 512 768; --zrr: 896 1344].")
 @click.option("--pairs", is_flag=True,
               help="A two-camera dataset: every bundled scene and a colour chart, each JPEG rendered by another "
                    "camera with its own look (what the demo trains on).")
@@ -792,9 +808,18 @@ def report(run_dir, dataset, split, profile, images, out) -> None:
                    "sharpening, local contrast).")
 @click.option("--phone", is_flag=True, help="--pairs: the RAW from a small-sensor phone (lens blur, vignetting, "
                                              "more noise).")
+@click.option("--zrr", is_flag=True, help="A ZRR-layout dataset: the phone's RAW as 10-bit one-plane PNG mosaics "
+                                           "without metadata and the other camera's JPEG, cut into aligned crops "
+                                           "(train|test/huawei_raw/N.png, canon/N.jpg; chelsea in test/).")
+@click.option("--light", type=click.Choice(list(virtual_camera.LIGHTS)), default="steady", show_default=True,
+              help="--zrr: one light for every scene, or each scene under its own (the RAW carries its cast; the "
+                   "other camera white-balances on its own).")
+@click.option("--crop", type=click.IntRange(min=16), default=virtual_camera.ZRR_CROP, show_default=True,
+              metavar="N", help="--zrr: crop size in sensor pixels (even).")
 @seed_option
 @user_errors
-def synth(out_dir: Path, size: tuple[int, int], pairs: bool, look: str, phone: bool, seed: int) -> None:
+def synth(out_dir: Path, size: tuple[int, int] | None, pairs: bool, look: str, phone: bool, zrr: bool, light: str,
+          crop: int, seed: int) -> None:
     """Write sample DNGs from a virtual camera, each with a JPEG beside it.
 
     Default: one DNG per CFA pattern with the camera's own JPEG. --pairs: every colour scene
@@ -806,7 +831,20 @@ def synth(out_dir: Path, size: tuple[int, int], pairs: bool, look: str, phone: b
       raw2rgb synth -o samples/
       raw2rgb synth -o pairs/ --pairs --size 512 768
       raw2rgb synth -o hard/ --pairs --look dslr --phone
+      raw2rgb synth -o zrr-like/ --zrr --light varying
     """
+    if zrr:
+        if crop % 2:
+            raise click.BadParameter(f"{crop}: the crops keep the mosaic's RGGB phase, so an even size",
+                                     param_hint="--crop")
+        size = size or (896, 1344)
+        if crop > min(size):
+            raise click.BadParameter(f"{crop} is larger than the frame {size[0]}×{size[1]}", param_hint="--crop")
+        records = virtual_camera.zrr_dataset(out_dir, size=size, crop=crop, seed=seed, look=virtual_camera.LOOKS[look],
+                                             light=light)
+        click.echo(f"wrote {len(records)} crops to {out_dir} (zrr layout, {light} light)")
+        return
+    size = size or (512, 768)
     made = virtual_camera.paired_dngs(out_dir, size=size, seed=seed, look=virtual_camera.LOOKS[look], phone=phone) \
         if pairs else virtual_camera.sample_dngs(out_dir, size=size, seed=seed)
     for p in made:

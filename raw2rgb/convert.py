@@ -27,15 +27,17 @@ import tifffile
 import torch
 from PIL import Image
 
-from raw2rgb.config import JsonConfig
+from raw2rgb.config import JsonConfig, checked
 from raw2rgb.device import resolve_device
 from raw2rgb.errors import InputError
 from raw2rgb.files import atomic_path, file_sha256
 from raw2rgb.model import run
 from raw2rgb.model.infer import TileConfig, load_generator, needed_overlap, plan_overlap, run_tiled
-from raw2rgb.pipeline import develop, rawio
+from raw2rgb.model.prior import model_white_balance
+from raw2rgb.pipeline import develop, rawio, whitebalance
 from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline.stage import Context, Deferred, Item, ItemError, Stage, StageResult, run_stage
+from raw2rgb.pipeline.whitebalance import SampleColour, WhiteBalance
 
 log = logging.getLogger(__name__)
 
@@ -47,17 +49,18 @@ METHODS = ("model", "isp", "profile")
 class ConvertConfig(JsonConfig):
     """Everything that decides the output pixels (the stage's params), plus where to run."""
 
-    method: str = "isp"
+    method: str = checked("isp", choices=METHODS)
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
     profile: str | None = None
     profile_sha256: str | None = None
-    tile: int = 512
-    overlap: int | None = None  # None: what the model needs (infer.needed_overlap)
-    stats_pixels: int = 1 << 20
-    precision: str = "fp32"  # the model's arithmetic: bf16 autocast on CUDA (other pixels, so part of the key)
-    format: str = "png"
-    quality: int = 95
+    tile: int = checked(512, min=16)
+    overlap: int | None = checked(None, min=0)  # None: what the model needs (infer.needed_overlap)
+    stats_pixels: int = checked(1 << 20, min=1)
+    precision: str = checked("fp32", choices=("fp32", "bf16"))  # the model's arithmetic: bf16 autocast on CUDA
+    # (other pixels, so part of the key)
+    format: str = checked("png", choices=FORMATS)
+    quality: int = checked(95, min=1, max=100)
     zrr_levels: tuple[float, float] = rawio.ZRR_LEVELS[rawio.ZRR_DEFAULT_LEVELS]
 
 
@@ -103,6 +106,22 @@ def _camera(frame: rawio.RawFrame) -> str:
     return " ".join(p for p in (frame.make, frame.model) if p) or "unknown camera"
 
 
+def frame_colour(frame: rawio.RawFrame, packed: np.ndarray, wb: WhiteBalance, info: dict[str, Any]) -> np.ndarray:
+    """A whole frame's colour (12,) under a white-balance rule (``whitebalance.colour_vector``); what
+    was missing from the file and what stood in for it goes to ``info["note"]``. The ``dataset`` rule
+    of a profile or model fitted only on files with metadata has no gains: the frame's grey world
+    stands in."""
+    if frame.wb_gains is None and wb.rule == "dataset" and wb.gains is None:
+        wb = WhiteBalance(whitebalance.LEGACY_RULE)
+    colour = SampleColour.of_frame(packed, frame.wb_gains, frame.cam_to_rgb, estimate=frame.wb_gains is None)
+    missing = [n for n, v in (("white balance", frame.wb_gains), ("colour matrix", frame.cam_to_rgb)) if v is None]
+    if missing:
+        used = ([f"white balance by rule {wb.describe()}"] if frame.wb_gains is None else []) + \
+            (["camera RGB"] if frame.cam_to_rgb is None else [])
+        info["note"] = f"no {' or '.join(missing)} in the file: {' and '.join(used)}"
+    return whitebalance.colour_vector(colour, wb)
+
+
 def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     """Stage work: one RAW file → ``KEY.<ext>``."""
     cfg = ConvertConfig.from_json(dict(ctx.params))
@@ -120,25 +139,24 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
                            "file? the image is black")
         log.warning("%s", info["warning"])
     if cfg.method in ("isp", "profile"):
-        rgb = develop.develop(packed, frame.wb_gains, frame.cam_to_rgb, scale=2, orientation=frame.orientation)
-        if frame.wb_gains is None or frame.cam_to_rgb is None:
-            info["note"] = "no " + " or ".join(n for n, v in (("white balance", frame.wb_gains),
-                                                               ("colour matrix", frame.cam_to_rgb)) if v is None) + \
-                " in the file: grey world / camera RGB used"
-        if cfg.method == "profile":
-            path = ctx.options["profile"]
-            prof = _profile(path, cfg.profile_sha256)
+        prof = _profile(ctx.options["profile"], cfg.profile_sha256) if cfg.method == "profile" else None
+        if prof is not None:
             try:
-                colour_profile.check_compatible(prof, path, cameras=[info["camera"]])
+                colour_profile.check_compatible(prof, ctx.options["profile"], cameras=[info["camera"]])
             except colour_profile.ProfileError as e:
                 raise ItemError(f"{src}: {e}") from None
+        # the classical pipeline alone: a whole frame's grey world where the file has no white balance
+        colour = frame_colour(frame, packed, prof.white_balance if prof else WhiteBalance(whitebalance.LEGACY_RULE),
+                              info)
+        rgb = develop.develop(packed, colour[:3], colour[3:].reshape(3, 3), scale=2, orientation=frame.orientation)
+        if prof is not None:
             rgb = colour_profile.apply(prof, rgb)
     else:
         device = ctx.options["device"]
         g, meta = load_generator(ctx.options["checkpoint"], device)
         tiles = TileConfig(tile=cfg.tile, overlap=cfg.overlap, stats_pixels=cfg.stats_pixels,
                            batch=4 if device.type == "cuda" else 1)
-        colour = develop.frame_colour(packed, frame.wb_gains, frame.cam_to_rgb)
+        colour = frame_colour(frame, packed, model_white_balance(g), info)
         rgb = develop.orient(quantise(run_tiled(g, packed, tiles, device, colour=colour), cfg.format),
                              frame.orientation)
         cameras = meta.get("cameras") or []
@@ -158,7 +176,7 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     return Deferred(write)
 
 
-CONVERT = Stage("convert", 1, convert_item, deferred=True, keeps_others=True)
+CONVERT = Stage("convert", 2, convert_item, deferred=True, keeps_others=True)  # 2: white-balance rules (whitebalance.py)
 
 
 def resolve(method: str | None, checkpoint: os.PathLike | str | None, profile: os.PathLike | str | None = None,

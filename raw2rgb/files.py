@@ -13,13 +13,17 @@ import fcntl
 import glob
 import hashlib
 import json
+import logging
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from raw2rgb.errors import FolderLocked, InputError
+
+log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
 LOCK_FILE = ".raw2rgb.lock"
@@ -111,6 +115,31 @@ def inside(root: os.PathLike | str, path: os.PathLike | str) -> bool:
         return False
 
 
+def check_output(path: os.PathLike | str, folder: bool) -> Path:
+    """Refuse, before any work, an output path that cannot be made: one under a file (``-o
+    photo.jpg/out``), a folder where a file is wanted or a file where a folder is. The one check
+    behind every command's ``-o``.
+
+    Raises:
+        InputError: the path and what is wrong with it.
+    """
+    path = Path(path)
+    for parent in path.parents:  # the nearest ancestor that exists must be a folder
+        if parent.is_symlink() and not parent.exists():
+            raise InputError(f"{path}: {parent} is a broken symbolic link, not a folder")
+        if parent.exists():
+            if not parent.is_dir():
+                raise InputError(f"{path}: {parent} is a file, not a folder")
+            break
+    if folder and path.exists() and not path.is_dir():
+        raise InputError(f"{path} is a file, not a folder; give a folder (or a new name) for this output")
+    if not folder and path.is_dir():
+        raise InputError(f"{path} is a folder, not a file; give a file name for this output")
+    if path.is_symlink() and not path.exists():
+        raise InputError(f"{path} is a broken symbolic link")
+    return path
+
+
 def _within(path: Path, folders: list[Path]) -> bool:
     return any(path == f or f in path.parents for f in folders)
 
@@ -127,13 +156,16 @@ def collect_files(args: Iterable[str], accept: Callable[[Path], bool],
     by its stem. Nothing under an ``exclude`` folder is taken (a command's own output folder,
     when it lies inside its input), nor a file of ``skip`` (resolved paths: the outputs a command
     recorded in a folder that is also its input). A path that does not exist is kept (its item
-    fails with "no such file", so the rest still run).
+    fails with "no such file", so the rest still run). What a folder holds that cannot be read as a
+    file (a broken link, a FIFO, a socket) or leads out of it is skipped and listed in one warning,
+    as is a named path that is neither a file nor a folder.
 
     Raises:
         InputError: two inputs get the same key, or nothing was named.
     """
     found: dict[str, str] = {}
     folders = [Path(p).resolve() for p in exclude]
+    skipped: list[str] = []
 
     def add(key: str, path: Path) -> None:
         key = key.replace(os.sep, "/")
@@ -149,15 +181,23 @@ def collect_files(args: Iterable[str], accept: Callable[[Path], bool],
                 continue
             for p in sorted(path.rglob("*")):
                 rel = p.relative_to(path)
-                if any(s.startswith(".") for s in rel.parts) or not p.is_file():
+                if any(s.startswith(".") for s in rel.parts) or p.is_dir():
+                    continue
+                if not p.is_file():  # never opened: reading a FIFO would wait for ever
+                    skipped.append(f"{p} ({_not_a_file(p)})")
                     continue
                 resolved = p.resolve()
-                if _within(resolved, folders) or resolved in skip or not inside(path, p):
+                if _within(resolved, folders) or resolved in skip:
+                    continue
+                if not inside(path, p):
+                    skipped.append(f"{p} (a link that leads outside {path})")
                     continue
                 if accept(p):
                     add(str(rel.with_suffix("")), p.resolve())
         elif path.is_file():
             add(path.stem, path.resolve())
+        elif path.exists():  # a FIFO, a socket, a device
+            skipped.append(f"{path} ({_not_a_file(path)})")
         elif glob.has_magic(arg):
             files = [Path(m) for m in sorted(glob.glob(arg, recursive=True))
                      if Path(m).is_file() and not _within(Path(m).resolve(), folders) and Path(m).resolve() not in skip]
@@ -167,9 +207,19 @@ def collect_files(args: Iterable[str], accept: Callable[[Path], bool],
                 add(path.stem or arg, path)
         else:
             add(path.stem or arg, path)
+    if skipped:
+        log.warning("skipped %d input%s that cannot be read as files: %s%s", len(skipped), "s" * (len(skipped) > 1),
+                    "; ".join(skipped[:20]), f"; … and {len(skipped) - 20} more" if len(skipped) > 20 else "")
     if not found:
         raise InputError("no input files" + (" (besides the command's own outputs)" if folders or skip else ""))
     return list(found.items())
+
+
+def _not_a_file(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return f"a broken symbolic link to {os.readlink(path)}"
+    mode = path.stat().st_mode
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "not a regular file"
 
 
 # -- one writer per output folder -----------------------------------------------------------------

@@ -7,8 +7,9 @@ Each stage is a folder with its manifest (see ``pipeline/stage.py``); a rerun re
 changed, so changing one stage's params redoes that stage and, through their inputs, the stages
 after it. Splits are by scene (no scene is in two splits), as near the ratios asked for as whole
 scenes allow, placed by a hash of the seed and the scene name; a rerun keeps each scene's split
-(``assign_splits``). ``prepare.json``, ``splits.json`` and
-``summary.json`` in DATASET say what was done.
+(``assign_splits``). ``prepare.json``, ``source.json``, ``splits.json`` and
+``summary.json`` in DATASET say what was done; a DATASET is built from one SRC (another is refused
+unless asked to replace it).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from raw2rgb.config import JsonConfig
+from raw2rgb.config import JsonConfig, checked
 from raw2rgb.errors import InputError
 from raw2rgb.files import FolderLock, write_json
 from raw2rgb.pipeline import pairs as pairs_mod
@@ -42,6 +43,7 @@ STAGES = ("unpack", "patches", "saliency", "shards")
 # model converts to full-resolution photos; ZRR and AIM 2019 at the paper's packed resolution.
 DEFAULT_SCALE = {"pairs": "2", "raw+jpeg": "2", "zrr": "1", "aim2019": "1"}
 SPLITS = ("train", "val", "test")
+SOURCE = "source.json"  # DATASET's record of the SRC it was built from (check_source)
 
 
 @dataclass(frozen=True)
@@ -50,21 +52,21 @@ class PrepareConfig(JsonConfig):
 
     src: str
     out: str
-    layout: str
+    layout: str = checked(choices=pairs_mod.LAYOUTS)
     pairs_csv: str | None = None
-    zrr_levels: str = rawio.ZRR_DEFAULT_LEVELS
+    zrr_levels: str = checked(rawio.ZRR_DEFAULT_LEVELS, choices=rawio.ZRR_LEVELS)
     patch: pairs_mod.PatchParams = field(default_factory=pairs_mod.PatchParams)
-    min_inliers: int = 25
-    scale: int = 1  # output scale of the training shards
-    copies: int = 1  # offline augmentation: transformed copies per patch (1: none)
-    crop: int | None = None  # shard patch size [default: patch size, or the largest multiple of 8 below it]
-    split: tuple[float, float, float] = (0.9, 0.1, 0.0)
-    seed: int = 0
-    saliency_method: str = "auto"
+    min_inliers: int = checked(25, min=4)
+    scale: int = checked(1, choices=(1, 2))  # output scale of the training shards
+    copies: int = checked(1, min=1)  # offline augmentation: transformed copies per patch (1: none)
+    crop: int | None = checked(None, min=8)  # shard patch size [default: patch size, or the largest 8k below]
+    split: tuple[float, float, float] = checked((0.9, 0.1, 0.0), min=0, rule=(lambda r: sum(r) > 0, "a sum above 0"))
+    seed: int = checked(0, min=0)
+    saliency_method: str = checked("auto", choices=label.METHODS)
     weights: str | None = None
     device: str = "auto"
-    batch_size: int = 8
-    jobs: int = 1
+    batch_size: int = checked(8, min=1)
+    jobs: int = checked(1, min=1)
 
 
 def _hash_position(scene: str, seed: int) -> float:
@@ -148,25 +150,30 @@ def plan(cfg: PrepareConfig) -> tuple[list[pairs_mod.Pair], list[str]]:
 
 
 def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = frozenset(),
-        progress=None) -> PrepareResult:
+        progress=None, replace_source: bool = False) -> PrepareResult:
     """Run the stages up to ``until``; ``force`` names stages to redo even when up to date. DATASET is
-    locked for the run (a second prepare into it is refused).
+    locked for the run (a second prepare into it is refused). A DATASET built from another SRC is
+    refused, untouched, unless ``replace_source`` (:func:`check_source`).
 
     Raises:
         PairError: no pairs for the layout, or no patch kept (nothing to train on).
-        InputError: options whose shards could not be trained on.
+        InputError: options whose shards could not be trained on; DATASET built from another SRC.
     """
     check(cfg)
     out = Path(cfg.out)
     with FolderLock(out, "raw2rgb prepare"):
-        return _run(cfg, out, until, force, progress)
+        return _run(cfg, out, until, force, progress, replace_source)
 
 
-def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progress) -> PrepareResult:
+def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progress,
+         replace_source: bool) -> PrepareResult:
     found, unpaired = plan(cfg)
     if not found:
         raise PairError(f"{cfg.src}: no pairs found for layout {cfg.layout} ({len(unpaired)} files without a "
                         "partner); check --layout (docs/data.md)")
+    source = source_record(cfg, found)
+    check_source(out, source, replace_source)  # before anything is written: a refusal destroys nothing
+    write_json(out / SOURCE, source)
     write_json(out / "prepare.json", cfg.to_json())
     stages: dict[str, StageResult] = {}
     wanted = set(STAGES[: STAGES.index(until) + 1])
@@ -200,7 +207,8 @@ def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progr
     if "shards" in wanted and "saliency" in stages:  # training shards per split, with offline augmentation
         samples, owners = shards.samples_from(out / "patches", out / "saliency", splits)
         stages["shards"] = shards.build(
-            samples, owners, out / "shards", scale=cfg.scale, copies=cfg.copies, crop=cfg.crop, seed=cfg.seed,
+            samples, owners, out / "shards", shards.frames_of(out / "unpack"), scale=cfg.scale, copies=cfg.copies,
+            crop=cfg.crop, seed=cfg.seed,
             saliency_method=stages["saliency"].manifest.params["method"], jobs=cfg.jobs,
             force="shards" in force, progress=progress)
 
@@ -211,6 +219,48 @@ def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progr
         raise PairError(f"{out}: no patch was kept ({summary['patches_dropped'] or 'no pair aligned'}); see "
                         f"{out}/summary.json and docs/data.md (--patch-size, --min-score, --layout)")
     return PrepareResult(stages, summary)
+
+
+def source_record(cfg: PrepareConfig, found: list[pairs_mod.Pair]) -> dict[str, Any]:
+    """What DATASET/source.json records of SRC: its path, and a fingerprint of its pairs (names
+    inside SRC and sizes), by which a moved SRC is told from another one."""
+    def entry(path: str) -> tuple[str, int]:
+        try:
+            return os.path.relpath(path, cfg.src), os.path.getsize(path)
+        except (OSError, ValueError):
+            return path, -1
+
+    files = sorted((p.scene, *entry(p.raw), *entry(p.rgb)) for p in found)
+    return {"src": cfg.src, "layout": cfg.layout, "pairs": len(found),
+            "fingerprint": hashlib.sha256(json.dumps(files).encode()).hexdigest()}
+
+
+def check_source(out: Path, source: dict[str, Any], replace: bool = False) -> None:
+    """Refuse to build DATASET from another SRC than the one it was built from: its shards, splits
+    and caches would be replaced by the other source's (and going back would recompute them all).
+    The same SRC moved (another path, the same pairs) is accepted.
+
+    Raises:
+        InputError: DATASET holds another SRC's data and ``replace`` is not set; names both.
+    """
+    previous = _read_json(out / SOURCE) or {}
+    old = previous.get("src") or (_read_json(out / "prepare.json") or {}).get("src")
+    if not old or old == source["src"] or replace:
+        return
+    if previous.get("fingerprint") == source["fingerprint"]:
+        log.info("%s: SRC moved from %s to %s (the same pairs)", out, old, source["src"])
+        return
+    raise InputError(f"{out} was prepared from {old}, not {source['src']}: refused, since its shards, splits and "
+                     "caches would be replaced; use another -o for the new source, or --replace-source to rebuild "
+                     f"{out} from it")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _previous_splits(out: Path, cfg: PrepareConfig) -> dict[str, str] | None:

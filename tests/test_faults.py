@@ -308,3 +308,239 @@ def test_folder_lock_file_is_the_only_trace_of_a_lock(tmp_path):
         pass
     assert [p.name for p in (tmp_path / "x").iterdir()] == [".raw2rgb.lock"]
     assert (tmp_path / "x" / ".raw2rgb.lock").read_bytes() == b""
+
+
+# == round 2 ================================================================================================
+
+# -- 11. configs: every field checked, at any depth, after merging preset, file and options ---------------
+
+@pytest.fixture(scope="module")
+def small_shards(tmp_path_factory) -> Path:
+    return make_shards(tmp_path_factory.mktemp("small") / "s", {"train": 4, "val": 2}, size=16)
+
+
+@pytest.mark.parametrize("fields,reason", [
+    ({"generator": 5}, "TrainConfig.generator: 5 is not GeneratorConfig"),
+    ({"generator": [1]}, "TrainConfig.generator: [1] is not GeneratorConfig"),
+    ({"weights": 0.5}, "TrainConfig.weights: 0.5 is not LossWeights"),
+    ({"generator": {"base": "8"}}, 'TrainConfig.generator.base: "8" is not int'),
+    ({"generator": {"width": 8}}, "TrainConfig.generator: unknown fields width"),
+    ({"betas": 0.5}, "TrainConfig.betas: 0.5 is not tuple"),
+])
+def test_a_mistyped_nested_config_is_refused_before_any_work(small_shards, tmp_path, fields, reason):
+    (tmp_path / "c.json").write_text(json.dumps(fields))
+    for dry in ((), ("--dry-run",)):
+        r = cli("train", small_shards, "-o", tmp_path / "run", "--preset", "tiny", "--config", tmp_path / "c.json",
+                *dry)
+        assert r.exit_code == 1 and f"c.json: {reason}" in r.output, r.output
+        assert r.output.count("\n") == 1 and "Traceback" not in r.output
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text,reason", [
+    ('{"ema": 1.5}', "TrainConfig.ema: 1.5 is out of range (accepted: 0 <= ema < 1)"),
+    ('{"ema": NaN}', "TrainConfig.ema: nan is not a finite number (accepted: 0 <= ema < 1)"),
+    ('{"stage1_epochs": -2}', "TrainConfig.stage1_epochs: -2 is out of range (accepted: stage1_epochs >= 0)"),
+    ('{"stage1_epochs": 0, "stage2_epochs": 0}', "TrainConfig.stage1_epochs: 0 with stage2_epochs 0 would train"),
+    ('{"batch_size": 0}', "TrainConfig.batch_size: 0 is out of range (accepted: batch_size >= 1)"),
+    ('{"lr_stage1": -1}', "TrainConfig.lr_stage1: -1.0 is out of range (accepted: lr_stage1 > 0)"),
+    ('{"lr_g": Infinity}', "TrainConfig.lr_g: inf is not a finite number"),
+    ('{"betas": [0.5, 1.5]}', "TrainConfig.betas: 1.5 is out of range (accepted: 0 <= betas < 1)"),
+    ('{"generator": {"base": 0}}', "TrainConfig.generator.base: 0 is out of range (accepted: base >= 1)"),
+    ('{"generator": {"base": -4}}', "TrainConfig.generator.base: -4 is out of range"),
+    ('{"generator": {"norm": "batch"}}', 'TrainConfig.generator.norm: "batch" is not one of instance, none'),
+    ('{"discriminator": {"base": 0}}', "TrainConfig.discriminator.base: 0 is out of range"),
+    ('{"weights": {"perceptual": -1}}', "TrainConfig.weights.perceptual: -1.0 is out of range"),
+    ('{"crop": 4}', "TrainConfig.crop: 4 is out of range (accepted: crop >= 8)"),
+    ('{"lr_decay": "linear"}', 'TrainConfig.lr_decay: "linear" is not one of step, cosine'),
+])
+def test_out_of_range_config_values_are_refused_naming_file_field_and_range(small_shards, tmp_path, text, reason):
+    (tmp_path / "c.json").write_text(text)
+    r = cli("train", small_shards, "-o", tmp_path / "run", "--preset", "tiny", "--config", tmp_path / "c.json")
+    assert r.exit_code == 1 and f"c.json: {reason}" in r.output, r.output
+    assert r.output.count("\n") == 1 and "Traceback" not in r.output
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_options_are_checked_by_the_same_rules(small_shards, tmp_path):
+    r = cli("train", small_shards, "-o", tmp_path / "run", "--preset", "tiny", "--perceptual-weight", "nan")
+    assert r.exit_code == 1 and "TrainConfig.weights.perceptual: nan is not a finite number" in r.output, r.output
+    r = cli("train", small_shards, "-o", tmp_path / "run", "--preset", "tiny", "--epochs", "0,0")
+    assert r.exit_code == 1 and "would train nothing" in r.output, r.output
+    assert not (tmp_path / "run").exists()
+
+
+# -- 12. prepare's options: non-finite numbers never switch a filter off ------------------------------------
+
+@pytest.mark.parametrize("args,reason", [
+    (("--split", "nan,0.1,0"), "three non-negative ratios"),
+    (("--split", "inf,0.1,0"), "three non-negative ratios"),
+    (("--min-score", "nan"), "PatchParams.min_score: nan is not a finite number"),
+    (("--max-shift", "nan"), "PatchParams.max_shift: nan is not a finite number"),
+    (("--min-mean", "nan"), "PatchParams.min_mean: nan is not a finite number"),
+])
+def test_prepare_refuses_non_finite_options_before_any_work(pairs_src, tmp_path, args, reason):
+    for dry in (("--dry-run",), ()):
+        r = cli("prepare", pairs_src, "-o", tmp_path / "ds", "--patch-size", "32", *args, *dry)
+        assert r.exit_code in (1, 2) and reason in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "ds").exists()
+
+
+# -- 13. a path mistake at any output: one line, from one check ---------------------------------------------
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory, shoot) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("places")
+    (root / "afile").write_text("x")
+    (root / "adir").mkdir()
+    return {"file": root / "afile", "dir": root / "adir", "dng": next(shoot.glob("*.dng"))}
+
+
+OUTPUTS = {  # command, its arguments before the output, the output option, whether the output is a folder
+    "convert": (("convert", "{dng}"), "-o", True),
+    "unpack": (("unpack", "{dng}"), "-o", True),
+    "saliency": (("saliency", "{dng}"), "-o", True),
+    "prepare": (("prepare", "{dir}"), "-o", True),
+    "train": (("train", "{dir}"), "-o", True),
+    "shards": (("shards", "{dir}", "{dir}"), "-o", True),
+    "evaluate": (("evaluate", "{dir}"), "-o", True),
+    "synth": (("synth",), "-o", True),
+    "profile fit": (("profile", "fit", "{dir}"), "-o", False),
+    "export onnx": (("export", "{file}"), "--onnx", False),
+    "export pt2": (("export", "{file}"), "--pt2", False),
+    "report": (("report", "{dir}"), "-o", False),
+    "salgan import-weights": (("salgan", "import-weights", "{file}"), "-o", False),
+}
+
+
+@pytest.mark.parametrize("command", OUTPUTS)
+@pytest.mark.parametrize("mistake", ["under a file", "the wrong kind"])
+def test_an_output_under_a_file_or_of_the_wrong_kind_is_one_line(places, command, mistake):
+    args, option, folder = OUTPUTS[command]
+    args = [a.format(**{k: str(v) for k, v in places.items()}) for a in args]
+    if mistake == "under a file":
+        out, reason = places["file"] / "sub", f"{places['file']} is a file, not a folder"
+    else:
+        out = places["file"] if folder else places["dir"]
+        reason = "is a file, not a folder" if folder else "is a folder, not a file"
+    r = cli(*args, option, out)
+    assert r.exit_code == 1 and reason in r.output and str(out) in r.output, r.output
+    assert r.output.count("\n") == 1 and "Traceback" not in r.output
+    assert places["file"].read_text() == "x" and not any(places["dir"].iterdir())
+
+
+# -- 14. a checkpoint corrupted on disk is refused before use ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("tinyrun")
+    root = make_shards(tmp / "s", {"train": 4, "val": 2}, size=16)
+    train(root, tmp / "run", tiny_config(stage1_epochs=1, stage2_epochs=0), Runtime(workers=0))
+    return tmp / "run"
+
+
+def _flip_bytes_of(path: Path, tensor: torch.Tensor, n: int = 256) -> None:
+    """Flip ``n`` bytes inside every copy of ``tensor``'s values in the file (torch stores them raw)."""
+    data, needle = bytearray(path.read_bytes()), tensor.contiguous().numpy().tobytes()
+    start, hits = 0, 0
+    while (at := data.find(needle, start)) >= 0:
+        for i in range(min(n, len(needle))):
+            data[at + i] ^= 0xFF
+        start, hits = at + len(needle), hits + 1
+    assert hits
+    path.write_bytes(bytes(data))
+
+
+def test_a_corrupted_checkpoint_is_refused_by_convert_evaluate_export_and_resume(tiny_run, shoot, tmp_path):
+    good = tiny_run / "checkpoints" / "final.pt"
+    blob = checkpoint.load(good)
+    assert "G_ema" in blob and set(blob["sha256"]) >= {"G", "G_ema", "D", "opt_G", "meta"}
+    bad = tmp_path / "bad.pt"
+    shutil.copy(good, bad)
+    biggest = max(blob["G_ema"].values(), key=lambda t: t.numel())
+    _flip_bytes_of(bad, biggest)
+    for args in (("convert", next(shoot.glob("*.dng")), "-o", tmp_path / "cv", "--checkpoint", bad),
+                 ("evaluate", tiny_run.parent / "s", "--checkpoint", bad),
+                 ("export", bad, "--pt2", tmp_path / "g.pt2")):
+        r = cli(*args)
+        assert r.exit_code == 1 and f"{bad}: corrupted (G_ema does not match the content hash" in r.output, r.output
+        assert r.output.count("\n") == 1
+    assert not (tmp_path / "g.pt2").exists() and not list((tmp_path / "cv").glob("*.png"))
+    with pytest.raises(checkpoint.CheckpointError, match="corrupted"):
+        checkpoint.load(bad)
+    r = cli("convert", next(shoot.glob("*.dng")), "-o", tmp_path / "ok", "--checkpoint", good)
+    assert r.exit_code == 0, r.output
+
+
+def test_a_checkpoint_without_hashes_loads_with_a_warning(tiny_run, tmp_path, caplog):
+    blob = torch.load(tiny_run / "checkpoints" / "final.pt", weights_only=True)
+    del blob["sha256"]
+    old = tmp_path / "old.pt"
+    torch.save(blob, old)
+    with caplog.at_level("WARNING"):
+        assert checkpoint.load(old)["progress"] == blob["progress"]
+        checkpoint.load_generator_state(old)
+    assert caplog.text.count(f"{old}: no content hashes") == 1  # once per file
+
+
+# -- 15. a dataset keeps to its SRC ----------------------------------------------------------------------------
+
+def test_prepare_from_another_src_is_refused_and_destroys_nothing(pairs_src, tmp_path):
+    args = ["--patch-size", "32", "--min-inliers", "8", "--until", "patches"]
+    assert cli("prepare", pairs_src, "-o", tmp_path / "ds", *args).exit_code == 0
+    before = _files(tmp_path / "ds")
+    other = tmp_path / "other"
+    shutil.copytree(pairs_src, other)
+    for p in sorted(other.glob("*"))[:2]:  # one scene fewer: another source
+        p.unlink()
+    r = cli("prepare", other, "-o", tmp_path / "ds", *args)
+    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+    assert f"{tmp_path / 'ds'} was prepared from {pairs_src.resolve()}, not {other.resolve()}" in r.output
+    assert "--replace-source" in r.output
+    assert _files(tmp_path / "ds") == before
+    moved = tmp_path / "moved"
+    shutil.copytree(pairs_src, moved)  # the same pairs elsewhere: the same source, moved
+    r = cli("prepare", moved, "-o", tmp_path / "ds", *args)
+    assert r.exit_code == 0 and "unpack: 0 done" in r.output, r.output
+    r = cli("prepare", other, "-o", tmp_path / "ds", *args, "--replace-source")
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "ds" / "source.json").read_text())["src"] == str(other.resolve())
+
+
+# -- 16. export is quiet -----------------------------------------------------------------------------------------
+
+def test_export_onnx_prints_one_line_whatever_the_onnx_packages_log(tiny_run, tmp_path):
+    pytest.importorskip("onnxscript")
+    out = tmp_path / "g.onnx"
+    proc = subprocess.run([sys.executable, "-m", "raw2rgb", "-q", "export", str(tiny_run), "--onnx", str(out)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == f"wrote {out}", proc.stdout[-2000:]
+    assert proc.stderr.strip() == "", proc.stderr[-2000:]
+
+
+# -- 17. messages state only what is true ------------------------------------------------------------------------
+
+def test_a_nan_loss_before_any_checkpoint_promises_none(small_shards, tmp_path, monkeypatch):
+    from raw2rgb.model import losses
+    from raw2rgb.model.train import TrainError
+
+    monkeypatch.setattr(losses, "l1", lambda a, b: (a - b).abs().mean() * float("nan"))
+    with pytest.raises(TrainError, match="became NaN") as e:
+        train(small_shards, tmp_path / "run", tiny_config(), Runtime(workers=0, log_every=1))
+    assert "no checkpoint had been written yet" in str(e.value) and "is kept" not in str(e.value)
+    assert not (tmp_path / "run" / "checkpoints" / "latest.pt").exists()
+
+
+# -- 18. inputs skipped are named ---------------------------------------------------------------------------------
+
+def test_broken_links_and_fifos_in_an_input_folder_are_listed(shoot, tmp_path):
+    s = tmp_path / "shoot"
+    shutil.copytree(shoot, s)
+    (s / "gone.dng").symlink_to(tmp_path / "deleted.dng")
+    os.mkfifo(s / "pipe.dng")
+    r = cli("convert", s, "-o", tmp_path / "out")
+    assert r.exit_code == 0 and "4 done" in r.output, r.output
+    assert "skipped 2 inputs that cannot be read as files" in r.output
+    assert f"{s / 'gone.dng'} (a broken symbolic link to {tmp_path / 'deleted.dng'})" in r.output
+    assert f"{s / 'pipe.dng'} (a FIFO)" in r.output

@@ -5,14 +5,20 @@ TrainConfig as JSON), ``progress``, ``rng`` (CPU RNG states), ``cameras`` (those
 trained on), ``world`` (processes that wrote it) and ``precision``, plus the state dicts ``G``,
 ``D``, ``opt_G``, ``opt_D``, ``sched_G``, ``sched_D``, ``scaler`` and, when the run keeps a moving
 average of G's weights, ``G_ema`` (what inference uses). It is written atomically and
-read with ``weights_only=True`` (no pickled code runs). Inference reads only ``G`` and the
+read with ``weights_only=True`` (no pickled code runs). ``sha256`` holds a content hash of each state
+dict and of the rest (``meta``), taken at save time and checked before anything is used: a file
+corrupted on disk is refused, not converted to garbage (a file from before the hashes loads with a
+warning). Inference reads only ``G`` and the
 generator's config: the file is memory-mapped, so the discriminator and the optimiser states (most
 of the file) are never read.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -25,8 +31,11 @@ import torch
 from raw2rgb.errors import UserError, environment_message
 from raw2rgb.files import atomic_path
 
+log = logging.getLogger(__name__)
+
 FORMAT = 1
 KIND = "raw2rgb-train"
+META = ("config", "progress", "rng", "cameras", "world", "precision")  # what the ``meta`` hash covers
 
 
 class CheckpointError(UserError):
@@ -64,6 +73,7 @@ def save(path: os.PathLike | str, states: dict[str, Any], config: dict[str, Any]
     blob = {"format": FORMAT, "kind": KIND, "config": config, "progress": progress, "rng": rng_state(),
             "cameras": list(cameras or []), "world": int(world), "precision": precision,
             **{k: v.state_dict() for k, v in states.items()}}
+    blob["sha256"] = {**{k: content_hash(blob[k]) for k in states}, "meta": content_hash({k: blob[k] for k in META})}
     try:
         with atomic_path(path) as tmp:
             torch.save(blob, tmp)
@@ -84,6 +94,60 @@ def _disk_full(path: Path, e: BaseException) -> str | None:
     except OSError:
         return None
     return "no space left on device" if free < 64 << 20 else None
+
+
+# -- content hashes ---------------------------------------------------------------------------------
+
+def content_hash(obj: Any) -> str:
+    """sha256 of a state dict (or any nest of dicts, lists and tensors): every tensor's dtype, shape
+    and values in logical order, every other value's repr, keys in sorted order. The same for a
+    tensor on any device or in any memory layout, so a hash taken before saving checks the file."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h: Any, obj: Any) -> None:
+    if torch.is_tensor(obj):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(obj, dict):
+        h.update(b"{")
+        for k in sorted(obj, key=repr):
+            h.update(repr(k).encode())
+            _feed(h, obj[k])
+        h.update(b"}")
+    elif isinstance(obj, (list, tuple)):
+        h.update(b"[")
+        for x in obj:
+            _feed(h, x)
+        h.update(b"]")
+    else:
+        h.update(repr(obj).encode())
+
+
+def _verify(path: Path, blob: dict[str, Any], names: tuple[str, ...]) -> None:
+    """Check the parts ``names`` of a checkpoint (and its metadata) against the hashes saved in it.
+
+    Raises:
+        CheckpointError: a part whose content differs from what was saved (the file is corrupted).
+    """
+    hashes = blob.get("sha256")
+    if not isinstance(hashes, dict):
+        _warn_unchecked(str(path))
+        return
+    for name in (*names, "meta"):
+        part = {k: blob.get(k) for k in META} if name == "meta" else blob.get(name)
+        if name not in hashes or content_hash(part) != hashes[name]:
+            what = "its metadata" if name == "meta" else name
+            raise CheckpointError(f"{path}: corrupted ({what} does not match the content hash saved with it); use "
+                                  "another copy of this checkpoint, or an earlier one")
+
+
+@functools.cache
+def _warn_unchecked(path: str) -> None:
+    log.warning("%s: no content hashes (written by an older raw2rgb); used without an integrity check", path)
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -109,9 +173,13 @@ def load(path: os.PathLike | str) -> dict[str, Any]:
     """A whole checkpoint (to resume training), on the CPU.
 
     Raises:
-        CheckpointError: unreadable, not a raw2rgb checkpoint, or of another format version.
+        CheckpointError: unreadable, not a raw2rgb checkpoint, of another format version, or
+            corrupted (a part that does not match its content hash).
     """
-    return _read(Path(path), mmap=False)
+    path = Path(path)
+    blob = _read(path, mmap=False)
+    _verify(path, blob, tuple(k for k in blob if k not in (*META, "format", "kind", "sha256")))
+    return blob
 
 
 def load_generator_state(path: os.PathLike | str) -> tuple[dict[str, Any], dict[str, torch.Tensor], dict[str, Any]]:
@@ -120,10 +188,12 @@ def load_generator_state(path: os.PathLike | str) -> tuple[dict[str, Any], dict[
     generator's tensors are read.
 
     Raises:
-        CheckpointError: as :func:`load`, or no generator config in it.
+        CheckpointError: as :func:`load` (only the generator's weights and the metadata are checked
+            against their hashes), or no generator config in it.
     """
     path = Path(path)
     blob = _read(path, mmap=True)
+    _verify(path, blob, ("G_ema",) if blob.get("G_ema") else ("G",))
     try:
         g_config = dict(blob["config"]["generator"])
     except (KeyError, TypeError):

@@ -7,8 +7,9 @@ number of workers, and ``DistributedSampler``, see the same data.
 
 Returned tensors (DESIGN §4): ``raw`` (4, h, w) in [-1, 1]; ``rgb`` (3, s·h, s·w) in [-1, 1];
 ``saliency`` (1, s·h, s·w) in [0, 1]; ``colour`` (12,) float32, the white balance and colour
-matrix of the sample's RAW file (``develop.frame_colour``: from the unpack sidecars of a prepare
-DATASET; grey world and identity where there are none); ``id`` the sample's name. With ``compact=True`` the samples
+matrix of the sample's RAW file, stored in the shards (``whitebalance.colour_vector``: where the file
+had no white balance, the gains of the dataset's white-balance rule; identity where it had no
+matrix); ``id`` the sample's name. With ``compact=True`` the samples
 stay as stored (uint16 raw, uint8 target and saliency: 0.6 MB instead of 1.6 MB at 224²) and
 :func:`to_model` converts a batch on the device — the way to feed a GPU, since moving a batch
 between worker processes costs more than reading it (benchmarks/loader.py).
@@ -27,10 +28,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from raw2rgb.errors import one_line
-from raw2rgb.pipeline import augment
-from raw2rgb.pipeline.develop import frame_colour
-from raw2rgb.pipeline.shards import ShardError, read_ids, read_index, shards_root, validate
-from raw2rgb.pipeline.unpack import colour_of, scene_colours
+from raw2rgb.pipeline import augment, shards, whitebalance
+from raw2rgb.pipeline.shards import ShardError, read_colours, read_ids, read_index, shards_root, validate
+from raw2rgb.pipeline.shards import white_balance as white_balance_of
+from raw2rgb.pipeline.whitebalance import LEGACY_RULE, WhiteBalance
 
 
 class ShardDataset(Dataset):
@@ -46,16 +47,22 @@ class ShardDataset(Dataset):
         crop: random crop to this size (packed pixels), on the 2-pixel grid of the mosaic.
         seed: base of the per-sample random streams; ``set_epoch`` varies them per epoch.
         compact: return the stored integer tensors; convert batches with :func:`to_model`.
+        white_balance: the rule for samples whose RAW file had no white balance (a rule name, or a
+            profile's or model's :class:`WhiteBalance` with its gains) [default: ``whitebalance.DEFAULT_RULE``,
+            its dataset gains fitted on this folder's train split].
     """
 
     def __init__(self, root: os.PathLike | str, split: str = "train", augment: bool = False,
-                 crop: int | None = None, seed: int = 0, compact: bool = False):
+                 crop: int | None = None, seed: int = 0, compact: bool = False,
+                 white_balance: WhiteBalance | str | None = None):
         self.root = Path(root)
         index = read_index(self.root)  # format checked, every shard inside the folder
         if split not in index["splits"]:
             raise ShardError(f"{self.root}: no split {split!r} (has {', '.join(sorted(index['splits']))})")
         self.scale = int(index["scale"])
-        self.colours = scene_colours(self.root)  # scene → its RAW file's colour, when prepared here
+        self._wb_asked = white_balance or whitebalance.DEFAULT_RULE
+        whitebalance.check_rule(getattr(self._wb_asked, "rule", self._wb_asked))
+        self._wb: WhiteBalance | None = None
         self.shards = [s["file"] for s in index["splits"][split]["shards"]]
         self.starts = list(np.cumsum([0] + [s["count"] for s in index["splits"][split]["shards"]]))
         self.augment, self.crop, self.seed, self.epoch, self.compact = augment, crop, seed, 0, compact
@@ -66,6 +73,14 @@ class ShardDataset(Dataset):
 
     def __len__(self) -> int:
         return int(self.starts[-1])
+
+    @property
+    def white_balance(self) -> WhiteBalance:
+        """The white-balance rule of samples without metadata, with its gains (the ``dataset`` rule's
+        fitted on this folder's train split, unless given), resolved when first needed."""
+        if self._wb is None:
+            self._wb = white_balance_of(self.root, self._wb_asked)
+        return self._wb
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -96,19 +111,23 @@ class ShardDataset(Dataset):
         if entry is None:
             f = h5py.File(self.root / name, "r")
             ids = read_ids(f)
-            entry = self._files[name] = (f["raw"], f["rgb"], f["saliency"], ids, f)
+            colours, _ = read_colours(f)
+            entry = self._files[name] = (f["raw"], f["rgb"], f["saliency"], ids, colours, f)
         return entry
 
-    def _read(self, index: int) -> tuple[str, str, int, np.ndarray, np.ndarray, np.ndarray]:
+    def _read(self, index: int) -> tuple[str, str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if not 0 <= index < len(self):
             raise IndexError(index)
         k = bisect.bisect_right(self.starts, index) - 1
         name, j = self.shards[k], index - int(self.starts[k])
         try:
-            raw, rgb, sal, ids, _ = self._file(name)
-            return name, ids[j], j, raw[j], rgb[j], sal[j]
+            raw, rgb, sal, ids, colours, _ = self._file(name)
+            sample = name, ids[j], raw[j], rgb[j], sal[j]
         except Exception as e:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError…
             raise ShardError(f"{self.root / name}: sample {j} unreadable ({one_line(str(e))})") from None
+        # a file with an as-shot white balance needs no rule: its gains are its own
+        wb = self.white_balance if colours[j].as_shot is None else WhiteBalance(LEGACY_RULE)
+        return (*sample[:2], whitebalance.colour_vector(colours[j], wb), *sample[2:])
 
     def transform(self, index: int) -> augment.Transform | None:
         """The geometry sample ``index`` gets in the current epoch (None: as stored), a function of
@@ -123,10 +142,6 @@ class ShardDataset(Dataset):
             return augment.random_transform(rng, shape, self.crop, phase_moving=self.scale == 2 and bool(self.crop))
         return augment.Transform(crop=augment.random_transform(rng, shape, self.crop, phase_moving=False).crop)
 
-    def _colour(self, sid: str, raw: np.ndarray) -> np.ndarray:
-        wb_gains, cam_to_rgb = colour_of(sid, self.colours)
-        return frame_colour(raw.astype(np.float32) / 65535.0, wb_gains, cam_to_rgb)
-
     def _shape(self) -> tuple[int, int]:
         """(h, w) of the stored packed samples (one size per shards folder)."""
         if self._hw is None:
@@ -134,12 +149,12 @@ class ShardDataset(Dataset):
         return self._hw
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        name, sid, j, raw, rgb, sal = self._read(index)
+        name, sid, colour, raw, rgb, sal = self._read(index)
         t = self.transform(index)
         if t is not None:
             raw, rgb, sal = self._move(raw, rgb, sal, t)
         sample = {"raw": torch.from_numpy(raw), "rgb": torch.from_numpy(rgb), "saliency": torch.from_numpy(sal),
-                  "colour": torch.from_numpy(self._colour(sid, raw)), "id": sid}
+                  "colour": torch.from_numpy(colour), "id": sid}
         return sample if self.compact else to_model(sample)
 
     def _move(self, raw, rgb, sal, t: augment.Transform):
@@ -193,7 +208,8 @@ def describe(path: os.PathLike | str, batch_size: int = 8) -> list[str]:
     index = read_index(root)
     validate(root, index)
     lines = [f"{root}: scale {index['scale']}, crop {index.get('crop')}, copies {index.get('copies')}, "
-             f"saliency {index.get('saliency_method') or '?'}"]
+             f"saliency {index.get('saliency_method') or '?'}",
+             f"  colour: {shards.colour_words(shards.colour_source(root, index))}"]
     for split, entry in sorted(index["splits"].items()):
         batch = next(iter(DataLoader(ShardDataset(root, split), batch_size=batch_size)))
         ranges = ", ".join(f"{k} {tuple(batch[k].shape)} [{batch[k].min():.2f}, {batch[k].max():.2f}]"

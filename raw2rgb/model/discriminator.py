@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raw2rgb.config import JsonConfig
+from raw2rgb.config import JsonConfig, checked
 from raw2rgb.model.generator import ReflectPad, conv
 
 PAPER_PARAMETERS = 8_151_488
@@ -21,7 +21,7 @@ PAPER_PARAMETERS = 8_151_488
 
 @dataclass(frozen=True)
 class DiscriminatorConfig(JsonConfig):
-    base: int = 64
+    base: int = checked(64, min=1)
 
 
 PRESETS = {"standard": DiscriminatorConfig(), "tiny": DiscriminatorConfig(base=16), "paper": DiscriminatorConfig()}

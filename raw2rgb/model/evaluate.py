@@ -3,9 +3,10 @@ command's methods — a trained model, the classical pipeline, and the classical
 by a fitted colour profile — under one protocol (DESIGN §6b).
 
 Metrics are computed where the data is (the GPU when present). The classical pipeline renders
-each patch with its RAW file's as-shot white balance and colour matrix, read from the unpack
-sidecars of a prepare DATASET (sample ids start with the scene's name); for a bare shards
-folder, or a file that had none, with grey-world white balance and camera RGB.
+each patch with its RAW file's as-shot white balance and colour matrix, stored in the shards (a
+``shards/`` folder copied alone scores as the dataset does); where the file had no white balance,
+with the gains of a white-balance rule (``pipeline/whitebalance.py``): the profile's, the model's,
+or the default; camera RGB where it had no matrix.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from raw2rgb.files import write_bytes, write_json
 from raw2rgb.model import metrics
 from raw2rgb.model.data import ShardDataset, to_model
 from raw2rgb.model.infer import load_generator
+from raw2rgb.model.prior import model_white_balance
 from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline.develop import develop
 from raw2rgb.pipeline.shards import ShardError, read_index, shards_root, split_count
-from raw2rgb.pipeline.unpack import Colour, colours_of, scene_colours
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +82,14 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 # -- the classical pipeline and the fitted profile on a batch ---------------------------------------
 
-def isp_batch(raw: torch.Tensor, scale: int, colours: list[Colour] | None = None,
+def isp_batch(raw: torch.Tensor, scale: int, colour: torch.Tensor,
               profile: colour_profile.Profile | None = None) -> torch.Tensor:
     """The classical pipeline (then ``profile``, when given) on a batch of model-range raw
-    (B, 4, h, w) → (B, 3, s·h, s·w) in [-1, 1], each with its (white balance, matrix) when given."""
+    (B, 4, h, w) → (B, 3, s·h, s·w) in [-1, 1], each with its colour (B, 12): white-balance gains,
+    then the camera → sRGB matrix (``ShardDataset``'s ``colour``)."""
     out = []
-    for k, r in enumerate(raw.float().cpu().numpy()):
-        wb, matrix = colours[k] if colours else (None, None)
-        rgb = develop(((r + 1) * 0.5).clip(0, 1), wb, matrix, scale=scale)
+    for r, c in zip(raw.float().cpu().numpy(), colour.float().cpu().numpy()):
+        rgb = develop(((r + 1) * 0.5).clip(0, 1), c[:3], c[3:].reshape(3, 3), scale=scale)
         if profile is not None:
             rgb = colour_profile.apply(profile, rgb)
         out.append(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)) * 2 - 1)
@@ -116,13 +117,14 @@ def evaluate(dataset: os.PathLike | str, split: str = "val", checkpoint: os.Path
         raise ShardError(f"{root}: the {split} split is empty")
     dev = resolve_device(device)
     scale = int(index["scale"])
-    colours = scene_colours(root)
+    wb = None  # the default rule (whitebalance.DEFAULT_RULE) unless the model or profile has its own
     if method == "model":
         if checkpoint is None:
             raise InputError("evaluate --method model needs --checkpoint CKPT (or use --method isp or profile)")
         g, meta = load_generator(checkpoint, dev)
         if g.cfg.scale != scale:
             raise InputError(f"{meta['path']}: a model of output scale {g.cfg.scale}, the shards are at {scale}")
+        wb = model_white_balance(g)
 
         def predict(b: dict[str, Any]) -> torch.Tensor:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
@@ -134,17 +136,18 @@ def evaluate(dataset: os.PathLike | str, split: str = "val", checkpoint: os.Path
                 raise InputError("evaluate --method profile needs --profile FILE (raw2rgb profile fit DATASET)")
             prof = colour_profile.load(profile)
             colour_profile.check_compatible(prof, profile, scale=scale, cameras=None)
+            wb = prof.white_balance
 
         def predict(b: dict[str, Any]) -> torch.Tensor:
-            return isp_batch(b["raw"], scale, colours_of(b["id"], colours), prof)
+            return isp_batch(b["raw"], scale, b["colour"], prof)
 
-    ds = ShardDataset(root, split, compact=True)
+    ds = ShardDataset(root, split, compact=True, white_balance=wb)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=dev.type == "cuda")
     rows = score(predict, loader, dev)
     h, w = ds[0]["rgb"].shape[-2:]
     summary = {**summarise(rows), "split": split, "method": method,
                "checkpoint": str(checkpoint) if checkpoint else None, "profile": str(profile) if profile else None,
-               "dataset": str(root),
+               "dataset": str(root), "white_balance": ds.white_balance.to_json(),
                "protocol": {**metrics.PROTOCOL, "size": [int(h), int(w)], "dtype": "uint8", "crop": "none",
                             "averaging": "mean over images"}}
     return Evaluation(rows, summary)

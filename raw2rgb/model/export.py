@@ -58,22 +58,23 @@ def _dynamic_shapes(g: nn.Module):
 
 @contextlib.contextmanager
 def _quiet():
-    """The ONNX exporter prints hundreds of lines of progress; a user needs the file, or its error."""
+    """The ONNX exporter and the packages it calls (onnxscript, onnx-ir's optimiser passes) print and
+    log hundreds of lines of progress, under logger names that change between versions; a user needs
+    the file, or its error. Every logger's records up to WARNING are dropped while the exporter runs
+    (its errors still raise), and what it prints is kept for -v when it fails."""
     noise = io.StringIO()
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
+    was = logging.root.manager.disable
+    logging.disable(logging.WARNING)
     try:
         with contextlib.redirect_stdout(noise), contextlib.redirect_stderr(noise), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     except Exception:
+        logging.disable(was)
         log.debug("exporter output:\n%s", noise.getvalue())
         raise
     finally:
-        for lg, level in zip(loggers, levels):
-            lg.setLevel(level)
+        logging.disable(was)
 
 
 def export_onnx(checkpoint: os.PathLike | str, out: os.PathLike | str) -> Path:

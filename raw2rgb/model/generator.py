@@ -28,28 +28,29 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
-from raw2rgb.config import JsonConfig
+from raw2rgb.config import JsonConfig, checked
 from raw2rgb.model.prior import ColourPrior
 from raw2rgb.pipeline.profile import MODELS as PROFILE_MODELS
 
 PAPER_PARAMETERS = 24_352_448
 EPS = 1e-5
 
+NORMS, PRIORS, PRIOR_MODELS = ("instance", "none"), ("none", "profile"), PROFILE_MODELS
+
 
 @dataclass(frozen=True)
 class GeneratorConfig(JsonConfig):
     """What builds a generator. The defaults are the paper's configuration."""
 
-    base: int = 64  # channels of E1; E2..E4 have 2, 4, 8 times as many
-    res_blocks: int = 4
-    saliency_width: int = 64
-    scale: int = 1  # output scale: 1 (the paper: RGB at packed resolution) or 2 (full sensor resolution)
-    norm: str = "instance"  # instance (the paper) or none
-    prior: str = "none"  # none (the paper) or profile: a fitted colour profile renders first, the network adds
-    prior_model: str = "poly3"  # the prior's profile: poly3 or lut (pipeline/profile.py's models)
+    base: int = checked(64, min=1)  # channels of E1; E2..E4 have 2, 4, 8 times as many
+    res_blocks: int = checked(4, min=0)
+    saliency_width: int = checked(64, min=1)
+    scale: int = checked(1, choices=(1, 2))  # output scale: 1 (the paper: at packed resolution), 2 (sensor's)
+    norm: str = checked("instance", choices=NORMS)  # instance (the paper) or none
+    prior: str = checked("none", choices=PRIORS)  # none (the paper) or profile: a fitted profile, then the net
+    prior_model: str = checked("poly3", choices=PRIOR_MODELS)  # the prior's profile (pipeline/profile.py's models)
 
 
-NORMS, PRIORS, PRIOR_MODELS = ("instance", "none"), ("none", "profile"), PROFILE_MODELS
 PRESETS = {
     "standard": GeneratorConfig(norm="none", prior="profile"),  # raw2rgb's recommended network
     "tiny": GeneratorConfig(base=16, res_blocks=2, saliency_width=16, norm="none", prior="profile"),  # its small size

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raw2rgb.config import JsonConfig
+from raw2rgb.config import JsonConfig, checked
 from raw2rgb.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,9 @@ class LossWeights(JsonConfig):
     one function and one field here: the total, the CLI's ``--NAME-weight`` options and the
     report's curves all read this list. Defaults are the paper's stage-2 weights (DESIGN §6)."""
 
-    attention: float = 0.5  # the saliency head learns only through this term
-    adversarial: float = 0.01  # stage 2
-    perceptual: float = 1.0  # stage 2; needs VGG16 ImageNet weights
+    attention: float = checked(0.5, min=0)  # the saliency head learns only through this term
+    adversarial: float = checked(0.01, min=0)  # stage 2
+    perceptual: float = checked(1.0, min=0)  # stage 2; needs VGG16 ImageNet weights
 
 
 STAGE2_TERMS = ("adversarial", "perceptual")  # terms only stage 2 computes

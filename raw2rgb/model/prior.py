@@ -8,6 +8,11 @@ colour cannot do (demosaicing, noise, sharpening, local contrast). It is the sam
 ``pipeline/develop.py`` (white balance, demosaicing, camera → sRGB matrix, sRGB curve) followed
 by ``pipeline/profile.py``'s ``apply`` — a test holds them equal — and it is pointwise but for
 the 3×3 demosaicing, so tiles stay seamless.
+
+The prior keeps the profile's white-balance rule (and the ``dataset`` rule's gains) beside its
+coefficients, so a checkpoint says how to white-balance a file without metadata: the colour it
+takes is made by ``whitebalance.colour_vector`` with that rule, in training, ``evaluate`` and
+``convert`` alike.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raw2rgb.pipeline.profile import DEFAULT_LUT_SIZE, MODELS, Profile, lut_corners, poly3_terms
+from raw2rgb.pipeline.whitebalance import LEGACY_RULE, RULES, WhiteBalance
 
 POLY3_TERMS = 20
 
@@ -80,6 +86,20 @@ class ColourPrior(nn.Module):
             axis = torch.linspace(0, 1, lut_size)
             identity = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
         self.register_buffer("coefficients", identity)
+        # the profile's white-balance rule (an index into RULES) and the dataset rule's gains (NaN: none)
+        self.register_buffer("wb_rule", torch.tensor(RULES.index(WhiteBalance().rule)))
+        self.register_buffer("wb_gains", torch.full((3,), float("nan")))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # checkpoints of before the white-balance rules: their models converted with a whole frame's grey world
+        state_dict.setdefault(prefix + "wb_rule", torch.tensor(RULES.index(LEGACY_RULE)))
+        state_dict.setdefault(prefix + "wb_gains", torch.full((3,), float("nan")))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def white_balance(self) -> WhiteBalance:
+        """The white-balance rule (and gains) of the profile this prior was set to."""
+        gains = self.wb_gains.tolist()
+        return WhiteBalance(RULES[int(self.wb_rule)], None if any(g != g for g in gains) else tuple(gains))
 
     def set_profile(self, profile: Profile) -> None:
         def kind(model: str, lut_size: int, scale: int) -> str:
@@ -90,6 +110,9 @@ class ColourPrior(nn.Module):
             raise ValueError(f"the colour prior takes a {want}, got a {got}")
         with torch.no_grad():
             self.coefficients.copy_(torch.tensor(profile.coefficients, dtype=torch.float32))
+            self.wb_rule.fill_(RULES.index(profile.white_balance.rule))
+            gains = profile.white_balance.gains
+            self.wb_gains.copy_(torch.tensor(gains if gains is not None else [float("nan")] * 3))
 
     def forward(self, raw: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
         """(B, 4, h, w) raw in [-1, 1] and (B, 12) colour → (B, 3, s·h, s·w) in [-1, 1]."""
@@ -100,3 +123,10 @@ class ColourPrior(nn.Module):
         else:
             out = lut_trilinear(x, self.coefficients.float(), self.lut_size)
         return out.clamp(0, 1) * 2 - 1
+
+
+def model_white_balance(g: nn.Module) -> WhiteBalance:
+    """How a generator white-balances a file without metadata: its colour prior's rule and gains; for
+    a generator without a prior (which takes no colour) a whole frame's grey world."""
+    prior = getattr(g, "prior", None)
+    return prior.white_balance() if isinstance(prior, ColourPrior) else WhiteBalance(LEGACY_RULE)

@@ -19,9 +19,9 @@ from raw2rgb.model.data import ShardDataset, to_model
 from raw2rgb.model.evaluate import evaluate, isp_batch
 from raw2rgb.model.infer import load_generator
 from raw2rgb.model.pictures import assemble, enlarge, raw_preview, saliency_tile, save_png, to_uint8
+from raw2rgb.model.prior import model_white_balance
 from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline.shards import shards_root
-from raw2rgb.pipeline.unpack import colours_of, scene_colours
 
 
 def training_curve(run_dir: os.PathLike | str, path: os.PathLike | str) -> Path:
@@ -62,15 +62,17 @@ def contact_sheet(run_dir: os.PathLike | str, dataset: os.PathLike | str, path: 
     saliency (SalGAN's or the fallback's map of the target)."""
     g, _ = load_generator(run_dir)
     root = shards_root(dataset)
-    ds = ShardDataset(root, split, compact=True)
+    ds = ShardDataset(root, split, compact=True, white_balance=model_white_balance(g))
     step = max(1, len(ds) // n)
-    batch = to_model(default_collate([ds[i] for i in range(0, step * n, step)[:n]]))
-    colours = colours_of(batch["id"], scene_colours(root))
+    picked = range(0, step * n, step)[:n]
+    batch = to_model(default_collate([ds[i] for i in picked]))
     with torch.no_grad():
         out = g.rgb(batch["raw"], batch.get("colour"))
-    columns = [isp_batch(batch["raw"], g.cfg.scale, colours)]
-    if profile is not None:
-        columns.append(isp_batch(batch["raw"], g.cfg.scale, colours, profile))
+    columns = [isp_batch(batch["raw"], g.cfg.scale, batch["colour"])]
+    if profile is not None:  # rendered with the profile's own white-balance rule, as evaluate scores it
+        by_profile = ShardDataset(root, split, compact=True, white_balance=profile.white_balance)
+        colour = torch.stack([by_profile[i]["colour"] for i in picked])
+        columns.append(isp_batch(batch["raw"], g.cfg.scale, colour, profile))
     columns += [out, batch["rgb"]]
     size = tuple(out.shape[-2:])
     sheet = assemble([[raw_preview(batch["raw"][i], size)] + [to_uint8(c[i]) for c in columns]

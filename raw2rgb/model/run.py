@@ -1,6 +1,6 @@
 """The RUN folder of a training run: its file names, its identity, its statistics and its lock.
 
-    RUN/config.json        the TrainConfig and the dataset's key: what the run is
+    RUN/config.json        the TrainConfig, the dataset's key and its colour source: what the run is
     RUN/stats.jsonl        one JSON object per logged step, per epoch (validation) and per event
     RUN/log.txt            the log
     RUN/checkpoints/       latest.pt (resume), stage1.pt, final.pt (the model to use)
@@ -8,10 +8,10 @@
     RUN/tensorboard/       the same scalars for TensorBoard
     RUN/profile.json       the colour prior's profile, fitted on the train split (recommended presets)
 
-A run is keyed on its config and its dataset's key: the same command on a finished run does
-nothing, on an interrupted one resumes; another config or changed shards are refused unless the
-run is started over (``force``), which removes only what a run writes, and only in a folder that
-holds a run.
+A run is keyed on its config, its dataset's key and where its data's colour comes from: the same
+command on a finished run does nothing, on an interrupted one resumes; another config, changed
+shards or another colour source are refused unless the run is started over (``force``), which
+removes only what a run writes, and only in a folder that holds a run.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from typing import Any
 
 from raw2rgb.errors import UserError
 from raw2rgb.files import write_bytes, write_json
+from raw2rgb.pipeline.shards import colour_words
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +111,10 @@ def open_run(run_dir: Path, identity: dict[str, Any], force: bool) -> None:
         if saved.get("dataset_key") != identity["dataset_key"]:
             raise RunError(f"{run_dir} was trained on other shards (the dataset changed since); use --force "
                            "to start over, or another -o")
+        if saved.get("colour") != identity.get("colour"):
+            raise RunError(f"{run_dir} was trained on colour from {colour_words(saved.get('colour'))}, this data's "
+                           f"comes from {colour_words(identity.get('colour'))}; resume on the data it was trained on, "
+                           "or use --force to start over")
         return
     elif force:
         for name in WRITES:

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, default_collate
 
-from raw2rgb.config import JsonConfig
+from raw2rgb.config import FieldError, JsonConfig, checked
 from raw2rgb.device import resolve_device
 from raw2rgb.errors import UserError
 from raw2rgb.files import FolderLock
@@ -42,10 +42,11 @@ from raw2rgb.model.evaluate import score, summarise
 from raw2rgb.model.generator import PRESETS as G_PRESETS
 from raw2rgb.model.generator import Generator, GeneratorConfig, init_weights
 from raw2rgb.model.pictures import grid_rows, save_png
+from raw2rgb.model.prior import model_white_balance
 from raw2rgb.pipeline import profile as colour_profile
-from raw2rgb.pipeline.shards import dataset_key, read_index, shards_root, split_count
+from raw2rgb.pipeline import whitebalance
+from raw2rgb.pipeline.shards import cameras, colour_source, dataset_key, read_index, shards_root, split_count
 from raw2rgb.pipeline.shards import validate as validate_shards
-from raw2rgb.pipeline.unpack import camera_name, read_sidecars
 
 log = logging.getLogger(__name__)
 
@@ -76,24 +77,32 @@ class TrainError(UserError):
 class TrainConfig(JsonConfig):
     """The recipe: everything a run's results depend on. Defaults are the paper's (DESIGN §6)."""
 
-    preset: str = "paper"
+    preset: str = checked("paper", choices=G_PRESETS)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
-    stage1_epochs: int = 10
-    stage2_epochs: int = 30
-    batch_size: int = 8  # per process
-    lr_stage1: float = 2e-4
-    lr_g: float = 1e-4
-    lr_d: float = 4e-4  # two time-scale update rule
-    betas: tuple[float, float] = (0.5, 0.999)
-    halve_every: int = 10  # epochs (lr_decay "step")
-    lr_decay: str = "step"  # step: halve every halve_every epochs (the paper); cosine: to 1 % over each stage
-    init_std: float = 0.02
-    ema: float = 0.0  # decay of a moving average of G's weights (0: none, as the paper); validated and saved
+    stage1_epochs: int = checked(10, min=0)
+    stage2_epochs: int = checked(30, min=0)
+    batch_size: int = checked(8, min=1)  # per process
+    lr_stage1: float = checked(2e-4, above=0)
+    lr_g: float = checked(1e-4, above=0)
+    lr_d: float = checked(4e-4, above=0)  # two time-scale update rule
+    betas: tuple[float, float] = checked((0.5, 0.999), min=0, below=1)
+    halve_every: int = checked(10, min=1)  # epochs (lr_decay "step")
+    lr_decay: str = checked("step", choices=LR_DECAYS)  # step: halve every halve_every epochs (the paper); cosine: to
+    # 1 % over each stage
+    init_std: float = checked(0.02, above=0)
+    ema: float = checked(0.0, min=0, below=1)  # decay of a moving average of G's weights (0: none, as the paper)
     weights: losses.LossWeights = field(default_factory=losses.LossWeights)
-    crop: int | None = None  # random crop of the training patches (packed pixels)
+    crop: int | None = checked(None, min=8)  # random crop of the training patches (packed pixels)
     augment: bool = True  # Bayer-safe geometry on the fly (model/data.py)
-    seed: int = 0
+    seed: int = checked(0, min=0)
+    # where a RAW file has no white balance: pipeline/whitebalance.py (the prior's profile is fitted with it)
+    white_balance: str = checked(whitebalance.DEFAULT_RULE, choices=whitebalance.RULES)
+
+    def _check_together(self) -> None:
+        if self.stage1_epochs + self.stage2_epochs == 0:
+            raise FieldError(type(self).__name__, ("stage1_epochs",), "0 with stage2_epochs 0 would train nothing "
+                             "(accepted: at least one epoch in one of the stages)")
 
     @classmethod
     def preset_config(cls, name: str, **overrides: Any) -> TrainConfig:
@@ -117,16 +126,16 @@ class TrainConfig(JsonConfig):
 class Runtime(JsonConfig):
     """How to run, not what to learn: not part of a run's identity."""
 
-    stages: str = "all"  # 1, 2 or all
+    stages: str = checked("all", choices=STAGES)  # 1, 2 or all
     device: str = "auto"
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32
+    precision: str = checked("auto", choices=PRECISIONS)  # auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32
     compile: bool = False
     channels_last: bool = True  # on CUDA
-    max_steps: int | None = None  # stop after this global step (a rerun with a larger one continues)
-    checkpoint_every: int = 500  # steps; also at every epoch's end
-    log_every: int = 10  # steps
-    workers: int | None = None  # data-loading processes; None: 2 on CUDA, 0 on a CPU (they would take its cores)
-    samples: int = 4  # images in each epoch's sample grid
+    max_steps: int | None = checked(None, min=1)  # stop after this global step (a rerun with a larger one continues)
+    checkpoint_every: int = checked(500, min=1)  # steps; also at every epoch's end
+    log_every: int = checked(10, min=1)  # steps
+    workers: int | None = checked(None, min=0)  # data-loading processes; None: 2 on CUDA, 0 on a CPU (its cores)
+    samples: int = checked(4, min=0)  # images in each epoch's sample grid
     vgg_weights: str | None = None
 
 
@@ -367,7 +376,8 @@ def _fit_prior(root: Path, run_dir: Path, cfg: TrainConfig, dist: Dist) -> colou
     if run.checkpoint(run_dir).is_file() and (run_dir / run.PROFILE).is_file():
         return None
     t0 = time.perf_counter()
-    prior = colour_profile.fit_dataset(root, "train", cfg.generator.prior_model)
+    prior = colour_profile.fit_dataset(root, "train", cfg.generator.prior_model,
+                                       white_balance_rule=cfg.white_balance)
     if dist.main:
         colour_profile.save(prior, run_dir / run.PROFILE)
         log.info("colour prior: a %s profile fitted on %d train pixels in %.1f s (train PSNR %.2f dB)", prior.model,
@@ -385,10 +395,12 @@ def _finished(progress: Progress, stages: tuple[int, ...], cfg: TrainConfig, rt:
     return None
 
 
-def _datasets(root: Path, cfg: TrainConfig, dist: Dist) -> tuple[ShardDataset, ShardDataset | None]:
-    train_set = ShardDataset(root, "train", augment=cfg.augment, crop=cfg.crop, seed=cfg.seed, compact=True)
+def _datasets(root: Path, cfg: TrainConfig, dist: Dist, wb: whitebalance.WhiteBalance | str
+              ) -> tuple[ShardDataset, ShardDataset | None]:
+    train_set = ShardDataset(root, "train", augment=cfg.augment, crop=cfg.crop, seed=cfg.seed, compact=True,
+                             white_balance=wb)
     index = read_index(root)
-    val_set = ShardDataset(root, "val", compact=True) if split_count(index, "val") else None
+    val_set = ShardDataset(root, "val", compact=True, white_balance=wb) if split_count(index, "val") else None
     if val_set is None and dist.main:
         log.warning("%s: no val split; no validation (prepare with --split giving val a share)", root)
     return train_set, val_set
@@ -483,9 +495,11 @@ class _Loop:
         bad = distributed.any_rank(self.bad, self.dist)
         if bool(bad.any()):
             names = [n for n, b in zip(self.term_names, bad.tolist()) if b and n != "total"]
+            latest = run.checkpoint(self.run_dir)  # every checkpoint is saved after this check: a good one
+            kept = f"the last good checkpoint ({latest}) is kept" if latest.is_file() else \
+                "no checkpoint had been written yet"
             raise TrainError(f"loss {', '.join(names) or 'total'} became NaN or infinite by step {self.progress.step}; "
-                             f"stopped, the last good checkpoint ({run.checkpoint(self.run_dir)}) is kept. "
-                             "Lower the learning rates or check the data")
+                             f"stopped, {kept}. Lower the learning rates or check the data")
 
     def log_step(self, stage: int, terms: dict[str, torch.Tensor], rate: float) -> None:
         self.check_finite()
@@ -634,9 +648,9 @@ class _Loop:
 
 
 def dataset_cameras(root: Path) -> list[str]:
-    """The cameras ("make model") of a prepare DATASET's RAW files (none for a bare shards folder);
-    convert warns when a file comes from another camera."""
-    return sorted({camera_name(frame) for frame in read_sidecars(root).values()} - {""})
+    """The cameras ("make model") of a shards folder's RAW files, as the shards record them; convert
+    warns when a file comes from another camera."""
+    return cameras(root)
 
 
 # -- the loop --------------------------------------------------------------------------------------
@@ -713,7 +727,7 @@ def _set_up(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: to
     """Dataset, RUN folder, networks and the resumed state; a TrainResult when nothing is left to do."""
     index = _check_dataset(root, cfg)
     identity = {"format": checkpoint.FORMAT, "config": cfg.to_json(), "dataset": str(root),
-                "dataset_key": dataset_key(root)}
+                "dataset_key": dataset_key(root), "colour": colour_source(root, index)}
     if dist.main:
         run.open_run(run_dir, identity, force)
     distributed.barrier(dist)
@@ -731,7 +745,10 @@ def _set_up(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: to
         return TrainResult(run_dir, 0, progress.step, True, f"{run_dir}: {done}; nothing to do")
     amp = torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16,
                          enabled=precision != "fp32")
-    train_set, val_set = _datasets(root, cfg, dist)
+    # the colour of files without a white balance: the prior's rule and gains (restored with a resumed
+    # checkpoint), else the config's rule on this data
+    wb = model_white_balance(nets.G) if nets.G.prior is not None else cfg.white_balance
+    train_set, val_set = _datasets(root, cfg, dist, wb)
     loop = _Loop(root, run_dir, cfg, rt, device, dist, precision, nets, opts, progress,
                  run.Stats(run_dir, progress.stats_lines, dist.main), amp, dataset_cameras(root))
     if dist.main:

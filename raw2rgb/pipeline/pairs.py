@@ -22,7 +22,7 @@ import imagecodecs
 import numpy as np
 from PIL import Image
 
-from raw2rgb.config import JsonConfig
+from raw2rgb.config import JsonConfig, checked
 from raw2rgb.errors import UserError, one_line
 from raw2rgb.files import inside, write_bytes
 from raw2rgb.pipeline import rawio
@@ -192,12 +192,12 @@ def ncc(a: np.ndarray, b: np.ndarray) -> float:
 class PatchParams(JsonConfig):
     """How patches are cut and which are kept."""
 
-    size: int = 224  # packed pixels
-    stride: int = 224
-    min_score: float = 0.5  # NCC of RAW preview luma and target luma
-    max_clipped: float = 1.0  # largest fraction of clipped RAW samples (1: keep all)
-    min_mean: float = 0.0  # smallest mean RAW level (0: keep all)
-    max_shift: float | None = 2.0  # largest local alignment residual, target pixels (None: keep all)
+    size: int = checked(224, min=8)  # packed pixels
+    stride: int = checked(224, min=1)
+    min_score: float = 0.5  # NCC of RAW preview luma and target luma (any finite value; above 1 keeps none)
+    max_clipped: float = checked(1.0, min=0, max=1)  # largest fraction of clipped RAW samples (1: keep all)
+    min_mean: float = checked(0.0, min=0, max=1)  # smallest mean RAW level (0: keep all)
+    max_shift: float | None = checked(2.0, min=0)  # largest local alignment residual, target pixels (None: keep all)
 
 
 @dataclass

@@ -32,19 +32,20 @@ import scipy.sparse.linalg as spla
 from raw2rgb.config import JsonConfig
 from raw2rgb.errors import ConfigError, UserError
 from raw2rgb.files import write_json
+from raw2rgb.pipeline import whitebalance
 from raw2rgb.pipeline.develop import develop
-from raw2rgb.pipeline.shards import ShardError, read_ids, read_index, scene_of, shards_root
-from raw2rgb.pipeline.unpack import camera_name, colour_of, read_sidecars, scene_colours
+from raw2rgb.pipeline.shards import ShardError, read_colours, read_index, shards_root, white_balance
+from raw2rgb.pipeline.whitebalance import SampleColour, WhiteBalance
 
-FORMAT = 1
+FORMAT = 2  # 2: the white-balance rule (and the dataset rule's gains) it was fitted with
 KIND = "raw2rgb-profile"
 MODELS = ("poly3", "lut")
 DEFAULT_MODEL = "poly3"
 DEFAULT_LUT_SIZE = 9
 MAX_PIXELS = 2_000_000  # pixels a fit uses at most (an even sample beyond)
 MAX_SAMPLES = 2048  # patches a fit reads at most (an even sample beyond): seconds on any dataset
-SOURCE = ("classical pipeline: as-shot white balance, the file's colour matrix (grey world / camera RGB when absent), "
-          "sRGB")
+SOURCE = ("classical pipeline: as-shot white balance (the white_balance rule where the file has none), the file's "
+          "colour matrix (camera RGB where absent), sRGB")
 
 
 class ProfileError(UserError):
@@ -60,6 +61,7 @@ class Profile(JsonConfig):
     lut_size: int = 0
     scale: int = 2  # the output scale of the renderings it was fitted on (1: one pixel per cell)
     cameras: tuple[str, ...] = ()  # the RAW cameras of the fit ("make model"); empty: unknown
+    white_balance: WhiteBalance = field(default_factory=WhiteBalance)  # for files without one (whitebalance.py)
     source: str = SOURCE
     fitted_on: dict[str, Any] = field(default_factory=dict)  # dataset, split, pixels, fit PSNR
 
@@ -154,10 +156,10 @@ def apply(profile: Profile, rgb: np.ndarray) -> np.ndarray:
 
 # -- fitting on a dataset -----------------------------------------------------------------------------
 
-def _pairs_of_split(root: Path, split: str, render: Callable[[np.ndarray, str], np.ndarray], max_pixels: int,
-                    max_samples: int = MAX_SAMPLES) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(rendered pixels, target pixels, ids) of an even sample of a split: at most ``max_samples``
-    samples, at most ``max_pixels`` pixels in all."""
+def _pairs_of_split(root: Path, split: str, render: Callable[[np.ndarray, SampleColour], np.ndarray],
+                    max_pixels: int, max_samples: int = MAX_SAMPLES) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(rendered pixels, target pixels, cameras) of an even sample of a split: at most ``max_samples``
+    samples, at most ``max_pixels`` pixels in all; each sample rendered with its stored colour."""
     index = read_index(root)
     if split not in index["splits"] or not index["splits"][split]["count"]:
         raise ShardError(f"{root}: the {split} split is empty; a profile is fitted on it")
@@ -172,46 +174,49 @@ def _pairs_of_split(root: Path, split: str, render: Callable[[np.ndarray, str], 
         if not local:
             continue
         with h5py.File(root / s["file"], "r") as f:
-            names = read_ids(f)
+            colours, cameras = read_colours(f)
             per_sample = int(np.prod(f["rgb"].shape[2:]))
             step = max(1, int(np.ceil(len(wanted) * per_sample / max_pixels)))
             for j in local:
                 raw = f["raw"][j].astype(np.float32) / 65535.0
                 rgb = f["rgb"][j].transpose(1, 2, 0).reshape(-1, 3).astype(np.float32) / 255.0
-                src = render(raw, names[j]).reshape(-1, 3)
+                src = render(raw, colours[j]).reshape(-1, 3)
                 xs.append(src[j % step :: step])
                 ys.append(rgb[j % step :: step])
-                ids.append(names[j])
+                ids.append(cameras[j])
     return np.concatenate(xs), np.concatenate(ys), ids
 
 
+def render_sample(raw: np.ndarray, colour: SampleColour, wb: WhiteBalance, scale: int) -> np.ndarray:
+    """The classical rendering a profile is fitted on and applied to: packed planes (4, h, w) in
+    [0, 1] with the sample's colour and the white-balance rule → sRGB (s·h, s·w, 3) float32."""
+    vector = whitebalance.colour_vector(colour, wb)
+    return develop(raw, vector[:3], vector[3:].reshape(3, 3), scale=scale)
+
+
 def fit_dataset(dataset: os.PathLike | str, split: str = "train", model: str = DEFAULT_MODEL,
-                lut_size: int = DEFAULT_LUT_SIZE, max_pixels: int = MAX_PIXELS) -> Profile:
+                lut_size: int = DEFAULT_LUT_SIZE, max_pixels: int = MAX_PIXELS,
+                white_balance_rule: str = whitebalance.DEFAULT_RULE) -> Profile:
     """Fit a profile on a split of a prepare DATASET (or shards folder): each patch rendered by the
-    classical pipeline with its RAW file's colours, against its target.
+    classical pipeline with its RAW file's colours (stored in the shards; where a file had no white
+    balance, the gains ``white_balance_rule`` gives), against its target.
 
     Raises:
         ShardError: no such split or an unreadable shards folder.
+        ConfigError: an unknown white-balance rule.
     """
     root = shards_root(dataset)
     index = read_index(root)
     scale = int(index["scale"])
-    frames = read_sidecars(root)
-    colours = scene_colours(root)
-
-    def render(raw: np.ndarray, sid: str) -> np.ndarray:
-        wb_gains, cam_to_rgb = colour_of(sid, colours)
-        return develop(raw, wb_gains, cam_to_rgb, scale=scale)
-
-    src, dst, ids = _pairs_of_split(root, split, render, max_pixels)
+    wb = white_balance(root, white_balance_rule, index)
+    src, dst, cameras = _pairs_of_split(root, split, lambda raw, c: render_sample(raw, c, wb, scale), max_pixels)
     coef, n = fit(src, dst, model, lut_size)
-    scenes = {scene_of(i) for i in ids}
-    cameras = sorted({camera_name(frames[s]) for s in scenes if s in frames} - {""})
-    profile = Profile(model=model, coefficients=coef, lut_size=n, scale=scale, cameras=tuple(cameras))
+    profile = Profile(model=model, coefficients=coef, lut_size=n, scale=scale,
+                      cameras=tuple(sorted(set(cameras) - {""})), white_balance=wb)
     fitted = apply(profile, src)
     mse = float(np.mean((np.rint(fitted * 255) - np.rint(dst * 255)) ** 2))
     return dataclasses.replace(profile, fitted_on={
-        "dataset": str(root), "split": split, "pixels": int(len(src)), "samples": len(ids),
+        "dataset": str(root), "split": split, "pixels": int(len(src)), "samples": len(cameras),
         "fit_psnr": round(float(10 * np.log10(255**2 / max(mse, 1e-12))), 3)})
 
 
@@ -249,6 +254,7 @@ def load(path: os.PathLike | str) -> Profile:
             raise ValueError(f"lut_size {profile.lut_size}")
         if profile.scale not in (1, 2):
             raise ValueError(f"scale {profile.scale}")
+        whitebalance.check_rule(profile.white_balance.rule)
     except (ConfigError, ValueError, TypeError) as e:
         raise ProfileError(f"{path}: malformed profile ({e})") from None
     return profile

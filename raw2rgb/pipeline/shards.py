@@ -2,9 +2,15 @@
 stage: patches + saliency → shards per split), their formats and readers.
 
 A shard ``SPLIT-NNNNN.h5`` holds ``raw`` (N, 4, h, w) uint16, ``rgb`` (N, 3, H, W) uint8,
-``saliency`` (N, 1, H, W) uint8 and ``id`` (N,) strings, one sample per chunk, uncompressed;
-attributes give the format, normalisation, output scale, saliency method and the cache key of
-the stage inputs. ``index.json`` lists the shards of each split with their counts.
+``saliency`` (N, 1, H, W) uint8 and ``id`` (N,) strings, one sample per chunk, uncompressed; and
+each sample's colour, so that a ``shards/`` folder copied alone trains and scores as the dataset
+does: ``wb_as_shot`` (N, 3) and ``cam_to_rgb`` (N, 3, 3) float32 from its RAW file (NaN: the file
+has none), ``wb_frame`` (N, E, 3) float32, every white-balance estimator's gains of its whole frame
+(``whitebalance.ESTIMATORS``), and ``camera`` (N,) strings. Attributes give the format,
+normalisation, output scale, saliency method, the cache key of the stage inputs, and the sums the
+``dataset`` white-balance rule is fitted from (``grey_sums``, ``grey_cells``: R, G, B plane sums
+over the cells of samples without an as-shot white balance). ``index.json`` lists the shards of
+each split with their counts.
 
 Uncompressed by measurement (256 samples of 224² packed, random reads on one core): none 4,946
 samples/s at 602 kB/sample; lzf 487/s at 567 kB; gzip-1 289/s at 485 kB. Sensor noise leaves
@@ -28,12 +34,14 @@ import numpy as np
 
 from raw2rgb.errors import UserError, one_line
 from raw2rgb.files import atomic_path, write_json
-from raw2rgb.pipeline import augment, bayer, rawio
+from raw2rgb.pipeline import augment, bayer, rawio, whitebalance
 from raw2rgb.pipeline.stage import Context, Item, ItemError, Manifest, Stage, StageResult, run_stage
+from raw2rgb.pipeline.unpack import STAGE_FOLDER, camera_name
+from raw2rgb.pipeline.whitebalance import SampleColour, WhiteBalance
 
 log = logging.getLogger(__name__)
 
-SHARD_FORMAT = 1
+SHARD_FORMAT = 2  # 2: each sample's colour (white balance, matrix, frame estimates, camera)
 INDEX = "index.json"
 DEFAULT_SHARD_SIZE = 512
 
@@ -60,24 +68,88 @@ def patch_id(rel: str) -> str:
 NORMALISATION = f"raw: {bayer.normalisation_formula(16)}; rgb, saliency: 0-255"
 
 
+COLOUR_DATASETS = ("wb_as_shot", "cam_to_rgb", "wb_frame")
+
+
+def colour_arrays(colours: list[SampleColour], cameras: list[str]) -> dict[str, Any]:
+    """The colour datasets of a shard from each sample's colour (NaN where unknown) and camera."""
+    n, e = len(colours), len(whitebalance.ESTIMATORS)
+    out = {"wb_as_shot": np.full((n, 3), np.nan, np.float32), "cam_to_rgb": np.full((n, 3, 3), np.nan, np.float32),
+           "wb_frame": np.full((n, e, 3), np.nan, np.float32), "camera": list(cameras)}
+    for i, c in enumerate(colours):
+        for key, value in (("wb_as_shot", c.as_shot), ("cam_to_rgb", c.matrix), ("wb_frame", c.frame)):
+            if value is not None:
+                out[key][i] = value
+    return out
+
+
+def unknown_colours(raw: np.ndarray) -> dict[str, Any]:
+    """Colour datasets for samples that are their own frames and carry no metadata (shards written
+    by hand, as tests do): unknown white balance and matrix, each sample's own estimates."""
+    planes = raw.astype(np.float32) / 65535.0
+    return colour_arrays([SampleColour(frame=whitebalance.frame_estimates(p)) for p in planes], [""] * len(raw))
+
+
+def _grey_sums(raw: np.ndarray, as_shot: np.ndarray) -> tuple[np.ndarray, int]:
+    """R, G, B plane sums over the unclipped cells of the samples without an as-shot white balance,
+    and the number of cells: what the ``dataset`` rule's grey world adds up over a split."""
+    sums, cells = np.zeros(3), 0
+    for r, known in zip(raw, np.isfinite(as_shot).all(axis=1)):
+        if known:
+            continue
+        p = r.astype(np.float64) / 65535.0
+        keep = p.max(axis=0) < whitebalance.CLIPPED
+        sums += [p[0][keep].sum(), ((p[1] + p[3]) * 0.5)[keep].sum(), p[2][keep].sum()]
+        cells += int(keep.sum())
+    return sums, cells
+
+
 def write_shard(path: Path, ids: list[str], raw: np.ndarray, rgb: np.ndarray, saliency: np.ndarray,
-                attrs: Mapping[str, Any]) -> None:
-    """Write one training shard atomically and byte-reproducibly (no timestamps)."""
+                attrs: Mapping[str, Any], colours: Mapping[str, Any] | None = None) -> None:
+    """Write one training shard atomically and byte-reproducibly (no timestamps). ``colours``: the
+    datasets of :func:`colour_arrays` (default :func:`unknown_colours`)."""
+    colours = unknown_colours(raw) if colours is None else colours
+    sums, cells = _grey_sums(raw, np.asarray(colours["wb_as_shot"]))
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for name, data in (("raw", raw), ("rgb", rgb), ("saliency", saliency)):
             f.create_dataset(name, data=data, chunks=(1, *data.shape[1:]), track_times=False)
         f.create_dataset("id", data=np.array(ids, dtype=object), dtype=h5py.string_dtype(), track_times=False)
+        for name in COLOUR_DATASETS:
+            f.create_dataset(name, data=np.asarray(colours[name], np.float32), track_times=False)
+        f["wb_frame"].attrs["estimators"] = ",".join(whitebalance.ESTIMATORS)
+        f.create_dataset("camera", data=np.array(colours["camera"], dtype=object), dtype=h5py.string_dtype(),
+                         track_times=False)
         for k, v in attrs.items():
             f.attrs[k] = v
+        f.attrs["grey_sums"], f.attrs["grey_cells"] = sums, cells
+
+
+def read_colours(f) -> tuple[list[SampleColour], list[str]]:
+    """Each sample's colour and camera from an open training shard."""
+    arrays = {k: f[k][()] for k in COLOUR_DATASETS}
+    stored = f["wb_frame"].attrs.get("estimators", "")
+    if (stored.decode() if isinstance(stored, bytes) else str(stored)) != ",".join(whitebalance.ESTIMATORS):
+        raise ShardError(f"{f.filename}: frame white-balance estimates of {stored}, this raw2rgb reads "
+                         f"{','.join(whitebalance.ESTIMATORS)}; rebuild them: raw2rgb prepare SRC -o DATASET "
+                         "--force shards")
+
+    def known(a: np.ndarray) -> np.ndarray | None:
+        return a if np.isfinite(a).all() else None
+
+    colours = [SampleColour(known(a), known(m), known(e))
+               for a, m, e in zip(arrays["wb_as_shot"], arrays["cam_to_rgb"], arrays["wb_frame"])]
+    cameras = [s.decode() if isinstance(s, bytes) else str(s) for s in f["camera"][()]]
+    return colours, cameras
 
 
 def read_shard(path: os.PathLike | str) -> dict[str, Any]:
-    """A whole shard: arrays, ids and attributes."""
+    """A whole shard: arrays, ids, attributes, and each sample's colour (``colour``) and camera."""
     try:
         with h5py.File(path, "r") as f:
             out = {k: f[k][()] for k in ("raw", "rgb", "saliency")}
             out["id"] = read_ids(f)
             out["attrs"] = dict(f.attrs)
+            out["colour"], out["camera"] = read_colours(f)
             return out
     except (OSError, KeyError) as e:
         raise ShardError(f"{path}: unreadable training shard ({e})") from None
@@ -123,18 +195,34 @@ def _sample_seed(seed: int, sample_id: str, copy: int) -> list[int]:
     return [seed, int.from_bytes(digest[:8], "big"), copy]
 
 
+def frame_colour(packed_png: str, sidecar: str) -> tuple[SampleColour, str]:
+    """The colour of an unpacked frame (its RAW file's as-shot white balance and matrix, every
+    estimator's gains of the whole frame) and its camera, from the unpack stage's PNG and sidecar."""
+    try:
+        frame = json.loads(Path(sidecar).read_text())["frame"]
+        packed = rawio.read_packed_png(packed_png)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ItemError(f"{sidecar}: unreadable unpacked frame ({one_line(str(e))})") from None
+    planes = packed.astype(np.float32) / np.float32(np.iinfo(packed.dtype).max)
+    return SampleColour.of_frame(planes, frame.get("wb_gains"), frame.get("cam_to_rgb")), camera_name(frame)
+
+
 def shard_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
-    """Stage work: load a group of patches and their saliency, write ``K`` copies each."""
+    """Stage work: load a group of patches, their saliency and their frames' colour, write ``K``
+    copies each."""
     ids: list[str] = item.payload["ids"]
-    n = len(ids)
-    raw_paths, rgb_paths, sal_paths = item.inputs[:n], item.inputs[n : 2 * n], item.inputs[2 * n :]
+    scenes: list[str] = item.payload["scenes"]
+    n, end = len(ids), len(item.inputs) - 2 * len(scenes)
+    raw_paths, rgb_paths = item.inputs[:n], item.inputs[n : 2 * n]
+    sal_paths, frame_paths = item.inputs[2 * n : end], item.inputs[end:]
+    frames = {scene: frame_colour(frame_paths[2 * i], frame_paths[2 * i + 1]) for i, scene in enumerate(scenes)}
     p = ctx.params
     maps: dict[str, np.ndarray] = {}
     wanted = set(ids)
     for sp in sal_paths:
         s = read_saliency_shard(sp)
         maps.update((i, m) for i, m in zip(s.ids, s.maps) if i in wanted)
-    out_ids, raws, rgbs, sals = [], [], [], []
+    out_ids, raws, rgbs, sals, colours, cameras = [], [], [], [], [], []
     for sid, rp, gp in zip(ids, raw_paths, rgb_paths):
         if sid not in maps:
             raise ItemError(f"{gp}: no saliency map for {sid}")
@@ -154,11 +242,15 @@ def shard_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
             rgbs.append(np.moveaxis(_to_uint8(g), 2, 0))
             sals.append(_to_uint8(s)[None])
             out_ids.append(sid if p["copies"] == 1 else f"{sid}#{k}")
+            colour, camera = frames[scene_of(sid)]
+            colours.append(colour)
+            cameras.append(camera)
     name = f"{item.key}.h5"
     attrs = {"format": SHARD_FORMAT, "normalisation": NORMALISATION, "scale": p["scale"],
              "saliency_method": p["saliency_method"], "split": item.payload["split"],
              "inputs_key": hashlib.sha256(json.dumps(sorted(ctx.hashes.values())).encode()).hexdigest()}
-    write_shard(ctx.out_dir / name, out_ids, np.stack(raws), np.stack(rgbs), np.stack(sals), attrs)
+    write_shard(ctx.out_dir / name, out_ids, np.stack(raws), np.stack(rgbs), np.stack(sals), attrs,
+                colour_arrays(colours, cameras))
     return [name], {"count": len(out_ids), "split": item.payload["split"]}
 
 
@@ -173,18 +265,20 @@ def _read_png(path: str) -> np.ndarray:
         raise ItemError(f"{path}: unreadable patch ({one_line(str(e))})") from None
 
 
-SHARDS = Stage("shards", 1, shard_item)
+SHARDS = Stage("shards", 2, shard_item)  # 2: each sample's colour
 
 
 def build(samples: list[tuple[str, str, str, str]], saliency_shards: dict[str, str], out_dir: os.PathLike | str,
-          *, scale: int = 1, copies: int = 1, crop: int | None = None, seed: int = 0,
-          saliency_method: str = "", shard_size: int = DEFAULT_SHARD_SIZE, jobs: int = 1, force: bool = False,
-          progress=None) -> StageResult:
+          frames: Mapping[str, tuple[str, str]], *, scale: int = 1, copies: int = 1, crop: int | None = None,
+          seed: int = 0, saliency_method: str = "", shard_size: int = DEFAULT_SHARD_SIZE, jobs: int = 1,
+          force: bool = False, progress=None) -> StageResult:
     """Run the shards stage and write ``index.json``.
 
     Args:
         samples: (id, split, raw patch path, rgb patch path), sorted or not.
         saliency_shards: id -> the saliency shard holding its map.
+        frames: scene -> its unpacked frame (packed PNG, sidecar): each sample's colour comes from
+            its RAW file's metadata and from estimates over the whole frame.
         crop: patch size in the shards; default the patch size for ``copies == 1``, else the
             largest multiple of 8 below it (a flip's re-crop costs one packed pixel).
     """
@@ -200,6 +294,11 @@ def build(samples: list[tuple[str, str, str, str]], saliency_shards: dict[str, s
         crop = size if copies == 1 else (size - 1) // 8 * 8
     if crop > size or (copies > 1 and crop > size - 1):
         raise ShardError(f"crop {crop} does not fit patches of {size} (transformed copies lose one pixel)")
+    missing = sorted({scene_of(s[0]) for s in samples} - set(frames))
+    if missing:
+        raise ShardError(f"{out_dir}: no unpacked frame for {missing[0]}"
+                         f"{f' and {len(missing) - 1} other scenes' if len(missing) > 1 else ''} (the shards "
+                         "stage reads each sample's colour from DATASET/unpack; run raw2rgb prepare)")
     items = []
     for split in sorted({s[1] for s in samples}):
         group = [s for s in samples if s[1] == split]
@@ -207,8 +306,11 @@ def build(samples: list[tuple[str, str, str, str]], saliency_shards: dict[str, s
             chunk = group[start : start + shard_size]
             ids = [s[0] for s in chunk]
             sal = sorted({saliency_shards[i] for i in ids if i in saliency_shards})
-            items.append(Item(f"{split}-{n:05d}", tuple([s[2] for s in chunk] + [s[3] for s in chunk] + sal),
-                              {"ids": ids, "split": split}))
+            scenes = sorted({scene_of(i) for i in ids})
+            frame_files = [f for scene in scenes for f in frames[scene]]
+            items.append(Item(f"{split}-{n:05d}",
+                              tuple([s[2] for s in chunk] + [s[3] for s in chunk] + sal + frame_files),
+                              {"ids": ids, "split": split, "scenes": scenes}))
     params = {"scale": scale, "copies": copies, "crop": crop, "seed": seed, "saliency_method": saliency_method,
               "shard_size": shard_size}
     result = run_stage(SHARDS, items, out_dir, params, jobs=jobs, force=force, progress=progress)
@@ -221,6 +323,16 @@ def build(samples: list[tuple[str, str, str, str]], saliency_shards: dict[str, s
                                  "normalisation": NORMALISATION, "saliency_method": saliency_method,
                                  "splits": splits})
     return result
+
+
+def frames_of(unpack_dir: os.PathLike | str) -> dict[str, tuple[str, str]]:
+    """scene -> (packed PNG, sidecar) of every frame the unpack stage wrote."""
+    root = Path(unpack_dir)
+    manifest = Manifest.load(root)
+    if manifest is None:
+        return {}
+    return {r.key: (str(root / f"{r.key}.png"), str(root / f"{r.key}.json")) for r in manifest.ok
+            if (root / f"{r.key}.png").is_file() and (root / f"{r.key}.json").is_file()}
 
 
 def samples_from(patches_dir: Path, saliency_dir: Path, splits: Mapping[str, str]
@@ -270,6 +382,9 @@ def read_index(root: os.PathLike | str) -> dict[str, Any]:
         raise ShardError(f"{root}: no {INDEX} (not a shards folder; build one with raw2rgb prepare)") from None
     except (OSError, ValueError) as e:
         raise ShardError(f"{root / INDEX}: unreadable shard index ({e})") from None
+    if isinstance(index, dict) and index.get("format") == 1:
+        raise ShardError(f"{root}: training shards of format 1 carry no colour (white balance, matrix); rebuild "
+                         "them: raw2rgb prepare SRC -o DATASET --force shards")
     if not isinstance(index, dict) or index.get("format") != SHARD_FORMAT or "splits" not in index:
         raise ShardError(f"{root / INDEX}: shard format {index.get('format') if isinstance(index, dict) else '?'}, "
                          f"this raw2rgb reads format {SHARD_FORMAT}")
@@ -280,7 +395,8 @@ def read_index(root: os.PathLike | str) -> dict[str, Any]:
     return index
 
 
-STORED_DTYPES = {"raw": np.uint16, "rgb": np.uint8, "saliency": np.uint8}
+STORED_DTYPES = {"raw": np.uint16, "rgb": np.uint8, "saliency": np.uint8, "wb_as_shot": np.float32,
+                 "cam_to_rgb": np.float32, "wb_frame": np.float32}
 
 
 def validate(root: os.PathLike | str, index: Mapping[str, Any] | None = None) -> tuple[int, int]:
@@ -301,7 +417,8 @@ def validate(root: os.PathLike | str, index: Mapping[str, Any] | None = None) ->
             path = root / entry["file"]
             try:
                 with h5py.File(path, "r") as f:
-                    shapes = {k: tuple(f[k].shape) for k in ("raw", "rgb", "saliency", "id")}
+                    shapes = {k: tuple(f[k].shape)
+                              for k in ("raw", "rgb", "saliency", "id", *COLOUR_DATASETS, "camera")}
                     dtypes = {k: f[k].dtype for k in STORED_DTYPES}
             except (OSError, KeyError) as e:
                 raise ShardError(f"{path}: unreadable training shard ({one_line(str(e))})") from None
@@ -315,6 +432,11 @@ def validate(root: os.PathLike | str, index: Mapping[str, Any] | None = None) ->
                 if shapes[k] != (n, ch, scale * h, scale * w):
                     raise ShardError(f"{path}: {k} has shape {shapes[k]}, the raw {shapes['raw']} at scale {scale} "
                                      f"needs {(n, ch, scale * h, scale * w)}")
+            e = len(whitebalance.ESTIMATORS)
+            for k, want in (("wb_as_shot", (n, 3)), ("cam_to_rgb", (n, 3, 3)), ("wb_frame", (n, e, 3)),
+                            ("camera", (n,))):
+                if shapes[k] != want:
+                    raise ShardError(f"{path}: {k} has shape {shapes[k]}, the format stores {want}")
             if shapes["id"] != (n,) or n != entry["count"]:
                 raise ShardError(f"{path}: {n} samples and {shapes['id'][0]} ids, index.json says {entry['count']}")
             if size is not None and (h, w) != size:
@@ -347,15 +469,98 @@ def dataset_key(root: os.PathLike | str) -> str:
 
 
 def build_from_stages(patches_dir: os.PathLike | str, saliency_dir: os.PathLike | str, out_dir: os.PathLike | str,
-                      splits_file: os.PathLike | str | None = None, **kwargs: Any) -> StageResult:
-    """The shards stage on its own: patches and saliency folders of ``prepare`` → training shards.
+                      splits_file: os.PathLike | str | None = None, unpack_dir: os.PathLike | str | None = None,
+                      **kwargs: Any) -> StageResult:
+    """The shards stage on its own: patches, saliency and unpack folders of ``prepare`` → training shards.
 
     ``splits_file`` defaults to ``splits.json`` beside the patches folder; without one every
-    patch goes to ``train``. Other arguments as :func:`build`."""
+    patch goes to ``train``. ``unpack_dir`` defaults to ``unpack/`` beside the patches folder.
+    Other arguments as :func:`build`."""
     patches_dir, saliency_dir = Path(patches_dir), Path(saliency_dir)
     splits_path = Path(splits_file) if splits_file else patches_dir.parent / "splits.json"
     splits = json.loads(splits_path.read_text())["scenes"] if splits_path.is_file() else {}
     sal = Manifest.load(saliency_dir)
     samples, owners = samples_from(patches_dir, saliency_dir, splits)
     method = sal.params.get("method", "") if sal else ""
-    return build(samples, owners, out_dir, saliency_method=method, **kwargs)
+    frames = frames_of(unpack_dir if unpack_dir is not None else patches_dir.parent / STAGE_FOLDER)
+    return build(samples, owners, out_dir, frames, saliency_method=method, **kwargs)
+
+
+# -- colour of a shards folder ---------------------------------------------------------------------
+
+def _shard_files(root: Path, index: Mapping[str, Any], splits: tuple[str, ...] | None = None) -> list[Path]:
+    return [root / s["file"] for split in sorted(index["splits"]) if splits is None or split in splits
+            for s in index["splits"][split]["shards"]]
+
+
+def white_balance(root: os.PathLike | str, rule: str | WhiteBalance = whitebalance.DEFAULT_RULE,
+                  index: Mapping[str, Any] | None = None) -> WhiteBalance:
+    """A white-balance rule made usable on a shards folder: for ``dataset``, its gains — grey world
+    over the train split's samples without metadata (over every split when train has none), from
+    the sums each shard records. A :class:`WhiteBalance` that has its gains is returned as it is
+    (a profile's or a model's: fitted elsewhere, applied here).
+
+    Raises:
+        ConfigError: an unknown rule.
+        ShardError: an unreadable shard.
+    """
+    wb = rule if isinstance(rule, WhiteBalance) else WhiteBalance(whitebalance.check_rule(rule))
+    whitebalance.check_rule(wb.rule)
+    if wb.rule != "dataset" or wb.gains is not None:
+        return wb
+    root = Path(root)
+    index = index if index is not None else read_index(root)
+    for splits in (("train",), None):
+        sums, cells = np.zeros(3), 0
+        for path in _shard_files(root, index, splits):
+            try:
+                with h5py.File(path, "r") as f:
+                    sums += np.asarray(f.attrs["grey_sums"], np.float64)
+                    cells += int(f.attrs["grey_cells"])
+            except (OSError, KeyError) as e:
+                raise ShardError(f"{path}: unreadable training shard ({one_line(str(e))})") from None
+        if cells:
+            return WhiteBalance("dataset", whitebalance.grey_world_gains(sums, cells))
+    return wb
+
+
+def colour_source(root: os.PathLike | str, index: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Where a shards folder's colour comes from, as a run records it in its identity: the shards
+    themselves (format), how many samples carry an as-shot white balance, and the ``dataset``
+    rule's gains."""
+    root = Path(root)
+    index = index if index is not None else read_index(root)
+    known = total = 0
+    for path in _shard_files(root, index):
+        try:
+            with h5py.File(path, "r") as f:
+                known += int(np.isfinite(f["wb_as_shot"][()]).all(axis=1).sum())
+                total += int(f["wb_as_shot"].shape[0])
+        except (OSError, KeyError) as e:
+            raise ShardError(f"{path}: unreadable training shard ({one_line(str(e))})") from None
+    gains = white_balance(root, "dataset", index).gains
+    return {"stored": f"shards (format {SHARD_FORMAT})", "samples": total, "as_shot": known,
+            "dataset_gains": None if gains is None else [round(g, 6) for g in gains]}
+
+
+def colour_words(colour: dict[str, Any] | None) -> str:
+    """A :func:`colour_source` (as a run's identity records it) in words; None: a run of before it."""
+    if not isinstance(colour, dict):
+        return "the unpack sidecars beside the shards (an older raw2rgb)"
+    gains = colour.get("dataset_gains")
+    return (f"{colour.get('stored')}, {colour.get('as_shot')} of {colour.get('samples')} samples with an as-shot white "
+            f"balance" + ("" if gains is None else ", dataset gains " + ", ".join(f"{g:.3f}" for g in gains)))
+
+
+def cameras(root: os.PathLike | str, index: Mapping[str, Any] | None = None) -> list[str]:
+    """The cameras ("make model") of a shards folder's samples (none where unknown)."""
+    root = Path(root)
+    index = index if index is not None else read_index(root)
+    names: set[str] = set()
+    for path in _shard_files(root, index):
+        try:
+            with h5py.File(path, "r") as f:
+                names.update(s.decode() if isinstance(s, bytes) else str(s) for s in f["camera"][()])
+        except (OSError, KeyError) as e:
+            raise ShardError(f"{path}: unreadable training shard ({one_line(str(e))})") from None
+    return sorted(names - {""})

@@ -10,10 +10,13 @@ back exercises the same path as a real camera file.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import imagecodecs
 import numpy as np
 import skimage.data
 import tifffile
@@ -290,6 +293,73 @@ def paired_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (384, 576), 
         paths.append(write_dng(path, capture(rgb, camera, rng), camera))
         Image.fromarray(render_look(rgb, look)).save(path.with_suffix(".jpg"), quality=92)
     return paths
+
+
+# -- ZRR layout ---------------------------------------------------------------------------------------
+# ZRR (Ignatov et al. 2020) ships 448×448 crops of a phone's RAW, one-plane RGGB mosaics of 10-bit values
+# in PNG with no metadata (saved 8-bit when a crop's max is ≤ 255), beside the same crops of a DSLR's
+# JPEG: train|test/huawei_raw/N.png and train|test/canon/N.jpg (pairs.find_pairs, layout zrr).
+ZRR_CAMERA = Camera(black=(63, 63, 63, 63), white=1020, model="Virtual Phone", **PHONE)  # levels as liteisp reads
+LIGHTS = ("steady", "varying")
+ZRR_CROP = 448
+ZRR_TEST_SCENES = ("chelsea",)  # held out in test/, as the demo holds chelsea out
+
+
+def illuminant_gains(rng: np.random.Generator) -> tuple[float, float, float]:
+    """As-shot gains (R, G, B) of a light drawn between warm tungsten and cool shade, as a phone's
+    sensor sees them: R from 1.4 to 2.8, B from 2.4 to 1.2 (warm light: much red, little blue)."""
+    t = float(rng.uniform())  # 0 warm, 1 cool
+    jitter = rng.normal(0, 0.06, 2)
+    return (float((1.4 + 1.4 * t) * np.exp(jitter[0])), 1.0, float((2.4 - 1.2 * t) * np.exp(jitter[1])))
+
+
+def zrr_dataset(out_dir: os.PathLike | str, size: tuple[int, int] = (896, 1344), crop: int = ZRR_CROP,
+                seed: int = 0, scenes: tuple[str, ...] = ALL_SCENES, look: Look = Look(), light: str = "steady",
+                test_scenes: tuple[str, ...] = ZRR_TEST_SCENES, camera: Camera = ZRR_CAMERA) -> list[dict]:
+    """A ZRR-layout dataset from the virtual phone: each scene captured whole at ``size`` (sensor
+    pixels), the other camera's JPEG of it rendered with ``look``, both cut into aligned ``crop``²
+    tiles written as ZRR ships them (no metadata: the RAW's white balance is lost). ``light``:
+    ``steady`` — one light for every scene (the camera's ``wb_gains``); ``varying`` — each scene
+    under its own light (:func:`illuminant_gains`), so the RAW carries that light's cast while the
+    target, white-balanced by the other camera on its own, does not. Scenes in ``test_scenes`` go
+    to ``test/``. Returns one record per crop (split, number, scene, position, the light's gains),
+    also written to ``synth.json``.
+
+    Raises:
+        ValueError: an unknown light, or a crop that is odd or larger than the frame.
+    """
+    if light not in LIGHTS:
+        raise ValueError(f"light must be one of {', '.join(LIGHTS)}, got {light!r}")
+    if crop % 2 or crop > min(size):
+        raise ValueError(f"crop {crop}: an even size within the frame {size[0]}×{size[1]}")
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    records: list[dict] = []
+    counters = {"train": 0, "test": 0}
+    for name in scenes:
+        gains = illuminant_gains(rng) if light == "varying" else camera.wb_gains
+        cam = dataclasses.replace(camera, wb_gains=gains)
+        rgb = scene(name, size)
+        mosaic = capture(rgb, cam, rng)
+        target = render_look(rgb, look)
+        split = "test" if name in test_scenes else "train"
+        for y in range(0, size[0] - crop + 1, crop):
+            for x in range(0, size[1] - crop + 1, crop):
+                n = counters[split]
+                counters[split] += 1
+                tile = mosaic[y : y + crop, x : x + crop]
+                tile = tile.astype(np.uint8) if tile.max() <= 255 else tile  # ZRR saves dark crops 8-bit
+                raw_path = out / split / "huawei_raw" / f"{n}.png"
+                raw_path.parent.mkdir(parents=True, exist_ok=True)
+                raw_path.write_bytes(imagecodecs.png_encode(np.ascontiguousarray(tile)))
+                rgb_path = out / split / "canon" / f"{n}.jpg"
+                rgb_path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(target[y : y + crop, x : x + crop]).save(rgb_path, quality=95)
+                records.append({"split": split, "n": n, "scene": name, "y": y, "x": x,
+                                "wb_gains": [round(g, 6) for g in gains]})
+    (out / "synth.json").write_text(json.dumps({"light": light, "look": look.to_json(), "crop": crop,
+                                                "camera": camera.to_json(), "crops": records}, indent=1) + "\n")
+    return records
 
 
 # -- low-texture scenes (alignment tests and benchmarks) ------------------------------------------

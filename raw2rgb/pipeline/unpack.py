@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from raw2rgb.files import collect_files, write_bytes, write_json
 from raw2rgb.pipeline import bayer, rawio
-from raw2rgb.pipeline.shards import scene_of
 from raw2rgb.pipeline.stage import Context, Item, ItemError, Stage, StageResult, own_outputs, run_stage
 
 SIDECAR_FORMAT = 1
@@ -71,43 +67,3 @@ def unpack(items: list[Item], out_dir: os.PathLike | str, bit_depth: int = 16,
 def camera_name(frame: dict) -> str:
     """``make model`` of a sidecar's frame metadata ('' when it names none)."""
     return " ".join(p for p in (frame.get("make"), frame.get("model")) if p)
-
-
-Colour = tuple[Any, Any]  # (as-shot white-balance gains, camera → sRGB matrix): None where the file has none
-
-
-def scene_colours(shards_or_dataset: os.PathLike | str) -> dict[str, Colour]:
-    """scene → its RAW file's colour, from the unpack sidecars (empty for a bare shards folder)."""
-    return {scene: (frame.get("wb_gains"), frame.get("cam_to_rgb"))
-            for scene, frame in read_sidecars(shards_or_dataset).items()}
-
-
-def colour_of(sample_id: str, colours: dict[str, Colour]) -> Colour:
-    """A sample's colour: its scene's (a sample id is ``SCENE/…``)."""
-    return colours.get(scene_of(sample_id), (None, None))
-
-
-def colours_of(ids: Iterable[str], colours: dict[str, Colour]) -> list[Colour]:
-    return [colour_of(i, colours) for i in ids]
-
-
-def read_sidecars(shards_or_dataset: os.PathLike | str, limit: int | None = None) -> dict[str, dict]:
-    """scene → frame metadata (camera, white balance, colour matrix, …) from the unpack sidecars of
-    a prepare DATASET, given the DATASET or its ``shards/`` folder; empty for a bare shards folder.
-    The one reader of sidecars: training records the cameras, evaluation and colour profiles take
-    each scene's colours from it."""
-    root = Path(shards_or_dataset)
-    folder = (root.parent if root.name == "shards" else root) / STAGE_FOLDER
-    out: dict[str, dict] = {}
-    if not folder.is_dir():
-        return out
-    for path in sorted(folder.rglob("*.json")):
-        if limit is not None and len(out) >= limit:
-            break
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            continue
-        if isinstance(data, dict) and isinstance(data.get("frame"), dict):
-            out[path.relative_to(folder).with_suffix("").as_posix()] = data["frame"]
-    return out

@@ -55,8 +55,8 @@ def test_an_augmented_sample_is_its_transform_applied_to_the_scene(tmp_path):
     rgb = np.stack([np.moveaxis(np.rint(area_downsample(sc.astype(np.float32))), 2, 0) for sc in scenes])
     sal = rgb[:, :1].copy()
     shards.write_shard(tmp_path / "train-00000.h5", [str(i) for i in range(8)], raw, rgb.astype(np.uint8),
-                       sal.astype(np.uint8), {"format": 1, "scale": 1})
-    write_json(tmp_path / "index.json", {"format": 1, "scale": 1, "splits": {"train": {
+                       sal.astype(np.uint8), {"format": shards.SHARD_FORMAT, "scale": 1})
+    write_json(tmp_path / "index.json", {"format": shards.SHARD_FORMAT, "scale": 1, "splits": {"train": {
         "count": 8, "shards": [{"file": "train-00000.h5", "count": 8}]}}})
     ds = ShardDataset(tmp_path, "train", augment=True, crop=8, seed=1, compact=True)
     moved = [i for i in range(8) if ds.transform(i).transpose]
@@ -99,8 +99,8 @@ def test_stored_extremes_map_to_the_model_ranges(tmp_path):
     rgb = np.zeros((1, 3, 8, 8), np.uint8)
     rgb[..., 4:] = 255
     sal = rgb[:, :1].copy()
-    shards.write_shard(tmp_path / "train-00000.h5", ["x"], raw, rgb, sal, {"format": 1, "scale": 1})
-    write_json(tmp_path / "index.json", {"format": 1, "scale": 1, "splits": {"train": {
+    shards.write_shard(tmp_path / "train-00000.h5", ["x"], raw, rgb, sal, {"format": shards.SHARD_FORMAT, "scale": 1})
+    write_json(tmp_path / "index.json", {"format": shards.SHARD_FORMAT, "scale": 1, "splits": {"train": {
         "count": 1, "shards": [{"file": "train-00000.h5", "count": 1}]}}})
     floats = ShardDataset(tmp_path, "train")[0]
     compact = to_model(next(iter(DataLoader(ShardDataset(tmp_path, "train", compact=True), batch_size=1))))
@@ -131,12 +131,15 @@ def test_corrupt_shard_names_the_shard_and_sample(shard_root, tmp_path):
     name = json.loads((copy / "index.json").read_text())["splits"]["train"]["shards"][1]["file"]
     path = copy / name
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
-    ds = ShardDataset(copy, "train")
+    # a frame rule: the dataset rule's gains add up every train shard, the corrupt one included
+    ds = ShardDataset(copy, "train", white_balance="frame-grey-world")
     first_of_second = json.loads((copy / "index.json").read_text())["splits"]["train"]["shards"][0]["count"]
     with pytest.raises(ShardError) as info:
         ds[first_of_second + 1]
     assert str(path) in str(info.value) and "sample 1" in str(info.value)
     assert ds[0]["raw"].shape[0] == 4  # the intact shard still reads
+    with pytest.raises(ShardError, match=str(path)):
+        ShardDataset(copy, "train", white_balance="dataset")[0]
 
 
 def test_compact_samples_and_to_model_equal_the_float_samples(shard_root):

@@ -3,6 +3,8 @@ profile, the model starts as the fitted profile, tiles stay seamless."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -115,3 +117,22 @@ def test_tiles_of_the_recommended_generator_equal_the_whole_frame(frame):
     assert tiled.shape == whole.shape == (3, 192, 256)
     assert float((tiled - whole).abs().max()) * 255 < 1.0
 
+
+
+def test_the_prior_keeps_its_profiles_white_balance_rule_and_old_checkpoints_read_as_before():
+    from raw2rgb.model.prior import model_white_balance
+    from raw2rgb.pipeline.whitebalance import LEGACY_RULE, WhiteBalance
+
+    g = Generator(PRESETS["tiny"])
+    g.prior.set_profile(dataclasses.replace(_poly(scale=g.cfg.scale),
+                                            white_balance=WhiteBalance("dataset", (1.75, 1.0, 1.25))))
+    assert model_white_balance(g) == WhiteBalance("dataset", (1.75, 1.0, 1.25))
+    state = g.state_dict()
+    again = Generator(PRESETS["tiny"])
+    again.load_state_dict(state)
+    assert model_white_balance(again) == model_white_balance(g)
+    old = {k: v for k, v in state.items() if not k.startswith("prior.wb_")}  # a checkpoint of before the rules
+    again.load_state_dict(old)
+    assert model_white_balance(again) == WhiteBalance(LEGACY_RULE)
+    no_prior = Generator(GeneratorConfig(base=16, res_blocks=2, saliency_width=16))
+    assert model_white_balance(no_prior) == WhiteBalance(LEGACY_RULE)  # it takes no colour

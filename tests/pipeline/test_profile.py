@@ -51,9 +51,9 @@ def test_the_json_round_trips(tmp_path):
 
 @pytest.mark.parametrize("content,reason", [(b"{not json", "not a readable profile"),
                                             (b'{"kind": "other"}', "not a raw2rgb colour profile"),
-                                            (b'{"kind": "raw2rgb-profile", "format": 1, "model": "poly3", '
+                                            (b'{"kind": "raw2rgb-profile", "format": 2, "model": "poly3", '
                                              b'"coefficients": [[1, 2, 3]]}', "malformed profile"),
-                                            (b'{"kind": "raw2rgb-profile", "format": 1, "model": "poly3", '
+                                            (b'{"kind": "raw2rgb-profile", "format": 2, "model": "poly3", '
                                              b'"coefficients": 7}', "malformed profile")])
 def test_a_corrupt_profile_is_refused_naming_the_file(tmp_path, content, reason):
     (tmp_path / "bad.json").write_bytes(content)
@@ -93,3 +93,45 @@ def test_profiles_of_another_scale_or_camera_are_refused_in_one_line(make_dng, t
     (tmp_path / "junk.json").write_text("junk")
     r = cli("convert", dng, "-o", tmp_path / "c", "--profile", tmp_path / "junk.json")
     assert r.exit_code == 1 and "junk.json: not a readable profile" in r.output
+
+
+def _identity(scale: int = 2, wb=None) -> profile.Profile:
+    from raw2rgb.pipeline.whitebalance import WhiteBalance
+
+    coef = np.zeros((20, 3))
+    coef[1:4] = np.eye(3)
+    return profile.Profile(model="poly3", coefficients=tuple(map(tuple, coef)), scale=scale,
+                           white_balance=wb or WhiteBalance())
+
+
+def test_convert_of_a_mosaic_without_metadata_follows_the_profiles_white_balance_rule(tmp_path):
+    """A ZRR mosaic PNG: the dataset rule renders it with the profile's gains, a frame rule with the
+    whole frame's estimate; the note says which."""
+    from raw2rgb.pipeline import synth, whitebalance
+    from raw2rgb.pipeline.whitebalance import WhiteBalance
+
+    synth.zrr_dataset(tmp_path / "zrr", size=(128, 192), crop=128, scenes=("coffee",))
+    src = tmp_path / "in" / "crop.png"
+    src.parent.mkdir()
+    src.write_bytes((tmp_path / "zrr" / "train" / "huawei_raw" / "0.png").read_bytes())
+    packed = rawio.read_raw(src).packed(np.float32)
+    for name, wb, gains in (("dataset", WhiteBalance("dataset", (1.7, 1.0, 1.3)), np.array([1.7, 1.0, 1.3])),
+                            ("frame", WhiteBalance("frame-grey-edge"), whitebalance.grey_edge(packed))):
+        profile.save(_identity(wb=wb), tmp_path / f"{name}.json")
+        r = cli("convert", src, "-o", tmp_path / name, "--profile", tmp_path / f"{name}.json")
+        assert r.exit_code == 0, r.output
+        got = np.array(Image.open(tmp_path / name / "crop.png")).astype(int)
+        want = np.rint(develop.develop(packed, gains, None, scale=2) * 255).astype(int)
+        assert np.abs(got - want).max() <= 1, name
+        note = json.loads((tmp_path / name / "manifest.json").read_text())
+        assert wb.rule in json.dumps(note)
+
+
+def test_a_profile_of_before_the_white_balance_rules_is_refused_naming_the_fix(tmp_path):
+    data = {"kind": "raw2rgb-profile", **_identity().to_json(), "format": 1}
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    with pytest.raises(profile.ProfileError, match="old.json: profile format is not 2; refit it"):
+        profile.load(tmp_path / "old.json")
+    fitted = _identity(wb=profile.WhiteBalance("dataset", (2.0, 1.0, 1.5)))
+    saved = profile.load(profile.save(fitted, tmp_path / "p.json"))
+    assert saved.white_balance.rule == "dataset" and saved.white_balance.gains == (2.0, 1.0, 1.5)
