@@ -70,7 +70,7 @@ def zrr_pairs(out: Path, raw_path: Path, jpeg_path: Path, crop: int = 224, held_
                     continue
                 n = counters[split]
                 counters[split] += 1
-                for sub, data in (("huawei_raw", None), ("canon", None)):
+                for sub in ("huawei_raw", "canon"):
                     (out / split / sub).mkdir(parents=True, exist_ok=True)
                 (out / split / "huawei_raw" / f"{n}.png").write_bytes(
                     imagecodecs.png_encode(np.ascontiguousarray(levels[y : y + crop, x : x + crop])))

@@ -176,7 +176,8 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     return Deferred(write)
 
 
-CONVERT = Stage("convert", 2, convert_item, deferred=True, keeps_others=True)  # 2: white-balance rules (whitebalance.py)
+# 2: white-balance rules (whitebalance.py)
+CONVERT = Stage("convert", 2, convert_item, deferred=True, keeps_others=True)
 
 
 def resolve(method: str | None, checkpoint: os.PathLike | str | None, profile: os.PathLike | str | None = None,
