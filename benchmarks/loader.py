@@ -78,10 +78,11 @@ def make_data(root: Path, n: int) -> None:
     for k, start in enumerate(range(0, n, 512)):
         sl = slice(start, start + 512)
         shards.write_shard(root / "shards" / f"train-{k:05d}.h5", [str(i) for i in range(n)][sl],
-                           np.stack(raws[sl]), np.stack(rgbs[sl]), np.stack(sals[sl]), {"scale": 1})
+                           np.stack(raws[sl]), np.stack(rgbs[sl]), np.stack(sals[sl]),
+                           {"format": shards.SHARD_FORMAT, "scale": 1})
         files.append({"file": f"train-{k:05d}.h5", "count": len(raws[sl])})
     (root / "shards" / "index.json").write_text(json.dumps(
-        {"format": 1, "scale": 1, "splits": {"train": {"count": n, "shards": files}}}))
+        {"format": shards.SHARD_FORMAT, "scale": 1, "splits": {"train": {"count": n, "shards": files}}}))
 
 
 def rate(dataset: Dataset, workers: int, epochs: int) -> float:
