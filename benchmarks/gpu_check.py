@@ -12,7 +12,8 @@ says so):
    standard in bf16 at batch 8, without channels_last, at the largest batch that fits in 40 GB, and
    compiled (seconds per step, FLOP/s executed and paper-nominal as a fraction of a same-run dense
    matmul, peak memory);
-4. ``loader``: ShardDataset's samples/s from real shards on this machine's cores, against the GPU's
+4. ``step_parts``: the step's rewritten parts against the forms they replaced (benchmarks/step_parts.py);
+   ``loader``: ShardDataset's samples/s from real shards on this machine's cores, against the GPU's
    training rate;
 5. ``inference_224``: the folded generator's 224² images/s (the poster: 28 on a GTX 1080 Ti);
 6. ``convert_12mp``: a 12-MP ``convert`` end to end (seconds, peak GPU memory);
@@ -362,6 +363,9 @@ def main(argv: list[str] | None = None) -> dict:
               lambda: train("train_paper_largest_batch", 90, preset="paper", fit_gb=MEMORY_LIMIT_GB))
     cuda_only("train_standard_largest_batch", 90,
               lambda: train("train_standard_largest_batch", 90, preset="standard", fit_gb=MEMORY_LIMIT_GB))
+    part("step_parts", 20, lambda: json.loads(check.run(
+        [*python(), str(BENCH / "step_parts.py"), "--json", "--device", "cuda" if cuda else "cpu", "--reps",
+         "10" if cuda else "2"], 90).strip().splitlines()[-1]))
     part("loader", 30, lambda: loader_rate(rates, cuda))
     part("inference_224", 15, lambda: inference_throughput(device))
     part("convert_12mp", 40, lambda: convert_frame(check, device, cuda))
