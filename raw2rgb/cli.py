@@ -413,6 +413,7 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
         weights=str(weights) if weights else None, device=device, batch_size=batch_size, jobs=_jobs(jobs))
     if dry_run:
         found, unpaired = prep.plan(cfg)
+        prep.check_source(Path(cfg.out), prep.source_record(cfg, found), replace_source)
         click.echo(json.dumps({"config": cfg.to_json(), "pairs": len(found), "unpaired": unpaired,
                                "stages": list(prep.STAGES[: prep.STAGES.index(until) + 1]),
                                "force": sorted(force)}, indent=1))

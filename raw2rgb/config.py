@@ -49,7 +49,7 @@ def checked(default: Any = dataclasses.MISSING, *, min: float | None = None, max
 
 
 def accepted(name: str, meta: dict[str, Any]) -> str:
-    """What a field accepts, in words: ``1 <= batch_size``, ``0 <= ema < 1``, ``one of step, cosine``."""
+    """What a field accepts, in words: ``batch_size >= 1``, ``0 <= ema < 1``, ``one of step, cosine``."""
     if "choices" in meta:
         return "one of " + ", ".join(str(c) for c in meta["choices"])
     lo = f"{meta['min']:g} <= " if "min" in meta else f"{meta['above']:g} < " if "above" in meta else ""

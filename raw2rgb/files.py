@@ -184,7 +184,7 @@ def collect_files(args: Iterable[str], accept: Callable[[Path], bool],
                 if any(s.startswith(".") for s in rel.parts) or p.is_dir():
                     continue
                 if not p.is_file():  # never opened: reading a FIFO would wait for ever
-                    skipped.append(f"{p} ({_not_a_file(p)})")
+                    skipped.append(f"{p} ({not_a_file(p)})")
                     continue
                 resolved = p.resolve()
                 if _within(resolved, folders) or resolved in skip:
@@ -197,7 +197,7 @@ def collect_files(args: Iterable[str], accept: Callable[[Path], bool],
         elif path.is_file():
             add(path.stem, path.resolve())
         elif path.exists():  # a FIFO, a socket, a device
-            skipped.append(f"{path} ({_not_a_file(path)})")
+            skipped.append(f"{path} ({not_a_file(path)})")
         elif glob.has_magic(arg):
             files = [Path(m) for m in sorted(glob.glob(arg, recursive=True))
                      if Path(m).is_file() and not _within(Path(m).resolve(), folders) and Path(m).resolve() not in skip]
@@ -215,7 +215,8 @@ def collect_files(args: Iterable[str], accept: Callable[[Path], bool],
     return list(found.items())
 
 
-def _not_a_file(path: Path) -> str:
+def not_a_file(path: Path) -> str:
+    """What a path that is neither a regular file nor a folder is, for a message."""
     if path.is_symlink() and not path.exists():
         return f"a broken symbolic link to {os.readlink(path)}"
     mode = path.stat().st_mode

@@ -493,10 +493,11 @@ def test_prepare_from_another_src_is_refused_and_destroys_nothing(pairs_src, tmp
     shutil.copytree(pairs_src, other)
     for p in sorted(other.glob("*"))[:2]:  # one scene fewer: another source
         p.unlink()
-    r = cli("prepare", other, "-o", tmp_path / "ds", *args)
-    assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
-    assert f"{tmp_path / 'ds'} was prepared from {pairs_src.resolve()}, not {other.resolve()}" in r.output
-    assert "--replace-source" in r.output
+    for dry in ((), ("--dry-run",)):
+        r = cli("prepare", other, "-o", tmp_path / "ds", *args, *dry)
+        assert r.exit_code == 1 and r.output.count("\n") == 1, r.output
+        assert f"{tmp_path / 'ds'} was prepared from {pairs_src.resolve()}, not {other.resolve()}" in r.output
+        assert "--replace-source" in r.output
     assert _files(tmp_path / "ds") == before
     moved = tmp_path / "moved"
     shutil.copytree(pairs_src, moved)  # the same pairs elsewhere: the same source, moved
@@ -544,3 +545,17 @@ def test_broken_links_and_fifos_in_an_input_folder_are_listed(shoot, tmp_path):
     assert "skipped 2 inputs that cannot be read as files" in r.output
     assert f"{s / 'gone.dng'} (a broken symbolic link to {tmp_path / 'deleted.dng'})" in r.output
     assert f"{s / 'pipe.dng'} (a FIFO)" in r.output
+
+
+def test_broken_links_in_a_pairs_source_are_listed(tmp_path):
+    src = tmp_path / "src"
+    synth.paired_dngs(tmp_path / "made", size=(128, 192), scenes=synth.SCENES[:2])
+    (src / "raw").mkdir(parents=True)
+    (src / "rgb").mkdir()
+    for p in (tmp_path / "made").glob("*.dng"):
+        shutil.copy(p, src / "raw" / p.name)
+        shutil.copy(p.with_suffix(".jpg"), src / "rgb" / p.with_suffix(".jpg").name)
+    (src / "raw" / "gone.dng").symlink_to(tmp_path / "deleted.dng")
+    r = cli("prepare", src, "-o", tmp_path / "ds", "--until", "unpack")
+    assert f"{src / 'raw' / 'gone.dng'}: a broken symbolic link to {tmp_path / 'deleted.dng'}; skipped" in r.output
+    assert "unpack: 2 done" in r.output, r.output

@@ -9,8 +9,9 @@ Returned tensors (DESIGN §4): ``raw`` (4, h, w) in [-1, 1]; ``rgb`` (3, s·h, s
 ``saliency`` (1, s·h, s·w) in [0, 1]; ``colour`` (12,) float32, the white balance and colour
 matrix of the sample's RAW file, stored in the shards (``whitebalance.colour_vector``: where the file
 had no white balance, the gains of the dataset's white-balance rule; identity where it had no
-matrix); ``id`` the sample's name. With ``compact=True`` the samples
-stay as stored (uint16 raw, uint8 target and saliency: 0.6 MB instead of 1.6 MB at 224²) and
+matrix); ``thumb`` (4, 32, 32) in [-1, 1], the sample's whole frame area-downsampled and moved with the
+sample (what the generator's global colour branch sees); ``id`` the sample's name. With ``compact=True``
+the samples stay as stored (uint16 raw and thumb, uint8 target and saliency: 0.6 MB instead of 1.6 MB at 224²) and
 :func:`to_model` converts a batch on the device — the way to feed a GPU, since moving a batch
 between worker processes costs more than reading it (benchmarks/loader.py).
 """
@@ -28,7 +29,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from raw2rgb.errors import one_line
-from raw2rgb.pipeline import augment, shards, whitebalance
+from raw2rgb.pipeline import augment, bayer, shards, whitebalance
 from raw2rgb.pipeline.shards import ShardError, read_colours, read_ids, read_index, shards_root, validate
 from raw2rgb.pipeline.shards import white_balance as white_balance_of
 from raw2rgb.pipeline.whitebalance import LEGACY_RULE, WhiteBalance
@@ -112,17 +113,17 @@ class ShardDataset(Dataset):
             f = h5py.File(self.root / name, "r")
             ids = read_ids(f)
             colours, _ = read_colours(f)
-            entry = self._files[name] = (f["raw"], f["rgb"], f["saliency"], ids, colours, f)
+            entry = self._files[name] = (f["raw"], f["rgb"], f["saliency"], f["thumb"], ids, colours, f)
         return entry
 
-    def _read(self, index: int) -> tuple[str, str, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _read(self, index: int) -> tuple[str, str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if not 0 <= index < len(self):
             raise IndexError(index)
         k = bisect.bisect_right(self.starts, index) - 1
         name, j = self.shards[k], index - int(self.starts[k])
         try:
-            raw, rgb, sal, ids, colours, _ = self._file(name)
-            sample = name, ids[j], raw[j], rgb[j], sal[j]
+            raw, rgb, sal, thumb, ids, colours, _ = self._file(name)
+            sample = name, ids[j], raw[j], rgb[j], sal[j], thumb[j]
         except Exception as e:  # noqa: BLE001 - h5py raises OSError, KeyError, ValueError…
             raise ShardError(f"{self.root / name}: sample {j} unreadable ({one_line(str(e))})") from None
         # a file with an as-shot white balance needs no rule: its gains are its own
@@ -149,12 +150,13 @@ class ShardDataset(Dataset):
         return self._hw
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        name, sid, colour, raw, rgb, sal = self._read(index)
+        name, sid, colour, raw, rgb, sal, thumb = self._read(index)
         t = self.transform(index)
         if t is not None:
             raw, rgb, sal = self._move(raw, rgb, sal, t)
+            thumb = bayer.move_thumbnail(thumb, t.flip_h, t.flip_v, t.transpose)  # the crop leaves the frame whole
         sample = {"raw": torch.from_numpy(raw), "rgb": torch.from_numpy(rgb), "saliency": torch.from_numpy(sal),
-                  "colour": torch.from_numpy(colour), "id": sid}
+                  "thumb": torch.from_numpy(thumb), "colour": torch.from_numpy(colour), "id": sid}
         return sample if self.compact else to_model(sample)
 
     def _move(self, raw, rgb, sal, t: augment.Transform):
@@ -175,13 +177,14 @@ class ShardDataset(Dataset):
 
 # key: (stored dtype, top value, model value of 0); the top value maps to 1
 STORED = {"raw": (torch.uint16, 65535.0, -1.0), "rgb": (torch.uint8, 255.0, -1.0),
-          "saliency": (torch.uint8, 255.0, 0.0)}
+          "saliency": (torch.uint8, 255.0, 0.0), "thumb": (torch.uint16, 65535.0, -1.0)}
+OPTIONAL = ("thumb",)  # batches made by hand may leave it out: the generator then takes it from the raw
 
 
 def to_model(batch: dict[str, Any], device: torch.device | str | None = None,
              non_blocking: bool = False) -> dict[str, Any]:
     """Stored integer tensors → the model's float ranges, on ``device``: raw uint16 → [-1, 1],
-    rgb uint8 → [-1, 1], saliency uint8 → [0, 1] (0 → -1 or 0, the top value → 1).
+    rgb uint8 → [-1, 1], saliency uint8 → [0, 1], thumb uint16 → [-1, 1] (0 → -1 or 0, the top value → 1).
 
     Raises:
         TypeError: a tensor of another dtype — a float batch has been converted already (a
@@ -191,6 +194,8 @@ def to_model(batch: dict[str, Any], device: torch.device | str | None = None,
     out = {k: v.to(device, non_blocking=non_blocking) if device is not None and torch.is_tensor(v) else v
            for k, v in batch.items() if k not in STORED}  # the colour (float) goes as it is
     for key, (dtype, top, lo) in STORED.items():
+        if key in OPTIONAL and key not in batch:
+            continue
         x = batch[key]
         if x.dtype != dtype:
             raise TypeError(f"to_model: {key} must be {dtype} as the shards store it (ShardDataset(compact=True)), "

@@ -128,7 +128,7 @@ def evaluate(dataset: os.PathLike | str, split: str = "val", checkpoint: os.Path
 
         def predict(b: dict[str, Any]) -> torch.Tensor:
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                return g.rgb(b["raw"], b.get("colour")).float()
+                return g.rgb(b["raw"], b.get("colour"), b.get("thumb")).float()
     else:
         prof = None
         if method == "profile":

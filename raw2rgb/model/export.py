@@ -3,8 +3,10 @@ program, with dynamic batch, height and width (multiples of 8).
 
 Input ``raw`` (B, 4, h, w) in [-1, 1], packed R, G1, B, G2 in RGGB phase, and for a generator with
 a colour prior ``colour`` (B, 12): white-balance gains R, G, B and the camera → sRGB matrix row by
-row (``develop.frame_colour``); output ``rgb`` (B, 3, s·h, s·w) in [-1, 1] (clamp it: with a prior
-it is not bounded). Each image is normalised by its own statistics (InstanceNorm), as in
+row (``develop.frame_colour``), and for a generator with a global colour branch ``thumb`` (B, 4, 32, 32)
+in [-1, 1], the whole frame's packed planes area-downsampled (``bayer.thumbnail``: adaptive average
+pooling; give every tile of a frame the frame's thumbnail); output ``rgb`` (B, 3, s·h, s·w) in
+[-1, 1] (clamp it: with a prior it is not bounded). Each image is normalised by its own statistics (InstanceNorm), as in
 training; full frames are converted in tiles by ``raw2rgb convert``.
 """
 
@@ -23,20 +25,23 @@ from torch.export import Dim
 
 from raw2rgb.files import atomic_path
 from raw2rgb.model.infer import load_generator
+from raw2rgb.model.prior import frame_thumbnail
 
 log = logging.getLogger(__name__)
 OPSET = 18
 
 
 class InferenceGenerator(nn.Module):
-    """G1 alone: what an exported model runs (``raw``, and ``colour`` for a generator with a prior)."""
+    """G1 alone: what an exported model runs (``raw``, ``colour`` for a generator with a prior, ``thumb``
+    for one with a colour branch)."""
 
     def __init__(self, g: nn.Module) -> None:
         super().__init__()
         self.g = g
 
-    def forward(self, raw: torch.Tensor, colour: torch.Tensor | None = None) -> torch.Tensor:
-        return self.g.rgb(raw, colour)
+    def forward(self, raw: torch.Tensor, colour: torch.Tensor | None = None,
+                thumb: torch.Tensor | None = None) -> torch.Tensor:
+        return self.g.rgb(raw, colour, thumb)
 
 
 def _inputs(g: nn.Module) -> tuple[torch.Tensor, ...]:
@@ -44,7 +49,10 @@ def _inputs(g: nn.Module) -> tuple[torch.Tensor, ...]:
     raw = torch.rand(2, 4, 64, 96) * 2 - 1
     if g.prior is None:
         return (raw,)
-    return raw, torch.tensor([[2.0, 1.0, 1.6, 1, 0, 0, 0, 1, 0, 0, 0, 1]] * 2)
+    colour = torch.tensor([[2.0, 1.0, 1.6, 1, 0, 0, 0, 1, 0, 0, 0, 1]] * 2)
+    if g.colour_branch is None:
+        return raw, colour
+    return raw, colour, frame_thumbnail(raw)
 
 
 def _dynamic_shapes(g: nn.Module):
@@ -53,6 +61,8 @@ def _dynamic_shapes(g: nn.Module):
     shapes = {"raw": {0: b, 2: 8 * h, 3: 8 * w}}
     if g.prior is not None:
         shapes["colour"] = {0: b}
+    if g.colour_branch is not None:
+        shapes["thumb"] = {0: b}  # its size is fixed (bayer.THUMB_SIZE)
     return shapes
 
 
@@ -85,7 +95,7 @@ def export_onnx(checkpoint: os.PathLike | str, out: os.PathLike | str) -> Path:
     inputs = _inputs(g)
     with atomic_path(out) as tmp, _quiet():
         onnx_program = torch.onnx.export(model, inputs, dynamo=True,
-                                         input_names=["raw", "colour"][: len(inputs)], output_names=["rgb"],
+                                         input_names=["raw", "colour", "thumb"][: len(inputs)], output_names=["rgb"],
                                          dynamic_shapes=_dynamic_shapes(g), opset_version=OPSET, verbose=False)
         onnx_program.save(str(tmp.with_suffix(".onnx")))
         os.replace(tmp.with_suffix(".onnx"), tmp)

@@ -14,8 +14,13 @@ colour profile fitted on the train split) renders each image first, the network 
 that rendering and adds a residual whose last conv starts at zero — at step 0 the model is the
 fitted profile, and training starts from there. The ``paper`` preset is the paper's network.
 
+With ``colour_branch="global"`` (on top of the prior) a small network on a thumbnail of the whole
+frame corrects the colour the prior takes, per image (``prior.ColourBranch``): for datasets whose
+light changes from scene to scene without the files saying so. It starts at no correction.
+
 Shapes: raw (B, 4, h, w) in [-1, 1] with h, w multiples of 8, and with a prior the frame's colour
-(B, 12) (``develop.frame_colour``) → rgb (B, 3, s·h, s·w) in [-1, 1] (with a prior: unbounded, the
+(B, 12) (``develop.frame_colour``), with the branch the frame's thumbnail (B, 4, 32, 32) in [-1, 1]
+(``bayer.thumbnail``; by default the raw's own) → rgb (B, 3, s·h, s·w) in [-1, 1] (with a prior: unbounded, the
 caller clamps) and saliency (B, 1, s·h, s·w) in [0, 1]; s is the output scale (1 or 2).
 """
 
@@ -28,14 +33,15 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
-from raw2rgb.config import JsonConfig, checked
-from raw2rgb.model.prior import ColourPrior
+from raw2rgb.config import FieldError, JsonConfig, checked
+from raw2rgb.model.prior import ColourBranch, ColourPrior, frame_thumbnail
 from raw2rgb.pipeline.profile import MODELS as PROFILE_MODELS
 
 PAPER_PARAMETERS = 24_352_448
 EPS = 1e-5
 
 NORMS, PRIORS, PRIOR_MODELS = ("instance", "none"), ("none", "profile"), PROFILE_MODELS
+COLOUR_BRANCHES = ("none", "global")
 
 
 @dataclass(frozen=True)
@@ -49,6 +55,12 @@ class GeneratorConfig(JsonConfig):
     norm: str = checked("instance", choices=NORMS)  # instance (the paper) or none
     prior: str = checked("none", choices=PRIORS)  # none (the paper) or profile: a fitted profile, then the net
     prior_model: str = checked("poly3", choices=PRIOR_MODELS)  # the prior's profile (pipeline/profile.py's models)
+    colour_branch: str = checked("none", choices=COLOUR_BRANCHES)  # global: each image's colour from its frame
+
+    def _check_together(self) -> None:
+        if self.colour_branch != "none" and self.prior != "profile":
+            raise FieldError(type(self).__name__, ("colour_branch",),
+                             f"{self.colour_branch} corrects the colour prior's colour: it needs prior profile")
 
 
 PRESETS = {
@@ -221,6 +233,7 @@ class Generator(nn.Module):
         b, sw, n = cfg.base, cfg.saliency_width, cfg.norm == "instance"
         # With a prior, E1 also sees the prior's rendering, folded onto the packed grid (3·s² channels).
         self.prior = ColourPrior(cfg.scale, cfg.prior_model) if cfg.prior == "profile" else None
+        self.colour_branch = ColourBranch() if cfg.colour_branch == "global" and self.prior is not None else None
         self.e1 = conv(4 + (3 * cfg.scale**2 if self.prior is not None else 0), b, 7, norm=False)
         self.e2 = conv(b, 2 * b, 4, stride=2, norm=n)
         self.e3 = conv(2 * b, 4 * b, 4, stride=2, norm=n)
@@ -245,8 +258,10 @@ class Generator(nn.Module):
         self.s_fuse = conv(3 * sw, sw, 3, norm=n)
         self.s_out = conv(sw, 1, 7, norm=False, act=False)
 
-    def _inputs(self, raw: torch.Tensor, colour: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """E1's input and the prior's rendering (None without a prior)."""
+    def _inputs(self, raw: torch.Tensor, colour: torch.Tensor | None,
+                thumb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """E1's input and the prior's rendering (None without a prior). ``thumb``: the whole frame's
+        thumbnail for the colour branch (None: the raw's own — right for a whole frame, not a tile)."""
         h, w = raw.shape[-2:]
         if raw.ndim != 4 or raw.shape[1] != 4 or h % 8 or w % 8:
             raise ValueError(f"generator input is (B, 4, h, w) with h, w multiples of 8, got {tuple(raw.shape)}")
@@ -256,7 +271,10 @@ class Generator(nn.Module):
             raise ValueError(f"a generator with a colour prior takes each image's colour (B, 12) beside the raw, got "
                              f"{None if colour is None else tuple(colour.shape)}")
         with torch.autocast(raw.device.type, enabled=False):  # the colour pipeline in float32
-            p = self.prior(raw.float(), colour.float())
+            colour = colour.float()
+            if self.colour_branch is not None:
+                colour = self.colour_branch(frame_thumbnail(raw) if thumb is None else thumb.float(), colour)
+            p = self.prior(raw.float(), colour)
         folded = F.pixel_unshuffle(p, self.cfg.scale) if self.cfg.scale > 1 else p
         return torch.cat([raw, folded.to(raw.dtype)], 1), p
 
@@ -271,10 +289,11 @@ class Generator(nn.Module):
         e1, _, c1, c2 = self._encode(x)
         return c1, c2, torch.cat([self.d3(c2), e1], 1)
 
-    def run_normalisations(self, raw: torch.Tensor, colour: torch.Tensor | None = None) -> None:
+    def run_normalisations(self, raw: torch.Tensor, colour: torch.Tensor | None = None,
+                           thumb: torch.Tensor | None = None) -> None:
         """G1 up to its last normalisation layer and no further: what a statistics pass needs
         (the output layers, the largest tensors at full resolution, are skipped)."""
-        e1, _, _, c2 = self._encode(self._inputs(raw, colour)[0])
+        e1, _, _, c2 = self._encode(self._inputs(raw, colour, thumb)[0])
         if self.d_up is None:
             self.d3(c2)
         else:
@@ -288,13 +307,16 @@ class Generator(nn.Module):
             out = self.d4(y.float())
             return torch.tanh(out) if prior is None else prior.float() + out
 
-    def rgb(self, raw: torch.Tensor, colour: torch.Tensor | None = None) -> torch.Tensor:
-        """G1 alone: raw (B, 4, h, w) in [-1, 1] (and colour (B, 12) with a prior) → rgb (B, 3, s·h, s·w)."""
-        x, prior = self._inputs(raw, colour)
+    def rgb(self, raw: torch.Tensor, colour: torch.Tensor | None = None,
+            thumb: torch.Tensor | None = None) -> torch.Tensor:
+        """G1 alone: raw (B, 4, h, w) in [-1, 1] (and colour (B, 12) with a prior, the frame's thumbnail
+        (B, 4, 32, 32) with a colour branch) → rgb (B, 3, s·h, s·w)."""
+        x, prior = self._inputs(raw, colour, thumb)
         return self._head(self._decode(x)[2], prior)
 
-    def forward(self, raw: torch.Tensor, colour: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        x, prior = self._inputs(raw, colour)
+    def forward(self, raw: torch.Tensor, colour: torch.Tensor | None = None,
+                thumb: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        x, prior = self._inputs(raw, colour, thumb)
         c1, c2, c3 = self._decode(x)
         s = torch.cat([self.s1b(self.s1a(c1)), self.s2(c2), self.s3(c3)], 1)
         s = self.s_fuse(s)

@@ -7,7 +7,9 @@ that partition the frame (all of them, or an even sample when the frame is large
 budget) as one batch whose normalisation statistics are taken jointly, layer after layer, as one
 whole-frame pass would take them; every normalisation layer keeps its statistics, and the tiles
 then run with them fixed. Memory stays bounded by the tile size and the statistics budget.
-Tiles overlap and are blended with weights that fall off towards each tile's border.
+Tiles overlap and are blended with weights that fall off towards each tile's border. A generator
+with a global colour branch takes its colour from a thumbnail of the frame: the whole frame's,
+computed once and given to every tile, so every tile gets the same colour.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from raw2rgb.errors import ConfigError, InputError, one_line
 from raw2rgb.files import cache_dir, write_json
 from raw2rgb.model import checkpoint, run
 from raw2rgb.model.generator import Generator, GeneratorConfig, fold_spectral_norm, norms, set_norm_mode
+from raw2rgb.model.prior import frame_thumbnail
 from raw2rgb.pipeline import bayer, synth
 from raw2rgb.pipeline.develop import cam_to_srgb, frame_colour
 
@@ -290,6 +293,12 @@ def run_tiled(g: Generator, packed: np.ndarray | torch.Tensor, tiles: TileConfig
     def colours(n: int) -> torch.Tensor | None:
         return None if col is None else col.expand(n, 12)
 
+    # the whole frame's thumbnail (before any padding), as the shards store it; None: no branch
+    thumb = frame_thumbnail(x[..., :h, :w]) if g.colour_branch is not None else None
+
+    def thumbs(n: int) -> torch.Tensor | None:
+        return None if thumb is None else thumb.expand(n, -1, -1, -1)
+
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
         try:
             todo = plan
@@ -298,14 +307,14 @@ def run_tiled(g: Generator, packed: np.ndarray | torch.Tensor, tiles: TileConfig
                 # sampled windows partition what they cover: no mask (no full-size temporaries)
                 set_norm_mode(g, "collect", _masks(sample, sh, sw, x.device) if sample is plan else None)
                 if sample is plan:  # the statistics pass runs every tile: its outputs are the result
-                    out.add(sample, g.rgb(crop(sample), colours(len(sample))))
+                    out.add(sample, g.rgb(crop(sample), colours(len(sample)), thumbs(len(sample))))
                     todo = []
                 else:
-                    g.run_normalisations(crop(sample, sh, sw), colours(len(sample)))
+                    g.run_normalisations(crop(sample, sh, sw), colours(len(sample)), thumbs(len(sample)))
                 set_norm_mode(g, "fixed")
             for i in range(0, len(todo), tiles.batch):
                 chunk = todo[i : i + tiles.batch]
-                out.add(chunk, g.rgb(crop(chunk), colours(len(chunk))))
+                out.add(chunk, g.rgb(crop(chunk), colours(len(chunk)), thumbs(len(chunk))))
         finally:
             set_norm_mode(g, "instance")
     return out.result()[:, : s * h, : s * w].clamp_(0, 1)
@@ -346,6 +355,6 @@ class _Blend:
 def run_whole(g: Generator, packed: np.ndarray | torch.Tensor, device: torch.device | str = "cpu",
               colour: np.ndarray | torch.Tensor | None = None) -> torch.Tensor:
     """The reference: the whole frame in one pass (memory grows with the frame). Same ranges as
-    :func:`run_tiled`; sides must be multiples of 8."""
+    :func:`run_tiled`; sides must be multiples of 8 (the colour branch takes the frame's own thumbnail)."""
     x, col = _model_inputs(packed, colour, device)
     return ((g.rgb(x, col)[0].float() + 1) * 0.5).clamp_(0, 1)

@@ -13,6 +13,13 @@ The prior keeps the profile's white-balance rule (and the ``dataset`` rule's gai
 coefficients, so a checkpoint says how to white-balance a file without metadata: the colour it
 takes is made by ``whitebalance.colour_vector`` with that rule, in training, ``evaluate`` and
 ``convert`` alike.
+
+:class:`ColourBranch` (``GeneratorConfig.colour_branch="global"``) corrects that colour per image,
+for datasets whose light changes from scene to scene and whose files say nothing of it (ZRR): a
+fixed white-balance rule cannot know each scene's light, a network looking at the whole frame can
+(LiteISPNet's global colour mapping, Zhang et al. 2021, conditions its colour on a downsampled
+input in the same spirit). It sees the frame's thumbnail, never a tile, so every tile of a frame
+gets the same colour.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raw2rgb.pipeline.bayer import THUMB_SIZE
 from raw2rgb.pipeline.profile import DEFAULT_LUT_SIZE, MODELS, Profile, lut_corners, poly3_terms
 from raw2rgb.pipeline.whitebalance import LEGACY_RULE, RULES, WhiteBalance
 
@@ -130,3 +138,56 @@ def model_white_balance(g: nn.Module) -> WhiteBalance:
     a generator without a prior (which takes no colour) a whole frame's grey world."""
     prior = getattr(g, "prior", None)
     return prior.white_balance() if isinstance(prior, ColourPrior) else WhiteBalance(LEGACY_RULE)
+
+
+# -- the learned global colour branch ---------------------------------------------------------------
+
+BRANCH_WIDTH = 16
+LOG_FLOOR = 1e-3  # below the darkest level a 10-bit sensor records: log stays finite on black
+
+
+def corrected_colour(colour: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
+    """A per-image correction (B, 12) applied to colours (B, 12): white-balance gains times
+    exp(correction[:, :3]); the matrix M becomes (I + Δ)·M with Δ = correction[:, 3:] row by row
+    (a change in the output's linear sRGB). A zero correction returns the colour bit for bit."""
+    gains = colour[:, :3] * torch.exp(correction[:, :3])
+    delta = correction[:, 3:].reshape(-1, 3, 3) + torch.eye(3, device=colour.device, dtype=colour.dtype)
+    matrix = torch.bmm(delta, colour[:, 3:].reshape(-1, 3, 3))
+    return torch.cat([gains, matrix.reshape(-1, 9)], 1)
+
+
+def frame_thumbnail(raw: torch.Tensor, size: int = THUMB_SIZE) -> torch.Tensor:
+    """The thumbnail a frame gives by itself: (B, 4, h, w) → (B, 4, size, size) area means
+    (``bayer.thumbnail``'s bins, which the shards store)."""
+    return F.adaptive_avg_pool2d(raw.float(), size)
+
+
+class ColourBranch(nn.Module):
+    """The frame's thumbnail (B, 4, T, T) in [-1, 1] and the colour the prior would take (B, 12) →
+    a corrected colour (B, 12).
+
+    The thumbnail is white-balanced by the colour's gains first, so the branch predicts what the
+    rule left over, whatever the rule. It sees each plane linear and as a logarithm (a light's cast
+    is a constant in log space) through two stride-2 3×3 convs with LeakyReLU, averaged over the
+    frame, beside the planes' own frame means (the grey-world statistics a colour-constancy estimate
+    starts from); a linear layer gives 3 white-balance log-gains and a 3×3 matrix delta. That layer
+    starts at zero: a fresh branch leaves the colour exactly as it was. The convs have no bias, so
+    ``generator.init_weights`` draws all their weights from its seeded generator.
+    """
+
+    def __init__(self, width: int = BRANCH_WIDTH) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(8, width, 3, 2, 1, bias=False), nn.LeakyReLU(0.2),
+                                      nn.Conv2d(width, width, 3, 2, 1, bias=False), nn.LeakyReLU(0.2))
+        self.head = nn.Linear(width + 8, 12)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, thumb: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+        if thumb.ndim != 4 or thumb.shape[1] != 4 or thumb.shape[0] != colour.shape[0]:
+            raise ValueError(f"the colour branch takes a thumbnail (B, 4, t, t) per colour (B, 12), got "
+                             f"{tuple(thumb.shape)} and {tuple(colour.shape)}")
+        p = ((thumb.float() + 1) * 0.5).clamp(0, 1) * colour[:, [0, 1, 2, 1], None, None].float()
+        x = torch.cat([p, torch.log(p + LOG_FLOOR)], 1)
+        stats = torch.cat([self.features(x).mean(dim=(2, 3)), x.mean(dim=(2, 3))], 1)
+        return corrected_colour(colour.float(), self.head(stats))

@@ -67,7 +67,7 @@ def contact_sheet(run_dir: os.PathLike | str, dataset: os.PathLike | str, path: 
     picked = range(0, step * n, step)[:n]
     batch = to_model(default_collate([ds[i] for i in picked]))
     with torch.no_grad():
-        out = g.rgb(batch["raw"], batch.get("colour"))
+        out = g.rgb(batch["raw"], batch.get("colour"), batch.get("thumb"))
     columns = [isp_batch(batch["raw"], g.cfg.scale, batch["colour"])]
     if profile is not None:  # rendered with the profile's own white-balance rule, as evaluate scores it
         by_profile = ShardDataset(root, split, compact=True, white_balance=profile.white_balance)

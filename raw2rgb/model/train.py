@@ -203,7 +203,7 @@ def train_step(nets: Nets, opts: dict[str, Any], batch: dict[str, torch.Tensor],
     x, y, s = batch["raw"], batch["rgb"], batch["saliency"]
     scaler = opts["scaler"]
     with amp:
-        rgb, sal = nets.g_train(x, batch.get("colour"))
+        rgb, sal = nets.g_train(x, batch.get("colour"), batch.get("thumb"))
     terms: dict[str, torch.Tensor] = {}
     if stage == 2:
         _set_requires_grad(nets.D, True)
@@ -245,7 +245,7 @@ def validate(G: nn.Module, loader, device: torch.device, amp: torch.autocast) ->
 
     def predict(b: dict[str, Any]) -> torch.Tensor:
         with amp:
-            return G.rgb(b["raw"], b.get("colour")).float()
+            return G.rgb(b["raw"], b.get("colour"), b.get("thumb")).float()
 
     rows = score(predict, loader, device, psnr_cc=False)
     G.train(was)
@@ -261,7 +261,7 @@ def write_samples(G: nn.Module, batch: dict[str, torch.Tensor], path: Path, amp:
     was = G.training
     G.eval()
     with amp:
-        rgb, sal = G(batch["raw"], batch.get("colour"))
+        rgb, sal = G(batch["raw"], batch.get("colour"), batch.get("thumb"))
     G.train(was)
     save_png(grid_rows(batch["raw"], rgb.float(), batch["rgb"], sal.float()), path)
 

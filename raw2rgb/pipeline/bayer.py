@@ -214,3 +214,42 @@ def transform_mosaic(m: np.ndarray, pattern: str = "RGGB", flip_h: bool = False,
         out = out[::-1, :]
     new = "".join(letter(*source(y, x)) for y in (0, 1) for x in (0, 1))
     return out, new
+
+
+# -- frame thumbnails ------------------------------------------------------------------------------
+# The generator's global colour branch (model/prior.py) sees each sample's whole frame, small: the
+# light of a scene is a property of the frame, not of a 64-pixel patch of it.
+
+THUMB_SIZE = 32  # packed pixels a side
+
+
+def area_bins(n: int, size: int) -> np.ndarray:
+    """(size, n) averaging weights: output i is the mean of inputs floor(i·n/size) to ceil((i+1)·n/size)
+    − 1 — ``torch.nn.functional.adaptive_avg_pool2d``'s bins, so a thumbnail made here equals the one
+    the model takes of a frame by itself (also when n < size: bins then repeat inputs)."""
+    w = np.zeros((size, n))
+    for i in range(size):
+        a, b = (i * n) // size, -((-(i + 1) * n) // size)
+        w[i, a:b] = 1.0 / (b - a)
+    return w
+
+
+def thumbnail(packed: np.ndarray, size: int = THUMB_SIZE) -> np.ndarray:
+    """Packed planes (4, h, w), any dtype → (4, size, size) area means, float64 in the input's units."""
+    if packed.ndim != 3 or packed.shape[0] != 4:
+        raise ValueError(f"thumbnail takes packed planes (4, h, w), got {packed.shape}")
+    _, h, w = packed.shape
+    return np.einsum("yh,chw,xw->cyx", area_bins(h, size), packed.astype(np.float64), area_bins(w, size))
+
+
+def move_thumbnail(thumb: np.ndarray, flip_h: bool = False, flip_v: bool = False,
+                   transpose: bool = False) -> np.ndarray:
+    """A packed thumbnail (4, t, t) under the move :func:`transform_mosaic` and :func:`unify_pattern`
+    give its frame: each plane moved as an image (the one-pixel re-crop is below a thumbnail's
+    resolution); a transpose takes G1 to the blue row, so the greens swap."""
+    out = thumb[[0, 3, 2, 1]].swapaxes(1, 2) if transpose else thumb
+    if flip_h:
+        out = out[:, :, ::-1]
+    if flip_v:
+        out = out[:, ::-1, :]
+    return np.ascontiguousarray(out)

@@ -24,7 +24,7 @@ from PIL import Image
 
 from raw2rgb.config import JsonConfig, checked
 from raw2rgb.errors import UserError, one_line
-from raw2rgb.files import inside, write_bytes
+from raw2rgb.files import inside, not_a_file, write_bytes
 from raw2rgb.pipeline import rawio
 from raw2rgb.pipeline.align import AlignError, Alignment, align_target, warp_target
 from raw2rgb.pipeline.develop import area_downsample, linear_to_srgb, luma
@@ -93,11 +93,14 @@ def find_pairs(src: os.PathLike | str, layout: str, pairs_csv: os.PathLike | str
             return {}
         found = {}
         for p in sorted(folder.iterdir()):
-            if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."):
-                if inside(src, p):
-                    found[p.stem] = p
-                else:  # the one path-safety rule: a link out of SRC is refused, not followed
-                    problems.append(f"{p}: leads outside {src}; refused")
+            if p.suffix.lower() not in suffixes or p.name.startswith(".") or p.is_dir():
+                continue
+            if not p.is_file():  # a broken link, a FIFO: never opened (a FIFO would block)
+                problems.append(f"{p}: {not_a_file(p)}; skipped")
+            elif inside(src, p):
+                found[p.stem] = p
+            else:  # the one path-safety rule: a link out of SRC is refused, not followed
+                problems.append(f"{p}: leads outside {src}; refused")
         return found
 
     def match(raws: dict[str, Path], rgbs: dict[str, Path], prefix: str, aligned: bool,

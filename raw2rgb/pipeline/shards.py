@@ -6,7 +6,9 @@ A shard ``SPLIT-NNNNN.h5`` holds ``raw`` (N, 4, h, w) uint16, ``rgb`` (N, 3, H, 
 each sample's colour, so that a ``shards/`` folder copied alone trains and scores as the dataset
 does: ``wb_as_shot`` (N, 3) and ``cam_to_rgb`` (N, 3, 3) float32 from its RAW file (NaN: the file
 has none), ``wb_frame`` (N, E, 3) float32, every white-balance estimator's gains of its whole frame
-(``whitebalance.ESTIMATORS``), and ``camera`` (N,) strings. Attributes give the format,
+(``whitebalance.ESTIMATORS``), and ``camera`` (N,) strings; and ``thumb`` (N, 4, 32, 32) uint16, its
+whole frame area-downsampled (``bayer.thumbnail``, moved with the sample's augmentation), what the
+generator's global colour branch sees. Attributes give the format,
 normalisation, output scale, saliency method, the cache key of the stage inputs, and the sums the
 ``dataset`` white-balance rule is fitted from (``grey_sums``, ``grey_cells``: R, G, B plane sums
 over the cells of samples without an as-shot white balance). ``index.json`` lists the shards of
@@ -35,13 +37,14 @@ import numpy as np
 from raw2rgb.errors import UserError, one_line
 from raw2rgb.files import atomic_path, write_json
 from raw2rgb.pipeline import augment, bayer, rawio, whitebalance
+from raw2rgb.pipeline.bayer import THUMB_SIZE
 from raw2rgb.pipeline.stage import Context, Item, ItemError, Manifest, Stage, StageResult, run_stage
 from raw2rgb.pipeline.unpack import STAGE_FOLDER, camera_name
 from raw2rgb.pipeline.whitebalance import SampleColour, WhiteBalance
 
 log = logging.getLogger(__name__)
 
-SHARD_FORMAT = 2  # 2: each sample's colour (white balance, matrix, frame estimates, camera)
+SHARD_FORMAT = 2  # 2: each sample's colour (white balance, matrix, frame estimates, camera) and frame thumbnail
 INDEX = "index.json"
 DEFAULT_SHARD_SIZE = 512
 
@@ -104,14 +107,28 @@ def _grey_sums(raw: np.ndarray, as_shot: np.ndarray) -> tuple[np.ndarray, int]:
     return sums, cells
 
 
+def own_thumbnails(raw: np.ndarray) -> np.ndarray:
+    """Thumbnails (N, 4, T, T) uint16 of samples that are their own frames (shards written by hand)."""
+    return np.stack([frame_thumbnail(r) for r in raw]) if len(raw) else np.zeros((0, 4, THUMB_SIZE, THUMB_SIZE),
+                                                                                np.uint16)
+
+
+def frame_thumbnail(packed: np.ndarray) -> np.ndarray:
+    """A frame's packed planes (4, h, w) in uint16 units → its thumbnail (4, T, T) uint16 (``bayer.thumbnail``)."""
+    return np.rint(bayer.thumbnail(packed)).astype(np.uint16)
+
+
 def write_shard(path: Path, ids: list[str], raw: np.ndarray, rgb: np.ndarray, saliency: np.ndarray,
-                attrs: Mapping[str, Any], colours: Mapping[str, Any] | None = None) -> None:
+                attrs: Mapping[str, Any], colours: Mapping[str, Any] | None = None,
+                thumbs: np.ndarray | None = None) -> None:
     """Write one training shard atomically and byte-reproducibly (no timestamps). ``colours``: the
-    datasets of :func:`colour_arrays` (default :func:`unknown_colours`)."""
+    datasets of :func:`colour_arrays` (default :func:`unknown_colours`); ``thumbs``: each sample's
+    frame thumbnail (N, 4, T, T) uint16 (default :func:`own_thumbnails`)."""
     colours = unknown_colours(raw) if colours is None else colours
+    thumbs = own_thumbnails(raw) if thumbs is None else thumbs
     sums, cells = _grey_sums(raw, np.asarray(colours["wb_as_shot"]))
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        for name, data in (("raw", raw), ("rgb", rgb), ("saliency", saliency)):
+        for name, data in (("raw", raw), ("rgb", rgb), ("saliency", saliency), ("thumb", thumbs)):
             f.create_dataset(name, data=data, chunks=(1, *data.shape[1:]), track_times=False)
         f.create_dataset("id", data=np.array(ids, dtype=object), dtype=h5py.string_dtype(), track_times=False)
         for name in COLOUR_DATASETS:
@@ -146,7 +163,7 @@ def read_shard(path: os.PathLike | str) -> dict[str, Any]:
     """A whole shard: arrays, ids, attributes, and each sample's colour (``colour``) and camera."""
     try:
         with h5py.File(path, "r") as f:
-            out = {k: f[k][()] for k in ("raw", "rgb", "saliency")}
+            out = {k: f[k][()] for k in ("raw", "rgb", "saliency", "thumb")}
             out["id"] = read_ids(f)
             out["attrs"] = dict(f.attrs)
             out["colour"], out["camera"] = read_colours(f)
@@ -195,16 +212,19 @@ def _sample_seed(seed: int, sample_id: str, copy: int) -> list[int]:
     return [seed, int.from_bytes(digest[:8], "big"), copy]
 
 
-def frame_colour(packed_png: str, sidecar: str) -> tuple[SampleColour, str]:
+def read_frame(packed_png: str, sidecar: str) -> tuple[SampleColour, str, np.ndarray]:
     """The colour of an unpacked frame (its RAW file's as-shot white balance and matrix, every
-    estimator's gains of the whole frame) and its camera, from the unpack stage's PNG and sidecar."""
+    estimator's gains of the whole frame), its camera and its thumbnail, from the unpack stage's PNG
+    and sidecar."""
     try:
         frame = json.loads(Path(sidecar).read_text())["frame"]
         packed = rawio.read_packed_png(packed_png)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ItemError(f"{sidecar}: unreadable unpacked frame ({one_line(str(e))})") from None
     planes = packed.astype(np.float32) / np.float32(np.iinfo(packed.dtype).max)
-    return SampleColour.of_frame(planes, frame.get("wb_gains"), frame.get("cam_to_rgb")), camera_name(frame)
+    thumb = frame_thumbnail(planes * 65535.0)
+    return (SampleColour.of_frame(planes, frame.get("wb_gains"), frame.get("cam_to_rgb")), camera_name(frame),
+            thumb)
 
 
 def shard_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
@@ -215,14 +235,14 @@ def shard_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     n, end = len(ids), len(item.inputs) - 2 * len(scenes)
     raw_paths, rgb_paths = item.inputs[:n], item.inputs[n : 2 * n]
     sal_paths, frame_paths = item.inputs[2 * n : end], item.inputs[end:]
-    frames = {scene: frame_colour(frame_paths[2 * i], frame_paths[2 * i + 1]) for i, scene in enumerate(scenes)}
+    frames = {scene: read_frame(frame_paths[2 * i], frame_paths[2 * i + 1]) for i, scene in enumerate(scenes)}
     p = ctx.params
     maps: dict[str, np.ndarray] = {}
     wanted = set(ids)
     for sp in sal_paths:
         s = read_saliency_shard(sp)
         maps.update((i, m) for i, m in zip(s.ids, s.maps) if i in wanted)
-    out_ids, raws, rgbs, sals, colours, cameras = [], [], [], [], [], []
+    out_ids, raws, rgbs, sals, colours, cameras, thumbs = [], [], [], [], [], [], []
     for sid, rp, gp in zip(ids, raw_paths, rgb_paths):
         if sid not in maps:
             raise ItemError(f"{gp}: no saliency map for {sid}")
@@ -242,15 +262,16 @@ def shard_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
             rgbs.append(np.moveaxis(_to_uint8(g), 2, 0))
             sals.append(_to_uint8(s)[None])
             out_ids.append(sid if p["copies"] == 1 else f"{sid}#{k}")
-            colour, camera = frames[scene_of(sid)]
+            colour, camera, thumb = frames[scene_of(sid)]
             colours.append(colour)
             cameras.append(camera)
+            thumbs.append(bayer.move_thumbnail(thumb, t.flip_h, t.flip_v, t.transpose))
     name = f"{item.key}.h5"
     attrs = {"format": SHARD_FORMAT, "normalisation": NORMALISATION, "scale": p["scale"],
              "saliency_method": p["saliency_method"], "split": item.payload["split"],
              "inputs_key": hashlib.sha256(json.dumps(sorted(ctx.hashes.values())).encode()).hexdigest()}
     write_shard(ctx.out_dir / name, out_ids, np.stack(raws), np.stack(rgbs), np.stack(sals), attrs,
-                colour_arrays(colours, cameras))
+                colour_arrays(colours, cameras), np.stack(thumbs))
     return [name], {"count": len(out_ids), "split": item.payload["split"]}
 
 
@@ -265,7 +286,7 @@ def _read_png(path: str) -> np.ndarray:
         raise ItemError(f"{path}: unreadable patch ({one_line(str(e))})") from None
 
 
-SHARDS = Stage("shards", 2, shard_item)  # 2: each sample's colour
+SHARDS = Stage("shards", 3, shard_item)  # 2: each sample's colour; 3: its frame's thumbnail
 
 
 def build(samples: list[tuple[str, str, str, str]], saliency_shards: dict[str, str], out_dir: os.PathLike | str,
@@ -395,7 +416,7 @@ def read_index(root: os.PathLike | str) -> dict[str, Any]:
     return index
 
 
-STORED_DTYPES = {"raw": np.uint16, "rgb": np.uint8, "saliency": np.uint8, "wb_as_shot": np.float32,
+STORED_DTYPES = {"raw": np.uint16, "rgb": np.uint8, "saliency": np.uint8, "thumb": np.uint16, "wb_as_shot": np.float32,
                  "cam_to_rgb": np.float32, "wb_frame": np.float32}
 
 
@@ -417,8 +438,11 @@ def validate(root: os.PathLike | str, index: Mapping[str, Any] | None = None) ->
             path = root / entry["file"]
             try:
                 with h5py.File(path, "r") as f:
+                    if "thumb" not in f:
+                        raise ShardError(f"{path}: no frame thumbnails (shards of an earlier development version of "
+                                         "format 2); rebuild them: raw2rgb prepare SRC -o DATASET --force shards")
                     shapes = {k: tuple(f[k].shape)
-                              for k in ("raw", "rgb", "saliency", "id", *COLOUR_DATASETS, "camera")}
+                              for k in ("raw", "rgb", "saliency", "thumb", "id", *COLOUR_DATASETS, "camera")}
                     dtypes = {k: f[k].dtype for k in STORED_DTYPES}
             except (OSError, KeyError) as e:
                 raise ShardError(f"{path}: unreadable training shard ({one_line(str(e))})") from None
@@ -434,7 +458,7 @@ def validate(root: os.PathLike | str, index: Mapping[str, Any] | None = None) ->
                                      f"needs {(n, ch, scale * h, scale * w)}")
             e = len(whitebalance.ESTIMATORS)
             for k, want in (("wb_as_shot", (n, 3)), ("cam_to_rgb", (n, 3, 3)), ("wb_frame", (n, e, 3)),
-                            ("camera", (n,))):
+                            ("camera", (n,)), ("thumb", (n, 4, THUMB_SIZE, THUMB_SIZE))):
                 if shapes[k] != want:
                     raise ShardError(f"{path}: {k} has shape {shapes[k]}, the format stores {want}")
             if shapes["id"] != (n,) or n != entry["count"]:

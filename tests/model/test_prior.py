@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from raw2rgb.config import FieldError
 from raw2rgb.model import prior as prior_mod
 from raw2rgb.model.generator import PRESETS, Generator, GeneratorConfig, fold_spectral_norm, init_weights
 from raw2rgb.model.infer import TileConfig, run_tiled, run_whole
@@ -79,8 +80,8 @@ def test_the_recommended_generator_starts_as_its_fitted_profile(frame, model):
     with pytest.raises(ValueError, match=r"colour \(B, 12\)"):
         g.rgb(x)
     assert float(g.d4[1].weight.detach().abs().max()) == 0.0 and not parametrize_is(g)  # the residual head, at zero
-    with pytest.raises(ValueError, match="prior_model one of"):
-        Generator(GeneratorConfig(**{**PRESETS["tiny"].to_json(), "prior_model": "cubic"}))
+    with pytest.raises(FieldError, match='GeneratorConfig.prior_model: "cubic" is not one of poly3, lut'):
+        GeneratorConfig(**{**PRESETS["tiny"].to_json(), "prior_model": "cubic"})  # refused before any network
 
 
 def parametrize_is(g: Generator) -> bool:
