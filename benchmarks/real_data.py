@@ -11,7 +11,7 @@ resampled there: the target is never enlarged beyond its own detail. Levels foll
 Looks for the files in ``--real`` (default: ``../shared/real`` beside the repository, where the
 project keeps real files for measuring; a user's clone does not have it, and then says so).
 
-    python benchmarks/real_data.py --out build/quality/real-sony [--real DIR] [--crop 224]
+    python benchmarks/real_data.py --out build/quality/real-sony [--real DIR] [--crop 128]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def bin_packed(packed: np.ndarray, k: int) -> np.ndarray:
     return packed[:, :h, :w].reshape(c, h // k, k, w // k, k).mean(axis=(2, 4))
 
 
-def zrr_pairs(out: Path, raw_path: Path, jpeg_path: Path, crop: int = 224, held_out: float = 1 / 3) -> dict:
+def zrr_pairs(out: Path, raw_path: Path, jpeg_path: Path, crop: int = 128, held_out: float = 1 / 3) -> dict:
     """Write ``out/{train,test}/{huawei_raw,canon}/N.{png,jpg}`` from one RAW and its camera's JPEG;
     returns what was written (also ``out/real.json``)."""
     frame = rawio.read_raw(raw_path)
@@ -61,10 +61,15 @@ def zrr_pairs(out: Path, raw_path: Path, jpeg_path: Path, crop: int = 224, held_
     levels = np.rint(BLACK + np.clip(mosaic, 0, 1) * (WHITE - BLACK)).astype(np.uint16)
     target8 = np.rint(np.clip(target, 0, 1) * 255).astype(np.uint8)
     h, w = mosaic.shape
-    split_x = int(w * (1 - held_out)) // 2 * 2
+    # the tiles' grid starts where the JPEG's field of view does (the camera crops its JPEG)
+    full = cover >= 0.999
+    rows, cols = np.flatnonzero(full[:, w // 2]), np.flatnonzero(full[h // 2])
+    y0, y1 = (int(rows[0]) + 1) // 2 * 2, int(rows[-1]) + 1
+    xa, xb = (int(cols[0]) + 1) // 2 * 2, int(cols[-1]) + 1
+    split_x = (xa + int((xb - xa) * (1 - held_out))) // 2 * 2
     counters, crops = {"train": 0, "test": 0}, []
-    for split, (x0, x1) in (("train", (0, split_x)), ("test", (split_x, w))):
-        for y in range(0, h - crop + 1, crop):
+    for split, (x0, x1) in (("train", (xa, split_x)), ("test", (split_x, xb))):
+        for y in range(y0, y1 - crop + 1, crop):
             for x in range(x0, x1 - crop + 1, crop):
                 if cover[y : y + crop, x : x + crop].min() < 0.999:  # the JPEG does not cover it all
                     continue
@@ -89,7 +94,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--real", type=Path, default=REAL)
     ap.add_argument("--pair", default="sony", choices=sorted(PAIRS))
-    ap.add_argument("--crop", type=int, default=224)
+    ap.add_argument("--crop", type=int, default=128)
     args = ap.parse_args()
     raw, jpeg = (args.real / f for f in PAIRS[args.pair])
     if not raw.is_file() or not jpeg.is_file():
