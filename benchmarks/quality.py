@@ -1,20 +1,36 @@
-"""Quality: the learned mapping against what a user could do without it, under one protocol (DESIGN §6b).
+"""Quality: the learned mapping against what a user could do without it, under one protocol, on several
+sets of data — the demo's, and sets nobody tuned on.
 
-On the demo's data — the virtual camera's RAW paired with "another camera's" JPEGs, prepared as
-`make demo` prepares it (scale 2, 64-px patches, split by scene at seed 0) — and on a harder pair
-(a DSLR-like look with hue-dependent colour, sharpening and local contrast; the RAW from a phone
-with lens blur, vignetting and more noise), it scores on the held-out split:
+Sets (``--sets``):
 
-- the classical pipeline (as-shot white balance, the file's colour matrix, sRGB);
-- the classical pipeline followed by a colour profile fitted on the train split (poly3 and a LUT);
-- variants of the generator, each trained by the real trainer with the tiny preset's default
-  schedule on this CPU: the recommended network (colour prior, no InstanceNorm), with
-  InstanceNorm, without the prior, the paper's network at tiny size (InstanceNorm, no prior);
-- the paper preset (the full paper network) trained for the same wall time.
+- ``plain``: the demo's data — the virtual camera's DNGs (with colour metadata) paired with "another
+  camera's" JPEGs, prepared as `make demo` prepares it (scale 2, 64-px patches, split by scene at
+  seed 0); scored on the val split;
+- ``dslr``: a harder pair: a DSLR-like look (hue-dependent colour, sharpening, local contrast) from a
+  phone's RAW (lens blur, vignetting, more noise);
+- ``zrr-steady`` / ``zrr-varying``: `raw2rgb synth --zrr`: ZRR-layout crops without colour metadata
+  (10-bit one-plane mosaics), under one light or a light per scene (the target camera white-balances
+  on its own); chelsea's crops held out in test/;
+- ``real-sony``: a real camera's RAW and its own JPEG (benchmarks/real_data.py: binned, aligned, ZRR
+  layout, right third held out), when the real files are there.
 
-Prints one table (also in docs/benchmarks.md); `--quick` trains one epoch per stage (a smoke run).
+For each set, on the held-out split:
 
-    python benchmarks/quality.py [--looks plain,dslr] [--variants ...] [--out build/quality] [--quick]
+- the classical pipeline (as-shot white balance and matrix; where the file has none, the default
+  white-balance rule's gains and camera RGB);
+- the classical pipeline followed by a colour profile fitted on the train split: poly3 under each
+  white-balance rule (one row on sets with metadata, where the rule is not used), and a LUT;
+- a plain cubic on the raw planes, independent of raw2rgb's colour code: camera RGB (bilinear
+  demosaicing, no white balance), gamma 2.2, 20 terms a channel, least squares on the train split;
+- generator variants, each trained by the real trainer with the tiny preset's default schedule on
+  this CPU (``--variants``): the recommended network, with the learned global colour branch, and
+  the older comparisons (with InstanceNorm, without the prior, the paper's network at tiny size, the
+  paper preset for the recommended run's wall time).
+
+Prints one table per set (also written to OUT/quality.json); `--quick` trains one epoch (a smoke run).
+
+    python benchmarks/quality.py [--sets plain,dslr,zrr-steady,zrr-varying,real-sony]
+        [--variants recommended,colour-branch] [--out build/quality] [--quick]
 """
 
 from __future__ import annotations
@@ -22,48 +38,131 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
 
+import torch
+from torch.utils.data import DataLoader
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import real_data  # noqa: E402
+
 from raw2rgb import prepare as prep  # noqa: E402
-from raw2rgb.model.evaluate import evaluate  # noqa: E402
+from raw2rgb.model.data import ShardDataset, to_model  # noqa: E402
+from raw2rgb.model.evaluate import evaluate, score, summarise  # noqa: E402
 from raw2rgb.model.generator import GeneratorConfig  # noqa: E402
 from raw2rgb.model.losses import LossWeights  # noqa: E402
+from raw2rgb.model.prior import demosaic_bilinear  # noqa: E402
 from raw2rgb.model.train import Runtime, TrainConfig, train  # noqa: E402
-from raw2rgb.pipeline import profile, synth  # noqa: E402
+from raw2rgb.pipeline import profile, synth, whitebalance  # noqa: E402
 from raw2rgb.pipeline.pairs import PatchParams  # noqa: E402
+from raw2rgb.pipeline.profile import poly3_terms  # noqa: E402
+from raw2rgb.pipeline.shards import shards_root  # noqa: E402
 
 TINY = TrainConfig.preset_config("tiny")
 VARIANTS = {
     "recommended": {},
+    "colour-branch": {"colour_branch": "global"},
     "lut-prior": {"prior_model": "lut"},
     "with-instancenorm": {"norm": "instance"},
     "no-prior": {"prior": "none"},
     "paper-network-tiny": {"norm": "instance", "prior": "none"},
     "paper-preset": None,  # the paper's network and sizes, trained for the recommended run's wall time
 }
-LOOKS = {"plain": {}, "dslr": {"look": synth.LOOKS["dslr"], "phone": True}}
+SETS = {
+    "plain": {"kind": "raw+jpeg"},
+    "dslr": {"kind": "raw+jpeg", "look": synth.LOOKS["dslr"], "phone": True},
+    "zrr-steady": {"kind": "zrr", "light": "steady"},
+    "zrr-varying": {"kind": "zrr", "light": "varying"},
+    "real-sony": {"kind": "real", "pair": "sony"},
+}
+HELD_OUT = {"raw+jpeg": "val", "zrr": "test", "real": "test"}  # the split each kind scores on
 
 
-def dataset(out: Path, look: str) -> Path:
-    """The demo's dataset for a look (cached: prepare redoes nothing)."""
-    src, ds = out / look / "raw", out / look / "dataset"
+def dataset(out: Path, name: str, real: Path) -> Path | None:
+    """A set's DATASET (cached: prepare redoes nothing); None when its source cannot be had here."""
+    spec = SETS[name]
+    src, ds = out / name / "raw", out / name / "dataset"
+    kind = spec["kind"]
     if not src.is_dir():
-        synth.paired_dngs(src, size=(512, 768), **LOOKS[look])
-    cfg = prep.PrepareConfig(src=str(src), out=str(ds), layout="raw+jpeg", patch=PatchParams(size=64, stride=64),
-                             min_inliers=12, scale=2, copies=2, split=(0.7, 0.3, 0.0), seed=0,
+        tmp = src.with_name("raw.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        if kind == "raw+jpeg":
+            synth.paired_dngs(tmp, size=(512, 768), look=spec.get("look", synth.Look()), phone=spec.get("phone", False))
+        elif kind == "zrr":  # crops of 256 sensor pixels: as many 64-px patches per scene as the demo's
+            synth.zrr_dataset(tmp, size=(512, 768), crop=256, light=spec["light"])
+        else:
+            raw, jpeg = (real / f for f in real_data.PAIRS[spec["pair"]])
+            if not raw.is_file():
+                print(f"quality: {name}: {raw} not here; set skipped", flush=True)
+                return None
+            real_data.zrr_pairs(tmp, raw, jpeg, crop=128)
+        tmp.rename(src)
+    patch = 32 if kind == "real" else 64  # the real frame is small: 32-px patches give ~100 train samples
+    cfg = prep.PrepareConfig(src=str(src), out=str(ds), layout="raw+jpeg" if kind == "raw+jpeg" else "zrr",
+                             patch=PatchParams(size=patch, stride=patch), min_inliers=12, scale=2,
+                             copies=2 if kind == "raw+jpeg" else 1,
+                             split=(0.7, 0.3, 0.0) if kind == "raw+jpeg" else (1.0, 0.0, 0.0), seed=0,
                              saliency_method="spectral-residual")
     prep.run(cfg)
     return ds
 
 
-def row(look: str, name: str, summary: dict, seconds: float | None = None) -> dict:
-    return {"look": look, "method": name, "psnr": round(summary["psnr"], 2), "ssim": round(summary["ssim"], 4),
+def row(name: str, method: str, summary: dict, seconds: float | None = None) -> dict:
+    return {"set": name, "method": method, "psnr": round(summary["psnr"], 2), "ssim": round(summary["ssim"], 4),
             "psnr_cc": round(summary["psnr_cc"], 2), "train_s": round(seconds) if seconds else None}
+
+
+# -- a plain cubic on the raw planes: the baseline a user writes in 30 lines ----------------------------
+
+def _camera_rgb(batch: dict) -> torch.Tensor:
+    """(B, 3, 2h, 2w) camera RGB of a batch's raw, bilinear, no white balance, gamma 2.2."""
+    return demosaic_bilinear(((batch["raw"] + 1) * 0.5).clamp(0, 1)).clamp(0, 1) ** (1 / 2.2)
+
+
+def _terms(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) → (B·H·W, 20) cubic terms, pixels in (B, H, W) order."""
+    return torch.stack(poly3_terms(x[:, 0], x[:, 1], x[:, 2]), -1).reshape(-1, 20).double()
+
+
+def plain_cubic(ds: Path, held_out: str) -> dict:
+    loader = DataLoader(ShardDataset(shards_root(ds), "train", compact=True), batch_size=16)
+    a, b = torch.zeros(20, 20, dtype=torch.float64), torch.zeros(20, 3, dtype=torch.float64)
+    for batch in loader:
+        batch = to_model(batch)
+        t = _terms(_camera_rgb(batch))
+        y = ((batch["rgb"] + 1) * 0.5).permute(0, 2, 3, 1).reshape(-1, 3).double()
+        a, b = a + t.T @ t, b + t.T @ y
+    coef = torch.linalg.lstsq(a, b).solution.float()
+
+    def predict(batch: dict) -> torch.Tensor:
+        x = _camera_rgb(batch)
+        out = (_terms(x).float() @ coef).reshape(x.shape[0], *x.shape[2:], 3)
+        return out.permute(0, 3, 1, 2).clamp(0, 1) * 2 - 1
+
+    loader = DataLoader(ShardDataset(shards_root(ds), held_out, compact=True), batch_size=8)
+    return summarise(score(predict, loader, torch.device("cpu")))
+
+
+# -- the run -------------------------------------------------------------------------------------------
+
+def profiles(name: str, ds: Path, held_out: str, out: Path, with_metadata: bool) -> list[dict]:
+    rows = []
+    rules = [whitebalance.DEFAULT_RULE] if with_metadata else list(whitebalance.RULES)
+    for rule in rules:
+        path = out / name / f"profile-poly3-{rule}.json"
+        profile.save(profile.fit_dataset(ds, "train", "poly3", white_balance_rule=rule), path)
+        label = "profile (poly3)" + ("" if with_metadata else f", white balance {rule}")
+        rows.append(row(name, label, evaluate(ds, held_out, None, "profile", profile=path).summary))
+    path = out / name / "profile-lut.json"
+    profile.save(profile.fit_dataset(ds, "train", "lut"), path)
+    rows.append(row(name, "profile (lut)" + ("" if with_metadata else f", white balance {whitebalance.DEFAULT_RULE}"),
+                    evaluate(ds, held_out, None, "profile", profile=path).summary))
+    return rows
 
 
 def trained(ds: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime) -> float:
@@ -72,52 +171,68 @@ def trained(ds: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime) -> float:
     return time.perf_counter() - t0
 
 
+def models(name: str, ds: Path, held_out: str, out: Path, variants: list[str], quick: bool) -> list[dict]:
+    rows, budget = [], None
+    for variant in variants:
+        run_dir = out / name / f"run-{variant}"
+        rt = Runtime(log_every=50, checkpoint_every=10_000)  # data loading as `raw2rgb train` does it
+        if VARIANTS[variant] is None:  # the paper preset, for the recommended run's wall time
+            cfg = TrainConfig.preset_config("paper", weights=LossWeights(perceptual=0.0))
+            cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, scale=2),
+                                      batch_size=TINY.batch_size)
+            t = trained(ds, out / name / "run-paper-probe", cfg, Runtime(max_steps=3, checkpoint_every=10_000))
+            rt = dataclasses.replace(rt, max_steps=1 if quick else max(3, int((budget or 300) / (t / 3))))
+        else:
+            cfg = dataclasses.replace(TINY, generator=GeneratorConfig(**{**TINY.generator.to_json(), "scale": 2,
+                                                                          **VARIANTS[variant]}),
+                                      weights=dataclasses.replace(TINY.weights, perceptual=0.0))
+        if quick:
+            cfg = dataclasses.replace(cfg, stage1_epochs=1, stage2_epochs=0 if cfg.stage2_epochs == 0 else 1)
+        seconds = trained(ds, run_dir, cfg, rt)
+        if variant == "recommended":
+            budget = seconds
+        rows.append(row(name, variant, evaluate(ds, held_out, run_dir, "model").summary, seconds))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| set | method | PSNR (dB) | SSIM | colour-corrected PSNR (dB) | training (s, 2 CPU cores) |",
+             "|---|---|---|---|---|---|"]
+    lines += [f"| {r['set']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['psnr_cc']:.2f} | "
+              f"{r['train_s'] if r['train_s'] is not None else '–'} |" for r in rows]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--looks", default="plain,dslr")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--sets", default=",".join(SETS))
+    ap.add_argument("--variants", default="recommended,colour-branch")
     ap.add_argument("--out", type=Path, default=Path("build/quality"))
-    ap.add_argument("--quick", action="store_true", help="one epoch per stage: check the script, not the model")
+    ap.add_argument("--real", type=Path, default=real_data.REAL, help="folder of real camera files")
+    ap.add_argument("--no-models", action="store_true", help="the classical pipeline and the profiles only")
+    ap.add_argument("--quick", action="store_true", help="one epoch: check the script, not the model")
     args = ap.parse_args()
-    rows = []
-    for look in args.looks.split(","):
-        ds = dataset(args.out, look)
-        rows.append(row(look, "classical pipeline", evaluate(ds, "val", None, "isp").summary))
-        for model in profile.MODELS:
-            path = args.out / look / f"profile-{model}.json"
-            profile.save(profile.fit_dataset(ds, "train", model), path)
-            rows.append(row(look, f"profile ({model})", evaluate(ds, "val", None, "profile", profile=path).summary))
-        print(*rows[-3:], sep="\n", flush=True)
-        budget = None
-        for name in args.variants.split(","):
-            run_dir = args.out / look / f"run-{name}"
-            rt = Runtime(log_every=50, checkpoint_every=10_000)  # data loading as `raw2rgb train` does it
-            if VARIANTS[name] is None:  # the paper preset, for the recommended run's wall time
-                cfg = TrainConfig.preset_config("paper", weights=LossWeights(perceptual=0.0))
-                cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, scale=2),
-                                          batch_size=TINY.batch_size)
-                probe = args.out / look / "run-paper-probe"
-                t = trained(ds, probe, cfg, Runtime(max_steps=3, checkpoint_every=10_000))
-                steps = 1 if args.quick else max(3, int((budget or 300) / (t / 3)))
-                rt = dataclasses.replace(rt, max_steps=steps)
-            else:
-                cfg = dataclasses.replace(TINY, generator=GeneratorConfig(**{**TINY.generator.to_json(), "scale": 2,
-                                                                              **VARIANTS[name]}),
-                                          weights=dataclasses.replace(TINY.weights, perceptual=0.0))
-            if args.quick:
-                cfg = dataclasses.replace(cfg, stage1_epochs=1, stage2_epochs=1)
-            seconds = trained(ds, run_dir, cfg, rt)
-            if name == "recommended":
-                budget = seconds
-            rows.append(row(look, name, evaluate(ds, "val", run_dir, "model").summary, seconds))
-            print(rows[-1], flush=True)
-    (args.out / "quality.json").write_text(json.dumps(rows, indent=1))
+    results = args.out / "quality.json"
+    rows = json.loads(results.read_text()) if results.is_file() else []
+    for name in args.sets.split(","):
+        ds = dataset(args.out, name, args.real)
+        if ds is None:
+            continue
+        kind = SETS[name]["kind"]
+        held_out = HELD_OUT[kind]
+        new = [row(name, "classical pipeline", evaluate(ds, held_out, None, "isp").summary),
+               row(name, "plain cubic on the raw planes", plain_cubic(ds, held_out))]
+        new += profiles(name, ds, held_out, args.out, with_metadata=kind == "raw+jpeg")
+        print(table(new), flush=True)
+        if not args.no_models:
+            new += models(name, ds, held_out, args.out, args.variants.split(","), args.quick)
+        done = {(r["set"], r["method"]) for r in new}
+        rows = [r for r in rows if (r["set"], r["method"]) not in done] + new
+        results.parent.mkdir(parents=True, exist_ok=True)
+        results.write_text(json.dumps(rows, indent=1))
     print()
-    print("| look | method | PSNR (dB) | SSIM | colour-corrected PSNR (dB) | training (s, 2 CPU cores) |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['look']} | {r['method']} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['psnr_cc']:.2f} | "
-              f"{r['train_s'] if r['train_s'] is not None else '–'} |")
+    print(table(rows))
 
 
 if __name__ == "__main__":
