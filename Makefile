@@ -8,7 +8,7 @@ DEMO   ?= build/demo
 
 .PHONY: demo test lint bench clean gpu-check gpu-wheels gpu-rehearsal
 
-$(VENV)/.core: setup.py
+$(VENV)/.core: pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH)
