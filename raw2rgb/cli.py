@@ -1,4 +1,10 @@
-"""The ``raw2rgb`` command: parses options, builds configs and calls the library. Nothing else."""
+"""The ``raw2rgb`` command: parses options, builds configs and calls the library. Nothing else.
+
+It loads lazily: a command's module is imported when the command runs, and choices, defaults and
+help lines that come from the library (the registries of presets, layouts, saliency and rendering
+methods; the profile models, white-balance rules, …) are read when a help page or a parse needs
+them. ``raw2rgb --help`` imports no torch; ``convert`` never imports the training loop.
+"""
 
 from __future__ import annotations
 
@@ -13,26 +19,9 @@ from inspect import cleandoc
 from pathlib import Path
 
 import click
-from tqdm import tqdm
 
-from raw2rgb import __version__, config, files
-from raw2rgb import convert as conv
-from raw2rgb import prepare as prep
-from raw2rgb.errors import ConfigError, UserError, environment_message, one_line
-from raw2rgb.model import evaluate as ev
-from raw2rgb.model import export as ex
-from raw2rgb.model import losses, run
-from raw2rgb.model import report as rep
-from raw2rgb.model import train as tr
-from raw2rgb.model.data import describe
-from raw2rgb.pipeline import profile as colour_profile
-from raw2rgb.pipeline import rawio, stage, whitebalance
-from raw2rgb.pipeline import shards as shard_stage
-from raw2rgb.pipeline import synth as virtual_camera
-from raw2rgb.pipeline import unpack as unpack_stage
-from raw2rgb.pipeline.pairs import PatchParams
-from raw2rgb.salgan import label
-from raw2rgb.salgan import weights as salgan_weights
+from raw2rgb import __version__, files
+from raw2rgb.errors import UserError, environment_message, one_line
 
 log = logging.getLogger("raw2rgb")
 
@@ -79,6 +68,78 @@ def user_errors(fn):
     return wrapper
 
 
+# -- what the library declares, read when needed -----------------------------------------------------
+
+class LazyChoice(click.Choice):
+    """A ``click.Choice`` whose choices are read from the library when first needed (``get``
+    returns them; ``first`` go before them, e.g. ``auto``), so an entry registered before the
+    parse or the help page is a choice."""
+
+    def __init__(self, get, first: tuple[str, ...] = ()) -> None:
+        self._get, self._first = get, first
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        return (*self._first, *self._get())
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ sets it; the library's list wins
+        pass
+
+
+class LazyOption(click.Option):
+    """An option whose help line (``lazy_help``, a function) is read from the library when the help
+    page is shown."""
+
+    def __init__(self, *args, lazy_help=None, **kwargs) -> None:
+        self._lazy_help = lazy_help
+        super().__init__(*args, **kwargs)
+
+    def get_help_record(self, ctx):
+        if self._lazy_help is not None:
+            self.help = self._lazy_help()
+        return super().get_help_record(ctx)
+
+
+def _zrr_levels():
+    from raw2rgb.pipeline import rawio
+    return rawio.ZRR_LEVELS
+
+
+def _presets():
+    from raw2rgb.model.presets import PRESETS
+    return PRESETS
+
+
+def _layouts():
+    from raw2rgb.pipeline.pairs import LAYOUTS
+    return LAYOUTS
+
+
+def _saliency_methods():
+    from raw2rgb.salgan.label import SALIENCY_METHODS
+    return SALIENCY_METHODS
+
+
+def _render_methods():
+    from raw2rgb.render import RENDER_METHODS
+    return RENDER_METHODS
+
+
+def _registry_help(get, lead: str, default: str | None = None):
+    """A help line: ``lead``, then each entry's ``name: help`` from the registry ``get()`` returns."""
+    def text() -> str:
+        reg = get()
+        tail = f" [default: {default or reg.default}]" if (default or reg.default) else ""
+        return f"{lead} {reg.help()}.{tail}"
+    return text
+
+
+def zrr_levels_option(help: str):
+    return click.option("--zrr-levels", type=LazyChoice(_zrr_levels), default="liteisp", help=help)
+
+
 # -- options every command shares, one default each -------------------------------------------------
 
 def output_path(folder: bool):
@@ -121,10 +182,9 @@ def method_options(fn):
                      help="A trained checkpoint, or a RUN folder (its final checkpoint)."),
         click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
                      metavar="JSON", help="A colour profile (raw2rgb profile fit; a RUN's profile.json)."),
-        click.option("--method", type=click.Choice(["model", "isp", "profile"]), default=None,
-                     help="model (needs --checkpoint), isp (the classical pipeline) or profile (the classical "
-                          "pipeline, then --profile) [default: model with a checkpoint, profile with a profile, "
-                          "else isp]."),
+        click.option("--method", type=LazyChoice(_render_methods), default=None, cls=LazyOption,
+                     lazy_help=_registry_help(_render_methods, "How to render:", "model with a checkpoint, profile "
+                                              "with a profile, else isp")),
     ]):
         fn = option(fn)
     return fn
@@ -145,6 +205,7 @@ def backend_options(fn):
             return fn(*args, **kwargs)
         if not scheduler:
             raise click.UsageError("--backend dask needs --scheduler ADDRESS (e.g. tcp://head-node:8786)")
+        from raw2rgb.pipeline import stage
         with stage.dask_cluster(scheduler):
             return fn(*args, **kwargs)
 
@@ -162,6 +223,7 @@ def _jobs(jobs: int | None) -> int:
 
 def _progress(quiet: bool):
     """A tqdm factory for the stage machinery (bars only on a terminal)."""
+    from tqdm import tqdm
     return functools.partial(tqdm, disable=quiet or not sys.stderr.isatty(), leave=False,
                              dynamic_ncols=True)
 
@@ -191,7 +253,23 @@ class _ExamplesLast:
 
 
 class _Command(_ExamplesLast, click.Command):
-    pass
+    """``more_params``: a function giving more options, called when the command is first parsed or
+    shown (options read from a module the command alone needs)."""
+
+    def __init__(self, *args, more_params=None, **kwargs) -> None:
+        self._more_params = more_params
+        super().__init__(*args, **kwargs)
+
+    @property
+    def params(self) -> list[click.Parameter]:
+        if self._more_params is not None:
+            more, self._more_params = self._more_params, None
+            self._params = self._params + more()
+        return self._params
+
+    @params.setter
+    def params(self, value: list[click.Parameter]) -> None:
+        self._params = value
 
 
 class _Group(_ExamplesLast, click.Group):
@@ -230,8 +308,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.option("--bit-depth", type=click.Choice(["16", "8"]), default="16",
               help="16: lossless; 8: the AIM-2019 form.")
 # ZRR PNG inputs
-@click.option("--zrr-levels", type=click.Choice(["liteisp", "pynet"]), default="liteisp",
-              help="Black/white level for ZRR mosaic PNGs: liteisp = 63/1020, pynet = 0/1020.")
+@zrr_levels_option("Black/white level for ZRR mosaic PNGs: liteisp = 63/1020, pynet = 0/1020.")
 # Execution
 @jobs_option
 @force_option("Redo every file, even those up to date.")
@@ -251,6 +328,8 @@ def unpack(obj, inputs: tuple[str, ...], out_dir: Path, bit_depth: str, zrr_leve
     Example:
       raw2rgb unpack photos/ 'more/*.dng' -o packed/ -j 4
     """
+    from raw2rgb.pipeline import rawio
+    from raw2rgb.pipeline import unpack as unpack_stage
     items = unpack_stage.collect_inputs(inputs, out_dir)
     result = unpack_stage.unpack(items, out_dir, bit_depth=int(bit_depth), zrr_levels=rawio.ZRR_LEVELS[zrr_levels],
                                  jobs=_jobs(jobs), force=force, progress=_progress(obj["quiet"]))
@@ -264,8 +343,9 @@ def unpack(obj, inputs: tuple[str, ...], out_dir: Path, bit_depth: str, zrr_leve
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
 @out_option("Output folder (saliency-NNNNN.h5 shards, manifest.json).")
 # Method
-@click.option("--method", type=click.Choice(["auto", "salgan", "spectral-residual"]), default="auto",
-              help="auto: SalGAN when its weights are found, else spectral residual (with a warning).")
+@click.option("--method", type=LazyChoice(_saliency_methods, ("auto",)), default="auto", cls=LazyOption,
+              lazy_help=_registry_help(_saliency_methods, "auto: SalGAN when its weights are found, else spectral "
+                                       "residual (with a warning);"))
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PT",
               help="Converted SalGAN weights [default: $RAW2RGB_SALGAN_WEIGHTS, then "
                    "~/.cache/raw2rgb/salgan.pt].")
@@ -290,6 +370,7 @@ def saliency(obj, inputs, out_dir, method, weights, batch_size, device, workers,
     Example:
       raw2rgb saliency canon/ -o saliency/ --weights salgan.pt
     """
+    from raw2rgb.salgan import label
     images = files.collect_files(inputs, label.is_image_path)
     resolved = label.resolve_method(method, weights)
     log.info("saliency: %d images, method %s", len(images), resolved.name)
@@ -317,6 +398,7 @@ def import_weights(npz: Path, out: Path | None) -> None:
     Example:
       raw2rgb salgan import-weights gen_modelWeights0090.npz
     """
+    from raw2rgb.salgan import weights as salgan_weights
     path = salgan_weights.save_weights(salgan_weights.import_npz(npz), out or salgan_weights.default_path())
     click.echo(f"wrote {path}")
 
@@ -333,23 +415,26 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
     return tuple(parts)  # type: ignore[return-value]
 
 
+def _prepare_stages():
+    from raw2rgb.dataset import STAGES
+    return STAGES
+
+
 @main.command()
 @click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @out_option("Dataset folder: one sub-folder per stage.", metavar="DATASET")
 # Source
-@click.option("--layout", type=click.Choice(["auto", "zrr", "aim2019", "raw+jpeg", "pairs"]), default="auto",
-              help="How SRC is organised (docs/data.md: layouts).")
+@click.option("--layout", type=LazyChoice(_layouts, ("auto",)), default="auto", cls=LazyOption,
+              lazy_help=_registry_help(_layouts, "How SRC is organised (docs/data.md: layouts): auto (detected);"))
 @click.option("--pairs-csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               metavar="CSV", help="pairs layout: a CSV with columns raw,rgb[,scene], paths inside SRC.")
-@click.option("--zrr-levels", type=click.Choice(["liteisp", "pynet"]), default="liteisp",
-              help="ZRR black/white level: liteisp = 63/1020, pynet = 0/1020.")
+@zrr_levels_option("ZRR black/white level: liteisp = 63/1020, pynet = 0/1020.")
 # Patches
 @click.option("--patch-size", type=click.IntRange(min=8), default=224, metavar="P", help="Patch size, packed pixels.")
 @click.option("--stride", type=click.IntRange(min=1), default=None, metavar="S", help="[default: patch size]")
-@click.option("--scale", type=click.Choice(["1", "2"]), default=None,
-              help="Shards: target at packed resolution (1, the paper) or full sensor resolution (2) [default: 2 for "
-                   "two-camera layouts (pairs, raw+jpeg: convert writes full-resolution photos), 1 for zrr and "
-                   "aim2019 (the paper's protocol)].")
+@click.option("--scale", type=click.Choice(["1", "2"]), default=None, cls=LazyOption, lazy_help=lambda: (
+    "Shards: target at packed resolution (1, the paper) or full sensor resolution (2) [default: the layout's: "
+    + ", ".join(f"{n} {e.scale}" for n, e in _layouts().items()) + "; convert writes full-resolution photos]."))
 @click.option("--copies", type=click.IntRange(min=1), default=1, metavar="K",
               help="Shards: K Bayer-safe transformed copies per patch (1: none).")
 @click.option("--crop", type=click.IntRange(min=8), default=None, metavar="C",
@@ -369,15 +454,15 @@ def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
               help="Split ratios by scene.")
 @seed_option
 # Saliency
-@click.option("--saliency-method", type=click.Choice(["auto", "salgan", "spectral-residual"]), default="auto")
+@click.option("--saliency-method", type=LazyChoice(_saliency_methods, ("auto",)), default="auto",
+              help="See raw2rgb saliency --help.")
 @click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PT",
               help="SalGAN weights (see raw2rgb saliency --help).")
 @device_option
 @batch_option("Saliency batch size.")
 # Execution
-@click.option("--until", type=click.Choice(["unpack", "patches", "saliency", "shards"]), default="shards",
-              help="Last stage to run.")
-@click.option("--force", "force", multiple=True, type=click.Choice(["unpack", "patches", "saliency", "shards"]),
+@click.option("--until", type=LazyChoice(_prepare_stages), default="shards", help="Last stage to run.")
+@click.option("--force", "force", multiple=True, type=LazyChoice(_prepare_stages),
               help="Redo a stage even when up to date (repeatable).")
 @click.option("--replace-source", is_flag=True,
               help="DATASET was built from another SRC: rebuild it from this one (the other's data is replaced).")
@@ -401,8 +486,10 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
       raw2rgb prepare ZRR/ -o zrr-ds --layout zrr
       raw2rgb prepare my-pairs/ -o ds --layout pairs --patch-size 224 --split 0.8,0.1,0.1
     """
+    from raw2rgb import prepare as prep
+    from raw2rgb.pipeline.pairs import LAYOUTS, PatchParams
     layout = prep.resolve_layout(src, layout)
-    scale = scale or prep.DEFAULT_SCALE[layout]
+    scale = scale or LAYOUTS[layout].scale
     cfg = prep.PrepareConfig(
         src=str(src.resolve()), out=str(out_dir.resolve()), layout=layout,
         pairs_csv=str(pairs_csv) if pairs_csv else None, zrr_levels=zrr_levels,
@@ -452,6 +539,7 @@ def shards_command(obj, patches, saliency_dir, out_dir, splits_file, scale, copi
     Example:
       raw2rgb shards ds/patches ds/saliency -o ds/shards-x4 --copies 4
     """
+    from raw2rgb.pipeline import shards as shard_stage
     result = shard_stage.build_from_stages(patches, saliency_dir, out_dir, splits_file=splits_file, scale=int(scale),
                                       copies=copies, crop=crop, seed=seed, shard_size=shard_size, jobs=_jobs(jobs),
                                       force=force, progress=_progress(obj["quiet"]))
@@ -473,11 +561,17 @@ def inspect(shards_dir: Path, batch_size: int) -> None:
     Example:
       raw2rgb inspect ds/
     """
+    from raw2rgb.model.data import describe
     for line in describe(shards_dir, batch_size):
         click.echo(line)
 
 
 # -- train ----------------------------------------------------------------------------------------
+
+def _precisions():
+    from raw2rgb.model.recipe import PRECISIONS
+    return PRECISIONS
+
 
 def _pair(ctx, param, value: str | None) -> tuple[int, int] | None:
     if value is None:
@@ -493,44 +587,23 @@ def _pair(ctx, param, value: str | None) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
-def loss_weight_options(fn):
-    """``--NAME-weight W`` for every term of ``losses.LossWeights`` (one place lists the terms)."""
-    for f in reversed(dataclasses.fields(losses.LossWeights)):
-        fn = click.option(f"--{f.name}-weight", f"w_{f.name}", type=click.FloatRange(min=0), default=None,
-                          metavar="W", help=f"Weight of the {f.name} term [preset's; paper {f.default:g}]."
-                          + (" 0: no VGG16 needed." if f.name == "perceptual" else ""))(fn)
-    return fn
+def loss_weight_options():
+    """``--NAME-weight W`` for every term of ``losses.LossWeights`` (one place lists the terms), made
+    when the train command is first parsed or shown."""
+
+    from raw2rgb.model import losses
+    return [click.Option([f"--{f.name}-weight", f"w_{f.name}"], type=click.FloatRange(min=0), default=None,
+                         metavar="W", help=f"Weight of the {f.name} term [preset's; paper {f.default:g}]."
+                         + (" 0: no VGG16 needed." if f.name == "perceptual" else ""))
+            for f in dataclasses.fields(losses.LossWeights)]
 
 
-def train_config(preset: str, config_file: Path | None, changes: dict) -> tr.TrainConfig:
-    """The run's recipe: the preset, then the fields of ``--config`` (a TrainConfig's JSON or a run's
-    config.json; any subset), then the options given. Each layer is checked field by field (types at
-    any depth, unknown fields, ranges, finite numbers) as it is merged, before any work.
-
-    Raises:
-        ConfigError: unreadable JSON, unknown fields, values of the wrong type or out of range, naming
-            the file when the value came from it.
-    """
-    base = tr.TrainConfig.preset_config(preset).to_json()
-    layers: list[tuple[str | None, dict]] = [(None, base)]
-    if config_file is not None:
-        loaded = config.read_json_object(config_file, "TrainConfig fields")
-        loaded = loaded.get("config", loaded)  # a run's config.json holds {"config": …}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{config_file}: \"config\" is not a JSON object of TrainConfig fields")
-        if "preset" in loaded and loaded["preset"] != preset and loaded["preset"] in tr.G_PRESETS:
-            layers = [(None, tr.TrainConfig.preset_config(loaded["preset"]).to_json())]
-        layers.append((str(config_file), loaded))
-    layers.append((None, changes))
-    return config.layered(tr.TrainConfig, layers)
-
-
-@main.command()
+@main.command(more_params=loss_weight_options)
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @out_option("Run folder: config.json, stats.jsonl, checkpoints/, samples/, tensorboard/.", metavar="RUN")
 # Recipe (the run's identity)
-@click.option("--preset", type=click.Choice(list(tr.G_PRESETS)), default=tr.DEFAULT_PRESET,
-              help=tr.PRESET_HELP)
+@click.option("--preset", type=LazyChoice(_presets), default=None, cls=LazyOption,
+              lazy_help=_registry_help(_presets, "Network and schedule:"))
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               metavar="JSON", help="TrainConfig fields as JSON (any subset; a run's config.json works): over the "
                                    "preset, under the options given.")
@@ -540,7 +613,6 @@ def train_config(preset: str, config_file: Path | None, changes: dict) -> tr.Tra
               help="Batch size per process [preset's; paper code 8].")
 @click.option("--crop", type=click.IntRange(min=8), default=None, metavar="C",
               help="Random crop of the training patches (a multiple of 8).")
-@loss_weight_options
 @click.option("--scale", type=click.Choice(["1", "2"]), default=None, help="Output scale [default: the shards'].")
 @click.option("--seed", type=click.IntRange(min=0), default=None,
               help="Random seed (data order, augmentation, init) [0].")
@@ -549,7 +621,7 @@ def train_config(preset: str, config_file: Path | None, changes: dict) -> tr.Tra
 @click.option("--max-steps", type=click.IntRange(min=1), default=None, metavar="N",
               help="Stop (with a checkpoint) at this global step; rerun with a larger one to go on.")
 @device_option
-@click.option("--precision", type=click.Choice(list(tr.PRECISIONS)), default="auto",
+@click.option("--precision", type=LazyChoice(_precisions), default="auto",
               help="auto: bf16 autocast on CUDA, fp32 on CPU.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks.")
 @click.option("--workers", type=click.IntRange(min=0), default=None, metavar="N",
@@ -569,7 +641,7 @@ def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, 
     """Train the model on a prepared DATASET into RUN.
 
     Stage 1: L1 + attention loss; stage 2: + LSGAN discriminator + VGG16 perceptual loss (the
-    paper's recipe, DESIGN §6). Rerunning the same command continues an interrupted run and does
+    paper's recipe). Rerunning the same command continues an interrupted run and does
     nothing on a finished one; an interrupted run exits 130 (Ctrl-C) or 143 (SIGTERM) after its
     checkpoint. Multi-GPU: launch with torchrun.
 
@@ -587,10 +659,13 @@ def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, 
     given_weights = {k[2:]: v for k, v in weights.items() if v is not None}
     if given_weights:
         changes["weights"] = given_weights
+    from raw2rgb.model import recipe
+    from raw2rgb.model import train as tr
+    from raw2rgb.pipeline import shards as shard_stage
     out_scale = int(scale) if scale else int(shard_stage.read_index(shard_stage.shards_root(dataset))["scale"])
     changes["generator"] = {"scale": out_scale}
-    cfg = train_config(preset, config_file, changes)
-    rt = tr.Runtime(stages=stages, device=device, precision=precision, compile=compile_, max_steps=max_steps,
+    cfg = recipe.train_config(preset or _presets().default, config_file, changes)
+    rt = recipe.Runtime(stages=stages, device=device, precision=precision, compile=compile_, max_steps=max_steps,
                     checkpoint_every=checkpoint_every, log_every=log_every, workers=workers,
                     vgg_weights=str(vgg_weights) if vgg_weights else None)
     if dry_run:
@@ -613,16 +688,16 @@ def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, 
 # Method
 @method_options
 # Tiling
-@click.option("--tile", type=click.IntRange(min=16), default=512, metavar="N", help="Tile size, packed pixels.")
+@click.option("--tile", type=click.IntRange(min=16), default=None, metavar="N",
+              help="Tile size, packed pixels [default: 512].")
 @click.option("--overlap", type=click.IntRange(min=0), default=None, metavar="N",
               help="Tile overlap, packed pixels [default: what the model needs for tiles to match one pass, "
                    "measured once per model].")
 # Output
-@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "tiff16"]), default="png",
+@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "tiff16"]), default="png",  # convert.FORMATS
               help="png and jpg: 8-bit sRGB; tiff16: 16-bit sRGB.")
 @click.option("--quality", type=click.IntRange(1, 100), default=95, metavar="Q", help="JPEG quality.")
-@click.option("--zrr-levels", type=click.Choice(["liteisp", "pynet"]), default="liteisp",
-              help="Black/white level for ZRR mosaic PNG inputs.")
+@zrr_levels_option("Black/white level for ZRR mosaic PNG inputs.")
 # Execution
 @device_option
 @jobs_option
@@ -647,10 +722,13 @@ def convert(obj, inputs, out_dir, checkpoint, profile, method, tile, overlap, fm
       raw2rgb convert shoot/ -o out/ --checkpoint runs/mine          # the trained model
       raw2rgb convert shoot/ -o out/ --profile runs/mine/profile.json
     """
-    cfg = conv.resolve(method, checkpoint, profile, tile=tile, overlap=overlap, format=fmt, quality=quality,
-                       zrr_levels=rawio.ZRR_LEVELS[zrr_levels])
+    from raw2rgb import convert as conv
+    from raw2rgb.pipeline import rawio
+    from raw2rgb.pipeline import unpack as unpack_stage
+    cfg = conv.resolve(method, checkpoint, profile, tile=tile or conv.TILE, overlap=overlap, format=fmt,
+                       quality=quality, zrr_levels=rawio.ZRR_LEVELS[zrr_levels])
     items = unpack_stage.collect_inputs(inputs, out_dir)
-    result = conv.convert(items, out_dir, cfg, device=device, jobs=_jobs(jobs) if cfg.method != "model" else 1,
+    result = conv.convert(items, out_dir, cfg, device=device, jobs=_jobs(jobs),
                           force=force, progress=_progress(obj["quiet"]))
     click.echo(f"{cfg.method}: {len(result.manifest.ok)} images in {out_dir}", err=True)
     _finish(result)
@@ -681,7 +759,9 @@ def evaluate(dataset, split, checkpoint, profile, method, out_dir, batch_size, d
       raw2rgb evaluate ds/ --method isp
       raw2rgb evaluate ds/ --profile runs/mine/profile.json
     """
-    method = method or ("model" if checkpoint else "profile" if profile else "isp")
+    from raw2rgb.model import evaluate as ev
+    from raw2rgb.render import default_method
+    method = method or default_method(checkpoint, profile)
     result = ev.evaluate(dataset, split, checkpoint, method, device, batch_size, profile=profile)
     if out_dir:
         ev.write(result, out_dir)
@@ -689,6 +769,16 @@ def evaluate(dataset, split, checkpoint, profile, method, out_dir, batch_size, d
 
 
 # -- profile --------------------------------------------------------------------------------------
+
+def _profile_module():
+    from raw2rgb.pipeline import profile as colour_profile
+    return colour_profile
+
+
+def _wb_rules():
+    from raw2rgb.pipeline import whitebalance
+    return whitebalance.RULES
+
 
 @main.group(cls=_Group)
 def profile() -> None:
@@ -700,12 +790,12 @@ def profile() -> None:
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), metavar="JSON",
               callback=output_path(False), help="The profile file to write.")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", help="Split to fit on.")
-@click.option("--model", type=click.Choice(list(colour_profile.MODELS)), default=colour_profile.DEFAULT_MODEL,
+@click.option("--model", type=LazyChoice(lambda: _profile_module().MODELS), default="poly3",
               help="poly3: a cubic polynomial per channel (20 terms); lut: a 3-D lookup table (docs/benchmarks.md "
                    "compares them).")
-@click.option("--lut-size", type=click.IntRange(min=2, max=33), default=colour_profile.DEFAULT_LUT_SIZE,
+@click.option("--lut-size", type=click.IntRange(min=2, max=33), default=9,  # profile.DEFAULT_LUT_SIZE
               metavar="N", help="lut: nodes per axis.")
-@click.option("--white-balance", type=click.Choice(list(whitebalance.RULES)), default=whitebalance.DEFAULT_RULE,
+@click.option("--white-balance", type=LazyChoice(_wb_rules), default="dataset",  # whitebalance.DEFAULT_RULE
               show_default=True, help="For RAW files without a white balance (ZRR mosaics): dataset (one grey world "
                                       "over the train split) or frame-* (an estimate over each whole frame); recorded "
                                       "in the profile, which convert and evaluate follow (docs/training.md).")
@@ -723,6 +813,7 @@ def profile_fit(dataset, out, split, model, lut_size, white_balance) -> None:
       raw2rgb profile fit ds/ -o look.json
       raw2rgb convert shoot/ -o out/ --profile look.json
     """
+    colour_profile = _profile_module()
     fitted = colour_profile.fit_dataset(dataset, split, model, lut_size, white_balance_rule=white_balance)
     colour_profile.save(fitted, out)
     click.echo(f"wrote {out}: {fitted.model} profile, scale {fitted.scale}, {fitted.fitted_on['samples']} samples "
@@ -750,6 +841,7 @@ def export(checkpoint, onnx, pt2) -> None:
     """
     if not onnx and not pt2:
         raise click.UsageError("give --onnx OUT.onnx and/or --pt2 OUT.pt2")
+    from raw2rgb.model import export as ex
     if onnx:
         click.echo(f"wrote {ex.export_onnx(checkpoint, onnx)}")
     if pt2:
@@ -789,6 +881,8 @@ def report(run_dir, dataset, split, profile, images, out) -> None:
     Example:
       raw2rgb report runs/paper --dataset ds/ -o runs/paper/report.html
     """
+    from raw2rgb.model import report as rep
+    from raw2rgb.model import run
     if profile is None and (run_dir / run.PROFILE).is_file():
         profile = run_dir / run.PROFILE
     path = rep.write_report(run_dir, out, dataset, split, list(images), profile=profile)
@@ -797,6 +891,11 @@ def report(run_dir, dataset, split, profile, images, out) -> None:
 
 # -- synth ----------------------------------------------------------------------------------------
 
+def _synth():
+    from raw2rgb.pipeline import synth as virtual_camera
+    return virtual_camera
+
+
 @main.command()
 @out_option("Where to write the DNGs.")
 @click.option("--size", type=(click.IntRange(min=64), click.IntRange(min=64)), default=None,
@@ -804,7 +903,7 @@ def report(run_dir, dataset, split, profile, images, out) -> None:
 @click.option("--pairs", is_flag=True,
               help="A two-camera dataset: every bundled scene and a colour chart, each JPEG rendered by another "
                    "camera with its own look (what the demo trains on).")
-@click.option("--look", type=click.Choice(list(virtual_camera.LOOKS)), default="plain",
+@click.option("--look", type=LazyChoice(lambda: _synth().LOOKS), default="plain",
               help="--pairs: the other camera's look: plain (colour and tone) or dslr (also hue-dependent colour, "
                    "sharpening, local contrast).")
 @click.option("--phone", is_flag=True, help="--pairs: the RAW from a small-sensor phone (lens blur, vignetting, "
@@ -812,11 +911,12 @@ def report(run_dir, dataset, split, profile, images, out) -> None:
 @click.option("--zrr", is_flag=True, help="A ZRR-layout dataset: the phone's RAW as 10-bit one-plane PNG mosaics "
                                            "without metadata and the other camera's JPEG, cut into aligned crops "
                                            "(train|test/huawei_raw/N.png, canon/N.jpg; chelsea in test/).")
-@click.option("--light", type=click.Choice(list(virtual_camera.LIGHTS)), default="steady", show_default=True,
+@click.option("--light", type=LazyChoice(lambda: _synth().LIGHTS), default="steady", show_default=True,
               help="--zrr: one light for every scene, or each scene under its own (the RAW carries its cast; the "
                    "other camera white-balances on its own).")
-@click.option("--crop", type=click.IntRange(min=16), default=virtual_camera.ZRR_CROP, show_default=True,
-              metavar="N", help="--zrr: crop size in sensor pixels (even).")
+@click.option("--crop", type=click.IntRange(min=16), default=None, cls=LazyOption,
+              lazy_help=lambda: f"--zrr: crop size in sensor pixels (even) [default: {_synth().ZRR_CROP}].",
+              metavar="N")
 @seed_option
 @user_errors
 def synth(out_dir: Path, size: tuple[int, int] | None, pairs: bool, look: str, phone: bool, zrr: bool, light: str,
@@ -834,6 +934,8 @@ def synth(out_dir: Path, size: tuple[int, int] | None, pairs: bool, look: str, p
       raw2rgb synth -o hard/ --pairs --look dslr --phone
       raw2rgb synth -o zrr-like/ --zrr --light varying
     """
+    virtual_camera = _synth()
+    crop = crop or virtual_camera.ZRR_CROP
     if zrr:
         if crop % 2:
             raise click.BadParameter(f"{crop}: the crops keep the mosaic's RGGB phase, so an even size",

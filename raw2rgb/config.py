@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
 from raw2rgb.errors import ConfigError, one_line
+from raw2rgb.registry import Registry
 
 T = TypeVar("T", bound="JsonConfig")
 
@@ -43,8 +44,8 @@ def checked(default: Any = dataclasses.MISSING, *, min: float | None = None, max
     and what it asks for in words). ``None`` is always accepted where the type allows it."""
     meta = {k: v for k, v in (("min", min), ("max", max), ("above", above), ("below", below),
                               ("rule", rule)) if v is not None}
-    if choices is not None:
-        meta["choices"] = tuple(choices)
+    if choices is not None:  # a registry stays live: an entry added later is accepted
+        meta["choices"] = choices if isinstance(choices, Registry) else tuple(choices)
     return dataclasses.field(default=default, metadata={"accepts": meta}, **kw)
 
 

@@ -1,10 +1,8 @@
 """`raw2rgb convert`: RAW files → full-resolution RGB images, as a cached item stage (one item per file).
 
-    photo.dng ──read_raw → normalise → unify → pack ──┬─ model: generator over tiles (model/infer.py)
-                                                       ├─ isp: the classical pipeline (pipeline/develop.py)
-                                                       └─ profile: the classical pipeline, then a fitted
-                                                          colour profile (pipeline/profile.py)
-              ──orientation──▶ OUT/photo.png
+    photo.dng ──read_raw → normalise → unify → pack ── the method's renderer (render.py) ──▶ OUT/photo.png
+      model: generator over tiles (model/infer.py); isp: the classical pipeline (pipeline/develop.py);
+      profile: the classical pipeline, then a fitted colour profile (pipeline/profile.py)
 
 A rerun converts only new or changed files (the checkpoint's or profile's sha256 and every
 option that changes pixels are the stage's params); a file that cannot be read fails alone with
@@ -15,7 +13,6 @@ Lives outside ``pipeline/`` because it chains numpy and torch stages, like ``pre
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -32,29 +29,28 @@ from raw2rgb.device import resolve_device
 from raw2rgb.errors import InputError
 from raw2rgb.files import atomic_path, file_sha256
 from raw2rgb.model import run
-from raw2rgb.model.infer import TileConfig, load_generator, needed_overlap, plan_overlap, run_tiled
-from raw2rgb.model.prior import model_white_balance
-from raw2rgb.pipeline import develop, rawio, whitebalance
+from raw2rgb.model.infer import TileConfig, load_generator, needed_overlap, plan_overlap
 from raw2rgb.pipeline import profile as colour_profile
+from raw2rgb.pipeline import rawio
 from raw2rgb.pipeline.stage import Context, Deferred, Item, ItemError, Stage, StageResult, run_stage
-from raw2rgb.pipeline.whitebalance import SampleColour, WhiteBalance
+from raw2rgb.render import RENDER_METHODS, default_method, source
 
 log = logging.getLogger(__name__)
 
 FORMATS = {"png": ".png", "jpg": ".jpg", "tiff16": ".tif"}
-METHODS = ("model", "isp", "profile")
+TILE = 512  # the default tile, packed pixels: memory bounded, few tiles per frame
 
 
 @dataclass(frozen=True)
 class ConvertConfig(JsonConfig):
     """Everything that decides the output pixels (the stage's params), plus where to run."""
 
-    method: str = checked("isp", choices=METHODS)
+    method: str = checked("isp", choices=RENDER_METHODS)
     checkpoint: str | None = None
     checkpoint_sha256: str | None = None
     profile: str | None = None
     profile_sha256: str | None = None
-    tile: int = checked(512, min=16)
+    tile: int = checked(TILE, min=16)
     overlap: int | None = checked(None, min=0)  # None: what the model needs (infer.needed_overlap)
     stats_pixels: int = checked(1 << 20, min=1)
     precision: str = checked("fp32", choices=("fp32", "bf16"))  # the model's arithmetic: bf16 autocast on CUDA
@@ -96,30 +92,8 @@ def write_image(path: Path, rgb: np.ndarray, fmt: str, quality: int = 95) -> Non
             img.save(tmp, format="PNG", compress_level=3)
 
 
-@functools.lru_cache(maxsize=4)
-def _profile(path: str, sha256: str | None) -> colour_profile.Profile:
-    """A profile file, read once per process (the sha256 keys the cache)."""
-    return colour_profile.load(path)
-
-
 def _camera(frame: rawio.RawFrame) -> str:
     return " ".join(p for p in (frame.make, frame.model) if p) or "unknown camera"
-
-
-def frame_colour(frame: rawio.RawFrame, packed: np.ndarray, wb: WhiteBalance, info: dict[str, Any]) -> np.ndarray:
-    """A whole frame's colour (12,) under a white-balance rule (``whitebalance.colour_vector``); what
-    was missing from the file and what stood in for it goes to ``info["note"]``. The ``dataset`` rule
-    of a profile or model fitted only on files with metadata has no gains: the frame's grey world
-    stands in."""
-    if frame.wb_gains is None and wb.rule == "dataset" and wb.gains is None:
-        wb = WhiteBalance(whitebalance.LEGACY_RULE)
-    colour = SampleColour.of_frame(packed, frame.wb_gains, frame.cam_to_rgb, estimate=frame.wb_gains is None)
-    missing = [n for n, v in (("white balance", frame.wb_gains), ("colour matrix", frame.cam_to_rgb)) if v is None]
-    if missing:
-        used = ([f"white balance by rule {wb.describe()}"] if frame.wb_gains is None else []) + \
-            (["camera RGB"] if frame.cam_to_rgb is None else [])
-        info["note"] = f"no {' or '.join(missing)} in the file: {' and '.join(used)}"
-    return whitebalance.colour_vector(colour, wb)
 
 
 def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
@@ -138,32 +112,19 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
         info["warning"] = (f"{src}: no signal (every sample at or below the black level): a metadata-only or blank "
                            "file? the image is black")
         log.warning("%s", info["warning"])
-    if cfg.method in ("isp", "profile"):
-        prof = _profile(ctx.options["profile"], cfg.profile_sha256) if cfg.method == "profile" else None
-        if prof is not None:
-            try:
-                colour_profile.check_compatible(prof, ctx.options["profile"], cameras=[info["camera"]])
-            except colour_profile.ProfileError as e:
-                raise ItemError(f"{src}: {e}") from None
-        # the classical pipeline alone: a whole frame's grey world where the file has no white balance
-        colour = frame_colour(frame, packed, prof.white_balance if prof else WhiteBalance(whitebalance.LEGACY_RULE),
-                              info)
-        rgb = develop.develop(packed, colour[:3], colour[3:].reshape(3, 3), scale=2, orientation=frame.orientation)
-        if prof is not None:
-            rgb = colour_profile.apply(prof, rgb)
-    else:
-        device = ctx.options["device"]
-        g, meta = load_generator(ctx.options["checkpoint"], device)
-        tiles = TileConfig(tile=cfg.tile, overlap=cfg.overlap, stats_pixels=cfg.stats_pixels,
-                           batch=4 if device.type == "cuda" else 1)
-        colour = frame_colour(frame, packed, model_white_balance(g), info)
-        rgb = develop.orient(quantise(run_tiled(g, packed, tiles, device, colour=colour), cfg.format),
-                             frame.orientation)
-        cameras = meta.get("cameras") or []
-        if cameras and info["camera"] not in cameras:
-            info["warning"] = (f"{src}: taken with {info['camera']}, the model was trained on {', '.join(cameras)}; "
-                               "colours may be off (see docs/troubleshooting.md)")
-            log.warning("%s", info["warning"])
+    renderer = RENDER_METHODS[cfg.method].open(ctx.options[RENDER_METHODS[cfg.method].needs or "none"],
+                                               ctx.options["device"])
+    try:
+        rgb = renderer.frame(frame, packed, info, fmt=cfg.format, tiles=TileConfig(
+            tile=cfg.tile, overlap=cfg.overlap, stats_pixels=cfg.stats_pixels,
+            batch=4 if ctx.options["device"] is not None and ctx.options["device"].type == "cuda" else 1))
+    except colour_profile.ProfileError as e:
+        raise ItemError(f"{src}: {e}") from None
+    cameras = getattr(renderer, "meta", {}).get("cameras") or []
+    if cameras and info["camera"] not in cameras:
+        info["warning"] = (f"{src}: taken with {info['camera']}, the model was trained on {', '.join(cameras)}; "
+                           "colours may be off (see docs/troubleshooting.md)")
+        log.warning("%s", info["warning"])
     name = f"{item.key}{FORMATS[cfg.format]}"
     info["shape"] = list(rgb.shape)
 
@@ -189,27 +150,23 @@ def resolve(method: str | None, checkpoint: os.PathLike | str | None, profile: o
         InputError: a method without what it needs, or a bad option.
         RunError, CheckpointError, ProfileError: a checkpoint or profile that is not one.
     """
-    method = method or ("model" if checkpoint else "profile" if profile else "isp")
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r} ({', '.join(METHODS)})")
+    method = method or default_method(checkpoint, profile)
+    given = source(method, checkpoint, profile, "convert")
     if options.get("format", "png") not in FORMATS:
         raise InputError(f"unknown format {options['format']!r} ({', '.join(FORMATS)})")
     pixels = {k: v for k, v in options.items() if k in ("format", "quality", "zrr_levels")}
-    if method == "isp":
-        return ConvertConfig(method="isp", **pixels)
-    if method == "profile":
-        if profile is None:
-            raise InputError("--method profile needs --profile FILE (raw2rgb profile fit DATASET -o FILE)")
-        colour_profile.check_compatible(colour_profile.load(profile), profile, scale=2)  # convert writes scale 2
-        return ConvertConfig(method="profile", profile=str(Path(profile).resolve()),
-                             profile_sha256=file_sha256(profile), **pixels)
-    if checkpoint is None:
-        raise InputError("--method model needs --checkpoint CKPT (a checkpoint file or a RUN folder)")
-    TileConfig(tile=options.get("tile", 512), overlap=0).check()
+    needs = RENDER_METHODS[method].needs
+    if needs == "profile":
+        colour_profile.check_compatible(colour_profile.load(given), given, scale=2)  # convert writes scale 2
+        return ConvertConfig(method=method, profile=str(Path(given).resolve()), profile_sha256=file_sha256(given),
+                             **pixels)
+    if needs != "checkpoint":
+        return ConvertConfig(method=method, **pixels)
+    TileConfig(tile=options.get("tile", TILE), overlap=0).check()
     if (options.get("overlap") or 0) % 8:
         raise InputError(f"--overlap {options['overlap']}: a non-negative multiple of 8")
-    path = run.checkpoint_file(checkpoint)
-    return ConvertConfig(method="model", checkpoint=str(path), checkpoint_sha256=file_sha256(path), **options)
+    path = run.checkpoint_file(given)
+    return ConvertConfig(method=method, checkpoint=str(path), checkpoint_sha256=file_sha256(path), **options)
 
 
 def convert(items: list[Item], out_dir: os.PathLike | str, cfg: ConvertConfig, device: str = "auto",
@@ -219,7 +176,7 @@ def convert(items: list[Item], out_dir: os.PathLike | str, cfg: ConvertConfig, d
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: the output folder is a file")
-    dev = resolve_device(device) if cfg.method == "model" else None
+    dev = resolve_device(device) if RENDER_METHODS[cfg.method].needs == "checkpoint" else None
     if dev is not None:
         g, _ = load_generator(cfg.checkpoint, dev)
         need, errors = needed_overlap(g, cfg.checkpoint_sha256 or "", dev)
@@ -229,5 +186,5 @@ def convert(items: list[Item], out_dir: os.PathLike | str, cfg: ConvertConfig, d
     params = cfg.to_json()
     params.pop("checkpoint")  # the paths may move; the sha256 is what matters
     params.pop("profile")
-    options = {"device": dev, "checkpoint": cfg.checkpoint, "profile": cfg.profile}
+    options = {"device": dev, "checkpoint": cfg.checkpoint, "profile": cfg.profile, "none": None}
     return run_stage(CONVERT, items, out_dir, params, jobs=jobs, force=force, progress=progress, options=options)

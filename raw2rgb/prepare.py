@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from raw2rgb.config import JsonConfig, checked
+from raw2rgb.dataset import SOURCE, SPLITS, SPLITS_FILE, STAGES, SUMMARY, stage_folder
 from raw2rgb.errors import InputError
 from raw2rgb.files import FolderLock, write_json
 from raw2rgb.pipeline import pairs as pairs_mod
@@ -38,12 +39,6 @@ from raw2rgb.salgan import label
 
 log = logging.getLogger(__name__)
 
-STAGES = ("unpack", "patches", "saliency", "shards")
-# Output scale by layout (DESIGN §6b): two-camera layouts at full sensor resolution, so that the trained
-# model converts to full-resolution photos; ZRR and AIM 2019 at the paper's packed resolution.
-DEFAULT_SCALE = {"pairs": "2", "raw+jpeg": "2", "zrr": "1", "aim2019": "1"}
-SPLITS = ("train", "val", "test")
-SOURCE = "source.json"  # DATASET's record of the SRC it was built from (check_source)
 
 
 @dataclass(frozen=True)
@@ -52,7 +47,7 @@ class PrepareConfig(JsonConfig):
 
     src: str
     out: str
-    layout: str = checked(choices=pairs_mod.LAYOUTS)
+    layout: str = checked(choices=pairs_mod.LAYOUTS)  # a registered layout
     pairs_csv: str | None = None
     zrr_levels: str = checked(rawio.ZRR_DEFAULT_LEVELS, choices=rawio.ZRR_LEVELS)
     patch: pairs_mod.PatchParams = field(default_factory=pairs_mod.PatchParams)
@@ -62,7 +57,8 @@ class PrepareConfig(JsonConfig):
     crop: int | None = checked(None, min=8)  # shard patch size [default: patch size, or the largest 8k below]
     split: tuple[float, float, float] = checked((0.9, 0.1, 0.0), min=0, rule=(lambda r: sum(r) > 0, "a sum above 0"))
     seed: int = checked(0, min=0)
-    saliency_method: str = checked("auto", choices=label.METHODS)
+    saliency_method: str = checked(label.AUTO, rule=(lambda m: m in label.method_choices(),
+                                                     "auto or a registered saliency method"))
     weights: str | None = None
     device: str = "auto"
     batch_size: int = checked(8, min=1)
@@ -181,40 +177,42 @@ def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progr
     # unpack: one packed PNG per RAW, keyed by scene
     items = [Item(p.scene, (str(Path(p.raw).resolve()),)) for p in found]
     stages["unpack"] = unpack_stage.unpack(
-        items, out / "unpack", zrr_levels=rawio.ZRR_LEVELS[cfg.zrr_levels], jobs=cfg.jobs,
+        items, stage_folder(out, "unpack"), zrr_levels=rawio.ZRR_LEVELS[cfg.zrr_levels], jobs=cfg.jobs,
         force="unpack" in force, progress=progress)
     unpacked = {r.key for r in stages["unpack"].manifest.ok}
 
     if "patches" in wanted:  # align (where needed), cut, score
-        items = [Item(p.scene, (str(out / "unpack" / f"{p.scene}.png"), str(out / "unpack" / f"{p.scene}.json"),
+        packed = stage_folder(out, "unpack")
+        items = [Item(p.scene, (str(packed / f"{p.scene}.png"), str(packed / f"{p.scene}.json"),
                                 str(Path(p.rgb).resolve())), {"aligned": p.aligned})
                  for p in found if p.scene in unpacked]
         params = {"patch": dataclasses.asdict(cfg.patch), "min_inliers": cfg.min_inliers}
-        stages["patches"] = run_stage(PATCHES, items, out / "patches", params, jobs=cfg.jobs,
+        stages["patches"] = run_stage(PATCHES, items, stage_folder(out, "patches"), params, jobs=cfg.jobs,
                                       force="patches" in force, progress=progress)
 
     if "saliency" in wanted:  # saliency of every kept target patch
-        images = [(patch_id(rel), str(out / "patches" / rel))
+        images = [(patch_id(rel), str(stage_folder(out, "patches") / rel))
                   for r in stages["patches"].manifest.ok for rel in r.outputs if rel.startswith("rgb/")]
         method = label.resolve_method(cfg.saliency_method, cfg.weights)
         if images:
-            stages["saliency"] = label.label(images, out / "saliency", method, batch_size=cfg.batch_size,
+            stages["saliency"] = label.label(images, stage_folder(out, "saliency"), method, batch_size=cfg.batch_size,
                                              device=cfg.device, force="saliency" in force, progress=progress)
         else:
             log.warning("saliency and shards skipped: no patch was kept (see the patches stage's failures)")
 
     splits = assign_splits({p.scene: p.fixed_split for p in found}, cfg.seed, cfg.split, _previous_splits(out, cfg))
     if "shards" in wanted and "saliency" in stages:  # training shards per split, with offline augmentation
-        samples, owners = shards.samples_from(out / "patches", out / "saliency", splits)
+        samples, owners = shards.samples_from(stage_folder(out, "patches"), stage_folder(out, "saliency"), splits)
         stages["shards"] = shards.build(
-            samples, owners, out / "shards", shards.frames_of(out / "unpack"), scale=cfg.scale, copies=cfg.copies,
+            samples, owners, stage_folder(out, "shards"), shards.frames_of(stage_folder(out, "unpack")),
+            scale=cfg.scale, copies=cfg.copies,
             crop=cfg.crop, seed=cfg.seed,
             saliency_method=stages["saliency"].manifest.params["method"], jobs=cfg.jobs,
             force="shards" in force, progress=progress)
 
     summary = _summary(cfg, found, unpaired, stages, splits)
-    write_json(out / "splits.json", {"seed": cfg.seed, "ratios": list(cfg.split), "scenes": splits})
-    write_json(out / "summary.json", summary)
+    write_json(out / SPLITS_FILE, {"seed": cfg.seed, "ratios": list(cfg.split), "scenes": splits})
+    write_json(out / SUMMARY, summary)
     if "patches" in stages and not summary["patches_kept"]:
         raise PairError(f"{out}: no patch was kept ({summary['patches_dropped'] or 'no pair aligned'}); see "
                         f"{out}/summary.json and docs/data.md (--patch-size, --min-score, --layout)")
@@ -266,7 +264,7 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 def _previous_splits(out: Path, cfg: PrepareConfig) -> dict[str, str] | None:
     """The scenes' splits of the last run into ``out``, when it used the same seed and ratios."""
     try:
-        data = json.loads((out / "splits.json").read_text())
+        data = json.loads((out / SPLITS_FILE).read_text())
     except (OSError, ValueError):
         return None
     same = data.get("seed") == cfg.seed and [float(r) for r in data.get("ratios", [])] == [float(r) for r in cfg.split]

@@ -103,8 +103,10 @@ def test_save_checkpoint_failure_is_an_error(run_dir, tmp_path):
     (tmp_path / "ro").mkdir()
     (tmp_path / "ro" / "latest.pt").mkdir()  # a folder where the file should go: the rename fails
     from raw2rgb.model.discriminator import Discriminator
-    from raw2rgb.model.generator import PRESETS, Generator
+    from raw2rgb.model.generator import Generator
+    from raw2rgb.model.presets import PRESETS
 
     with pytest.raises(OSError):
-        checkpoint.save(tmp_path / "ro" / "latest.pt", {"G": Generator(PRESETS["tiny"]), "D": Discriminator()},
+        checkpoint.save(tmp_path / "ro" / "latest.pt", {"G": Generator(PRESETS["tiny"].generator),
+                                                        "D": Discriminator()},
                         TrainConfig().to_json(), {})

@@ -1,4 +1,4 @@
-"""The discriminator: a conditional PatchGAN on (raw, rgb), any input size (DESIGN §6).
+"""The discriminator: a conditional PatchGAN on (raw, rgb), any input size.
 
 Every conv: spectral norm, no bias, reflection padding; InstanceNorm except on the first and
 last; LeakyReLU(0.2) except on the last. At 224² it gives a 26×26 map of scores; the paper's
@@ -7,24 +7,14 @@ code hard-coded that size for its labels, here the labels take the map's shape.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raw2rgb.config import JsonConfig, checked
 from raw2rgb.model.generator import ReflectPad, conv
+from raw2rgb.model.presets import DiscriminatorConfig
 
 PAPER_PARAMETERS = 8_151_488
-
-
-@dataclass(frozen=True)
-class DiscriminatorConfig(JsonConfig):
-    base: int = checked(64, min=1)
-
-
-PRESETS = {"standard": DiscriminatorConfig(), "tiny": DiscriminatorConfig(base=16), "paper": DiscriminatorConfig()}
 
 
 class _Pad1(nn.Module):

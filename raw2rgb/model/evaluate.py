@@ -1,6 +1,6 @@
 """Scoring: :func:`score`, shared by training's validation and `raw2rgb evaluate`, and the evaluate
 command's methods — a trained model, the classical pipeline, and the classical pipeline followed
-by a fitted colour profile — under one protocol (DESIGN §6b).
+by a fitted colour profile — under one protocol.
 
 Metrics are computed where the data is (the GPU when present). The classical pipeline renders
 each patch with its RAW file's as-shot white balance and colour matrix, stored in the shards (a
@@ -29,15 +29,11 @@ from raw2rgb.errors import InputError
 from raw2rgb.files import write_bytes, write_json
 from raw2rgb.model import metrics
 from raw2rgb.model.data import ShardDataset, to_model
-from raw2rgb.model.infer import load_generator
-from raw2rgb.model.prior import model_white_balance
-from raw2rgb.pipeline import profile as colour_profile
-from raw2rgb.pipeline.develop import develop
 from raw2rgb.pipeline.shards import ShardError, read_index, shards_root, split_count
+from raw2rgb.render import RENDER_METHODS, source
 
 log = logging.getLogger(__name__)
 
-METHODS = ("model", "isp", "profile")
 COLUMNS = ("id", "psnr", "ssim", "psnr_cc")
 
 
@@ -80,22 +76,6 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-# -- the classical pipeline and the fitted profile on a batch ---------------------------------------
-
-def isp_batch(raw: torch.Tensor, scale: int, colour: torch.Tensor,
-              profile: colour_profile.Profile | None = None) -> torch.Tensor:
-    """The classical pipeline (then ``profile``, when given) on a batch of model-range raw
-    (B, 4, h, w) → (B, 3, s·h, s·w) in [-1, 1], each with its colour (B, 12): white-balance gains,
-    then the camera → sRGB matrix (``ShardDataset``'s ``colour``)."""
-    out = []
-    for r, c in zip(raw.float().cpu().numpy(), colour.float().cpu().numpy()):
-        rgb = develop(((r + 1) * 0.5).clip(0, 1), c[:3], c[3:].reshape(3, 3), scale=scale)
-        if profile is not None:
-            rgb = colour_profile.apply(profile, rgb)
-        out.append(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)) * 2 - 1)
-    return torch.stack(out).to(raw.device)
-
-
 # -- the command ------------------------------------------------------------------------------------
 
 def evaluate(dataset: os.PathLike | str, split: str = "val", checkpoint: os.PathLike | str | None = None,
@@ -109,37 +89,23 @@ def evaluate(dataset: os.PathLike | str, split: str = "val", checkpoint: os.Path
         InputError: a method without what it needs.
         CheckpointError, ProfileError: a bad checkpoint or profile file.
     """
-    if method not in METHODS:
-        raise InputError(f"unknown method {method!r} ({', '.join(METHODS)})")
+    given = source(method, checkpoint, profile, "evaluate")
     root = shards_root(dataset)
     index = read_index(root)
     if split_count(index, split) == 0:
         raise ShardError(f"{root}: the {split} split is empty")
     dev = resolve_device(device)
     scale = int(index["scale"])
-    wb = None  # the default rule (whitebalance.DEFAULT_RULE) unless the model or profile has its own
-    if method == "model":
-        if checkpoint is None:
-            raise InputError("evaluate --method model needs --checkpoint CKPT (or use --method isp or profile)")
-        g, meta = load_generator(checkpoint, dev)
-        if g.cfg.scale != scale:
-            raise InputError(f"{meta['path']}: a model of output scale {g.cfg.scale}, the shards are at {scale}")
-        wb = model_white_balance(g)
+    renderer = RENDER_METHODS[method].open(given, dev)
+    if renderer.scale is not None and renderer.scale != scale:
+        raise InputError(f"{renderer.meta['path']}: a model of output scale {renderer.scale}, the shards are at "
+                         f"{scale}")
+    if hasattr(renderer, "check"):
+        renderer.check(scale=scale)
+    wb = renderer.white_balance  # None: the default rule (whitebalance.DEFAULT_RULE)
 
-        def predict(b: dict[str, Any]) -> torch.Tensor:
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-                return g.rgb(b["raw"], b.get("colour"), b.get("thumb")).float()
-    else:
-        prof = None
-        if method == "profile":
-            if profile is None:
-                raise InputError("evaluate --method profile needs --profile FILE (raw2rgb profile fit DATASET)")
-            prof = colour_profile.load(profile)
-            colour_profile.check_compatible(prof, profile, scale=scale, cameras=None)
-            wb = prof.white_balance
-
-        def predict(b: dict[str, Any]) -> torch.Tensor:
-            return isp_batch(b["raw"], scale, b["colour"], prof)
+    def predict(b: dict[str, Any]) -> torch.Tensor:
+        return renderer.batch(b, scale)
 
     ds = ShardDataset(root, split, compact=True, white_balance=wb)
     loader = DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=dev.type == "cuda")

@@ -26,48 +26,16 @@ caller clamps) and saliency (B, 1, s·h, s·w) in [0, 1]; s is the output scale 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrizations, parametrize
 
-from raw2rgb.config import FieldError, JsonConfig, checked
+from raw2rgb.model.presets import COLOUR_BRANCHES, NORMS, PRIOR_MODELS, PRIORS, GeneratorConfig  # noqa: F401
 from raw2rgb.model.prior import ColourBranch, ColourPrior, frame_thumbnail
-from raw2rgb.pipeline.profile import MODELS as PROFILE_MODELS
 
 PAPER_PARAMETERS = 24_352_448
 EPS = 1e-5
-
-NORMS, PRIORS, PRIOR_MODELS = ("instance", "none"), ("none", "profile"), PROFILE_MODELS
-COLOUR_BRANCHES = ("none", "global")
-
-
-@dataclass(frozen=True)
-class GeneratorConfig(JsonConfig):
-    """What builds a generator. The defaults are the paper's configuration."""
-
-    base: int = checked(64, min=1)  # channels of E1; E2..E4 have 2, 4, 8 times as many
-    res_blocks: int = checked(4, min=0)
-    saliency_width: int = checked(64, min=1)
-    scale: int = checked(1, choices=(1, 2))  # output scale: 1 (the paper: at packed resolution), 2 (sensor's)
-    norm: str = checked("instance", choices=NORMS)  # instance (the paper) or none
-    prior: str = checked("none", choices=PRIORS)  # none (the paper) or profile: a fitted profile, then the net
-    prior_model: str = checked("poly3", choices=PRIOR_MODELS)  # the prior's profile (pipeline/profile.py's models)
-    colour_branch: str = checked("none", choices=COLOUR_BRANCHES)  # global: each image's colour from its frame
-
-    def _check_together(self) -> None:
-        if self.colour_branch != "none" and self.prior != "profile":
-            raise FieldError(type(self).__name__, ("colour_branch",),
-                             f"{self.colour_branch} corrects the colour prior's colour: it needs prior profile")
-
-
-PRESETS = {
-    "standard": GeneratorConfig(norm="none", prior="profile"),  # raw2rgb's recommended network
-    "tiny": GeneratorConfig(base=16, res_blocks=2, saliency_width=16, norm="none", prior="profile"),  # its small size
-    "paper": GeneratorConfig(),  # exactly the paper's network
-}
 
 
 class FrameNorm(nn.Module):

@@ -1,5 +1,5 @@
 """The run report: a contact sheet of held-out samples, the training curves, the metrics of the model
-beside the classical pipeline and the fitted profile (DESIGN §6b), and any converted photos, as
+beside the classical pipeline and the fitted profile, and any converted photos, as
 one HTML page beside its pictures."""
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from torch.utils.data import default_collate
 from raw2rgb.files import write_bytes
 from raw2rgb.model import losses, run
 from raw2rgb.model.data import ShardDataset, to_model
-from raw2rgb.model.evaluate import evaluate, isp_batch
-from raw2rgb.model.infer import load_generator
+from raw2rgb.model.evaluate import evaluate
 from raw2rgb.model.pictures import assemble, enlarge, raw_preview, saliency_tile, save_png, to_uint8
-from raw2rgb.model.prior import model_white_balance
+from raw2rgb.model.renderers import ClassicalRenderer
 from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline.shards import shards_root
+from raw2rgb.render import RENDER_METHODS
 
 
 def training_curve(run_dir: os.PathLike | str, path: os.PathLike | str) -> Path:
@@ -60,19 +60,18 @@ def contact_sheet(run_dir: os.PathLike | str, dataset: os.PathLike | str, path: 
                   split: str = "val", n: int = 4, profile: colour_profile.Profile | None = None) -> Path:
     """Held-out samples, one row each: RAW preview | classical | [profile] | model | target |
     saliency (SalGAN's or the fallback's map of the target)."""
-    g, _ = load_generator(run_dir)
+    model = RENDER_METHODS["model"].open(str(run_dir), None)
     root = shards_root(dataset)
-    ds = ShardDataset(root, split, compact=True, white_balance=model_white_balance(g))
+    ds = ShardDataset(root, split, compact=True, white_balance=model.white_balance)
     step = max(1, len(ds) // n)
     picked = range(0, step * n, step)[:n]
     batch = to_model(default_collate([ds[i] for i in picked]))
-    with torch.no_grad():
-        out = g.rgb(batch["raw"], batch.get("colour"), batch.get("thumb"))
-    columns = [isp_batch(batch["raw"], g.cfg.scale, batch["colour"])]
+    out = model.batch(batch)
+    columns = [RENDER_METHODS["isp"].open(None, None).batch(batch, model.scale)]
     if profile is not None:  # rendered with the profile's own white-balance rule, as evaluate scores it
         by_profile = ShardDataset(root, split, compact=True, white_balance=profile.white_balance)
         colour = torch.stack([by_profile[i]["colour"] for i in picked])
-        columns.append(isp_batch(batch["raw"], g.cfg.scale, colour, profile))
+        columns.append(ClassicalRenderer(profile=profile).batch({**batch, "colour": colour}, model.scale))
     columns += [out, batch["rgb"]]
     size = tuple(out.shape[-2:])
     sheet = assemble([[raw_preview(batch["raw"][i], size)] + [to_uint8(c[i]) for c in columns]

@@ -29,115 +29,23 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, default_collate
 
-from raw2rgb.config import FieldError, JsonConfig, checked
 from raw2rgb.device import resolve_device
-from raw2rgb.errors import UserError
 from raw2rgb.files import FolderLock
 from raw2rgb.model import checkpoint, distributed, losses, run
 from raw2rgb.model.data import ShardDataset, to_model
-from raw2rgb.model.discriminator import PRESETS as D_PRESETS
-from raw2rgb.model.discriminator import Discriminator, DiscriminatorConfig
+from raw2rgb.model.discriminator import Discriminator
 from raw2rgb.model.distributed import Dist
 from raw2rgb.model.evaluate import score, summarise
-from raw2rgb.model.generator import PRESETS as G_PRESETS
-from raw2rgb.model.generator import Generator, GeneratorConfig, init_weights
+from raw2rgb.model.generator import Generator, init_weights
 from raw2rgb.model.pictures import grid_rows, save_png
 from raw2rgb.model.prior import model_white_balance
+from raw2rgb.model.recipe import LR_DECAYS, PRECISIONS, STAGES, Runtime, TrainConfig, TrainError, train_config  # noqa: F401
 from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline import whitebalance
 from raw2rgb.pipeline.shards import cameras, colour_source, dataset_key, read_index, shards_root, split_count
 from raw2rgb.pipeline.shards import validate as validate_shards
 
 log = logging.getLogger(__name__)
-
-STAGES = {"1": (1,), "2": (2,), "all": (1, 2)}
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-LR_DECAYS = ("step", "cosine")
-DEFAULT_PRESET = "standard"
-# Each preset's schedule, over TrainConfig's defaults (the paper's). tiny's was chosen by
-# benchmarks/quality.py on the demo's data and CPU budget (docs/quality.md): stage 1 alone, batch 4, a
-# cosine decay and a moving average beat the two-stage schedule by 0.5–1 dB in the same five minutes.
-# standard keeps the paper's schedule (not yet measured at GPU scale), with the moving average.
-SCHEDULES: dict[str, dict[str, Any]] = {
-    "paper": {},
-    "standard": {"ema": 0.999},
-    "tiny": {"stage1_epochs": 36, "stage2_epochs": 0, "batch_size": 4, "lr_stage1": 5e-4, "lr_decay": "cosine",
-             "ema": 0.995},
-}
-PRESET_HELP = ("Network and schedule: standard (raw2rgb's recommended network: a fitted colour prior, no InstanceNorm; "
-               "for GPUs), tiny (its small size: CPUs, the demo, tests) or paper (exactly the paper's network and "
-               "recipe, to reproduce it).")
-
-
-class TrainError(UserError):
-    """A training run that cannot start or go on; the message is one line for the user."""
-
-
-@dataclass(frozen=True)
-class TrainConfig(JsonConfig):
-    """The recipe: everything a run's results depend on. Defaults are the paper's (DESIGN §6)."""
-
-    preset: str = checked("paper", choices=G_PRESETS)
-    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
-    discriminator: DiscriminatorConfig = field(default_factory=DiscriminatorConfig)
-    stage1_epochs: int = checked(10, min=0)
-    stage2_epochs: int = checked(30, min=0)
-    batch_size: int = checked(8, min=1)  # per process
-    lr_stage1: float = checked(2e-4, above=0)
-    lr_g: float = checked(1e-4, above=0)
-    lr_d: float = checked(4e-4, above=0)  # two time-scale update rule
-    betas: tuple[float, float] = checked((0.5, 0.999), min=0, below=1)
-    halve_every: int = checked(10, min=1)  # epochs (lr_decay "step")
-    lr_decay: str = checked("step", choices=LR_DECAYS)  # step: halve every halve_every epochs (the paper); cosine: to
-    # 1 % over each stage
-    init_std: float = checked(0.02, above=0)
-    ema: float = checked(0.0, min=0, below=1)  # decay of a moving average of G's weights (0: none, as the paper)
-    weights: losses.LossWeights = field(default_factory=losses.LossWeights)
-    crop: int | None = checked(None, min=8)  # random crop of the training patches (packed pixels)
-    augment: bool = True  # Bayer-safe geometry on the fly (model/data.py)
-    seed: int = checked(0, min=0)
-    # where a RAW file has no white balance: pipeline/whitebalance.py (the prior's profile is fitted with it)
-    white_balance: str = checked(whitebalance.DEFAULT_RULE, choices=whitebalance.RULES)
-
-    def _check_together(self) -> None:
-        if self.stage1_epochs + self.stage2_epochs == 0:
-            raise FieldError(type(self).__name__, ("stage1_epochs",), "0 with stage2_epochs 0 would train nothing "
-                             "(accepted: at least one epoch in one of the stages)")
-
-    @classmethod
-    def preset_config(cls, name: str, **overrides: Any) -> TrainConfig:
-        if name not in G_PRESETS:
-            raise TrainError(f"unknown preset {name!r} ({', '.join(G_PRESETS)})")
-        return cls(**{"preset": name, "generator": G_PRESETS[name], "discriminator": D_PRESETS[name],
-                      **SCHEDULES[name], **overrides})
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> TrainConfig:
-        """As :meth:`JsonConfig.from_json`; configs written before the loss weights had their own
-        dataclass (``w_attention``, ``w_adversarial``, ``w_perceptual``) are read too."""
-        d = dict(d)
-        legacy = {k[2:]: d.pop(k) for k in ("w_attention", "w_adversarial", "w_perceptual") if k in d}
-        if legacy:
-            d["weights"] = {**legacy, **d.get("weights", {})}
-        return super().from_json(d)
-
-
-@dataclass(frozen=True)
-class Runtime(JsonConfig):
-    """How to run, not what to learn: not part of a run's identity."""
-
-    stages: str = checked("all", choices=STAGES)  # 1, 2 or all
-    device: str = "auto"
-    precision: str = checked("auto", choices=PRECISIONS)  # auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32
-    compile: bool = False
-    channels_last: bool = True  # on CUDA
-    max_steps: int | None = checked(None, min=1)  # stop after this global step (a rerun with a larger one continues)
-    checkpoint_every: int = checked(500, min=1)  # steps; also at every epoch's end
-    log_every: int = checked(10, min=1)  # steps
-    workers: int | None = checked(None, min=0)  # data-loading processes; None: 2 on CUDA, 0 on a CPU (its cores)
-    samples: int = checked(4, min=0)  # images in each epoch's sample grid
-    vgg_weights: str | None = None
-
 
 @dataclass
 class Progress:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +30,10 @@ from raw2rgb.pipeline import rawio
 from raw2rgb.pipeline.align import AlignError, Alignment, align_target, warp_target
 from raw2rgb.pipeline.develop import area_downsample, linear_to_srgb, luma
 from raw2rgb.pipeline.stage import ItemError
+from raw2rgb.registry import Registry
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("zrr", "aim2019", "raw+jpeg", "pairs")
 RGB_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
 
 
@@ -56,39 +57,16 @@ class Pair:
     fixed_split: str | None = None
 
 
-# -- finding pairs ----------------------------------------------------------------------------------
+# -- finding pairs: the layouts ----------------------------------------------------------------------
 
-def detect_layout(src: Path) -> str:
-    """Guess the layout of a source folder (see docs/data.md, layouts).
+class _Finder:
+    """What every layout's ``find`` uses: files of a folder by stem (refusing links out of SRC),
+    matched into pairs, with one line in ``problems`` per file left unpaired."""
 
-    Raises:
-        PairError: nothing recognisable.
-    """
-    if any((src / d / "huawei_raw").is_dir() for d in ("train", "test", ".")):
-        return "zrr"
-    if (src / "TrainingPhoneRaw").is_dir() or (src / "ValidationPhoneRaw").is_dir():
-        return "aim2019"
-    if (src / "raw").is_dir() and (src / "rgb").is_dir():
-        return "pairs"
-    files = [p for p in src.iterdir() if p.is_file()] if src.is_dir() else []
-    stems = {p.stem for p in files if p.suffix.lower() in RGB_SUFFIXES}
-    if any(p.suffix.lower() in rawio.RAW_SUFFIXES and p.stem in stems for p in files):
-        return "raw+jpeg"
-    raise PairError(f"{src}: no known layout (zrr: train|test/huawei_raw + canon; aim2019: "
-                    "TrainingPhoneRaw + TrainingCanonRGB; pairs: raw/ + rgb/; raw+jpeg: RAW files "
-                    "with same-name JPEGs); choose one with --layout")
+    def __init__(self, src: Path) -> None:
+        self.src, self.pairs, self.problems = src, [], []  # type: ignore[var-annotated]
 
-
-def find_pairs(src: os.PathLike | str, layout: str, pairs_csv: os.PathLike | str | None = None
-               ) -> tuple[list[Pair], list[str]]:
-    """The pairs of a source folder, sorted by scene, and one line per file left unpaired."""
-    src = Path(src)
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
-    problems: list[str] = []
-    pairs: list[Pair] = []
-
-    def by_stem(folder: Path, suffixes) -> dict[str, Path]:
+    def by_stem(self, folder: Path, suffixes) -> dict[str, Path]:
         if not folder.is_dir():
             return {}
         found = {}
@@ -96,47 +74,107 @@ def find_pairs(src: os.PathLike | str, layout: str, pairs_csv: os.PathLike | str
             if p.suffix.lower() not in suffixes or p.name.startswith(".") or p.is_dir():
                 continue
             if not p.is_file():  # a broken link, a FIFO: never opened (a FIFO would block)
-                problems.append(f"{p}: {not_a_file(p)}; skipped")
-            elif inside(src, p):
+                self.problems.append(f"{p}: {not_a_file(p)}; skipped")
+            elif inside(self.src, p):
                 found[p.stem] = p
             else:  # the one path-safety rule: a link out of SRC is refused, not followed
-                problems.append(f"{p}: leads outside {src}; refused")
+                self.problems.append(f"{p}: leads outside {self.src}; refused")
         return found
 
-    def match(raws: dict[str, Path], rgbs: dict[str, Path], prefix: str, aligned: bool,
+    def match(self, raws: dict[str, Path], rgbs: dict[str, Path], prefix: str, aligned: bool,
               split: str | None) -> None:
         for stem in sorted(set(raws) | set(rgbs)):
             if stem not in rgbs:
-                problems.append(f"{raws[stem]}: no RGB image named {stem}.* beside it")
+                self.problems.append(f"{raws[stem]}: no RGB image named {stem}.* beside it")
             elif stem not in raws:
-                problems.append(f"{rgbs[stem]}: no RAW file named {stem}.* for it")
+                self.problems.append(f"{rgbs[stem]}: no RAW file named {stem}.* for it")
             else:
-                pairs.append(Pair(f"{prefix}{stem}", str(raws[stem]), str(rgbs[stem]), aligned, split))
+                self.pairs.append(Pair(f"{prefix}{stem}", str(raws[stem]), str(rgbs[stem]), aligned, split))
 
-    raw_suffixes = rawio.RAW_SUFFIXES | rawio.PNG_SUFFIXES
-    if layout == "zrr":
-        for part in ("train", "test", "."):
-            base = src / part
-            split = {"test": "test"}.get(part)
-            prefix = "" if part == "." else f"{part}/"
-            match(by_stem(base / "huawei_raw", {".png"}), by_stem(base / "canon", RGB_SUFFIXES),
-                  prefix, True, split)
-    elif layout == "aim2019":
-        for part in ("Training", "Validation"):
-            split = "val" if part == "Validation" else None
-            match(by_stem(src / f"{part}PhoneRaw", {".png"}), by_stem(src / f"{part}CanonRGB", RGB_SUFFIXES),
-                  f"{part.lower()}/", True, split)
-    elif layout == "pairs" and pairs_csv:
-        pairs += _pairs_of_csv(src, Path(pairs_csv), problems)
-    elif layout == "pairs":
-        match(by_stem(src / "raw", raw_suffixes), by_stem(src / "rgb", RGB_SUFFIXES),
-              "", False, None)
-    else:  # raw+jpeg: a camera's RAW and its own JPEG side by side
-        files = by_stem(src, rawio.RAW_SUFFIXES)
-        jpegs = by_stem(src, {".jpg", ".jpeg"})
-        match(files, jpegs, "", False, None)
-    pairs.sort(key=lambda p: p.scene)
-    return pairs, problems
+
+@dataclass(frozen=True)
+class Layout:
+    """How a source folder is organised: ``detect(src)`` says whether SRC looks like it (checked in
+    registration order), ``find(finder, pairs_csv)`` adds its pairs, ``scale`` is prepare's output
+    scale by default ("1": at packed resolution, the paper's protocol; "2": full sensor resolution,
+    so that a model trained on two-camera data converts to full-resolution photos), ``help`` one line
+    (what SRC holds)."""
+
+    detect: Callable[[Path], bool]
+    find: Callable[[_Finder, Path | None], None]
+    scale: str
+    help: str
+
+
+LAYOUTS: Registry[Layout] = Registry("layout", default="auto")
+
+
+def _zrr(f: _Finder, pairs_csv: Path | None) -> None:
+    for part in ("train", "test", "."):
+        base = f.src / part
+        f.match(f.by_stem(base / "huawei_raw", {".png"}), f.by_stem(base / "canon", RGB_SUFFIXES),
+                "" if part == "." else f"{part}/", True, {"test": "test"}.get(part))
+
+
+def _aim2019(f: _Finder, pairs_csv: Path | None) -> None:
+    for part in ("Training", "Validation"):
+        f.match(f.by_stem(f.src / f"{part}PhoneRaw", {".png"}), f.by_stem(f.src / f"{part}CanonRGB", RGB_SUFFIXES),
+                f"{part.lower()}/", True, "val" if part == "Validation" else None)
+
+
+def _raw_jpeg(f: _Finder, pairs_csv: Path | None) -> None:  # a camera's RAW and its own JPEG side by side
+    f.match(f.by_stem(f.src, rawio.RAW_SUFFIXES), f.by_stem(f.src, {".jpg", ".jpeg"}), "", False, None)
+
+
+def _pairs(f: _Finder, pairs_csv: Path | None) -> None:
+    if pairs_csv:
+        f.pairs += _pairs_of_csv(f.src, Path(pairs_csv), f.problems)
+    else:
+        f.match(f.by_stem(f.src / "raw", rawio.RAW_SUFFIXES | rawio.PNG_SUFFIXES),
+                f.by_stem(f.src / "rgb", RGB_SUFFIXES), "", False, None)
+
+
+def _has_raw_beside_rgb(src: Path) -> bool:
+    files = [p for p in src.iterdir() if p.is_file()] if src.is_dir() else []
+    stems = {p.stem for p in files if p.suffix.lower() in RGB_SUFFIXES}
+    return any(p.suffix.lower() in rawio.RAW_SUFFIXES and p.stem in stems for p in files)
+
+
+LAYOUTS.add("zrr", Layout(
+    lambda src: any((src / d / "huawei_raw").is_dir() for d in ("train", "test", ".")), _zrr, scale="1",
+    help="Zurich RAW-to-RGB: train|test/huawei_raw/N.png mosaics and canon/N.jpg, aligned"))
+LAYOUTS.add("aim2019", Layout(
+    lambda src: (src / "TrainingPhoneRaw").is_dir() or (src / "ValidationPhoneRaw").is_dir(), _aim2019, scale="1",
+    help="AIM 2019: TrainingPhoneRaw/ + TrainingCanonRGB/ (and Validation*), aligned"))
+LAYOUTS.add("pairs", Layout(
+    lambda src: (src / "raw").is_dir() and (src / "rgb").is_dir(), _pairs, scale="2",
+    help="raw/ + rgb/ with the same stems, or --pairs-csv; aligned by prepare"))
+LAYOUTS.add("raw+jpeg", Layout(
+    _has_raw_beside_rgb, _raw_jpeg, scale="2", help="RAW files with same-name JPEGs beside them"))
+
+
+def detect_layout(src: Path) -> str:
+    """Guess the layout of a source folder: the first in :data:`LAYOUTS` whose ``detect`` says yes.
+
+    Raises:
+        PairError: nothing recognisable.
+    """
+    for name, layout in LAYOUTS.items():
+        if layout.detect(src):
+            return name
+    raise PairError(f"{src}: no known layout ({'; '.join(f'{n}: {e.help}' for n, e in LAYOUTS.items())}); "
+                    "choose one with --layout")
+
+
+def find_pairs(src: os.PathLike | str, layout: str, pairs_csv: os.PathLike | str | None = None
+               ) -> tuple[list[Pair], list[str]]:
+    """The pairs of a source folder, sorted by scene, and one line per file left unpaired."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    finder = _Finder(Path(src))
+    LAYOUTS[layout].find(finder, Path(pairs_csv) if pairs_csv else None)
+    finder.pairs.sort(key=lambda p: p.scene)
+    return finder.pairs, finder.problems
 
 
 def _pairs_of_csv(src: Path, pairs_csv: Path, problems: list[str]) -> list[Pair]:

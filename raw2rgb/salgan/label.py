@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ from raw2rgb.files import file_sha256
 from raw2rgb.pipeline.pairs import PairError, read_rgb
 from raw2rgb.pipeline.shards import SaliencyShard, read_saliency_shard, write_saliency_shard
 from raw2rgb.pipeline.stage import Context, Deferred, Item, ItemError, Stage, StageResult, distributed, run_stage
+from raw2rgb.registry import Registry
 from raw2rgb.salgan.classical import spectral_residual
 from raw2rgb.salgan.model import Predictor
 from raw2rgb.salgan.weights import WeightsError, default_path, find_weights, load_salgan
@@ -36,8 +38,8 @@ from raw2rgb.salgan.weights import WeightsError, default_path, find_weights, loa
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-METHODS = ("auto", "salgan", "spectral-residual")
 DEFAULT_SHARD_SIZE = 1024
+AUTO = "auto"  # SalGAN when its weights are found, else spectral residual (resolve_method)
 
 
 def is_image_path(path: Path) -> bool:
@@ -45,10 +47,40 @@ def is_image_path(path: Path) -> bool:
 
 
 @dataclass(frozen=True)
+class SaliencyMethod:
+    """A way to compute saliency maps: ``on_image`` maps one HWC uint8 image to an (H, W) map in
+    [0, 1] in the loader's workers (numpy; a classical method), or ``predictor(weights, device)``
+    gives a callable on a batch of images on the device (a network; ``needs_weights`` then says
+    it needs a weights file, found as for SalGAN). ``help`` is one line for ``--method``."""
+
+    help: str
+    on_image: Callable[[np.ndarray], np.ndarray] | None = None
+    predictor: Callable[[str | None, str], Callable[[torch.Tensor], torch.Tensor]] | None = None
+    needs_weights: bool = False
+
+
+def _salgan(weights: str, device: str):
+    """A :class:`Predictor` for the weights on the device, loaded once per process."""
+    return cached(("salgan", weights, device), lambda: Predictor(load_salgan(weights, device)))
+
+
+SALIENCY_METHODS: Registry[SaliencyMethod] = Registry("saliency method", default=AUTO)
+SALIENCY_METHODS.add("salgan", SaliencyMethod(
+    "the paper's network (its weights: docs/weights.md)", predictor=_salgan, needs_weights=True))
+SALIENCY_METHODS.add("spectral-residual", SaliencyMethod(
+    "a weight-free classical method (Hou and Zhang 2007)", on_image=spectral_residual))
+
+
+def method_choices() -> list[str]:
+    """What ``--method`` accepts: ``auto`` and every registered method."""
+    return [AUTO, *SALIENCY_METHODS]
+
+
+@dataclass(frozen=True)
 class Method:
     """The saliency method a run uses, resolved from ``auto`` and the weights found."""
 
-    name: str  # "salgan" | "spectral-residual"
+    name: str  # a SALIENCY_METHODS name
     weights: str | None = None
     weights_sha256: str = ""
 
@@ -57,23 +89,23 @@ def resolve_method(method: str, weights: str | os.PathLike | None = None) -> Met
     """Pick the method: ``auto`` is SalGAN when weights are found, else spectral residual.
 
     Raises:
-        WeightsError: ``method='salgan'`` and no weights are found (the message says where to
+        WeightsError: a method that needs weights, and none are found (the message says where to
             put them).
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown saliency method {method!r}: expected one of {', '.join(METHODS)}")
-    if method == "spectral-residual":
-        return Method("spectral-residual")
+    if method != AUTO and method not in SALIENCY_METHODS:
+        raise ValueError(f"unknown saliency method {method!r}: expected one of {', '.join(method_choices())}")
+    if method != AUTO and not SALIENCY_METHODS[method].needs_weights:
+        return Method(method)
     try:
         path = find_weights(weights)
     except WeightsError:
-        if method == "salgan" or weights:
+        if method != AUTO or weights:
             raise
         log.warning("no SalGAN weights found (--weights, $RAW2RGB_SALGAN_WEIGHTS, %s): using the "
                     "weight-free spectral residual method; docs/weights.md says how to get "
                     "them", default_path())
         return Method("spectral-residual")
-    return Method("salgan", str(path), file_sha256(path))
+    return Method("salgan" if method == AUTO else method, str(path), file_sha256(path))
 
 
 def _image_size(path: str) -> tuple[int, int] | None:
@@ -131,9 +163,8 @@ class _Images:
             rgb = read_rgb(self.paths[i])
         except PairError as e:  # names the file and the reason
             return i, None, str(e)
-        if self.method == "spectral-residual":
-            return i, spectral_residual(rgb), ""
-        return i, rgb, ""
+        on_image = SALIENCY_METHODS[self.method].on_image
+        return i, (on_image(rgb) if on_image else rgb), ""
 
 
 def _collate(batch: list[tuple[int, Any, str]]) -> tuple[list[int], Any, list[tuple[int, str]]]:
@@ -208,11 +239,6 @@ class RunLoader:
             yield ([position[i] for i in indices], data, [(position[i], r) for i, r in bad])
 
 
-def _salgan(weights: str, device: str):
-    """A :class:`Predictor` for the weights on the device, loaded once per process."""
-    return cached(("salgan", weights, device), lambda: Predictor(load_salgan(weights, device)))
-
-
 def label_shard(item: Item, ctx: Context) -> Deferred:
     """Stage work: compute the maps of one shard; its ``KEY.h5`` is written by the returned finisher."""
     method = ctx.params["method"]
@@ -222,7 +248,8 @@ def label_shard(item: Item, ctx: Context) -> Deferred:
         run_loader = RunLoader(list(item.inputs), method, int(ctx.options.get("batch_size", 8)),
                                int(ctx.options.get("workers", 0)), device.startswith("cuda"))
         run_loader.plan([item])
-    model = _salgan(ctx.options["weights"], device) if method == "salgan" else None
+    predictor = SALIENCY_METHODS[method].predictor
+    model = predictor(ctx.options["weights"], device) if predictor else None
     t_start = time.perf_counter()
     maps, failed = _shard_maps(item, run_loader.batches(item), model)
     if not maps:

@@ -11,17 +11,17 @@ import pytest
 import torch
 
 from raw2rgb.model import checkpoint
-from raw2rgb.model.discriminator import PRESETS as D_PRESETS
 from raw2rgb.model.discriminator import Discriminator
-from raw2rgb.model.generator import PRESETS, Generator, GeneratorConfig, init_weights
+from raw2rgb.model.generator import Generator, GeneratorConfig, init_weights
 from raw2rgb.model.infer import load_generator
+from raw2rgb.model.presets import PRESETS
 from raw2rgb.model.train import TrainConfig
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _nets(seed: int = 0):
-    g, d = Generator(PRESETS["tiny"]), Discriminator(D_PRESETS["tiny"])
+    g, d = Generator(PRESETS["tiny"].generator), Discriminator(PRESETS["tiny"].discriminator)
     init_weights(g, 0.02, torch.Generator().manual_seed(seed))
     return g, d
 
@@ -29,7 +29,8 @@ def _nets(seed: int = 0):
 def test_a_checkpoint_written_before_the_restructure_still_loads(tmp_path):
     """The format of raw2rgb 0.x before the model package was restructured: the loss weights were
     TrainConfig fields (w_attention, …). Inference reads it; training reads its config."""
-    g, d = Generator(GeneratorConfig(base=16, res_blocks=2, saliency_width=16)), Discriminator(D_PRESETS["tiny"])
+    g = Generator(GeneratorConfig(base=16, res_blocks=2, saliency_width=16))
+    d = Discriminator(PRESETS["tiny"].discriminator)
     init_weights(g, 0.02, torch.Generator().manual_seed(0))
     legacy_config = {k: v for k, v in TrainConfig.preset_config("tiny").to_json().items() if k != "weights"}
     legacy_config.update(w_attention=0.5, w_adversarial=0.01, w_perceptual=0.0)

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from raw2rgb.model.generator import PRESETS, Generator, GeneratorConfig, fold_spectral_norm, init_weights
+from raw2rgb.model.generator import Generator, GeneratorConfig, fold_spectral_norm, init_weights
 from raw2rgb.model.infer import TileConfig, run_tiled
+from raw2rgb.model.presets import PRESETS
 from raw2rgb.model.train import Runtime, train
 from tests.model.conftest import tiny_config
 
@@ -26,7 +27,7 @@ def test_training_in_bf16_on_cuda_steps_and_resumes(tiny_shards, tmp_path):
 
 @pytest.mark.parametrize("preset", ["tiny", "paper"])
 def test_cuda_conversion_agrees_with_the_cpu(preset):
-    g = Generator(GeneratorConfig(**{**PRESETS[preset].to_json(), "scale": 2}))
+    g = Generator(GeneratorConfig(**{**PRESETS[preset].generator.to_json(), "scale": 2}))
     init_weights(g, 0.02, torch.Generator().manual_seed(0))
     if g.prior is not None:
         with torch.no_grad():

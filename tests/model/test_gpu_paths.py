@@ -18,8 +18,9 @@ import torch.nn.functional as F
 
 from raw2rgb.model import checkpoint, infer, metrics
 from raw2rgb.model.distributed import Dist
-from raw2rgb.model.generator import PRESETS, FrameNorm, Generator, GeneratorConfig, fold_spectral_norm, init_weights
+from raw2rgb.model.generator import FrameNorm, Generator, GeneratorConfig, fold_spectral_norm, init_weights
 from raw2rgb.model.infer import TileConfig, measure_overlaps, plan_overlap, run_tiled
+from raw2rgb.model.presets import PRESETS
 from raw2rgb.model.train import Runtime, TrainError, _build, _resume
 from raw2rgb.pipeline import bayer, develop, synth
 from tests.model.conftest import tiny_config
@@ -29,7 +30,7 @@ COLOUR = np.array([2.0, 1.0, 1.6, 1.7, -0.9, 0.2, 0.0, 1.3, -0.4, 0.0, -0.3, 1.3
 
 
 def _recommended(scale: int = 2) -> Generator:
-    g = Generator(GeneratorConfig(**{**PRESETS["tiny"].to_json(), "scale": scale}))
+    g = Generator(GeneratorConfig(**{**PRESETS["tiny"].generator.to_json(), "scale": scale}))
     init_weights(g, 0.02, torch.Generator().manual_seed(0))
     with torch.no_grad():
         g.d4[1].weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))  # as after training
@@ -113,7 +114,7 @@ def test_bf16_conversion_keeps_sixteen_bit_levels():
 # 5. host → device copies in the forward
 
 def test_no_tensor_is_made_from_host_data_in_a_forward(monkeypatch):
-    g = Generator(PRESETS["paper"])
+    g = Generator(PRESETS["paper"].generator)
     x = torch.rand(1, 4, 32, 32) * 2 - 1
 
     def refuse(*a, **kw):
@@ -243,7 +244,7 @@ def test_reflect_pad_by_slices_equals_reflection_padding_and_keeps_channels_last
 def test_no_reflection_pad_layer_is_left_in_the_networks():
     from raw2rgb.model.discriminator import Discriminator
 
-    for net in (Generator(PRESETS["paper"]), Discriminator()):
+    for net in (Generator(PRESETS["paper"].generator), Discriminator()):
         assert not any(isinstance(m, torch.nn.ReflectionPad2d) for m in net.modules())
 
 

@@ -9,6 +9,7 @@ from raw2rgb.model import discriminator as dmod
 from raw2rgb.model import generator as gmod
 from raw2rgb.model.discriminator import Discriminator, DiscriminatorConfig
 from raw2rgb.model.generator import Generator, GeneratorConfig
+from raw2rgb.model.presets import PRESETS
 
 
 def test_paper_parameter_counts():
@@ -33,8 +34,8 @@ COLOUR = torch.tensor([[2.0, 1.0, 1.6, 1.7, -0.9, 0.2, 0.0, 1.3, -0.4, 0.0, -0.3
 @pytest.mark.parametrize("hw", [(32, 48), (64, 40), (56, 56)])
 @pytest.mark.parametrize("norm,prior", [("none", "profile"), ("instance", "none")])
 def test_tiny_shapes(scale, hw, norm, prior):
-    cfg = GeneratorConfig(**{**gmod.PRESETS["tiny"].to_json(), "scale": scale, "norm": norm, "prior": prior})
-    g, d = Generator(cfg), Discriminator(dmod.PRESETS["tiny"])
+    cfg = GeneratorConfig(**{**PRESETS["tiny"].generator.to_json(), "scale": scale, "norm": norm, "prior": prior})
+    g, d = Generator(cfg), Discriminator(PRESETS["tiny"].discriminator)
     x = torch.rand(2, 4, *hw) * 2 - 1
     colour = COLOUR.expand(2, 12) if prior == "profile" else None
     rgb, sal = g(x, colour)
@@ -48,7 +49,7 @@ def test_tiny_shapes(scale, hw, norm, prior):
 
 
 def test_bad_input_shape_is_named():
-    g = Generator(gmod.PRESETS["tiny"])
+    g = Generator(PRESETS["tiny"].generator)
     with pytest.raises(ValueError, match=r"\(1, 4, 30, 32\)"):
         g(torch.zeros(1, 4, 30, 32))
     with pytest.raises(ValueError, match="1 or 2 times"):
@@ -68,7 +69,7 @@ def test_init_reaches_every_conv():
 
 def test_fold_spectral_norm_keeps_outputs_and_drops_parametrisations():
     torch.manual_seed(0)
-    g = Generator(gmod.PRESETS["tiny"])
+    g = Generator(PRESETS["tiny"].generator)
     x = torch.rand(1, 4, 32, 32) * 2 - 1
     with torch.no_grad():
         g.d4[1].weight.normal_(0, 0.02)  # the residual head starts at zero: as after training

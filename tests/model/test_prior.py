@@ -11,8 +11,9 @@ import torch
 
 from raw2rgb.config import FieldError
 from raw2rgb.model import prior as prior_mod
-from raw2rgb.model.generator import PRESETS, Generator, GeneratorConfig, fold_spectral_norm, init_weights
+from raw2rgb.model.generator import Generator, GeneratorConfig, fold_spectral_norm, init_weights
 from raw2rgb.model.infer import TileConfig, run_tiled, run_whole
+from raw2rgb.model.presets import PRESETS
 from raw2rgb.pipeline import bayer, develop, profile, synth
 
 
@@ -63,7 +64,7 @@ def test_the_torch_prior_is_the_classical_pipeline_and_the_profile(frame, scale,
 @pytest.mark.parametrize("model", ["poly3", "lut"])
 def test_the_recommended_generator_starts_as_its_fitted_profile(frame, model):
     packed, wb, matrix = frame
-    g = Generator(GeneratorConfig(**{**PRESETS["tiny"].to_json(), "scale": 2, "prior_model": model}))
+    g = Generator(GeneratorConfig(**{**PRESETS["tiny"].generator.to_json(), "scale": 2, "prior_model": model}))
     init_weights(g, 0.02, torch.Generator().manual_seed(0))
     fitted, others = {"poly3": (_poly(), [_lut(), _poly(scale=1)]),
                       "lut": (_lut(), [_poly(), _lut(n=5), _lut(scale=1)])}[model]  # another model, size or scale
@@ -81,7 +82,7 @@ def test_the_recommended_generator_starts_as_its_fitted_profile(frame, model):
         g.rgb(x)
     assert float(g.d4[1].weight.detach().abs().max()) == 0.0 and not parametrize_is(g)  # the residual head, at zero
     with pytest.raises(FieldError, match='GeneratorConfig.prior_model: "cubic" is not one of poly3, lut'):
-        GeneratorConfig(**{**PRESETS["tiny"].to_json(), "prior_model": "cubic"})  # refused before any network
+        GeneratorConfig(**{**PRESETS["tiny"].generator.to_json(), "prior_model": "cubic"})  # refused before any network
 
 
 def parametrize_is(g: Generator) -> bool:
@@ -94,14 +95,14 @@ def parametrize_is(g: Generator) -> bool:
 
 
 def test_the_paper_preset_is_unchanged():
-    g = Generator(PRESETS["paper"])
+    g = Generator(PRESETS["paper"].generator)
     assert g.prior is None and parametrize_is(g)
     assert sum(p.numel() for p in g.parameters() if p.requires_grad) == 24_352_448
 
 
 def _trained_like(scale: int = 2) -> Generator:
     """The tiny recommended generator with a random residual head: every layer contributes, as after training."""
-    g = Generator(GeneratorConfig(**{**PRESETS["tiny"].to_json(), "scale": scale}))
+    g = Generator(GeneratorConfig(**{**PRESETS["tiny"].generator.to_json(), "scale": scale}))
     init_weights(g, 0.02, torch.Generator().manual_seed(0))
     g.prior.set_profile(_poly(scale=scale))
     with torch.no_grad():
@@ -124,12 +125,12 @@ def test_the_prior_keeps_its_profiles_white_balance_rule_and_old_checkpoints_rea
     from raw2rgb.model.prior import model_white_balance
     from raw2rgb.pipeline.whitebalance import LEGACY_RULE, WhiteBalance
 
-    g = Generator(PRESETS["tiny"])
+    g = Generator(PRESETS["tiny"].generator)
     g.prior.set_profile(dataclasses.replace(_poly(scale=g.cfg.scale),
                                             white_balance=WhiteBalance("dataset", (1.75, 1.0, 1.25))))
     assert model_white_balance(g) == WhiteBalance("dataset", (1.75, 1.0, 1.25))
     state = g.state_dict()
-    again = Generator(PRESETS["tiny"])
+    again = Generator(PRESETS["tiny"].generator)
     again.load_state_dict(state)
     assert model_white_balance(again) == model_white_balance(g)
     old = {k: v for k, v in state.items() if not k.startswith("prior.wb_")}  # a checkpoint of before the rules

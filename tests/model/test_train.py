@@ -328,12 +328,12 @@ def test_compiled_training_runs_both_stages(tiny_shards, tmp_path):
 def test_the_d_step_leaves_g_alone_and_the_g_step_leaves_d_alone():
     """pix2pix order: D steps on (real, fake.detach()) — G's weights and gradients untouched — then G
     steps with D frozen — D's weights unchanged and no gradient reaches them."""
-    from raw2rgb.model.discriminator import PRESETS as D_PRESETS
     from raw2rgb.model.discriminator import Discriminator
-    from raw2rgb.model.generator import PRESETS, Generator, init_weights
+    from raw2rgb.model.generator import Generator, init_weights
+    from raw2rgb.model.presets import PRESETS
     from raw2rgb.model.train import Nets, _optimisers, train_step
 
-    g, d = Generator(PRESETS["tiny"]), Discriminator(D_PRESETS["tiny"])
+    g, d = Generator(PRESETS["tiny"].generator), Discriminator(PRESETS["tiny"].discriminator)
     init_weights(g, 0.02, torch.Generator().manual_seed(0))
     init_weights(d, 0.02, torch.Generator().manual_seed(1))
     with torch.no_grad():

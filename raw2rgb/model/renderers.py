@@ -1,0 +1,111 @@
+"""The renderers of ``render.RENDER_METHODS``: :class:`ClassicalRenderer` (``isp``, and ``profile``
+with a fitted colour profile after it) and :class:`ModelRenderer` (``model``: a trained generator).
+Each renders a whole RAW frame (``frame``, for ``convert``) and a batch of model-range patches
+(``batch``, for ``evaluate`` and ``report``) the same way, under its own white-balance rule.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+import numpy as np
+import torch
+
+from raw2rgb.model.infer import TileConfig, load_generator, run_tiled
+from raw2rgb.model.prior import model_white_balance
+from raw2rgb.pipeline import develop, rawio, whitebalance
+from raw2rgb.pipeline import profile as colour_profile
+from raw2rgb.pipeline.whitebalance import SampleColour, WhiteBalance
+
+
+def isp_batch(raw: torch.Tensor, scale: int, colour: torch.Tensor,
+              profile: colour_profile.Profile | None = None) -> torch.Tensor:
+    """The classical pipeline (then ``profile``, when given) on a batch of model-range raw
+    (B, 4, h, w) → (B, 3, s·h, s·w) in [-1, 1], each with its colour (B, 12): white-balance gains,
+    then the camera → sRGB matrix (``ShardDataset``'s ``colour``)."""
+    out = []
+    for r, c in zip(raw.float().cpu().numpy(), colour.float().cpu().numpy()):
+        rgb = develop.develop(((r + 1) * 0.5).clip(0, 1), c[:3], c[3:].reshape(3, 3), scale=scale)
+        if profile is not None:
+            rgb = colour_profile.apply(profile, rgb)
+        out.append(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)) * 2 - 1)
+    return torch.stack(out).to(raw.device)
+
+
+def frame_colour(frame: rawio.RawFrame, packed: np.ndarray, wb: WhiteBalance, info: dict[str, Any]) -> np.ndarray:
+    """A whole frame's colour (12,) under a white-balance rule (``whitebalance.colour_vector``); what
+    was missing from the file and what stood in for it goes to ``info["note"]``. The ``dataset`` rule
+    of a profile or model fitted only on files with metadata has no gains: the frame's grey world
+    stands in."""
+    if frame.wb_gains is None and wb.rule == "dataset" and wb.gains is None:
+        wb = WhiteBalance(whitebalance.LEGACY_RULE)
+    colour = SampleColour.of_frame(packed, frame.wb_gains, frame.cam_to_rgb, estimate=frame.wb_gains is None)
+    missing = [n for n, v in (("white balance", frame.wb_gains), ("colour matrix", frame.cam_to_rgb)) if v is None]
+    if missing:
+        used = ([f"white balance by rule {wb.describe()}"] if frame.wb_gains is None else []) + \
+            (["camera RGB"] if frame.cam_to_rgb is None else [])
+        info["note"] = f"no {' or '.join(missing)} in the file: {' and '.join(used)}"
+    return whitebalance.colour_vector(colour, wb)
+
+
+def _profile(path: str) -> colour_profile.Profile:
+    """A profile file, read once per process while it is unchanged."""
+    return _read_profile(path, os.stat(path).st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_profile(path: str, mtime_ns: int) -> colour_profile.Profile:
+    return colour_profile.load(path)
+
+
+class ClassicalRenderer:
+    """The classical pipeline, then the colour profile at ``profile_path`` when one is given."""
+
+    scale = None  # any: the pipeline renders at the scale asked
+
+    def __init__(self, profile_path: str | None = None, profile: colour_profile.Profile | None = None) -> None:
+        self.path = profile_path
+        self.profile = _profile(profile_path) if profile_path else profile
+        self.white_balance = self.profile.white_balance if self.profile else None
+
+    def check(self, scale: int | None = None, cameras: list[str] | None = None) -> None:
+        """Raises ProfileError: a profile of another output scale or camera."""
+        if self.profile is not None:
+            colour_profile.check_compatible(self.profile, self.path, scale=scale, cameras=cameras)
+
+    def batch(self, b: dict[str, Any], scale: int) -> torch.Tensor:
+        return isp_batch(b["raw"], scale, b["colour"], self.profile)
+
+    def frame(self, frame: rawio.RawFrame, packed: np.ndarray, info: dict[str, Any], **_: Any) -> np.ndarray:
+        """A whole frame at sensor resolution, (H, W, 3) float in [0, 1], oriented; without a white
+        balance in the file: the profile's rule, else a whole frame's grey world."""
+        self.check(cameras=[info["camera"]])
+        colour = frame_colour(frame, packed, self.white_balance or WhiteBalance(whitebalance.LEGACY_RULE), info)
+        rgb = develop.develop(packed, colour[:3], colour[3:].reshape(3, 3), scale=2, orientation=frame.orientation)
+        return colour_profile.apply(self.profile, rgb) if self.profile is not None else rgb
+
+
+class ModelRenderer:
+    """A trained generator (its moving average when it has one) from a checkpoint or RUN folder."""
+
+    def __init__(self, checkpoint: str | None, device: torch.device | None = None) -> None:
+        self.device = torch.device(device or "cpu")
+        self.g, self.meta = load_generator(checkpoint, self.device)
+        self.scale = self.g.cfg.scale
+        self.white_balance = model_white_balance(self.g)
+
+    def batch(self, b: dict[str, Any], scale: int | None = None) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                             enabled=self.device.type == "cuda"):
+            return self.g.rgb(b["raw"], b.get("colour"), b.get("thumb")).float()
+
+    def frame(self, frame: rawio.RawFrame, packed: np.ndarray, info: dict[str, Any], tiles: TileConfig,
+              fmt: str) -> np.ndarray:
+        """A whole frame over overlapping tiles, quantised to ``fmt``'s depth, oriented."""
+        from raw2rgb.convert import quantise
+
+        colour = frame_colour(frame, packed, self.white_balance, info)
+        return develop.orient(quantise(run_tiled(self.g, packed, tiles, self.device, colour=colour), fmt),
+                              frame.orientation)
