@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +33,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 @dataclass(frozen=True)
 class LossWeights(JsonConfig):
     """The weight of each term in the generator's total, beside ``L_rgb`` (weight 1). A new term is
-    one function and one field here: the total, the CLI's ``--NAME-weight`` options and the
-    report's curves all read this list. Defaults are the paper's stage-2 weights (DESIGN §6)."""
+    one field here and one function registered with :func:`g_term` under the field's name: the
+    objective (:func:`objective`), the CLI's ``--NAME-weight`` options and the logged terms all
+    read this list. Defaults are the paper's stage-2 weights (docs/paper.md)."""
 
     attention: float = checked(0.5, min=0)  # the saliency head learns only through this term
     adversarial: float = checked(0.01, min=0)  # stage 2
@@ -44,6 +46,46 @@ STAGE2_TERMS = ("adversarial", "perceptual")  # terms only stage 2 computes
 # Every logged term and its label: the weighted ones, L_rgb, the total and the discriminator's loss.
 TERMS = {"rgb": "L1 (rgb)", **{f.name: f.name for f in dataclasses.fields(LossWeights)}, "d": "discriminator",
          "total": "total"}
+
+
+@dataclass(frozen=True)
+class StepTensors:
+    """What a generator term is computed from in one training step: the batch's raw ``x``, target
+    ``y`` and its saliency ``s``; G's ``rgb`` and ``saliency``; the stage; the discriminator ``D``
+    (stage 2) and the perceptual module (None without VGG16)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    s: torch.Tensor
+    rgb: torch.Tensor
+    saliency: torch.Tensor
+    stage: int
+    D: nn.Module | None = None
+    perceptual: nn.Module | None = None
+
+
+# The generator's weighted terms by LossWeights field: each gives its loss, or None where the step does
+# not compute it (a stage-2 term in stage 1, the perceptual term without VGG16).
+G_TERMS: dict[str, Callable[[StepTensors], torch.Tensor | None]] = {}
+
+
+def g_term(name: str):
+    """Register the function of the generator term ``name`` (a :class:`LossWeights` field)."""
+    def register(fn: Callable[[StepTensors], torch.Tensor | None]):
+        G_TERMS[name] = fn
+        return fn
+    return register
+
+
+def objective(weights: LossWeights, t: StepTensors) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The generator's terms (``rgb`` and every field of ``weights`` the step computes) and their
+    weighted total (eq. 1 plus the weighted terms)."""
+    terms = {"rgb": l1(t.rgb.float(), t.y)}
+    for f in dataclasses.fields(weights):
+        value = G_TERMS[f.name](t)
+        if value is not None:
+            terms[f.name] = value
+    return terms, weighted_total(terms, weights)
 
 
 def weighted_total(terms: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
@@ -145,3 +187,31 @@ class Perceptual(nn.Module):
         with torch.no_grad():
             ref = self._phi(target)
         return F.l1_loss(self._phi(output).float(), ref.float())
+
+
+# -- the generator's terms ---------------------------------------------------------------------------
+
+@g_term("attention")
+def _attention_term(t: StepTensors) -> torch.Tensor:
+    return attention(t.rgb.float(), t.saliency.float(), t.y, t.s)
+
+
+@g_term("adversarial")
+def _adversarial_term(t: StepTensors) -> torch.Tensor | None:
+    if t.stage != 2 or t.D is None:
+        return None
+    # plain D (no DDP sync for this pass) in eval mode: its spectral norms reuse this step's power
+    # iteration (run in the D step) instead of iterating a second time; D has no other train/eval
+    # difference (InstanceNorm without running statistics)
+    t.D.eval()
+    try:
+        return lsgan_g(t.D(t.x, t.rgb))
+    finally:
+        t.D.train()
+
+
+@g_term("perceptual")
+def _perceptual_term(t: StepTensors) -> torch.Tensor | None:
+    if t.stage != 2 or t.perceptual is None:
+        return None
+    return t.perceptual(t.rgb, t.y)

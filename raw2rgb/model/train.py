@@ -123,19 +123,10 @@ def train_step(nets: Nets, opts: dict[str, Any], batch: dict[str, torch.Tensor],
         scaler.step(opts["opt_D"])
         terms["d"] = loss_d.detach()
         _set_requires_grad(nets.D, False)
-    with amp:
-        terms["rgb"] = losses.l1(rgb.float(), y)
-        terms["attention"] = losses.attention(rgb.float(), sal.float(), y, s)
-        if stage == 2:
-            # plain D (no DDP sync for this pass) in eval mode: its spectral norms reuse this step's
-            # power iteration (run in the D step) instead of iterating a second time; D has no other
-            # train/eval difference (InstanceNorm without running statistics)
-            nets.D.eval()
-            terms["adversarial"] = losses.lsgan_g(nets.D(x, rgb))
-            nets.D.train()
-            if nets.perceptual is not None:
-                terms["perceptual"] = nets.perceptual(rgb, y)
-        total = losses.weighted_total({k: v for k, v in terms.items() if k != "d"}, weights)
+    with amp:  # the G step: the objective's terms (losses.objective), D frozen
+        g_terms, total = losses.objective(weights, losses.StepTensors(
+            x, y, s, rgb, sal, stage, D=nets.D if stage == 2 else None, perceptual=nets.perceptual))
+    terms.update(g_terms)
     opts["opt_G"].zero_grad(set_to_none=True)
     scaler.scale(total).backward()
     scaler.step(opts["opt_G"])
