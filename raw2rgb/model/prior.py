@@ -144,6 +144,10 @@ def model_white_balance(g: nn.Module) -> WhiteBalance:
 
 BRANCH_WIDTH = 16
 LOG_FLOOR = 1e-3  # below the darkest level a 10-bit sensor records: log stays finite on black
+# The head's weights are used times HEAD_GAIN (StyleGAN's equalised learning rate, turned up): a
+# colour estimate needs weights of order one (a cast of c shifts the mean log chroma by log c), which
+# Adam at the generator's learning rate (steps of about lr per weight) would take thousands of steps to reach.
+HEAD_GAIN = 10.0
 
 
 def corrected_colour(colour: torch.Tensor, correction: torch.Tensor) -> torch.Tensor:
@@ -167,12 +171,13 @@ class ColourBranch(nn.Module):
     a corrected colour (B, 12).
 
     The thumbnail is white-balanced by the colour's gains first, so the branch predicts what the
-    rule left over, whatever the rule. It sees each plane linear and as a logarithm (a light's cast
-    is a constant in log space) through two stride-2 3×3 convs with LeakyReLU, averaged over the
-    frame, beside the planes' own frame means (the grey-world statistics a colour-constancy estimate
-    starts from); a linear layer gives 3 white-balance log-gains and a 3×3 matrix delta. That layer
-    starts at zero: a fresh branch leaves the colour exactly as it was. The convs have no bias, so
-    ``generator.init_weights`` draws all their weights from its seeded generator.
+    rule left over, whatever the rule. It sees each plane linear and its log chroma (log of each plane
+    less that of the greens: a light's cast is a constant there, and brightness cancels) through two
+    stride-2 3×3 convs with LeakyReLU, averaged over the frame, beside the inputs' own frame means
+    (the grey-world statistics a colour-constancy estimate starts from); a linear layer gives 3
+    white-balance log-gains and a 3×3 matrix delta. That layer starts at zero: a fresh branch leaves
+    the colour exactly as it was. The convs have no bias, so ``generator.init_weights`` draws all
+    their weights from its seeded generator.
     """
 
     def __init__(self, width: int = BRANCH_WIDTH) -> None:
@@ -188,6 +193,9 @@ class ColourBranch(nn.Module):
             raise ValueError(f"the colour branch takes a thumbnail (B, 4, t, t) per colour (B, 12), got "
                              f"{tuple(thumb.shape)} and {tuple(colour.shape)}")
         p = ((thumb.float() + 1) * 0.5).clamp(0, 1) * colour[:, [0, 1, 2, 1], None, None].float()
-        x = torch.cat([p, torch.log(p + LOG_FLOOR)], 1)
+        log = torch.log(p + LOG_FLOOR)
+        chroma = log - (log[:, 1:2] + log[:, 3:4]) * 0.5
+        x = torch.cat([p, chroma], 1)
         stats = torch.cat([self.features(x).mean(dim=(2, 3)), x.mean(dim=(2, 3))], 1)
-        return corrected_colour(colour.float(), self.head(stats))
+        correction = F.linear(stats, self.head.weight * HEAD_GAIN, self.head.bias * HEAD_GAIN)
+        return corrected_colour(colour.float(), correction)

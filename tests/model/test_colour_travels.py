@@ -120,3 +120,23 @@ def test_a_run_refuses_to_resume_on_data_whose_colour_comes_from_elsewhere(datas
     (tmp_path / "run" / run_mod.CONFIG).write_text(json.dumps(identity))
     with pytest.raises(UserError, match="unpack sidecars"):
         train(ds, tmp_path / "run", cfg, Runtime(workers=0, max_steps=2, samples=1))
+
+
+def test_the_copy_carries_each_samples_frame_thumbnail(dataset_and_copy):
+    """Each sample's thumbnail is its whole unpacked frame's (not the patch's own), read the same from
+    the copy, as the model range of the shards' uint16."""
+    from raw2rgb.model.data import to_model
+    from raw2rgb.pipeline import bayer, rawio
+
+    ds, copy = dataset_and_copy
+    on_ds, on_copy = ShardDataset(ds / "shards", "train", compact=True), ShardDataset(copy, "train", compact=True)
+    for i in range(len(on_ds)):
+        a, b = on_ds[i], on_copy[i]
+        assert torch.equal(a["thumb"], b["thumb"]) and a["thumb"].shape == (4, bayer.THUMB_SIZE, bayer.THUMB_SIZE)
+        scene = shards.scene_of(a["id"])
+        frame = rawio.read_packed_png(ds / "unpack" / f"{scene}.png").astype(np.float32) / 65535.0
+        want = shards.frame_thumbnail(frame * 65535.0)
+        np.testing.assert_array_equal(a["thumb"].numpy(), want)
+        assert np.abs(shards.frame_thumbnail(a["raw"].numpy()).astype(float) - want).mean() > 100  # not the patch's
+        converted = to_model(a)["thumb"]
+        torch.testing.assert_close(converted, a["thumb"].float() / 65535.0 * 2 - 1)

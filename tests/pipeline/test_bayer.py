@@ -111,3 +111,33 @@ def test_transform_mosaic_pattern_matches_moved_colours(flip_h, flip_v, transpos
     assert "".join("RGB"[v] for v in moved[:2, :2].ravel()) == pattern
     u = bayer.unify_pattern(moved, pattern)
     np.testing.assert_array_equal(u[:2, :2], [[0, 1], [1, 2]])
+
+
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("flip_h", [False, True])
+@pytest.mark.parametrize("flip_v", [False, True])
+def test_a_moved_thumbnail_is_the_thumbnail_of_the_moved_frame(transpose, flip_h, flip_v):
+    from raw2rgb.pipeline import augment, synth
+
+    cam = synth.Camera()
+    packed = bayer.normalize_packed(bayer.planes(synth.capture(synth.scene("coffee", (256, 256)), cam)),
+                                    cam.black, cam.white, np.float32)
+    rgb = np.zeros((256, 256, 3), np.uint8)
+    t = augment.Transform(transpose=transpose, flip_h=flip_h, flip_v=flip_v)
+    moved = augment.apply(packed, rgb, rgb[..., 0], t, 2)[0]
+    got = bayer.move_thumbnail(bayer.thumbnail(packed), flip_h, flip_v, transpose)
+    want = bayer.thumbnail(moved)
+    assert got.shape == want.shape == (4, bayer.THUMB_SIZE, bayer.THUMB_SIZE)
+    assert np.abs(got - want).mean() < 0.01  # the one-pixel re-crop of a phase-moving move, at 1/4 of a bin
+    if t != augment.Transform():  # control: the unmoved thumbnail is another picture
+        assert np.abs(bayer.thumbnail(packed) - want).mean() > 0.03
+
+
+def test_thumbnail_bins_are_adaptive_average_pooling():
+    import torch
+
+    x = np.random.default_rng(0).random((4, 50, 70))
+    want = torch.nn.functional.adaptive_avg_pool2d(torch.from_numpy(x)[None], 32)[0].numpy()
+    np.testing.assert_allclose(bayer.thumbnail(x), want, rtol=0, atol=1e-12)
+    small = bayer.thumbnail(x[:, :8, :8])  # a frame smaller than the thumbnail repeats its pixels
+    assert small.shape == (4, 32, 32) and set(np.unique(small)) <= set(np.unique(x[:, :8, :8]))
