@@ -10,12 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from raw2rgb.config import FieldError
-from raw2rgb.model.generator import PRESETS, Generator, GeneratorConfig, fold_spectral_norm, init_weights
+from raw2rgb.model.generator import Generator, GeneratorConfig, fold_spectral_norm, init_weights
 from raw2rgb.model.infer import TileConfig, run_tiled, run_whole
+from raw2rgb.model.presets import PRESETS
 from raw2rgb.model.prior import corrected_colour, frame_thumbnail
 from raw2rgb.pipeline import bayer, develop, synth
 
-TINY_BRANCH = GeneratorConfig(**{**PRESETS["tiny"].to_json(), "colour_branch": "global"})
+TINY_BRANCH = GeneratorConfig(**{**PRESETS["tiny"].generator.to_json(), "colour_branch": "global"})
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def test_a_fresh_branch_renders_exactly_as_the_prior_alone(frame):
     packed, colour = frame
     x, col = torch.from_numpy(packed)[None] * 2 - 1, torch.from_numpy(colour)[None]
     assert torch.equal(corrected_colour(col, torch.zeros(1, 12)), col)  # no correction: the colour, bit for bit
-    plain = _seeded(PRESETS["tiny"])
+    plain = _seeded(PRESETS["tiny"].generator)
     with torch.no_grad():
         plain.d4[1].weight.normal_(0, 0.02, generator=torch.Generator().manual_seed(1))  # a trained-looking residual
     branched = _seeded(TINY_BRANCH)
@@ -58,12 +59,12 @@ def test_the_branch_needs_the_prior_and_old_configs_load_without_it():
         GeneratorConfig(colour_branch="global")  # the paper's network has no prior
     with pytest.raises(FieldError, match='"local" is not one of none, global'):
         GeneratorConfig(prior="profile", colour_branch="local")
-    old = PRESETS["tiny"].to_json()
+    old = PRESETS["tiny"].generator.to_json()
     del old["colour_branch"]  # a checkpoint's config of before the branch
     cfg = GeneratorConfig.from_json(old)
-    assert cfg.colour_branch == "none" and cfg == PRESETS["tiny"]
+    assert cfg.colour_branch == "none" and cfg == PRESETS["tiny"].generator
     g = Generator(cfg)
-    g.load_state_dict(_seeded(PRESETS["tiny"]).state_dict())
+    g.load_state_dict(_seeded(PRESETS["tiny"].generator).state_dict())
     assert g.colour_branch is None
     assert GeneratorConfig.from_json(TINY_BRANCH.to_json()) == TINY_BRANCH
 
