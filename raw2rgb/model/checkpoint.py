@@ -1,6 +1,6 @@
 """The checkpoint format: what a training run saves, and what training and inference read back.
 
-A checkpoint is one dict (DESIGN §6, STYLE 7): ``format``, ``kind``, ``config`` (the run's
+A checkpoint is one dict: ``format``, ``kind``, ``config`` (the run's
 TrainConfig as JSON), ``progress``, ``rng`` (CPU RNG states), ``cameras`` (those the model was
 trained on), ``world`` (processes that wrote it) and ``precision``, plus the state dicts ``G``,
 ``D``, ``opt_G``, ``opt_D``, ``sched_G``, ``sched_D``, ``scaler`` and, when the run keeps a moving

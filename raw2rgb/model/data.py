@@ -5,7 +5,7 @@ lazily; no open handle is pickled (``__getstate__`` drops them), as in NVlabs/ed
 Samples are deterministic functions of (index, epoch, seed), augmentation included, so any
 number of workers, and ``DistributedSampler``, see the same data.
 
-Returned tensors (DESIGN §4): ``raw`` (4, h, w) in [-1, 1]; ``rgb`` (3, s·h, s·w) in [-1, 1];
+Returned tensors (docs/architecture.md: conventions): ``raw`` (4, h, w) in [-1, 1]; ``rgb`` (3, s·h, s·w) in [-1, 1];
 ``saliency`` (1, s·h, s·w) in [0, 1]; ``colour`` (12,) float32, the white balance and colour
 matrix of the sample's RAW file, stored in the shards (``whitebalance.colour_vector``: where the file
 had no white balance, the gains of the dataset's white-balance rule; identity where it had no

@@ -49,7 +49,7 @@ class Evaluation:
 def score(predict: Callable[[dict[str, Any]], torch.Tensor], batches: Iterable[dict[str, Any]],
           device: torch.device, psnr_cc: bool = True) -> list[dict[str, Any]]:
     """Per-image metrics of ``predict`` over stored (compact) batches: PSNR as in the paper, SSIM and
-    (``psnr_cc``) colour-corrected PSNR, all on 8-bit values (DESIGN §6).
+    (``psnr_cc``) colour-corrected PSNR, all on 8-bit values (the paper's protocol).
 
     ``predict(batch)`` gets a batch in the model's ranges on ``device`` and returns RGB (B, 3, H, W)
     in [-1, 1]."""

@@ -6,8 +6,9 @@ a colour prior ``colour`` (B, 12): white-balance gains R, G, B and the camera �
 row (``develop.frame_colour``), and for a generator with a global colour branch ``thumb`` (B, 4, 32, 32)
 in [-1, 1], the whole frame's packed planes area-downsampled (``bayer.thumbnail``: adaptive average
 pooling; give every tile of a frame the frame's thumbnail); output ``rgb`` (B, 3, s·h, s·w) in
-[-1, 1] (clamp it: with a prior it is not bounded). Each image is normalised by its own statistics (InstanceNorm), as in
-training; full frames are converted in tiles by ``raw2rgb convert``.
+[-1, 1] (clamp it: with a prior it is not bounded). A generator with InstanceNorm (the ``paper``
+preset) normalises each image by its own statistics, as in training; the recommended presets have
+no normalisation. Full frames are converted in tiles by ``raw2rgb convert``.
 """
 
 from __future__ import annotations

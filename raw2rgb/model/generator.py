@@ -1,6 +1,6 @@
 """The generator: a U-Net with a residual bottleneck (G1, RAW → RGB) and its saliency decoder (G2).
 
-Layer table in DESIGN §6 (the paper's published code). Every conv: reflection padding, no bias,
+The paper's published network, layer for layer (docs/paper.md). Every conv: reflection padding, no bias,
 spectral norm, InstanceNorm without affine parameters and LeakyReLU(0.2) unless stated. The
 normalisation layers are :class:`FrameNorm`, an InstanceNorm that can also take its statistics
 jointly over a batch (``collect``) and then hold them (``fixed``): that is how tiled inference

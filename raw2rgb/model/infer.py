@@ -1,6 +1,6 @@
 """Full-resolution inference: a trained generator over overlapping tiles, with frame-wide normalisation.
 
-Why tiles agree (DESIGN §3): InstanceNorm normalises by the statistics of what it sees, so a tile
+Why tiles agree (docs/architecture.md: data flow): InstanceNorm normalises by the statistics of what it sees, so a tile
 run on its own is normalised by its own statistics and comes out brighter or darker, warmer or
 cooler than its neighbours — the paper's seams. Here a statistics pass first runs a set of tiles
 that partition the frame (all of them, or an even sample when the frame is larger than the

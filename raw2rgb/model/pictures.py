@@ -1,6 +1,6 @@
 """Pictures of the model's tensors: RAW previews, sample grids, contact-sheet layout, 8-bit PNGs.
 
-Images come in as the model's tensors (DESIGN §4) and leave as 8-bit arrays or PNG files.
+Images come in as the model's tensors (docs/architecture.md: conventions) and leave as 8-bit arrays or PNG files.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """The colour prior: the classical pipeline followed by a fitted colour profile (poly3 or LUT), in torch, as a fixed and
-differentiable front end of the generator (DESIGN §6b).
+differentiable front end of the generator (docs/architecture.md: baselines).
 
 A generator that must learn each camera's colour and tone from scratch spends its capacity and its
 training time on what a least-squares profile gets in a second. With the prior the network sees

@@ -1,4 +1,4 @@
-"""`raw2rgb train`: the two-stage recipe as one restartable run (DESIGN §3, §6).
+"""`raw2rgb train`: the two-stage recipe as one restartable run.
 
 Stage 1 trains G on ``L_rgb + 0.5 L_A``; stage 2 adds the discriminator, ``0.01 L_G`` and
 ``1 L_p`` with the two time-scale learning rates (the weights live in ``losses.LossWeights``).

@@ -3,7 +3,7 @@
 This is the only module that slices Bayer planes. A pattern is named by its 2×2 cell read row by
 row from the top-left pixel (``RGGB``, ``BGGR``, ``GRBG``, ``GBRG``). Packed arrays are
 ``(4, H/2, W/2)`` in the order R, G1, B, G2, where G1 is the green on the red row and G2 the
-green on the blue row (DESIGN §4).
+green on the blue row (docs/architecture.md: conventions).
 """
 
 from __future__ import annotations

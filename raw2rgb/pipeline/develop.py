@@ -2,7 +2,7 @@
 the classical pipeline of ``raw2rgb convert --method isp``.
 
 Everything here is numpy on arrays in [0, 1]. Packed data is (4, h, w) R, G1, B, G2 in RGGB phase
-(DESIGN §4); a mosaic is (H, W) in RGGB phase (``bayer.unify_pattern`` makes it so).
+(docs/architecture.md: conventions); a mosaic is (H, W) in RGGB phase (``bayer.unify_pattern`` makes it so).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ RAW_SUFFIXES = frozenset(
 )
 PNG_SUFFIXES = frozenset({".png"})
 
-# ZRR stores the Huawei P20's 10-bit values with no black level (DESIGN §5). The presets are
+# ZRR stores the Huawei P20's 10-bit values with no black level (docs/architecture.md: input formats). The presets are
 # those of the peer projects, so a dataset built here matches the one a model was trained on.
 ZRR_LEVELS = {
     "liteisp": (63.0, 1020.0),  # LiteISPNet / MW-ISPNet: (x - 63) / (1020 - 63)

@@ -109,7 +109,7 @@ def _rationals(values, den: int = 1_000_000) -> tuple[int, ...]:
 
 def write_dng(path: os.PathLike | str, data: np.ndarray, camera: Camera,
               cfa: tuple[int, int, tuple[int, ...]] | None = None, linear: bool = False) -> Path:
-    """Write a DNG that LibRaw reads bit-exactly (DESIGN §8).
+    """Write a DNG that LibRaw reads bit-exactly (docs/architecture.md: offline test data).
 
     Args:
         path: where to write.

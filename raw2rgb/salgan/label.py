@@ -48,8 +48,8 @@ def is_image_path(path: Path) -> bool:
 
 @dataclass(frozen=True)
 class SaliencyMethod:
-    """A way to compute saliency maps: ``on_image`` maps one HWC uint8 image to an (H, W) map in
-    [0, 1] in the loader's workers (numpy; a classical method), or ``predictor(weights, device)``
+    """A way to compute saliency maps: ``on_image`` maps one HWC uint8 image to its (H, W) map in
+    the loader's workers (numpy; a classical method), or ``predictor(weights, device)``
     gives a callable on a batch of images on the device (a network; ``needs_weights`` then says
     it needs a weights file, found as for SalGAN). ``help`` is one line for ``--method``."""
 
