@@ -4,7 +4,7 @@ Prints, for stage 1 (G: L1 + attention) and stage 2 (D step + G step with LSGAN 
 seconds per step, samples/s, model FLOPs per step and the achieved FLOP/s as a fraction of a dense
 matmul measured in the same run on the same device and dtype. The networks, optimisers and kernel
 policy (cudnn.benchmark, TF32, channels_last, fused Adam) are those of `raw2rgb train`
-(``device_policy``, ``_build``, ``_optimisers``). FLOPs are counted once, in eager mode (a compiled
+(``train.device_policy``, ``state.build``, ``state.optimisers``). FLOPs are counted once, in eager mode (a compiled
 step would hide its kernels from the counter), and reported twice: as executed (the generator's
 up-sampling convs in their sub-pixel form) and paper-nominal (the same step with the plain
 upsample-then-conv the paper's FLOP count assumes). Targets on a CUDA machine with bf16: stage 1
@@ -38,7 +38,8 @@ from raw2rgb.device import resolve_device  # noqa: E402
 from raw2rgb.model import losses  # noqa: E402
 from raw2rgb.model.distributed import Dist  # noqa: E402
 from raw2rgb.model.generator import Generator, Up, init_weights  # noqa: E402
-from raw2rgb.model.train import Runtime, TrainConfig, _build, _optimisers, device_policy, train_step  # noqa: E402
+from raw2rgb.model.state import build, optimisers  # noqa: E402
+from raw2rgb.model.train import Runtime, TrainConfig, device_policy, train_step  # noqa: E402
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, n: int) -> float:
@@ -107,7 +108,7 @@ def measure(device: torch.device, preset: str = "paper", batch: int | None = Non
     dtype = torch.bfloat16 if cuda else torch.float32
     cfg = TrainConfig.preset_config(preset, batch_size=batch)
     rt = Runtime(device=str(device), compile=False, channels_last=channels_last)
-    nets = _build(cfg, rt, device, Dist(), need_vgg=False, prior=None)  # eager: the FLOPs are counted on it
+    nets = build(cfg, rt, device, Dist(), need_vgg=False, prior=None)  # eager: the FLOPs are counted on it
     from torchvision.models import vgg16
 
     nets.perceptual = losses.Perceptual(vgg16(weights=None).features[: losses.VGG_CONV4_3].requires_grad_(False))
@@ -120,7 +121,7 @@ def measure(device: torch.device, preset: str = "paper", batch: int | None = Non
            "preset": preset, "precision": "bf16 autocast" if cuda else "fp32", "batch": batch, "size": size,
            "compile": compile, "channels_last": bool(cuda and channels_last), "matmul_tflops": peak / 1e12}
     for stage in (1, 2):
-        opts = _optimisers(nets, cfg, stage, scaler_on=False)
+        opts = optimisers(nets, cfg, stage, scaler_on=False)
         nets.g_train, nets.d_train = nets.G, nets.D
         train_step(nets, opts, batch_t, stage, cfg.weights, amp)  # warm-up
         counted = {}

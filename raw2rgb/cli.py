@@ -662,7 +662,7 @@ def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, 
     from raw2rgb.model import recipe
     from raw2rgb.model import train as tr
     from raw2rgb.pipeline import shards as shard_stage
-    out_scale = int(scale) if scale else int(shard_stage.read_index(shard_stage.shards_root(dataset))["scale"])
+    out_scale = int(scale) if scale else shard_stage.read_index(shard_stage.shards_root(dataset)).scale
     changes["generator"] = {"scale": out_scale}
     cfg = recipe.train_config(preset or _presets().default, config_file, changes)
     rt = recipe.Runtime(stages=stages, device=device, precision=precision, compile=compile_, max_steps=max_steps,

@@ -1,6 +1,7 @@
 """The dataset folder ``prepare`` builds: its stages, in order, each in a sub-folder of that name
 (``DATASET/unpack``, ``patches``, ``saliency``, ``shards``), the splits, and the files beside them.
-Every stage, ``ShardDataset``, ``profile`` and ``inspect`` find their folder here.
+Every stage, ``ShardDataset``, ``profile`` and ``inspect`` find their folder here; the shards
+folder's ``index.json`` is ``pipeline/shards.py``'s ``ShardIndex``.
 """
 
 from __future__ import annotations

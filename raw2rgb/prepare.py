@@ -291,8 +291,8 @@ def _summary(cfg: PrepareConfig, found, unpaired, stages, split: dict[str, str])
     if "saliency" in stages:
         s["saliency_method"] = stages["saliency"].manifest.params["method"]
     if "shards" in stages:
-        index = Path(cfg.out) / "shards" / "index.json"
-        s["shards"] = json.loads(index.read_text())["splits"] if index.exists() else {}
+        root = stage_folder(cfg.out, "shards")
+        s["shards"] = shards.read_index(root).to_json()["splits"] if (root / shards.INDEX).exists() else {}
     return s
 
 

@@ -58,14 +58,14 @@ class ShardDataset(Dataset):
                  white_balance: WhiteBalance | str | None = None):
         self.root = Path(root)
         index = read_index(self.root)  # format checked, every shard inside the folder
-        if split not in index["splits"]:
-            raise ShardError(f"{self.root}: no split {split!r} (has {', '.join(sorted(index['splits']))})")
-        self.scale = int(index["scale"])
+        if split not in index.splits:
+            raise ShardError(f"{self.root}: no split {split!r} (has {', '.join(sorted(index.splits))})")
+        self.scale = index.scale
         self._wb_asked = white_balance or whitebalance.DEFAULT_RULE
         whitebalance.check_rule(getattr(self._wb_asked, "rule", self._wb_asked))
         self._wb: WhiteBalance | None = None
-        self.shards = [s["file"] for s in index["splits"][split]["shards"]]
-        self.starts = list(np.cumsum([0] + [s["count"] for s in index["splits"][split]["shards"]]))
+        self.shards = [s.file for s in index.splits[split].shards]
+        self.starts = list(np.cumsum([0] + [s.count for s in index.splits[split].shards]))
         self.augment, self.crop, self.seed, self.epoch, self.compact = augment, crop, seed, 0, compact
         self._files: dict[str, Any] = {}
         self._stale: dict[str, Any] = {}  # handles a forked child inherited: never used, never closed
@@ -212,12 +212,12 @@ def describe(path: os.PathLike | str, batch_size: int = 8) -> list[str]:
     root = shards_root(path)
     index = read_index(root)
     validate(root, index)
-    lines = [f"{root}: scale {index['scale']}, crop {index.get('crop')}, copies {index.get('copies')}, "
-             f"saliency {index.get('saliency_method') or '?'}",
+    lines = [f"{root}: scale {index.scale}, crop {index.crop}, copies {index.copies}, "
+             f"saliency {index.saliency_method or '?'}",
              f"  colour: {shards.colour_words(shards.colour_source(root, index))}"]
-    for split, entry in sorted(index["splits"].items()):
+    for split, entry in sorted(index.splits.items()):
         batch = next(iter(DataLoader(ShardDataset(root, split), batch_size=batch_size)))
         ranges = ", ".join(f"{k} {tuple(batch[k].shape)} [{batch[k].min():.2f}, {batch[k].max():.2f}]"
                            for k in ("raw", "rgb", "saliency"))
-        lines.append(f"  {split}: {entry['count']} samples in {len(entry['shards'])} shards; {ranges}")
+        lines.append(f"  {split}: {entry.count} samples in {len(entry.shards)} shards; {ranges}")
     return lines

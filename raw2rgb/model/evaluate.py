@@ -29,7 +29,7 @@ from raw2rgb.errors import InputError
 from raw2rgb.files import write_bytes, write_json
 from raw2rgb.model import metrics
 from raw2rgb.model.data import ShardDataset, to_model
-from raw2rgb.pipeline.shards import ShardError, read_index, shards_root, split_count
+from raw2rgb.pipeline.shards import ShardError, read_index, shards_root
 from raw2rgb.render import RENDER_METHODS, source
 
 log = logging.getLogger(__name__)
@@ -92,10 +92,10 @@ def evaluate(dataset: os.PathLike | str, split: str = "val", checkpoint: os.Path
     given = source(method, checkpoint, profile, "evaluate")
     root = shards_root(dataset)
     index = read_index(root)
-    if split_count(index, split) == 0:
+    if index.count(split) == 0:
         raise ShardError(f"{root}: the {split} split is empty")
     dev = resolve_device(device)
-    scale = int(index["scale"])
+    scale = index.scale
     renderer = RENDER_METHODS[method].open(given, dev)
     if renderer.scale is not None and renderer.scale != scale:
         raise InputError(f"{renderer.meta['path']}: a model of output scale {renderer.scale}, the shards are at "

@@ -3,19 +3,18 @@
 Stage 1 trains G on ``L_rgb + 0.5 L_A``; stage 2 adds the discriminator, ``0.01 L_G`` and
 ``1 L_p`` with the two time-scale learning rates (the weights live in ``losses.LossWeights``).
 :func:`train` is the loop, read top to bottom: set up → resume → per stage, per epoch, per batch:
-the D step and the G step (:func:`train_step`) → log → validate → snapshot. The RUN folder's
-files are ``model/run.py``'s, the checkpoint format ``model/checkpoint.py``'s, ranks and agreed
-decisions ``model/distributed.py``'s.
+the D step and the G step (:func:`train_step`) → log → validate → snapshot. The networks,
+optimisers and progress, and how they are built, resumed and saved, are ``model/state.py``'s; what
+stops a run early (signals, NaN losses, the ranks' agreement) ``model/guards.py``'s; the RUN
+folder's files ``model/run.py``'s, the checkpoint format ``model/checkpoint.py``'s, ranks and
+agreed decisions ``model/distributed.py``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import logging
 import os
-import shutil
 import signal
 import time
 import warnings
@@ -31,31 +30,20 @@ from torch.utils.data import DataLoader, default_collate
 
 from raw2rgb.device import resolve_device
 from raw2rgb.files import FolderLock
-from raw2rgb.model import checkpoint, distributed, losses, run
+from raw2rgb.model import checkpoint, distributed, guards, losses, run, state
 from raw2rgb.model.data import ShardDataset, to_model
-from raw2rgb.model.discriminator import Discriminator
 from raw2rgb.model.distributed import Dist
 from raw2rgb.model.evaluate import score, summarise
-from raw2rgb.model.generator import Generator, init_weights
 from raw2rgb.model.pictures import grid_rows, save_png
 from raw2rgb.model.prior import model_white_balance
 from raw2rgb.model.recipe import LR_DECAYS, PRECISIONS, STAGES, Runtime, TrainConfig, TrainError, train_config  # noqa: F401
+from raw2rgb.model.state import Nets, Optimisers, Progress
 from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline import whitebalance
-from raw2rgb.pipeline.shards import cameras, colour_source, dataset_key, read_index, shards_root, split_count
+from raw2rgb.pipeline.shards import ShardIndex, cameras, colour_source, dataset_key, read_index, shards_root
 from raw2rgb.pipeline.shards import validate as validate_shards
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class Progress:
-    """Where a run is: the next batch to run is batch ``batch`` of ``epoch`` of ``stage``."""
-
-    stage: int = 1
-    epoch: int = 0
-    batch: int = 0
-    step: int = 0
-    stats_lines: int = 0  # lines of stats.jsonl that belong to this state
 
 
 @dataclass
@@ -71,45 +59,17 @@ class TrainResult:
 
 # -- the step ---------------------------------------------------------------------------------------
 
-@dataclass
-class Nets:
-    G: nn.Module  # plain modules: state dicts
-    D: nn.Module
-    g_train: nn.Module  # what the step calls: DDP and/or compiled wrappers
-    d_train: nn.Module
-    perceptual: nn.Module | None
-    G_ema: nn.Module | None = None  # a moving average of G's weights (cfg.ema): validated, saved, converted
-
-    @property
-    def G_eval(self) -> nn.Module:
-        """The generator to validate and convert with: the average when there is one."""
-        return self.G_ema if self.G_ema is not None else self.G
-
-
-@torch.no_grad()
-def update_ema(ema: nn.Module, net: nn.Module, decay: float, step: int) -> None:
-    """``ema ← d·ema + (1 − d)·net`` for parameters (buffers copied), with d ramping up from 0 over
-    the first steps (d = min(decay, (1 + step) / (10 + step))), so that the average starts as the
-    network rather than its initialisation."""
-    d = min(decay, (1 + step) / (10 + step))
-    # one multi-tensor kernel per list, not one launch per parameter
-    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in net.parameters()], 1 - d)
-    buffers = list(ema.buffers())
-    if buffers:
-        torch._foreach_copy_(buffers, list(net.buffers()))
-
-
 def _set_requires_grad(net: nn.Module, flag: bool) -> None:
     for p in net.parameters():
         p.requires_grad_(flag)
 
 
-def train_step(nets: Nets, opts: dict[str, Any], batch: dict[str, torch.Tensor], stage: int,
+def train_step(nets: Nets, opts: Optimisers, batch: dict[str, torch.Tensor], stage: int,
                weights: losses.LossWeights, amp: torch.autocast) -> dict[str, torch.Tensor]:
     """One optimisation step; returns the loss terms (detached). Stage 2: the D step on
     (real, fake.detach()) first, then the G step with D's gradients off (pix2pix)."""
     x, y, s = batch["raw"], batch["rgb"], batch["saliency"]
-    scaler = opts["scaler"]
+    scaler = opts.scaler
     with amp:
         rgb, sal = nets.g_train(x, batch.get("colour"), batch.get("thumb"))
     terms: dict[str, torch.Tensor] = {}
@@ -118,18 +78,18 @@ def train_step(nets: Nets, opts: dict[str, Any], batch: dict[str, torch.Tensor],
         with amp:  # real and fake in one batch: InstanceNorm is per image, so this is exact
             real, fake = nets.d_train(torch.cat([x, x]), torch.cat([y, rgb.detach()])).chunk(2)
             loss_d = losses.lsgan_d(real, fake)
-        opts["opt_D"].zero_grad(set_to_none=True)
+        opts.opt_D.zero_grad(set_to_none=True)
         scaler.scale(loss_d).backward()
-        scaler.step(opts["opt_D"])
+        scaler.step(opts.opt_D)
         terms["d"] = loss_d.detach()
         _set_requires_grad(nets.D, False)
     with amp:  # the G step: the objective's terms (losses.objective), D frozen
         g_terms, total = losses.objective(weights, losses.StepTensors(
             x, y, s, rgb, sal, stage, D=nets.D if stage == 2 else None, perceptual=nets.perceptual))
     terms.update(g_terms)
-    opts["opt_G"].zero_grad(set_to_none=True)
+    opts.opt_G.zero_grad(set_to_none=True)
     scaler.scale(total).backward()
-    scaler.step(opts["opt_G"])
+    scaler.step(opts.opt_G)
     scaler.update()
     terms["total"] = total
     return {k: v.detach().float() for k, v in terms.items()}
@@ -167,16 +127,16 @@ def write_samples(G: nn.Module, batch: dict[str, torch.Tensor], path: Path, amp:
 
 # -- set-up pieces ----------------------------------------------------------------------------------
 
-def _check_dataset(root: Path, cfg: TrainConfig) -> dict[str, Any]:
+def _check_dataset(root: Path, cfg: TrainConfig) -> ShardIndex:
     index = read_index(root)
     validate_shards(root, index)
-    if split_count(index, "train") == 0:
+    if index.count("train") == 0:
         raise TrainError(f"{root}: the train split is empty (no training samples); check prepare's --split")
-    if int(index["scale"]) != cfg.generator.scale:
-        raise TrainError(f"{root}: shards are at output scale {index['scale']}, the config's generator at "
+    if index.scale != cfg.generator.scale:
+        raise TrainError(f"{root}: shards are at output scale {index.scale}, the config's generator at "
                          f"{cfg.generator.scale}; rebuild the shards with --scale {cfg.generator.scale} or change "
                          "the config")
-    size = index.get("crop")
+    size = index.crop
     crop = cfg.crop or size
     if crop and (crop % 8 or (size and crop > size)):
         raise TrainError(f"{root}: patches of {crop} packed pixels; the generator needs a multiple of 8 no larger "
@@ -193,77 +153,6 @@ def _precision(rt: Runtime, device: torch.device) -> str:
     if p == "fp16" and device.type != "cuda":
         raise TrainError("--precision fp16 needs CUDA")
     return p
-
-
-def _build(cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, need_vgg: bool,
-           prior: colour_profile.Profile | None) -> Nets:
-    G, D = Generator(cfg.generator), Discriminator(cfg.discriminator)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    init_weights(G, cfg.init_std, gen)
-    init_weights(D, cfg.init_std, gen)
-    if prior is not None:
-        G.prior.set_profile(prior)
-    fmt = torch.channels_last if rt.channels_last and device.type == "cuda" else torch.contiguous_format
-    perceptual = None
-    if need_vgg:
-        perceptual = losses.Perceptual(losses.load_vgg_features(rt.vgg_weights)).to(device, memory_format=fmt)
-    G, D = G.to(device, memory_format=fmt), D.to(device, memory_format=fmt)
-    g_train, d_train = G, D
-    if dist.grouped:
-        ids = [device.index] if device.type == "cuda" else None
-        g_train, d_train = DistributedDataParallel(G, device_ids=ids), DistributedDataParallel(D, device_ids=ids)
-    if rt.compile:
-        g_train, d_train = torch.compile(g_train), torch.compile(d_train)
-    g_ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema > 0 else None
-    return Nets(G, D, g_train, d_train, perceptual, g_ema)
-
-
-def _optimisers(nets: Nets, cfg: TrainConfig, stage: int, scaler_on: bool) -> dict[str, Any]:
-    """Fresh Adam per stage; learning rates stepped per epoch: halved every ``halve_every`` epochs
-    (the paper), or a cosine from the stage's rate to 1 % of it at the stage's end — the weights a
-    short run ends with are then not one noisy step of a high rate."""
-    lr_g = cfg.lr_stage1 if stage == 1 else cfg.lr_g
-    fused = next(nets.G.parameters()).is_cuda  # one kernel for the whole update (CUDA only)
-    opt_g = torch.optim.Adam(nets.G.parameters(), lr=lr_g, betas=cfg.betas, fused=fused)
-    opt_d = torch.optim.Adam(nets.D.parameters(), lr=cfg.lr_d, betas=cfg.betas, fused=fused)
-    if cfg.lr_decay not in LR_DECAYS:
-        raise TrainError(f"unknown lr_decay {cfg.lr_decay!r} ({', '.join(LR_DECAYS)})")
-    if cfg.lr_decay == "cosine":
-        epochs = max(1, cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs)
-        sched = [torch.optim.lr_scheduler.CosineAnnealingLR(o, epochs, eta_min=o.param_groups[0]["lr"] * 0.01)
-                 for o in (opt_g, opt_d)]
-    else:
-        sched = [torch.optim.lr_scheduler.StepLR(o, max(1, cfg.halve_every), 0.5) for o in (opt_g, opt_d)]
-    return {"opt_G": opt_g, "opt_D": opt_d, "sched_G": sched[0], "sched_D": sched[1],
-            "scaler": torch.amp.GradScaler(enabled=scaler_on)}
-
-
-def _resume(run_dir: Path, nets: Nets, cfg: TrainConfig, precision: str, dist: Dist
-            ) -> tuple[Progress, dict[str, Any]]:
-    """The progress and optimisers of RUN's latest checkpoint (fresh ones when there is none),
-    with the networks' weights and the RNG states restored."""
-    path = run.checkpoint(run_dir)
-    if not path.is_file():
-        return Progress(), _optimisers(nets, cfg, 1, precision == "fp16")
-    blob = checkpoint.load(path)
-    progress = Progress(**blob["progress"])
-    saved = blob.get("precision") or ("fp16" if blob.get("scaler") else "bf16 or fp32")
-    if (saved == "fp16") != (precision == "fp16"):
-        raise TrainError(f"{path}: written with {saved} training, resumed with --precision {precision}; fp16 keeps a "
-                         "loss scale the others do not: resume with the precision the run started with, or --force")
-    world = int(blob.get("world", 1))
-    if world != dist.world and progress.batch > 0:
-        raise TrainError(f"{path}: written by {world} process(es) in the middle of an epoch; resume it with {world} "
-                         "(torchrun --nproc_per_node), or finish the epoch first")
-    nets.G.load_state_dict(blob["G"])
-    nets.D.load_state_dict(blob["D"])
-    if nets.G_ema is not None:
-        nets.G_ema.load_state_dict(blob.get("G_ema", blob["G"]))
-    opts = _optimisers(nets, cfg, progress.stage, precision == "fp16")
-    for k, v in opts.items():
-        v.load_state_dict(blob[k])
-    checkpoint.set_rng_state(blob["rng"])
-    return progress, opts
 
 
 def _fit_prior(root: Path, run_dir: Path, cfg: TrainConfig, dist: Dist) -> colour_profile.Profile | None:
@@ -294,59 +183,14 @@ def _finished(progress: Progress, stages: tuple[int, ...], cfg: TrainConfig, rt:
     return None
 
 
-def _datasets(root: Path, cfg: TrainConfig, dist: Dist, wb: whitebalance.WhiteBalance | str
+def _datasets(root: Path, index: ShardIndex, cfg: TrainConfig, dist: Dist, wb: whitebalance.WhiteBalance | str
               ) -> tuple[ShardDataset, ShardDataset | None]:
     train_set = ShardDataset(root, "train", augment=cfg.augment, crop=cfg.crop, seed=cfg.seed, compact=True,
                              white_balance=wb)
-    index = read_index(root)
-    val_set = ShardDataset(root, "val", compact=True, white_balance=wb) if split_count(index, "val") else None
+    val_set = ShardDataset(root, "val", compact=True, white_balance=wb) if index.count("val") else None
     if val_set is None and dist.main:
         log.warning("%s: no val split; no validation (prepare with --split giving val a share)", root)
     return train_set, val_set
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C and SIGTERM to the training process, which finishes its step
-    and saves: a scheduler's SIGTERM reaches the whole process group, and a worker that died of it
-    would end the run without its checkpoint."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-class _StopRequest:
-    """Ctrl-C / SIGTERM: finish the step in hand, save, stop (again: stop at once). Only the process
-    that installed it acts: DataLoader workers get the terminal's Ctrl-C too."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-        self._pid = os.getpid()
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
-
-    def __enter__(self) -> _StopRequest:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if os.getpid() != self._pid:
-            return
-        if self.requested:
-            raise KeyboardInterrupt
-        self.signal = signum
-        log.warning("stopping after this step (again to stop at once)")
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-INTERRUPTED = "interrupted"  # why an epoch stopped early: a signal, on this or another rank
-AGREE_EVERY = 8  # steps between the ranks' stop agreements (each one waits for the GPU)
 
 
 @dataclass
@@ -361,13 +205,12 @@ class _Loop:
     dist: Dist
     precision: str
     nets: Nets
-    opts: dict[str, Any]
+    opts: Optimisers
     progress: Progress
     stats: run.Stats
     amp: torch.autocast
     cameras: list[str]
-    bad: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))  # per term: ever not finite
-    term_names: list[str] = field(default_factory=list)
+    finite: guards.FiniteTerms
     last_terms: dict[str, torch.Tensor] = field(default_factory=dict)
     last_val: dict[str, float] = field(default_factory=dict)
     steps_run: int = 0  # by this process
@@ -375,38 +218,18 @@ class _Loop:
     def loader(self, dataset: ShardDataset, batches: list[list[int]]) -> DataLoader:
         workers = self.rt.workers if self.rt.workers is not None else (2 if self.device.type == "cuda" else 0)
         return DataLoader(dataset, batch_sampler=batches, num_workers=workers,
-                          pin_memory=self.device.type == "cuda", worker_init_fn=_ignore_stop_signals)
-
-    def note_terms(self, terms: dict[str, torch.Tensor]) -> None:
-        """Remember which terms have ever been NaN or infinite, without a GPU sync."""
-        names = list(terms)
-        if names != self.term_names:
-            self.check_finite()
-            self.term_names = names
-            self.bad = torch.zeros(len(names), dtype=torch.bool, device=self.device)
-        self.bad |= ~torch.isfinite(torch.stack(list(terms.values())))
-        self.last_terms = terms
+                          pin_memory=self.device.type == "cuda", worker_init_fn=guards.ignore_stop_signals)
 
     def check_finite(self) -> None:
-        """Stop when a term became NaN or infinite on any rank (decided together)."""
-        if not self.term_names:
-            return
-        bad = distributed.any_rank(self.bad, self.dist)
-        if bool(bad.any()):
-            names = [n for n, b in zip(self.term_names, bad.tolist()) if b and n != "total"]
-            latest = run.checkpoint(self.run_dir)  # every checkpoint is saved after this check: a good one
-            kept = f"the last good checkpoint ({latest}) is kept" if latest.is_file() else \
-                "no checkpoint had been written yet"
-            raise TrainError(f"loss {', '.join(names) or 'total'} became NaN or infinite by step {self.progress.step}; "
-                             f"stopped, {kept}. Lower the learning rates or check the data")
+        self.finite.check(self.progress.step)
 
     def log_step(self, stage: int, terms: dict[str, torch.Tensor], rate: float) -> None:
         self.check_finite()
         record = {"step": self.progress.step, "event": "step", "stage": stage, "epoch": self.progress.epoch + 1,
                   **{k: round(float(v), 6) for k, v in terms.items()},
-                  "lr_g": self.opts["opt_G"].param_groups[0]["lr"], "samples_per_s": round(rate, 2)}
+                  "lr_g": self.opts.opt_G.param_groups[0]["lr"], "samples_per_s": round(rate, 2)}
         if stage == 2:
-            record["lr_d"] = self.opts["opt_D"].param_groups[0]["lr"]
+            record["lr_d"] = self.opts.opt_D.param_groups[0]["lr"]
         self.stats.write(record)
 
     def snapshot(self, name: str | None = None) -> None:
@@ -415,16 +238,10 @@ class _Loop:
         if not self.dist.main:
             return
         self.progress.stats_lines = self.stats.lines
-        latest = run.checkpoint(self.run_dir)
-        ema = {"G_ema": self.nets.G_ema} if self.nets.G_ema is not None else {}
-        checkpoint.save(latest, {"G": self.nets.G, "D": self.nets.D, **ema, **self.opts}, self.cfg.to_json(),
-                        dataclasses.asdict(self.progress), self.cameras, self.dist.world, self.precision)
-        if name:
-            partial = latest.with_name(f".{name}.partial")
-            shutil.copyfile(latest, partial)
-            os.replace(partial, latest.with_name(name))
+        state.snapshot(self.run_dir, self.nets, self.opts, self.progress, self.cfg, self.cameras, self.dist.world,
+                       self.precision, name)
 
-    def epoch(self, stage: int, train_set: ShardDataset, stop: _StopRequest,
+    def epoch(self, stage: int, train_set: ShardDataset, stop: guards.StopRequest,
               on_step: Callable[[int], None] | None, progress_bar) -> str | None:
         """The rest of this epoch's batches; why it stopped early (after a checkpoint), or None."""
         progress, cfg, rt, dist = self.progress, self.cfg, self.rt, self.dist
@@ -454,16 +271,11 @@ class _Loop:
                     self.snapshot()
                 if on_step is not None:
                     on_step(progress.step)
-                # -- stop early (decided by all ranks together; under a process group every
-                # AGREE_EVERY steps and at the epoch's last batch, since agreeing waits for the GPU)
-                stopping = stop.requested
-                if dist.grouped:
-                    last = progress.batch == len(batches)
-                    stopping = (distributed.agree(stopping, dist, self.device)
-                                if last or progress.step % AGREE_EVERY == 0 else False)
+                # -- stop early (decided by all ranks together)
+                stopping = stop.agreed(dist, self.device, progress.step, last_batch=progress.batch == len(batches))
                 if stopping or (rt.max_steps is not None and progress.step >= rt.max_steps):
                     self.snapshot()
-                    return INTERRUPTED if stopping else f"reached --max-steps {rt.max_steps}"
+                    return guards.INTERRUPTED if stopping else f"reached --max-steps {rt.max_steps}"
         finally:
             if bar is not None:
                 bar.close()
@@ -481,8 +293,9 @@ class _Loop:
             raise TrainError(f"out of GPU memory at batch size {self.cfg.batch_size} on {self.device}; lower "
                              "--batch-size (or use --crop for smaller patches)") from None
         if self.nets.G_ema is not None:
-            update_ema(self.nets.G_ema, self.nets.G, self.cfg.ema, self.progress.step)
-        self.note_terms(terms)
+            state.update_ema(self.nets.G_ema, self.nets.G, self.cfg.ema, self.progress.step)
+        self.finite.note(terms, self.progress.step)
+        self.last_terms = terms
         self.progress.batch += 1
         self.progress.step += 1
         self.steps_run += 1
@@ -495,9 +308,9 @@ class _Loop:
             # a run resumed at the end of its first epoch steps the schedule before this process
             # has stepped the optimiser; the order is right (it stepped before the interruption)
             warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
-            self.opts["sched_G"].step()
+            self.opts.sched_G.step()
             if stage == 2:  # D is idle in stage 1
-                self.opts["sched_D"].step()
+                self.opts.sched_D.step()
         self.check_finite()
         if self.dist.main:
             record: dict[str, Any] = {"step": self.progress.step, "event": "epoch", "stage": stage,
@@ -526,7 +339,7 @@ class _Loop:
         """The stage's checkpoint; the next stage starts with fresh optimisers."""
         self.progress = Progress(stage=stage + 1, step=self.progress.step, stats_lines=self.stats.lines)
         if stage == 1:
-            self.opts = _optimisers(self.nets, self.cfg, 2, self.precision == "fp16")
+            self.opts = state.optimisers(self.nets, self.cfg, 2, self.precision == "fp16")
         name = run.STAGE1 if stage == 1 else run.FINAL
         self.snapshot(name)
         if self.dist.main:
@@ -588,7 +401,7 @@ def _train(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: tor
     loop, stages, train_set, val_set = set_up
     # -- the loop: stages → epochs → batches
     try:
-        with _StopRequest() as stop:
+        with guards.StopRequest() as stop:
             for stage in stages:
                 if stage < loop.progress.stage:
                     continue
@@ -599,7 +412,7 @@ def _train(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: tor
                         return TrainResult(run_dir, loop.steps_run, loop.progress.step, False,
                                            f"{run_dir}: {why} at step {loop.progress.step}; checkpoint saved, rerun "
                                            "the command to continue", loop.last_val,
-                                           (stop.signal or signal.SIGTERM) if why == INTERRUPTED else None)
+                                           (stop.signal or signal.SIGTERM) if why == guards.INTERRUPTED else None)
                     loop.end_of_epoch(stage, val_set, val_set if val_set is not None else train_set)
                 loop.end_of_stage(stage)
         loop.compare_ranks()
@@ -637,8 +450,8 @@ def _set_up(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: to
     precision = _precision(rt, device)
     stages = STAGES[rt.stages]
     prior = _fit_prior(root, run_dir, cfg, dist)
-    nets = _build(cfg, rt, device, dist, need_vgg=2 in stages and cfg.weights.perceptual > 0, prior=prior)
-    progress, opts = _resume(run_dir, nets, cfg, precision, dist)
+    nets = state.build(cfg, rt, device, dist, need_vgg=2 in stages and cfg.weights.perceptual > 0, prior=prior)
+    progress, opts = state.resume(run_dir, nets, cfg, precision, dist)
     done = _finished(progress, stages, cfg, rt)
     if done:
         return TrainResult(run_dir, 0, progress.step, True, f"{run_dir}: {done}; nothing to do")
@@ -647,21 +460,22 @@ def _set_up(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: to
     # the colour of files without a white balance: the prior's rule and gains (restored with a resumed
     # checkpoint), else the config's rule on this data
     wb = model_white_balance(nets.G) if nets.G.prior is not None else cfg.white_balance
-    train_set, val_set = _datasets(root, cfg, dist, wb)
+    train_set, val_set = _datasets(root, index, cfg, dist, wb)
     loop = _Loop(root, run_dir, cfg, rt, device, dist, precision, nets, opts, progress,
-                 run.Stats(run_dir, progress.stats_lines, dist.main), amp, dataset_cameras(root))
+                 run.Stats(run_dir, progress.stats_lines, dist.main), amp, dataset_cameras(root),
+                 guards.FiniteTerms(run_dir, dist, device))
     if dist.main:
         if progress.step:
             log.info("resuming %s at step %d (stage %d, epoch %d, batch %d)", run_dir, progress.step, progress.stage,
                      progress.epoch + 1, progress.batch)
         log.info("training %s on %s: %s, %s, %d train / %d val samples, batch %d × %d process(es)", run_dir, root,
-                 cfg.preset, precision, split_count(index, "train"), split_count(index, "val"), cfg.batch_size,
+                 cfg.preset, precision, index.count("train"), index.count("val"), cfg.batch_size,
                  dist.world)
     if progress.stage < stages[0]:
         log.warning("starting stage %d without a finished stage %d: the generator starts from %s", stages[0],
                     progress.stage, "its initialisation" if progress.step == 0 else f"step {progress.step}")
         loop.progress = Progress(stage=stages[0], step=progress.step, stats_lines=loop.stats.lines)
-        loop.opts = _optimisers(nets, cfg, stages[0], precision == "fp16")
+        loop.opts = state.optimisers(nets, cfg, stages[0], precision == "fp16")
     return loop, stages, train_set, val_set
 
 

@@ -161,19 +161,19 @@ def _pairs_of_split(root: Path, split: str, render: Callable[[np.ndarray, Sample
     """(rendered pixels, target pixels, cameras) of an even sample of a split: at most ``max_samples``
     samples, at most ``max_pixels`` pixels in all; each sample rendered with its stored colour."""
     index = read_index(root)
-    if split not in index["splits"] or not index["splits"][split]["count"]:
+    if not index.count(split):
         raise ShardError(f"{root}: the {split} split is empty; a profile is fitted on it")
-    shards = index["splits"][split]["shards"]
-    count = sum(s["count"] for s in shards)
+    shards = index.splits[split].shards
+    count = sum(s.count for s in shards)
     wanted = set(np.linspace(0, count - 1, min(count, max_samples)).round().astype(int).tolist())
     xs, ys, ids = [], [], []
     start = 0
     for s in shards:
-        local = sorted(k - start for k in wanted if start <= k < start + s["count"])
-        start += s["count"]
+        local = sorted(k - start for k in wanted if start <= k < start + s.count)
+        start += s.count
         if not local:
             continue
-        with h5py.File(root / s["file"], "r") as f:
+        with h5py.File(root / s.file, "r") as f:
             colours, cameras = read_colours(f)
             per_sample = int(np.prod(f["rgb"].shape[2:]))
             step = max(1, int(np.ceil(len(wanted) * per_sample / max_pixels)))
@@ -207,7 +207,7 @@ def fit_dataset(dataset: os.PathLike | str, split: str = "train", model: str = D
     """
     root = shards_root(dataset)
     index = read_index(root)
-    scale = int(index["scale"])
+    scale = index.scale
     wb = white_balance(root, white_balance_rule, index)
     src, dst, cameras = _pairs_of_split(root, split, lambda raw, c: render_sample(raw, c, wb, scale), max_pixels)
     coef, n = fit(src, dst, model, lut_size)

@@ -335,14 +335,12 @@ def build(samples: list[tuple[str, str, str, str]], saliency_shards: dict[str, s
     params = {"scale": scale, "copies": copies, "crop": crop, "seed": seed, "saliency_method": saliency_method,
               "shard_size": shard_size}
     result = run_stage(SHARDS, items, out_dir, params, jobs=jobs, force=force, progress=progress)
-    splits: dict[str, dict[str, Any]] = {}
+    files: dict[str, list[ShardFile]] = {}
     for r in sorted(result.manifest.ok, key=lambda r: r.key):
-        entry = splits.setdefault(r.info["split"], {"count": 0, "shards": []})
-        entry["count"] += r.info["count"]
-        entry["shards"].append({"file": next(iter(r.outputs)), "count": r.info["count"]})
-    write_json(out_dir / INDEX, {"format": SHARD_FORMAT, "scale": scale, "crop": crop, "copies": copies,
-                                 "normalisation": NORMALISATION, "saliency_method": saliency_method,
-                                 "splits": splits})
+        files.setdefault(r.info["split"], []).append(ShardFile(next(iter(r.outputs)), r.info["count"]))
+    splits = {name: SplitIndex(sum(s.count for s in shards), tuple(shards)) for name, shards in files.items()}
+    write_index(out_dir, ShardIndex(SHARD_FORMAT, scale, splits, crop=crop, copies=copies,
+                                    normalisation=NORMALISATION, saliency_method=saliency_method))
     return result
 
 
@@ -390,7 +388,81 @@ def shards_root(path: os.PathLike | str) -> Path:
     return path / "shards" if (path / "shards" / INDEX).is_file() else path
 
 
-def read_index(root: os.PathLike | str) -> dict[str, Any]:
+@dataclass(frozen=True)
+class ShardFile:
+    """One shard of a split: its file name inside the shards folder and how many samples it holds."""
+
+    file: str
+    count: int
+
+
+@dataclass(frozen=True)
+class SplitIndex:
+    count: int
+    shards: tuple[ShardFile, ...]
+
+
+@dataclass(frozen=True)
+class ShardIndex:
+    """``index.json`` of a shards folder, typed: the one reader and writer of that file.
+
+    ``scale``: output pixels per packed pixel; ``crop``: the stored patches' side in packed pixels;
+    ``copies``: transformed copies per patch; ``normalisation``: how values are stored (``NORMALISATION``);
+    ``saliency_method``: how the saliency maps were made. An index from before a key holds None.
+    """
+
+    format: int
+    scale: int
+    splits: dict[str, SplitIndex]
+    crop: int | None = None
+    copies: int | None = None
+    normalisation: str | None = None
+    saliency_method: str | None = None
+
+    def count(self, split: str) -> int:
+        """The samples of ``split`` (0 when the folder has no such split)."""
+        entry = self.splits.get(split)
+        return entry.count if entry is not None else 0
+
+    def files(self, splits: tuple[str, ...] | None = None) -> list[str]:
+        """The shard files of ``splits`` (all by default), split by split in name order."""
+        return [s.file for name in sorted(self.splits) if splits is None or name in splits
+                for s in self.splits[name].shards]
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON object of ``index.json`` (keys absent from the index that was read stay absent)."""
+        head = {"format": self.format, "scale": self.scale, "crop": self.crop, "copies": self.copies,
+                "normalisation": self.normalisation, "saliency_method": self.saliency_method}
+        return {**{k: v for k, v in head.items() if v is not None},
+                "splits": {name: {"count": e.count, "shards": [{"file": s.file, "count": s.count} for s in e.shards]}
+                           for name, e in self.splits.items()}}
+
+    @classmethod
+    def from_json(cls, data: Any, where: os.PathLike | str) -> ShardIndex:
+        """Check and type a parsed ``index.json`` (``where`` names it in errors).
+
+        Raises:
+            ShardError: another format, or a malformed entry.
+        """
+        if isinstance(data, dict) and data.get("format") == 1:
+            raise ShardError(f"{Path(where).parent}: training shards of format 1 carry no colour (white balance, "
+                             "matrix); rebuild them: raw2rgb prepare SRC -o DATASET --force shards")
+        if not isinstance(data, dict) or data.get("format") != SHARD_FORMAT or "splits" not in data:
+            raise ShardError(f"{where}: shard format {data.get('format') if isinstance(data, dict) else '?'}, "
+                             f"this raw2rgb reads format {SHARD_FORMAT}")
+        try:
+            splits = {str(name): SplitIndex(int(e["count"]), tuple(ShardFile(str(s["file"]), int(s["count"]))
+                                                                   for s in e["shards"]))
+                      for name, e in data["splits"].items()}
+            optional = {k: data.get(k) for k in ("crop", "copies")}
+            return cls(int(data["format"]), int(data["scale"]), splits,
+                       **{k: None if v is None else int(v) for k, v in optional.items()},
+                       normalisation=data.get("normalisation"), saliency_method=data.get("saliency_method"))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ShardError(f"{where}: malformed shard index ({one_line(str(e))})") from None
+
+
+def read_index(root: os.PathLike | str) -> ShardIndex:
     """``index.json`` of a shards folder, checked: format, scale and every shard inside the folder.
 
     Raises:
@@ -398,29 +470,27 @@ def read_index(root: os.PathLike | str) -> dict[str, Any]:
     """
     root = Path(root)
     try:
-        index = json.loads((root / INDEX).read_text())
+        data = json.loads((root / INDEX).read_text())
     except FileNotFoundError:
         raise ShardError(f"{root}: no {INDEX} (not a shards folder; build one with raw2rgb prepare)") from None
     except (OSError, ValueError) as e:
         raise ShardError(f"{root / INDEX}: unreadable shard index ({e})") from None
-    if isinstance(index, dict) and index.get("format") == 1:
-        raise ShardError(f"{root}: training shards of format 1 carry no colour (white balance, matrix); rebuild "
-                         "them: raw2rgb prepare SRC -o DATASET --force shards")
-    if not isinstance(index, dict) or index.get("format") != SHARD_FORMAT or "splits" not in index:
-        raise ShardError(f"{root / INDEX}: shard format {index.get('format') if isinstance(index, dict) else '?'}, "
-                         f"this raw2rgb reads format {SHARD_FORMAT}")
-    for split in index["splits"].values():
-        for s in split["shards"]:
-            if not (root / s["file"]).resolve().is_relative_to(root.resolve()):
-                raise ShardError(f"{root / INDEX}: {s['file']} lies outside the folder; refused")
+    index = ShardIndex.from_json(data, root / INDEX)
+    for file in index.files():
+        if not (root / file).resolve().is_relative_to(root.resolve()):
+            raise ShardError(f"{root / INDEX}: {file} lies outside the folder; refused")
     return index
+
+
+def write_index(root: os.PathLike | str, index: ShardIndex) -> None:
+    write_json(Path(root) / INDEX, index.to_json())
 
 
 STORED_DTYPES = {"raw": np.uint16, "rgb": np.uint8, "saliency": np.uint8, "thumb": np.uint16, "wb_as_shot": np.float32,
                  "cam_to_rgb": np.float32, "wb_frame": np.float32}
 
 
-def validate(root: os.PathLike | str, index: Mapping[str, Any] | None = None) -> tuple[int, int]:
+def validate(root: os.PathLike | str, index: ShardIndex | None = None) -> tuple[int, int]:
     """Check every training shard of a shards folder against the format, from its metadata (no sample
     is read): the datasets, their dtypes, shapes (raw (N, 4, h, w), rgb (N, 3, s·h, s·w), saliency
     (N, 1, s·h, s·w), one h, w across shards) and the counts of ``index.json``. The one check that
@@ -431,11 +501,11 @@ def validate(root: os.PathLike | str, index: Mapping[str, Any] | None = None) ->
     """
     root = Path(root)
     index = index if index is not None else read_index(root)
-    scale = int(index["scale"])
+    scale = index.scale
     size: tuple[int, int] | None = None
-    for split in sorted(index["splits"]):
-        for entry in index["splits"][split]["shards"]:
-            path = root / entry["file"]
+    for split in sorted(index.splits):
+        for entry in index.splits[split].shards:
+            path = root / entry.file
             try:
                 with h5py.File(path, "r") as f:
                     if "thumb" not in f:
@@ -461,8 +531,8 @@ def validate(root: os.PathLike | str, index: Mapping[str, Any] | None = None) ->
                             ("camera", (n,)), ("thumb", (n, 4, THUMB_SIZE, THUMB_SIZE))):
                 if shapes[k] != want:
                     raise ShardError(f"{path}: {k} has shape {shapes[k]}, the format stores {want}")
-            if shapes["id"] != (n,) or n != entry["count"]:
-                raise ShardError(f"{path}: {n} samples and {shapes['id'][0]} ids, index.json says {entry['count']}")
+            if shapes["id"] != (n,) or n != entry.count:
+                raise ShardError(f"{path}: {n} samples and {shapes['id'][0]} ids, index.json says {entry.count}")
             if size is not None and (h, w) != size:
                 raise ShardError(f"{path}: samples of {h}×{w}, other shards hold {size[0]}×{size[1]}")
             size = (h, w)
@@ -471,24 +541,19 @@ def validate(root: os.PathLike | str, index: Mapping[str, Any] | None = None) ->
     return size
 
 
-def split_count(index: Mapping[str, Any], split: str) -> int:
-    return int(index["splits"].get(split, {}).get("count", 0))
-
-
 def dataset_key(root: os.PathLike | str) -> str:
     """A fingerprint of a shards folder from what its shards record (each shard's ``inputs_key``
     and ``index.json``), never re-hashing the shards' bytes."""
     root = Path(root)
-    index = read_index(root)
     keys = []
-    for split in sorted(index["splits"]):
-        for s in index["splits"][split]["shards"]:
-            try:
-                with h5py.File(root / s["file"], "r") as f:
-                    keys.append(f"{s['file']}:{f.attrs.get('inputs_key', '')}:{f['raw'].shape[0]}")
-            except (OSError, KeyError) as e:
-                raise ShardError(f"{root / s['file']}: unreadable training shard ({e})") from None
-    blob = json.dumps({"index": index, "shards": keys}, sort_keys=True).encode()
+    for file in read_index(root).files():
+        try:
+            with h5py.File(root / file, "r") as f:
+                keys.append(f"{file}:{f.attrs.get('inputs_key', '')}:{f['raw'].shape[0]}")
+        except (OSError, KeyError) as e:
+            raise ShardError(f"{root / file}: unreadable training shard ({e})") from None
+    # the index as it is on disk, so that a dataset keeps its key across raw2rgb versions
+    blob = json.dumps({"index": json.loads((root / INDEX).read_text()), "shards": keys}, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -512,13 +577,12 @@ def build_from_stages(patches_dir: os.PathLike | str, saliency_dir: os.PathLike 
 
 # -- colour of a shards folder ---------------------------------------------------------------------
 
-def _shard_files(root: Path, index: Mapping[str, Any], splits: tuple[str, ...] | None = None) -> list[Path]:
-    return [root / s["file"] for split in sorted(index["splits"]) if splits is None or split in splits
-            for s in index["splits"][split]["shards"]]
+def _shard_files(root: Path, index: ShardIndex, splits: tuple[str, ...] | None = None) -> list[Path]:
+    return [root / file for file in index.files(splits)]
 
 
 def white_balance(root: os.PathLike | str, rule: str | WhiteBalance = whitebalance.DEFAULT_RULE,
-                  index: Mapping[str, Any] | None = None) -> WhiteBalance:
+                  index: ShardIndex | None = None) -> WhiteBalance:
     """A white-balance rule made usable on a shards folder: for ``dataset``, its gains — grey world
     over the train split's samples without metadata (over every split when train has none), from
     the sums each shard records. A :class:`WhiteBalance` that has its gains is returned as it is
@@ -548,7 +612,7 @@ def white_balance(root: os.PathLike | str, rule: str | WhiteBalance = whitebalan
     return wb
 
 
-def colour_source(root: os.PathLike | str, index: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def colour_source(root: os.PathLike | str, index: ShardIndex | None = None) -> dict[str, Any]:
     """Where a shards folder's colour comes from, as a run records it in its identity: the shards
     themselves (format), how many samples carry an as-shot white balance, and the ``dataset``
     rule's gains."""
@@ -576,7 +640,7 @@ def colour_words(colour: dict[str, Any] | None) -> str:
             f"balance" + ("" if gains is None else ", dataset gains " + ", ".join(f"{g:.3f}" for g in gains)))
 
 
-def cameras(root: os.PathLike | str, index: Mapping[str, Any] | None = None) -> list[str]:
+def cameras(root: os.PathLike | str, index: ShardIndex | None = None) -> list[str]:
     """The cameras ("make model") of a shards folder's samples (none where unknown)."""
     root = Path(root)
     index = index if index is not None else read_index(root)

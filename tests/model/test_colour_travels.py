@@ -43,7 +43,7 @@ def dataset_and_copy(tmp_path_factory):
 def test_the_shards_hold_each_samples_colour(dataset_and_copy):
     ds, _ = dataset_and_copy
     index = shards.read_index(ds / "shards")
-    data = shards.read_shard(ds / "shards" / index["splits"]["train"]["shards"][0]["file"])
+    data = shards.read_shard(ds / "shards" / index.splits["train"].shards[0].file)
     cam = synth.Camera()
     for c in data["colour"]:
         np.testing.assert_allclose(c.as_shot, cam.wb_gains, rtol=1e-4)

@@ -42,9 +42,9 @@ def test_cuda_conversion_agrees_with_the_cpu(preset):
 
 def test_adam_is_fused_on_cuda():
     from raw2rgb.model.distributed import Dist
-    from raw2rgb.model.train import _build, _optimisers
+    from raw2rgb.model.state import build, optimisers
 
     cfg = tiny_config()
-    nets = _build(cfg, Runtime(device="cuda"), torch.device("cuda"), Dist(), False, None)
-    opts = _optimisers(nets, cfg, 2, scaler_on=False)
-    assert opts["opt_G"].defaults["fused"] and opts["opt_D"].defaults["fused"]
+    nets = build(cfg, Runtime(device="cuda"), torch.device("cuda"), Dist(), False, None)
+    opts = optimisers(nets, cfg, 2, scaler_on=False)
+    assert opts.opt_G.defaults["fused"] and opts.opt_D.defaults["fused"]

@@ -77,6 +77,7 @@ def test_more_processes_than_gpus_are_refused_in_one_line(monkeypatch):
 
 def test_training_in_a_forced_group_wraps_ddp_and_agrees_on_stops_every_few_steps(tiny_shards, tmp_path,
                                                                                   monkeypatch):
+    from raw2rgb.model import guards
     from raw2rgb.model import train as train_mod
     from tests.model.conftest import tiny_config
 
@@ -86,7 +87,7 @@ def test_training_in_a_forced_group_wraps_ddp_and_agrees_on_stops_every_few_step
     agreed = []
     real_agree = distributed.agree
     monkeypatch.setattr(distributed, "agree", lambda flag, d, dev: agreed.append(d.grouped) or real_agree(flag, d, dev))
-    monkeypatch.setattr(train_mod, "AGREE_EVERY", 3)
+    monkeypatch.setattr(guards, "AGREE_EVERY", 3)
     # 8 samples at batch 1: 8 steps an epoch, agreed at steps 3 and 6 and at the epoch's last (8)
     r = train_mod.train(tiny_shards, tmp_path / "run", tiny_config(batch_size=1, stage2_epochs=0),
                         train_mod.Runtime(workers=0, log_every=1))

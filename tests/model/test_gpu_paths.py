@@ -21,7 +21,8 @@ from raw2rgb.model.distributed import Dist
 from raw2rgb.model.generator import FrameNorm, Generator, GeneratorConfig, fold_spectral_norm, init_weights
 from raw2rgb.model.infer import TileConfig, measure_overlaps, plan_overlap, run_tiled
 from raw2rgb.model.presets import PRESETS
-from raw2rgb.model.train import Runtime, TrainError, _build, _resume
+from raw2rgb.model.state import build, resume
+from raw2rgb.model.train import Runtime, TrainError
 from raw2rgb.pipeline import bayer, develop, synth
 from tests.model.conftest import tiny_config
 
@@ -179,15 +180,15 @@ def test_ranks_agree_on_a_stop_that_one_of_them_sees_late(tiny_shards, tmp_path)
 
 def test_resume_refuses_fp16_from_a_bf16_run_and_another_world_mid_epoch(tiny_shards, tmp_path):
     cfg = tiny_config()
-    nets = _build(cfg, Runtime(), torch.device("cpu"), Dist(), False, None)
+    nets = build(cfg, Runtime(), torch.device("cpu"), Dist(), False, None)
     opts = {"opt_G": torch.optim.Adam(nets.G.parameters())}
     progress = {"stage": 1, "epoch": 0, "batch": 2, "step": 2, "stats_lines": 2}
     checkpoint.save(tmp_path / "checkpoints" / "latest.pt", {"G": nets.G, "D": nets.D, **opts}, cfg.to_json(),
                     progress, precision="bf16")
     with pytest.raises(TrainError, match="written with bf16 training, resumed with --precision fp16"):
-        _resume(tmp_path, nets, cfg, "fp16", Dist())
+        resume(tmp_path, nets, cfg, "fp16", Dist())
     with pytest.raises(TrainError, match="written by 1 process\\(es\\) in the middle of an epoch; resume it with 1"):
-        _resume(tmp_path, nets, cfg, "bf16", Dist(rank=0, world=2))
+        resume(tmp_path, nets, cfg, "bf16", Dist(rank=0, world=2))
 
 
 # frames with a side of 8 packed pixels or less
@@ -249,7 +250,7 @@ def test_no_reflection_pad_layer_is_left_in_the_networks():
 
 
 def test_moving_average_by_multi_tensor_lerp_equals_the_formula():
-    from raw2rgb.model.train import update_ema
+    from raw2rgb.model.state import update_ema
 
     net, ema = torch.nn.BatchNorm2d(3), torch.nn.BatchNorm2d(3)
     with torch.no_grad():
@@ -283,12 +284,13 @@ def test_to_model_copies_each_stored_tensor_once(monkeypatch):
 def test_the_discriminator_iterates_its_spectral_norms_once_per_gan_step(tiny_shards, monkeypatch):
     from torch.nn.utils import parametrizations
 
-    from raw2rgb.model.train import _optimisers, train_step
+    from raw2rgb.model.state import optimisers
+    from raw2rgb.model.train import train_step
 
     cfg = tiny_config()
-    nets = _build(cfg, Runtime(), torch.device("cpu"), Dist(), False, None)
-    opts = _optimisers(nets, cfg, 2, scaler_on=False)
-    assert not opts["opt_G"].defaults["fused"]  # fused Adam is for CUDA (test_cuda.py checks it there)
+    nets = build(cfg, Runtime(), torch.device("cpu"), Dist(), False, None)
+    opts = optimisers(nets, cfg, 2, scaler_on=False)
+    assert not opts.opt_G.defaults["fused"]  # fused Adam is for CUDA (test_cuda.py checks it there)
     d_norms = {id(m) for m in nets.D.modules() if isinstance(m, parametrizations._SpectralNorm)}
     calls = []
     real = parametrizations._SpectralNorm._power_method

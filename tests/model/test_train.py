@@ -331,7 +331,8 @@ def test_the_d_step_leaves_g_alone_and_the_g_step_leaves_d_alone():
     from raw2rgb.model.discriminator import Discriminator
     from raw2rgb.model.generator import Generator, init_weights
     from raw2rgb.model.presets import PRESETS
-    from raw2rgb.model.train import Nets, _optimisers, train_step
+    from raw2rgb.model.state import Nets, optimisers
+    from raw2rgb.model.train import train_step
 
     g, d = Generator(PRESETS["tiny"].generator), Discriminator(PRESETS["tiny"].discriminator)
     init_weights(g, 0.02, torch.Generator().manual_seed(0))
@@ -339,7 +340,7 @@ def test_the_d_step_leaves_g_alone_and_the_g_step_leaves_d_alone():
     with torch.no_grad():
         g.d4[1].weight.normal_(0, 0.02)  # as after some training: all of G1's layers get gradients
     nets = Nets(g, d, g, d, None)
-    opts = _optimisers(nets, tiny(), 2, False)
+    opts = optimisers(nets, tiny(), 2, False)
     # parameters only: spectral norm's power iteration updates its u, v buffers in every forward
     snap = lambda net: {k: v.detach().clone() for k, v in net.named_parameters()}  # noqa: E731
     g0, d0 = snap(g), snap(d)
@@ -354,8 +355,8 @@ def test_the_d_step_leaves_g_alone_and_the_g_step_leaves_d_alone():
             return step(*a, **kw)
         opt.step = wrapped
 
-    watch("D", opts["opt_D"])
-    watch("G", opts["opt_G"])
+    watch("D", opts.opt_D)
+    watch("G", opts.opt_G)
     x = torch.rand(2, 4, 32, 32) * 2 - 1
     batch = {"raw": x, "rgb": torch.rand(2, 3, 32, 32) * 2 - 1, "saliency": torch.rand(2, 1, 32, 32),
              "colour": torch.tensor([[2.0, 1, 1.5, 1, 0, 0, 0, 1, 0, 0, 0, 1]] * 2)}
@@ -373,7 +374,7 @@ def test_the_d_step_leaves_g_alone_and_the_g_step_leaves_d_alone():
 
 def test_the_moving_average_follows_the_network_and_is_what_inference_reads(tiny_shards, tmp_path):
     from raw2rgb.model.checkpoint import load_generator_state
-    from raw2rgb.model.train import update_ema
+    from raw2rgb.model.state import update_ema
 
     net, ema = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1)
     with torch.no_grad():

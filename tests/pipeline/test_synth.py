@@ -61,8 +61,8 @@ def _zrr_shards(tmp_path, light: str):
     assert json.loads((src / "synth.json").read_text())["crops"] == records
     root = ds / "shards"
     index = shards.read_index(root)
-    samples = [(sid, c) for split in index["splits"] for s in index["splits"][split]["shards"]
-               for sid, c in zip(*(lambda d: (d["id"], d["colour"]))(shards.read_shard(root / s["file"])))]
+    samples = [(sid, c) for file in index.files()
+               for sid, c in zip(*(lambda d: (d["id"], d["colour"]))(shards.read_shard(root / file)))]
     return {(rec["split"], rec["n"]): rec for rec in records}, samples, index
 
 
@@ -72,7 +72,7 @@ def test_a_zrr_export_prepares_into_shards_whose_colour_is_unknown(tmp_path):
     records, samples, index = _zrr_shards(tmp_path, "steady")
     # 4 scenes × 4 crops of 128² (64² packed), 4 patches of 32 each; chelsea's crops in test/
     assert len(records) == 16 and sum(r["split"] == "test" for r in records.values()) == 4
-    assert sum(v["count"] for v in index["splits"].values()) == 64 and index["splits"]["test"]["count"] == 16
+    assert sum(v.count for v in index.splits.values()) == 64 and index.count("test") == 16
     mosaic = imagecodecs.png_decode((tmp_path / "src-steady" / "train" / "huawei_raw" / "0.png").read_bytes())
     assert mosaic.ndim == 2 and mosaic.shape == (128, 128) and mosaic.max() <= 1020  # 10-bit, one plane
     assert all(c.as_shot is None and c.matrix is None and c.frame is not None for _, c in samples)

@@ -1,0 +1,178 @@
+"""A training run's state: the networks and G's moving average, the named optimisers and schedules,
+and where the run is; built fresh, resumed from RUN's latest checkpoint, and saved as a snapshot.
+
+What a checkpoint holds is ``model/checkpoint.py``'s; this module decides what goes in it and how a
+run picks it up again (the names of the state dicts, ``G``, ``D``, ``G_ema``, ``opt_G``, ``opt_D``,
+``sched_G``, ``sched_D``, ``scaler``, are the checkpoint's: old checkpoints resume).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from raw2rgb.model import checkpoint, losses, run
+from raw2rgb.model.discriminator import Discriminator
+from raw2rgb.model.distributed import Dist
+from raw2rgb.model.generator import Generator, init_weights
+from raw2rgb.model.recipe import LR_DECAYS, Runtime, TrainConfig, TrainError
+from raw2rgb.pipeline import profile as colour_profile
+
+
+@dataclass
+class Progress:
+    """Where a run is: the next batch to run is batch ``batch`` of ``epoch`` of ``stage``."""
+
+    stage: int = 1
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+    stats_lines: int = 0  # lines of stats.jsonl that belong to this state
+
+
+# -- the networks ---------------------------------------------------------------------------------
+
+@dataclass
+class Nets:
+    G: nn.Module  # plain modules: state dicts
+    D: nn.Module
+    g_train: nn.Module  # what the step calls: DDP and/or compiled wrappers
+    d_train: nn.Module
+    perceptual: nn.Module | None
+    G_ema: nn.Module | None = None  # a moving average of G's weights (cfg.ema): validated, saved, converted
+
+    @property
+    def G_eval(self) -> nn.Module:
+        """The generator to validate and convert with: the average when there is one."""
+        return self.G_ema if self.G_ema is not None else self.G
+
+
+def build(cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, need_vgg: bool,
+          prior: colour_profile.Profile | None) -> Nets:
+    """G and D initialised from ``cfg.seed`` (the same on every rank), on ``device`` in the runtime's
+    memory format, wrapped for the step (DDP under a process group, ``torch.compile`` when asked),
+    with the VGG features of the perceptual loss when ``need_vgg`` and G's moving average when
+    ``cfg.ema``."""
+    G, D = Generator(cfg.generator), Discriminator(cfg.discriminator)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    init_weights(G, cfg.init_std, gen)
+    init_weights(D, cfg.init_std, gen)
+    if prior is not None:
+        G.prior.set_profile(prior)
+    fmt = torch.channels_last if rt.channels_last and device.type == "cuda" else torch.contiguous_format
+    perceptual = None
+    if need_vgg:
+        perceptual = losses.Perceptual(losses.load_vgg_features(rt.vgg_weights)).to(device, memory_format=fmt)
+    G, D = G.to(device, memory_format=fmt), D.to(device, memory_format=fmt)
+    g_train, d_train = G, D
+    if dist.grouped:
+        ids = [device.index] if device.type == "cuda" else None
+        g_train, d_train = DistributedDataParallel(G, device_ids=ids), DistributedDataParallel(D, device_ids=ids)
+    if rt.compile:
+        g_train, d_train = torch.compile(g_train), torch.compile(d_train)
+    g_ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema > 0 else None
+    return Nets(G, D, g_train, d_train, perceptual, g_ema)
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, net: nn.Module, decay: float, step: int) -> None:
+    """``ema ← d·ema + (1 − d)·net`` for parameters (buffers copied), with d ramping up from 0 over
+    the first steps (d = min(decay, (1 + step) / (10 + step))), so that the average starts as the
+    network rather than its initialisation."""
+    d = min(decay, (1 + step) / (10 + step))
+    # one multi-tensor kernel per list, not one launch per parameter
+    torch._foreach_lerp_(list(ema.parameters()), [p.detach() for p in net.parameters()], 1 - d)
+    buffers = list(ema.buffers())
+    if buffers:
+        torch._foreach_copy_(buffers, list(net.buffers()))
+
+
+# -- the optimisers -------------------------------------------------------------------------------
+
+@dataclass
+class Optimisers:
+    """A stage's optimisers, their learning-rate schedules and the fp16 loss scale; the field names
+    are the checkpoint's keys."""
+
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    sched_G: torch.optim.lr_scheduler.LRScheduler
+    sched_D: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+
+    def states(self) -> dict[str, Any]:
+        """Name → object with a ``state_dict()``, in the checkpoint's order."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    def load(self, blob: dict[str, Any]) -> None:
+        for name, obj in self.states().items():
+            obj.load_state_dict(blob[name])
+
+
+def optimisers(nets: Nets, cfg: TrainConfig, stage: int, scaler_on: bool) -> Optimisers:
+    """Fresh Adam per stage; learning rates stepped per epoch: halved every ``halve_every`` epochs
+    (the paper), or a cosine from the stage's rate to 1 % of it at the stage's end — the weights a
+    short run ends with are then not one noisy step of a high rate."""
+    lr_g = cfg.lr_stage1 if stage == 1 else cfg.lr_g
+    fused = next(nets.G.parameters()).is_cuda  # one kernel for the whole update (CUDA only)
+    opt_g = torch.optim.Adam(nets.G.parameters(), lr=lr_g, betas=cfg.betas, fused=fused)
+    opt_d = torch.optim.Adam(nets.D.parameters(), lr=cfg.lr_d, betas=cfg.betas, fused=fused)
+    if cfg.lr_decay not in LR_DECAYS:
+        raise TrainError(f"unknown lr_decay {cfg.lr_decay!r} ({', '.join(LR_DECAYS)})")
+    if cfg.lr_decay == "cosine":
+        epochs = max(1, cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs)
+        sched = [torch.optim.lr_scheduler.CosineAnnealingLR(o, epochs, eta_min=o.param_groups[0]["lr"] * 0.01)
+                 for o in (opt_g, opt_d)]
+    else:
+        sched = [torch.optim.lr_scheduler.StepLR(o, max(1, cfg.halve_every), 0.5) for o in (opt_g, opt_d)]
+    return Optimisers(opt_g, opt_d, sched[0], sched[1], torch.amp.GradScaler(enabled=scaler_on))
+
+
+# -- resume and snapshot --------------------------------------------------------------------------
+
+def resume(run_dir: Path, nets: Nets, cfg: TrainConfig, precision: str, dist: Dist) -> tuple[Progress, Optimisers]:
+    """The progress and optimisers of RUN's latest checkpoint (fresh ones when there is none),
+    with the networks' weights and the RNG states restored."""
+    path = run.checkpoint(run_dir)
+    if not path.is_file():
+        return Progress(), optimisers(nets, cfg, 1, precision == "fp16")
+    blob = checkpoint.load(path)
+    progress = Progress(**blob["progress"])
+    saved = blob.get("precision") or ("fp16" if blob.get("scaler") else "bf16 or fp32")
+    if (saved == "fp16") != (precision == "fp16"):
+        raise TrainError(f"{path}: written with {saved} training, resumed with --precision {precision}; fp16 keeps a "
+                         "loss scale the others do not: resume with the precision the run started with, or --force")
+    world = int(blob.get("world", 1))
+    if world != dist.world and progress.batch > 0:
+        raise TrainError(f"{path}: written by {world} process(es) in the middle of an epoch; resume it with {world} "
+                         "(torchrun --nproc_per_node), or finish the epoch first")
+    nets.G.load_state_dict(blob["G"])
+    nets.D.load_state_dict(blob["D"])
+    if nets.G_ema is not None:
+        nets.G_ema.load_state_dict(blob.get("G_ema", blob["G"]))
+    opts = optimisers(nets, cfg, progress.stage, precision == "fp16")
+    opts.load(blob)
+    checkpoint.set_rng_state(blob["rng"])
+    return progress, opts
+
+
+def snapshot(run_dir: Path, nets: Nets, opts: Optimisers, progress: Progress, cfg: TrainConfig, cameras: list[str],
+             world: int, precision: str, name: str | None = None) -> None:
+    """Save RUN/checkpoints/latest.pt, and copy it to ``name`` when given (one process writes)."""
+    latest = run.checkpoint(run_dir)
+    ema = {"G_ema": nets.G_ema} if nets.G_ema is not None else {}
+    checkpoint.save(latest, {"G": nets.G, "D": nets.D, **ema, **opts.states()}, cfg.to_json(),
+                    dataclasses.asdict(progress), cameras, world, precision)
+    if name:
+        partial = latest.with_name(f".{name}.partial")
+        shutil.copyfile(latest, partial)
+        os.replace(partial, latest.with_name(name))
