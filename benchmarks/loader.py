@@ -15,7 +15,6 @@ ShardDataset >= 5x the per-file loader and >= 1,000 samples/s.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -80,9 +79,9 @@ def make_data(root: Path, n: int) -> None:
         shards.write_shard(root / "shards" / f"train-{k:05d}.h5", [str(i) for i in range(n)][sl],
                            np.stack(raws[sl]), np.stack(rgbs[sl]), np.stack(sals[sl]),
                            {"format": shards.SHARD_FORMAT, "scale": 1})
-        files.append({"file": f"train-{k:05d}.h5", "count": len(raws[sl])})
-    (root / "shards" / "index.json").write_text(json.dumps(
-        {"format": shards.SHARD_FORMAT, "scale": 1, "splits": {"train": {"count": n, "shards": files}}}))
+        files.append(shards.ShardFile(f"train-{k:05d}.h5", len(raws[sl])))
+    shards.write_index(root / "shards", shards.ShardIndex(shards.SHARD_FORMAT, 1,
+                                                          {"train": shards.SplitIndex(n, tuple(files))}))
 
 
 def rate(dataset: Dataset, workers: int, epochs: int) -> float:

@@ -458,7 +458,9 @@ class ShardIndex:
             return cls(int(data["format"]), int(data["scale"]), splits,
                        **{k: None if v is None else int(v) for k, v in optional.items()},
                        normalisation=data.get("normalisation"), saliency_method=data.get("saliency_method"))
-        except (KeyError, TypeError, ValueError, AttributeError) as e:
+        except KeyError as e:
+            raise ShardError(f"{where}: malformed shard index (no {e})") from None
+        except (TypeError, ValueError, AttributeError) as e:
             raise ShardError(f"{where}: malformed shard index ({one_line(str(e))})") from None
 
 
