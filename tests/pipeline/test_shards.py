@@ -25,6 +25,10 @@ def test_shard_round_trip_and_index(labelled, tmp_path):
     assert data["raw"].shape[1:] == (4, 112, 112) and data["raw"].dtype == np.uint16
     assert data["rgb"].shape[1:] == (3, 112, 112) and data["saliency"].shape[1:] == (1, 112, 112)
     assert data["attrs"]["scale"] == 1 and data["attrs"]["saliency_method"] == "spectral-residual"
+    typed = shards.read_index(tmp_path / "s1")  # the typed index is the file, key for key and in order
+    assert typed.to_json() == index and list(typed.to_json()) == list(index)
+    assert typed.scale == 1 and typed.count("train") == want["train"] and typed.count("test") == 0
+    assert typed.splits["train"].shards[0] == shards.ShardFile(name, typed.splits["train"].shards[0].count)
     sid = data["id"][0]
     raw = rawio.read_packed_png(labelled / "patches" / "raw" / f"{sid}.png")
     np.testing.assert_array_equal(data["raw"][0], raw)
@@ -65,3 +69,17 @@ def test_killed_augment_stage_resumes(labelled, tmp_path):
     subprocess.run(cmd + [str(clean)], capture_output=True, check=True)
     tree = lambda root: {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
     assert tree(killed) == tree(clean)
+
+
+@pytest.mark.parametrize("index, why", [
+    ({"format": shards.SHARD_FORMAT, "scale": 1, "splits": {"train": {"count": 1}}},
+     r"malformed shard index \(no 'shards'\)"),
+    ({"format": shards.SHARD_FORMAT, "scale": "one", "splits": {}}, "malformed shard index"),
+    ({"format": 99, "scale": 1, "splits": {}}, "shard format 99, this raw2rgb reads format"),
+    ({"format": shards.SHARD_FORMAT, "scale": 1,
+      "splits": {"train": {"count": 1, "shards": [{"file": "../x.h5", "count": 1}]}}}, "lies outside the folder"),
+])
+def test_a_bad_index_is_refused_with_what_is_wrong(tmp_path, index, why):
+    (tmp_path / shards.INDEX).write_text(json.dumps(index))
+    with pytest.raises(shards.ShardError, match=why):
+        shards.read_index(tmp_path)
