@@ -28,7 +28,7 @@ import quality  # noqa: E402
 from raw2rgb.model.evaluate import evaluate  # noqa: E402
 from raw2rgb.model.generator import GeneratorConfig  # noqa: E402
 from raw2rgb.model.train import Runtime, TrainConfig, train  # noqa: E402
-from raw2rgb.pipeline.shards import read_index, shards_root, split_count  # noqa: E402
+from raw2rgb.pipeline.shards import read_index, shards_root  # noqa: E402
 
 NETWORKS = {  # name → (generator fields over the tiny preset's, training fields over its schedule)
     "recommended": ({}, {}),
@@ -47,7 +47,7 @@ def config(name: str, epochs: int) -> TrainConfig:
 
 
 def curve(ds: Path, held_out: str, out: Path, name: str, minutes: list[float]) -> list[dict]:
-    n = split_count(read_index(shards_root(ds)), "train")
+    n = read_index(shards_root(ds)).count("train")
     probe_cfg = config(name, 1)
     probe = out / f"probe-{name}"
     t0 = time.perf_counter()
