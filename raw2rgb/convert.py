@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import tifffile
-import torch
 from PIL import Image
 
 from raw2rgb.config import JsonConfig, checked
@@ -30,6 +29,7 @@ from raw2rgb.errors import InputError
 from raw2rgb.files import atomic_path, file_sha256
 from raw2rgb.model import run
 from raw2rgb.model.infer import TileConfig, load_generator, needed_overlap, plan_overlap
+from raw2rgb.model.renderers import depth
 from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline import rawio
 from raw2rgb.pipeline.stage import Context, Deferred, Item, ItemError, Stage, StageResult, run_stage
@@ -58,20 +58,6 @@ class ConvertConfig(JsonConfig):
     format: str = checked("png", choices=FORMATS)
     quality: int = checked(95, min=1, max=100)
     zrr_levels: tuple[float, float] = rawio.ZRR_LEVELS[rawio.ZRR_DEFAULT_LEVELS]
-
-
-def depth(fmt: str) -> tuple[int, np.dtype]:
-    """The top level and sample type a format stores: 16-bit TIFF, else 8 bits."""
-    return (65535, np.dtype(np.uint16)) if fmt == "tiff16" else (255, np.dtype(np.uint8))
-
-
-def quantise(rgb: torch.Tensor, fmt: str) -> np.ndarray:
-    """(3, H, W) float in [0, 1], on any device → (H, W, 3) samples of the format's depth. Rounded where
-    the tensor is (on a GPU: 1/4 or 1/2 of the float frame's bytes cross to the host, and no
-    numpy pass over a float frame follows); the same values as :func:`write_image`'s own rounding."""
-    top, dtype = depth(fmt)
-    q = rgb.clamp(0, 1).mul_(top).round_().to(torch.uint8 if top == 255 else torch.int32)
-    return q.permute(1, 2, 0).cpu().numpy().astype(dtype, copy=False)
 
 
 def write_image(path: Path, rgb: np.ndarray, fmt: str, quality: int = 95) -> None:

@@ -20,6 +20,20 @@ from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline.whitebalance import SampleColour, WhiteBalance
 
 
+def depth(fmt: str) -> tuple[int, np.dtype]:
+    """The top level and sample type a format stores: 16-bit TIFF, else 8 bits."""
+    return (65535, np.dtype(np.uint16)) if fmt == "tiff16" else (255, np.dtype(np.uint8))
+
+
+def quantise(rgb: torch.Tensor, fmt: str) -> np.ndarray:
+    """(3, H, W) float in [0, 1], on any device → (H, W, 3) samples of the format's depth. Rounded where
+    the tensor is (on a GPU: 1/4 or 1/2 of the float frame's bytes cross to the host, and no
+    numpy pass over a float frame follows); the same values as :func:`write_image`'s own rounding."""
+    top, dtype = depth(fmt)
+    q = rgb.clamp(0, 1).mul_(top).round_().to(torch.uint8 if top == 255 else torch.int32)
+    return q.permute(1, 2, 0).cpu().numpy().astype(dtype, copy=False)
+
+
 def isp_batch(raw: torch.Tensor, scale: int, colour: torch.Tensor,
               profile: colour_profile.Profile | None = None) -> torch.Tensor:
     """The classical pipeline (then ``profile``, when given) on a batch of model-range raw
@@ -104,8 +118,6 @@ class ModelRenderer:
     def frame(self, frame: rawio.RawFrame, packed: np.ndarray, info: dict[str, Any], tiles: TileConfig,
               fmt: str) -> np.ndarray:
         """A whole frame over overlapping tiles, quantised to ``fmt``'s depth, oriented."""
-        from raw2rgb.convert import quantise
-
         colour = frame_colour(frame, packed, self.white_balance, info)
         return develop.orient(quantise(run_tiled(self.g, packed, tiles, self.device, colour=colour), fmt),
                               frame.orientation)

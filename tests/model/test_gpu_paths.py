@@ -307,7 +307,7 @@ def test_the_discriminator_iterates_its_spectral_norms_once_per_gan_step(tiny_sh
 
 @pytest.mark.parametrize("fmt,top,dtype", [("png", 255, np.uint8), ("tiff16", 65535, np.uint16)])
 def test_quantising_on_the_device_gives_the_levels_write_image_would(fmt, top, dtype):
-    from raw2rgb.convert import quantise
+    from raw2rgb.model.renderers import quantise
 
     rgb = torch.rand(3, 17, 23, generator=torch.Generator().manual_seed(0)) * 1.2 - 0.1
     rgb[0, 0, :4] = torch.tensor([0.5 / top, 1.5 / top, 2.5 / top, 1.0])  # ties round to even, as np.rint
