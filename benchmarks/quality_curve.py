@@ -50,9 +50,11 @@ def curve(ds: Path, held_out: str, out: Path, name: str, minutes: list[float]) -
     n = read_index(shards_root(ds)).count("train")
     probe_cfg = config(name, 1)
     probe = out / f"probe-{name}"
-    t0 = time.perf_counter()
-    train(ds, probe, probe_cfg, Runtime(max_steps=6, checkpoint_every=10_000, samples=0), force=True)
-    per_step = (time.perf_counter() - t0) / 6  # set-up included: an upper bound, so marks are not overshot
+    train(ds, probe, probe_cfg, Runtime(max_steps=20, log_every=10, checkpoint_every=10_000, samples=0), force=True)
+    # the trainer's own rate over steps 11–20 (set-up and warm-up excluded)
+    rates = [json.loads(line)["samples_per_s"] for line in (probe / "stats.jsonl").read_text().splitlines()
+             if json.loads(line).get("event") == "step"]
+    per_step = probe_cfg.batch_size / rates[-1]
     steps_per_epoch = n // probe_cfg.batch_size
     total = int(max(minutes) * 60 / per_step)
     cfg = config(name, max(1, math.ceil(total / steps_per_epoch)))
