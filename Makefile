@@ -42,6 +42,11 @@ demo: $(VENV)/.core
 	$(R2R) convert $(DEMO)/raw/$(HELDOUT).dng -o $(DEMO)/convert/profile --profile $(DEMO)/profile.json
 	$(R2R) convert $(DEMO)/raw/$(HELDOUT).dng -o $(DEMO)/convert/model --checkpoint $(DEMO)/run
 	$(R2R) export $(DEMO)/run --pt2 $(DEMO)/generator.pt2
+	@# files without colour metadata (ZRR's layout, a light per scene): a profile under the dataset white-balance rule
+	$(R2R) synth --zrr --light varying --size 512 768 --crop 256 -o $(DEMO)/zrr/raw
+	$(R2R) prepare $(DEMO)/zrr/raw -o $(DEMO)/zrr/dataset --layout zrr --patch-size 64 --split 1,0,0 --scale 2
+	$(R2R) profile fit $(DEMO)/zrr/dataset --white-balance dataset -o $(DEMO)/zrr/profile.json
+	$(R2R) evaluate $(DEMO)/zrr/dataset --split test --profile $(DEMO)/zrr/profile.json -o $(DEMO)/zrr/eval
 	$(R2R) report $(DEMO)/run --dataset $(DEMO)/dataset --profile $(DEMO)/profile.json -o $(DEMO)/report.html \
 	    --image "$(HELDOUT).dng, classical pipeline=$(DEMO)/convert/isp/$(HELDOUT).png" \
 	    --image "$(HELDOUT).dng, fitted colour profile=$(DEMO)/convert/profile/$(HELDOUT).png" \
@@ -57,6 +62,7 @@ demo: $(VENV)/.core
 	@echo "demo: $(HELDOUT).dng converted all three ways, at full resolution       $(DEMO)/convert"
 	@echo "demo: exported generator (torch.export)                               $(DEMO)/generator.pt2"
 	@echo "demo: report                                                           $(DEMO)/report.html, $(DEMO)/report.png"
+	@echo "demo: ZRR layout without colour metadata: profile by the dataset rule   $(DEMO)/zrr"
 	@$(PY) -c "import json; r = {m: json.load(open('$(DEMO)/eval/' + m + '/summary.json')) for m in ('isp', 'profile', 'model')}; \
 	    print('\n'.join(f'demo: {m:8s} PSNR {v[\"psnr\"]:.2f} dB  SSIM {v[\"ssim\"]:.4f}' for m, v in r.items()))"
 
