@@ -177,23 +177,9 @@ def collect_files(args: Iterable[str], accept: Callable[[Path], bool],
     for arg in args:
         path = Path(arg)
         if path.is_dir():
-            if _within(path.resolve(), folders):
-                continue
-            for p in sorted(path.rglob("*")):
-                rel = p.relative_to(path)
-                if any(s.startswith(".") for s in rel.parts) or p.is_dir():
-                    continue
-                if not p.is_file():  # never opened: reading a FIFO would wait for ever
-                    skipped.append(f"{p} ({not_a_file(p)})")
-                    continue
-                resolved = p.resolve()
-                if _within(resolved, folders) or resolved in skip:
-                    continue
-                if not inside(path, p):
-                    skipped.append(f"{p} (a link that leads outside {path})")
-                    continue
-                if accept(p):
-                    add(str(rel.with_suffix("")), p.resolve())
+            if not _within(path.resolve(), folders):
+                for key, p in _folder_files(path, accept, folders, skip, skipped):
+                    add(key, p)
         elif path.is_file():
             add(path.stem, path.resolve())
         elif path.exists():  # a FIFO, a socket, a device
@@ -213,6 +199,27 @@ def collect_files(args: Iterable[str], accept: Callable[[Path], bool],
     if not found:
         raise InputError("no input files" + (" (besides the command's own outputs)" if folders or skip else ""))
     return list(found.items())
+
+
+def _folder_files(folder: Path, accept: Callable[[Path], bool], exclude: list[Path], skip: set[Path],
+                  skipped: list[str]) -> Iterator[tuple[str, Path]]:
+    """(key, resolved path) of the accepted files below ``folder`` (see :func:`collect_files`); what
+    cannot be read as a file, or leads out of the folder, goes to ``skipped``."""
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if any(s.startswith(".") for s in rel.parts) or p.is_dir():
+            continue
+        if not p.is_file():  # never opened: reading a FIFO would wait for ever
+            skipped.append(f"{p} ({not_a_file(p)})")
+            continue
+        resolved = p.resolve()
+        if _within(resolved, exclude) or resolved in skip:
+            continue
+        if not inside(folder, p):
+            skipped.append(f"{p} (a link that leads outside {folder})")
+            continue
+        if accept(p):
+            yield str(rel.with_suffix("")), resolved
 
 
 def not_a_file(path: Path) -> str:

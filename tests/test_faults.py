@@ -264,7 +264,8 @@ def test_an_interrupted_train_exits_128_plus_the_signal_after_its_checkpoint(tmp
 
 # -- 10. one path-safety rule ------------------------------------------------------------------------------
 
-def test_a_link_out_of_the_source_is_refused_in_the_pairs_layout(tmp_path):
+def _pairs_source(tmp_path: Path) -> Path:
+    """A pairs-layout SRC (raw/, rgb/) of two virtual-camera scenes."""
     src = tmp_path / "src"
     synth.paired_dngs(tmp_path / "made", size=(128, 192), scenes=synth.SCENES[:2])
     (src / "raw").mkdir(parents=True)
@@ -272,6 +273,11 @@ def test_a_link_out_of_the_source_is_refused_in_the_pairs_layout(tmp_path):
     for p in (tmp_path / "made").glob("*.dng"):
         shutil.copy(p, src / "raw" / p.name)
         shutil.copy(p.with_suffix(".jpg"), src / "rgb" / p.with_suffix(".jpg").name)
+    return src
+
+
+def test_a_link_out_of_the_source_is_refused_in_the_pairs_layout(tmp_path):
+    src = _pairs_source(tmp_path)
     secret = tmp_path / "secret.dng"
     secret.write_bytes(b"not yours")
     (src / "raw" / "leak.dng").symlink_to(secret)
@@ -548,13 +554,7 @@ def test_broken_links_and_fifos_in_an_input_folder_are_listed(shoot, tmp_path):
 
 
 def test_broken_links_in_a_pairs_source_are_listed(tmp_path):
-    src = tmp_path / "src"
-    synth.paired_dngs(tmp_path / "made", size=(128, 192), scenes=synth.SCENES[:2])
-    (src / "raw").mkdir(parents=True)
-    (src / "rgb").mkdir()
-    for p in (tmp_path / "made").glob("*.dng"):
-        shutil.copy(p, src / "raw" / p.name)
-        shutil.copy(p.with_suffix(".jpg"), src / "rgb" / p.with_suffix(".jpg").name)
+    src = _pairs_source(tmp_path)
     (src / "raw" / "gone.dng").symlink_to(tmp_path / "deleted.dng")
     r = cli("prepare", src, "-o", tmp_path / "ds", "--until", "unpack")
     assert f"{src / 'raw' / 'gone.dng'}: a broken symbolic link to {tmp_path / 'deleted.dng'}; skipped" in r.output
