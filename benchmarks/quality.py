@@ -56,7 +56,7 @@ from raw2rgb.model.data import ShardDataset, to_model  # noqa: E402
 from raw2rgb.model.evaluate import evaluate, score, summarise  # noqa: E402
 from raw2rgb.model.generator import GeneratorConfig  # noqa: E402
 from raw2rgb.model.losses import LossWeights  # noqa: E402
-from raw2rgb.model.prior import demosaic_bilinear  # noqa: E402
+from raw2rgb.model.prior import ColourPrior, demosaic_bilinear, fit_detail  # noqa: E402
 from raw2rgb.model.train import Runtime, TrainConfig, train  # noqa: E402
 from raw2rgb.pipeline import profile, synth, whitebalance  # noqa: E402
 from raw2rgb.pipeline.pairs import PatchParams  # noqa: E402
@@ -68,6 +68,9 @@ VARIANTS = {
     "recommended": {},
     "colour-branch": {"colour_branch": "global"},
     "lut-prior": {"prior_model": "lut"},
+    "no-detail-filter": {"detail_filter": 0},
+    "prior-to-head": {"prior_to_head": True},
+    "lut-prior-to-head": {"prior_model": "lut", "prior_to_head": True},
     "with-instancenorm": {"norm": "instance"},
     "no-prior": {"prior": "none"},
     "paper-network-tiny": {"norm": "instance", "prior": "none"},
@@ -165,6 +168,20 @@ def profiles(name: str, ds: Path, held_out: str, out: Path, with_metadata: bool)
     return rows
 
 
+def prior_alone(ds: Path, held_out: str) -> dict:
+    """The recommended network's prior at step 0: the default profile and the detail filter fitted
+    after it on the train split, as training fits them; no network."""
+    g = TINY.generator
+    fit = profile.fit_dataset(ds, "train", g.prior_model)
+    prior = ColourPrior(2, g.prior_model, detail=g.detail_filter)
+    prior.set_profile(fit)
+    train_set = ShardDataset(shards_root(ds), "train", compact=True, white_balance=fit.white_balance)
+    prior.set_detail(*fit_detail(prior, (to_model(b) for b in DataLoader(train_set, batch_size=16)))[:2])
+    loader = DataLoader(ShardDataset(shards_root(ds), held_out, compact=True, white_balance=fit.white_balance),
+                        batch_size=8)
+    return summarise(score(lambda b: prior(b["raw"], b["colour"]), loader, torch.device("cpu")))
+
+
 def trained(ds: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime) -> float:
     t0 = time.perf_counter()
     train(ds, run_dir, cfg, rt)
@@ -224,6 +241,8 @@ def main() -> None:
         new = [row(name, "classical pipeline", evaluate(ds, held_out, None, "isp").summary),
                row(name, "plain cubic on the raw planes", plain_cubic(ds, held_out))]
         new += profiles(name, ds, held_out, args.out, with_metadata=kind == "raw+jpeg")
+        new.append(row(name, f"profile + {TINY.generator.detail_filter}×{TINY.generator.detail_filter} detail filter "
+                             "(the recommended network's prior alone)", prior_alone(ds, held_out)))
         print(table(new), flush=True)
         if not args.no_models:
             new += models(name, ds, held_out, args.out, args.variants.split(","), args.quick)

@@ -200,7 +200,8 @@ class Generator(nn.Module):
         self.cfg = cfg
         b, sw, n = cfg.base, cfg.saliency_width, cfg.norm == "instance"
         # With a prior, E1 also sees the prior's rendering, folded onto the packed grid (3·s² channels).
-        self.prior = ColourPrior(cfg.scale, cfg.prior_model) if cfg.prior == "profile" else None
+        self.prior = ColourPrior(cfg.scale, cfg.prior_model, detail=cfg.detail_filter) if cfg.prior == "profile" \
+            else None
         self.colour_branch = ColourBranch() if cfg.colour_branch == "global" and self.prior is not None else None
         self.e1 = conv(4 + (3 * cfg.scale**2 if self.prior is not None else 0), b, 7, norm=False)
         self.e2 = conv(b, 2 * b, 4, stride=2, norm=n)

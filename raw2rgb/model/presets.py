@@ -30,11 +30,16 @@ class GeneratorConfig(JsonConfig):
     prior: str = checked("none", choices=PRIORS)  # none (the paper) or profile: a fitted profile, then the net
     prior_model: str = checked("poly3", choices=PRIOR_MODELS)  # the prior's profile (pipeline/profile.py's models)
     colour_branch: str = checked("none", choices=COLOUR_BRANCHES)  # global: each image's colour from its frame
+    # k > 0: after the profile, a k×k linear filter fitted with it (the prior's detail; k odd)
+    detail_filter: int = checked(0, min=0, rule=(lambda k: k % 2 == 1 or k == 0, "0 or odd"))
 
     def _check_together(self) -> None:
         if self.colour_branch != "none" and self.prior != "profile":
             raise FieldError(type(self).__name__, ("colour_branch",),
                              f"{self.colour_branch} corrects the colour prior's colour: it needs prior profile")
+        if self.detail_filter and self.prior != "profile":
+            raise FieldError(type(self).__name__, ("detail_filter",), "the detail filter is part of the colour prior: "
+                             "it needs prior profile")
 
 
 @dataclass(frozen=True)
@@ -59,10 +64,10 @@ PRESETS: Registry[Preset] = Registry("preset", default="standard")
 
 # Why each schedule is what it is, with the measurements: docs/quality.md.
 PRESETS.add("standard", Preset(
-    GeneratorConfig(norm="none", prior="profile"), DiscriminatorConfig(), schedule={"ema": 0.999},
+    GeneratorConfig(norm="none", prior="profile", detail_filter=7), DiscriminatorConfig(), schedule={"ema": 0.999},
     help="raw2rgb's recommended network: a fitted colour prior, no InstanceNorm; for GPUs"))
 PRESETS.add("tiny", Preset(
-    GeneratorConfig(base=16, res_blocks=2, saliency_width=16, norm="none", prior="profile"),
+    GeneratorConfig(base=16, res_blocks=2, saliency_width=16, norm="none", prior="profile", detail_filter=7),
     DiscriminatorConfig(base=16),
     schedule={"stage1_epochs": 36, "stage2_epochs": 0, "batch_size": 4, "lr_stage1": 5e-4, "lr_decay": "cosine",
               "ema": 0.995},

@@ -24,6 +24,10 @@ gets the same colour.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -79,14 +83,18 @@ def lut_trilinear(x: torch.Tensor, nodes: torch.Tensor, n: int) -> torch.Tensor:
 
 class ColourPrior(nn.Module):
     """The classical rendering followed by a fitted colour profile (``pipeline/profile.py``): a cubic
-    (``poly3``, 20×3 coefficients) or a 3-D LUT (``lut``, n³×3 nodes). The coefficients are a buffer:
-    saved with the generator, fixed in training."""
+    (``poly3``, 20×3 coefficients) or a 3-D LUT (``lut``, n³×3 nodes); with ``detail`` = k > 0, then
+    a fitted k×k linear filter (3 → 3 channels and a bias: :func:`fit_detail`), the part of a camera's
+    detail rendering — capture sharpening, the blur of its noise reduction — that is linear. The
+    coefficients and the filter are buffers: saved with the generator, fixed in training."""
 
-    def __init__(self, scale: int, model: str = "poly3", lut_size: int = DEFAULT_LUT_SIZE) -> None:
+    def __init__(self, scale: int, model: str = "poly3", lut_size: int = DEFAULT_LUT_SIZE, detail: int = 0) -> None:
         super().__init__()
         if model not in MODELS:
             raise ValueError(f"a colour prior is one of {MODELS}, got {model!r}")
-        self.scale, self.model, self.lut_size = scale, model, lut_size
+        if detail < 0 or (detail and detail % 2 == 0):
+            raise ValueError(f"a detail filter is k×k with k odd (0: none), got {detail}")
+        self.scale, self.model, self.lut_size, self.detail = scale, model, lut_size, detail
         if model == "poly3":
             identity = torch.zeros(POLY3_TERMS, 3)
             identity[1:4] = torch.eye(3)  # terms 1, r, g, b, …: the identity profile until one is fitted
@@ -97,6 +105,11 @@ class ColourPrior(nn.Module):
         # the profile's white-balance rule (an index into RULES) and the dataset rule's gains (NaN: none)
         self.register_buffer("wb_rule", torch.tensor(RULES.index(WhiteBalance().rule)))
         self.register_buffer("wb_gains", torch.full((3,), float("nan")))
+        if detail:  # the identity until one is fitted
+            weight = torch.zeros(3, 3, detail, detail)
+            weight[[0, 1, 2], [0, 1, 2], detail // 2, detail // 2] = 1
+            self.register_buffer("detail_weight", weight)
+            self.register_buffer("detail_bias", torch.zeros(3))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # checkpoints of before the white-balance rules: their models converted with a whole frame's grey world
@@ -122,15 +135,82 @@ class ColourPrior(nn.Module):
             gains = profile.white_balance.gains
             self.wb_gains.copy_(torch.tensor(gains if gains is not None else [float("nan")] * 3))
 
-    def forward(self, raw: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
-        """(B, 4, h, w) raw in [-1, 1] and (B, 12) colour → (B, 3, s·h, s·w) in [-1, 1]."""
+    def set_detail(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        if not self.detail or weight.shape != self.detail_weight.shape:
+            raise ValueError(f"the colour prior takes a {self.detail}×{self.detail} detail filter, got "
+                             f"{tuple(weight.shape)}")
+        with torch.no_grad():
+            self.detail_weight.copy_(weight)
+            self.detail_bias.copy_(bias)
+
+    def profiled(self, raw: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+        """The classical rendering and the colour profile, without the detail filter: (B, 3, s·h, s·w) in [0, 1]."""
         x = classical(raw, colour, self.scale)
         if self.model == "poly3":
             terms = torch.stack(poly3_terms(x[:, 0], x[:, 1], x[:, 2]), 1)  # (B, 20, H, W)
             out = torch.einsum("bkhw,kc->bchw", terms, self.coefficients.float())
         else:
             out = lut_trilinear(x, self.coefficients.float(), self.lut_size)
-        return out.clamp(0, 1) * 2 - 1
+        return out.clamp(0, 1)
+
+    def forward(self, raw: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+        """(B, 4, h, w) raw in [-1, 1] and (B, 12) colour → (B, 3, s·h, s·w) in [-1, 1]."""
+        out = self.profiled(raw, colour)
+        if self.detail:
+            pad = self.detail // 2  # edges repeated, as the demosaicing does: a tile's edge is a frame's edge
+            out = F.conv2d(F.pad(out, (pad,) * 4, mode="replicate"), self.detail_weight.float(),
+                           self.detail_bias.float()).clamp(0, 1)
+        return out * 2 - 1
+
+
+@dataclass(frozen=True)
+class PriorFit:
+    """What training fits for a colour prior before its first step: the profile, and the detail
+    filter's weight and bias where the prior has one."""
+
+    profile: Profile
+    detail: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def set_on(self, prior: ColourPrior) -> None:
+        prior.set_profile(self.profile)
+        if self.detail is not None:
+            prior.set_detail(*self.detail)
+
+
+DETAIL_PIXELS = 4096  # pixels per image in the detail filter's fit (a seeded draw: enough, and fast)
+DETAIL_RIDGE = 1e-6  # relative to the normal matrix's mean diagonal: only keeps the solve well posed
+
+
+@torch.no_grad()
+def fit_detail(prior: ColourPrior, batches: Iterable[dict], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The prior's k×k detail filter by least squares: from the profiled rendering (every channel's
+    k×k neighbourhood and a constant) to the target, over model-range batches (``raw``, ``colour``,
+    ``rgb``), at most :data:`DETAIL_PIXELS` pixels an image. Returns the filter's weight (3, 3, k, k),
+    its bias (3,) and the fit's PSNR on those pixels (dB, [0, 1] values)."""
+    k = prior.detail
+    n = 3 * k * k + 1
+    ata, atb = torch.zeros(n, n, dtype=torch.float64), torch.zeros(n, 3, dtype=torch.float64)
+    yy, count = torch.zeros((), dtype=torch.float64), 0
+    gen = torch.Generator().manual_seed(seed)
+    for batch in batches:
+        x = prior.profiled(batch["raw"].float(), batch["colour"].float())
+        cols = F.unfold(F.pad(x, (k // 2,) * 4, mode="replicate"), k)  # (B, 3k², H·W)
+        y = ((batch["rgb"].float() + 1) * 0.5).flatten(2)  # (B, 3, H·W)
+        take = min(DETAIL_PIXELS, y.shape[-1])
+        for c, t in zip(cols, y):
+            pick = torch.randperm(t.shape[-1], generator=gen)[:take]
+            a = torch.cat([c[:, pick], torch.ones(1, take)]).double().T  # (take, n)
+            b = t[:, pick].double().T
+            ata += a.T @ a
+            atb += a.T @ b
+            yy += (b * b).sum()
+            count += take
+    ridge = DETAIL_RIDGE * ata.diagonal().mean()
+    solution = torch.linalg.solve(ata + ridge * torch.eye(n, dtype=torch.float64), atb)
+    sse = float(yy - 2 * (solution * atb).sum() + (solution * (ata @ solution)).sum())
+    psnr = 10 * math.log10(count * 3 / max(sse, 1e-12))
+    weight = solution[:-1].T.reshape(3, 3, k, k).float()
+    return weight, solution[-1].float(), psnr
 
 
 def model_white_balance(g: nn.Module) -> WhiteBalance:

@@ -24,8 +24,8 @@ from raw2rgb.model import checkpoint, losses, run
 from raw2rgb.model.discriminator import Discriminator
 from raw2rgb.model.distributed import Dist
 from raw2rgb.model.generator import Generator, init_weights
+from raw2rgb.model.prior import PriorFit
 from raw2rgb.model.recipe import LR_DECAYS, Runtime, TrainConfig, TrainError
-from raw2rgb.pipeline import profile as colour_profile
 
 
 @dataclass
@@ -57,7 +57,7 @@ class Nets:
 
 
 def build(cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, need_vgg: bool,
-          prior: colour_profile.Profile | None) -> Nets:
+          prior: PriorFit | None) -> Nets:
     """G and D initialised from ``cfg.seed`` (the same on every rank), on ``device`` in the runtime's
     memory format, wrapped for the step (DDP under a process group, ``torch.compile`` when asked),
     with the VGG features of the perceptual loss when ``need_vgg`` and G's moving average when
@@ -67,7 +67,7 @@ def build(cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, need_
     init_weights(G, cfg.init_std, gen)
     init_weights(D, cfg.init_std, gen)
     if prior is not None:
-        G.prior.set_profile(prior)
+        prior.set_on(G.prior)
     fmt = torch.channels_last if rt.channels_last and device.type == "cuda" else torch.contiguous_format
     perceptual = None
     if need_vgg:

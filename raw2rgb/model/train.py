@@ -35,7 +35,7 @@ from raw2rgb.model.data import ShardDataset, to_model
 from raw2rgb.model.distributed import Dist
 from raw2rgb.model.evaluate import score, summarise
 from raw2rgb.model.pictures import grid_rows, save_png
-from raw2rgb.model.prior import model_white_balance
+from raw2rgb.model.prior import ColourPrior, PriorFit, fit_detail, model_white_balance
 from raw2rgb.model.recipe import LR_DECAYS, PRECISIONS, STAGES, Runtime, TrainConfig, TrainError, train_config  # noqa: F401
 from raw2rgb.model.state import Nets, Optimisers, Progress
 from raw2rgb.pipeline import profile as colour_profile
@@ -155,22 +155,35 @@ def _precision(rt: Runtime, device: torch.device) -> str:
     return p
 
 
-def _fit_prior(root: Path, run_dir: Path, cfg: TrainConfig, dist: Dist) -> colour_profile.Profile | None:
+def _fit_prior(root: Path, run_dir: Path, cfg: TrainConfig, dist: Dist) -> PriorFit | None:
     """The colour prior's profile, fitted on the train split (deterministic: every rank fits the
-    same one), and saved as RUN/profile.json for ``convert --method profile``. None without a prior,
-    and when resuming: the prior's coefficients are a buffer of G, restored with the checkpoint."""
-    if cfg.generator.prior != "profile":
+    same one), and saved as RUN/profile.json for ``convert --method profile``; then its detail filter
+    (``detail_filter``), fitted on the profile's renderings of the same samples. None without a
+    prior, and when resuming: the prior's coefficients and filter are buffers of G, restored with the
+    checkpoint."""
+    g = cfg.generator
+    if g.prior != "profile":
         return None
     if run.checkpoint(run_dir).is_file() and (run_dir / run.PROFILE).is_file():
         return None
     t0 = time.perf_counter()
-    prior = colour_profile.fit_dataset(root, "train", cfg.generator.prior_model,
-                                       white_balance_rule=cfg.white_balance)
+    profile = colour_profile.fit_dataset(root, "train", g.prior_model, white_balance_rule=cfg.white_balance)
     if dist.main:
-        colour_profile.save(prior, run_dir / run.PROFILE)
-        log.info("colour prior: a %s profile fitted on %d train pixels in %.1f s (train PSNR %.2f dB)", prior.model,
-                 prior.fitted_on["pixels"], time.perf_counter() - t0, prior.fitted_on["fit_psnr"])
-    return prior
+        colour_profile.save(profile, run_dir / run.PROFILE)
+        log.info("colour prior: a %s profile fitted on %d train pixels in %.1f s (train PSNR %.2f dB)", profile.model,
+                 profile.fitted_on["pixels"], time.perf_counter() - t0, profile.fitted_on["fit_psnr"])
+    if not g.detail_filter:
+        return PriorFit(profile)
+    t0 = time.perf_counter()
+    prior = ColourPrior(g.scale, g.prior_model, detail=g.detail_filter)
+    prior.set_profile(profile)
+    samples = ShardDataset(root, "train", compact=True, white_balance=profile.white_balance)
+    batches = (to_model(b) for b in DataLoader(samples, batch_size=16))
+    weight, bias, psnr = fit_detail(prior, batches, seed=cfg.seed)
+    if dist.main:
+        log.info("colour prior: a %d×%d detail filter fitted in %.1f s (train PSNR %.2f dB)", g.detail_filter,
+                 g.detail_filter, time.perf_counter() - t0, psnr)
+    return PriorFit(profile, (weight, bias))
 
 
 def _finished(progress: Progress, stages: tuple[int, ...], cfg: TrainConfig, rt: Runtime) -> str | None:
