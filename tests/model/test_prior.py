@@ -105,9 +105,80 @@ def _trained_like(scale: int = 2) -> Generator:
     g = Generator(GeneratorConfig(**{**PRESETS["tiny"].generator.to_json(), "scale": scale}))
     init_weights(g, 0.02, torch.Generator().manual_seed(0))
     g.prior.set_profile(_poly(scale=scale))
+    g.prior.set_detail(*_sharpening(g.prior.detail))  # the detail filter reaches past a tile's edge too
     with torch.no_grad():
         g.d4[1].weight.normal_(0, 0.02)
     return fold_spectral_norm(g.eval())
+
+
+def _sharpening(k: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A k×k filter as a camera's detail rendering might be: an unsharp mask, some cross-channel
+    leakage, a small offset."""
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(3, 3, k, k, generator=gen) * 0.01
+    blur = torch.ones(k, k) / (k * k)
+    for c in range(3):
+        weight[c, c] -= 0.5 * blur
+        weight[c, c, k // 2, k // 2] += 1.5
+    return weight, torch.tensor([0.01, -0.02, 0.015])
+
+
+def _batches(packed, colour, render, n: int = 4, size: int = 32):
+    """Model-range batches of ``n`` crops of a frame (packed pixels), each with ``render(raw, colour)``
+    as its target."""
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        ys, xs = rng.integers(0, packed.shape[1] - size, n), rng.integers(0, packed.shape[2] - size, n)
+        raw = torch.stack([torch.from_numpy(packed[:, y : y + size, x : x + size]) for y, x in zip(ys, xs)]) * 2 - 1
+        with torch.no_grad():
+            yield {"raw": raw, "colour": colour.expand(n, 12), "rgb": render(raw, colour.expand(n, 12)) * 2 - 1}
+
+
+def test_the_detail_filter_starts_as_the_identity_and_its_fit_recovers_a_known_filter(frame):
+    packed, wb, matrix = frame
+    colour = torch.from_numpy(develop.frame_colour(packed, wb, matrix))[None]
+    x = torch.from_numpy(packed)[None] * 2 - 1
+    plain, filtered = prior_mod.ColourPrior(2), prior_mod.ColourPrior(2, detail=5)
+    for p in (plain, filtered):
+        p.set_profile(_poly())
+    with torch.no_grad():
+        torch.testing.assert_close(filtered(x, colour), plain(x, colour), rtol=0, atol=0)  # identity until fitted
+    weight, bias = _sharpening(5)
+
+    def render(raw, c):  # a known filter after the profile (no clamp: the fit sees the target whole)
+        return torch.nn.functional.conv2d(torch.nn.functional.pad(plain.profiled(raw, c), (2,) * 4, mode="replicate"),
+                                          weight, bias)
+
+    got_w, got_b, psnr = prior_mod.fit_detail(filtered, _batches(packed, colour, render))
+    # the colour planes of a photograph are nearly collinear: the weights are found to 1e-2, what they render exactly
+    torch.testing.assert_close(got_w, weight, rtol=0, atol=1e-2)
+    torch.testing.assert_close(got_b, bias, rtol=0, atol=1e-2)
+    assert psnr > 60
+    filtered.set_detail(got_w, got_b)
+    with torch.no_grad():
+        err = ((filtered(x, colour) + 1) * 0.5 - render(x, colour).clamp(0, 1)).abs().max()
+    assert float(err) < 2e-3
+    with pytest.raises(ValueError, match=r"takes a 5×5 detail filter, got \(3, 3, 7, 7\)"):
+        filtered.set_detail(*_sharpening(7))
+    with pytest.raises(ValueError, match="k odd"):
+        prior_mod.ColourPrior(2, detail=4)
+
+
+def test_the_detail_filter_needs_the_prior_is_odd_and_old_configs_load_without_it():
+    tiny = PRESETS["tiny"].generator
+    assert tiny.detail_filter == 7 and PRESETS["standard"].generator.detail_filter == 7
+    with pytest.raises(FieldError, match="detail_filter: the detail filter is part of the colour prior"):
+        GeneratorConfig(base=16, res_blocks=2, saliency_width=16, detail_filter=7)
+    with pytest.raises(FieldError, match="detail_filter: 4 is not accepted"):
+        GeneratorConfig(**{**tiny.to_json(), "detail_filter": 4})
+    old = {k: v for k, v in tiny.to_json().items() if k != "detail_filter"}  # a config of before the filter
+    g = Generator(GeneratorConfig.from_json(old))
+    assert g.prior.detail == 0 and not any("detail" in k for k in g.state_dict())
+    g = Generator(tiny)
+    g.prior.set_detail(*_sharpening(7))
+    again = Generator(tiny)
+    again.load_state_dict(g.state_dict())
+    torch.testing.assert_close(again.prior.detail_weight, _sharpening(7)[0], rtol=0, atol=0)
 
 
 def test_tiles_of_the_recommended_generator_equal_the_whole_frame(frame):
