@@ -6,8 +6,11 @@ of G) is stretched over the longest budget, stopped at each mark (``--minutes``)
 is exact, so the points are one run). The marks are converted to steps from a measured probe of the
 network's speed on this machine. Sets as in benchmarks/quality.py.
 
-    python benchmarks/quality_curve.py [--set zrr-varying] [--minutes 1,2,5,10] \\
-        [--networks recommended,lighter,batch-16] [--out build/quality]
+    python benchmarks/quality_curve.py [--set zrr-varying] [--minutes 1,2,5,10,20] \\
+        [--networks recommended,no-detail-filter,lighter] [--out build/quality]
+
+Rows of earlier invocations (other networks, other marks) are kept in OUT/SET/curve.json and shown in
+one table.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from raw2rgb.pipeline.shards import read_index, shards_root  # noqa: E402
 
 NETWORKS = {  # name → (generator fields over the tiny preset's, training fields over its schedule)
     "recommended": ({}, {}),
+    "no-detail-filter": ({"detail_filter": 0}, {}),  # the recommended network before the prior's detail filter
     "lighter": ({"base": 8, "res_blocks": 1, "saliency_width": 8}, {}),
     "batch-16": ({}, {"batch_size": 16, "lr_stage1": 1e-3}),
     "colour-branch": ({"colour_branch": "global"}, {}),
@@ -74,8 +78,8 @@ def curve(ds: Path, held_out: str, out: Path, name: str, minutes: list[float]) -
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", default="zrr-varying", choices=sorted(quality.SETS))
-    ap.add_argument("--minutes", default="1,2,5,10")
-    ap.add_argument("--networks", default="recommended,lighter,batch-16")
+    ap.add_argument("--minutes", default="1,2,5,10,20")
+    ap.add_argument("--networks", default="recommended,no-detail-filter,lighter")
     ap.add_argument("--out", type=Path, default=Path("build/quality"))
     ap.add_argument("--real", type=Path, default=quality.real_data.REAL)
     args = ap.parse_args()
@@ -84,14 +88,17 @@ def main() -> None:
         sys.exit(f"quality_curve: no data for {args.set}")
     held_out = quality.HELD_OUT[quality.SETS[args.set]["kind"]]
     minutes = [float(m) for m in args.minutes.split(",")]
-    rows = []
+    results = args.out / args.set / "curve.json"  # earlier networks' rows are kept: one table over runs
+    rows = json.loads(results.read_text()) if results.is_file() else []
     for name in args.networks.split(","):
-        rows += curve(ds, held_out, args.out / args.set, name, minutes)
-    (args.out / args.set / "curve.json").write_text(json.dumps(rows, indent=1))
-    print(f"\n| network | {' | '.join(f'{m:g} min' for m in minutes)} |")
-    print("|---|" + "---|" * len(minutes))
-    for name in args.networks.split(","):
-        cells = [f"{r['psnr']:.2f} ({r['train_s']} s)" for r in rows if r["network"] == name]
+        rows = [r for r in rows if r["network"] != name] + curve(ds, held_out, args.out / args.set, name, minutes)
+        results.write_text(json.dumps(rows, indent=1))
+    marks = sorted({r["minutes_budget"] for r in rows})
+    print(f"\n| network | {' | '.join(f'{m:g} min' for m in marks)} |")
+    print("|---|" + "---|" * len(marks))
+    for name in dict.fromkeys(r["network"] for r in rows):
+        got = {r["minutes_budget"]: r for r in rows if r["network"] == name}
+        cells = [f"{got[m]['psnr']:.2f} ({got[m]['train_s']} s)" if m in got else "–" for m in marks]
         print(f"| {name} | {' | '.join(cells)} |")
 
 
