@@ -9,8 +9,8 @@ gets the statistics of the whole frame (``model/infer.py``).
 Two departures, raw2rgb's recommended configuration (``norm="none"``, ``prior="profile"``; the
 presets ``standard`` and ``tiny``), chosen by measurement (benchmarks/quality.py): InstanceNorm
 removes each image's global colour and brightness, which is what a RAW-to-RGB mapping must get
-right, so it is left out; and a colour prior (``model/prior.py``: the classical pipeline and a
-colour profile fitted on the train split) renders each image first, the network sees the raw and
+right, so it is left out; and a colour prior (``model/prior.py``: the classical pipeline, a
+colour profile and a detail filter fitted on the train split) renders each image first, the network sees the raw and
 that rendering and adds a residual whose last conv starts at zero — at step 0 the model is the
 fitted profile, and training starts from there. The ``paper`` preset is the paper's network.
 
