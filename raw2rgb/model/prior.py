@@ -193,18 +193,19 @@ def fit_detail(prior: ColourPrior, batches: Iterable[dict], seed: int = 0) -> tu
     yy, count = torch.zeros((), dtype=torch.float64), 0
     gen = torch.Generator().manual_seed(seed)
     for batch in batches:
-        x = prior.profiled(batch["raw"].float(), batch["colour"].float())
-        cols = F.unfold(F.pad(x, (k // 2,) * 4, mode="replicate"), k)  # (B, 3k², H·W)
-        y = ((batch["rgb"].float() + 1) * 0.5).flatten(2)  # (B, 3, H·W)
-        take = min(DETAIL_PIXELS, y.shape[-1])
-        for c, t in zip(cols, y):
-            pick = torch.randperm(t.shape[-1], generator=gen)[:take]
-            a = torch.cat([c[:, pick], torch.ones(1, take)]).double().T  # (take, n)
-            b = t[:, pick].double().T
-            ata += a.T @ a
-            atb += a.T @ b
-            yy += (b * b).sum()
-            count += take
+        x = F.pad(prior.profiled(batch["raw"].float(), batch["colour"].float()), (k // 2,) * 4, mode="replicate")
+        b, _, h, w = batch["rgb"].shape
+        take = min(DETAIL_PIXELS, h * w)
+        pick = torch.randperm(h * w, generator=gen)[:take]  # the same pixels of every image in a batch
+        ys, xs = pick // w, pick % w
+        # each picked pixel's k×k neighbourhood, in unfold's order (channel, then row, then column)
+        cols = torch.stack([x[:, :, ys + dy, xs + dx] for dy in range(k) for dx in range(k)], 2).reshape(b, -1, take)
+        a = torch.cat([cols, torch.ones(b, 1, take)], 1).transpose(1, 2).reshape(-1, n).double()
+        y = ((batch["rgb"].float()[:, :, ys, xs] + 1) * 0.5).transpose(1, 2).reshape(-1, 3).double()
+        ata += a.T @ a
+        atb += a.T @ y
+        yy += (y * y).sum()
+        count += b * take
     ridge = DETAIL_RIDGE * ata.diagonal().mean()
     solution = torch.linalg.solve(ata + ridge * torch.eye(n, dtype=torch.float64), atb)
     sse = float(yy - 2 * (solution * atb).sum() + (solution * (ata @ solution)).sum())
