@@ -177,7 +177,7 @@ class PriorFit:
             prior.set_detail(*self.detail)
 
 
-DETAIL_PIXELS = 4096  # pixels per image in the detail filter's fit (a seeded draw: enough, and fast)
+DETAIL_PIXELS = 1024  # pixels per image in the detail filter's fit (a seeded draw: 148 unknowns, ample)
 DETAIL_RIDGE = 1e-6  # relative to the normal matrix's mean diagonal: only keeps the solve well posed
 
 
