@@ -180,7 +180,7 @@ def iter_stats(run_dir: os.PathLike | str) -> Iterator[dict[str, Any]]:
 
 
 def log_to_file(run_dir: Path) -> logging.Handler | None:
-    """Copy raw2rgb's log lines into RUN/log.txt (once per process)."""
+    """Copy raw2rgb's log lines into RUN/log.txt (once per process, until :func:`close_log`)."""
     path = run_dir / LOG
     root = logging.getLogger("raw2rgb")
     if any(isinstance(h, logging.FileHandler) and h.baseFilename == str(path.resolve()) for h in root.handlers):
@@ -192,3 +192,13 @@ def log_to_file(run_dir: Path) -> logging.Handler | None:
     if root.level == logging.NOTSET or root.level > logging.INFO:
         root.setLevel(logging.INFO)
     return handler
+
+
+def close_log(run_dir: Path) -> None:
+    """Stop copying log lines into RUN/log.txt: a later run in the same process (a benchmark, a
+    notebook) logs into its own folder only."""
+    path = str((run_dir / LOG).resolve())
+    root = logging.getLogger("raw2rgb")
+    for h in [h for h in root.handlers if isinstance(h, logging.FileHandler) and h.baseFilename == path]:
+        root.removeHandler(h)
+        h.close()

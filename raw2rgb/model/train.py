@@ -402,6 +402,7 @@ def train(dataset: os.PathLike | str, run_dir: os.PathLike | str, cfg: TrainConf
         with FolderLock(run_dir, "raw2rgb train") if dist.main else contextlib.nullcontext():
             return _train(root, run_dir, cfg, rt, device, dist, force, on_step, progress_bar)
     finally:
+        run.close_log(run_dir)
         dist.close()
 
 

@@ -183,6 +183,15 @@ def _flatten(obj, prefix=""):
         yield prefix, obj
 
 
+def test_each_run_logs_into_its_own_folder_only(tiny_shards, tmp_path):
+    """Two runs in one process (a benchmark, a notebook): the first run's log.txt holds none of the second's lines."""
+    for name in ("first", "second"):
+        train(tiny_shards, tmp_path / name, tiny(stage2_epochs=0), rt())
+    first, second = ((tmp_path / n / "log.txt").read_text() for n in ("first", "second"))
+    assert str(tmp_path / "first") in first and str(tmp_path / "second") in second
+    assert str(tmp_path / "second") not in first
+
+
 def test_max_steps_stops_with_a_checkpoint_and_a_larger_one_continues(tiny_shards, tmp_path):
     first = train(tiny_shards, tmp_path / "run", tiny(), rt(max_steps=1))
     assert not first.finished and first.step == 1 and "max-steps 1" in first.message
