@@ -69,7 +69,7 @@ PRESETS.add("standard", Preset(
 PRESETS.add("tiny", Preset(
     GeneratorConfig(base=16, res_blocks=2, saliency_width=16, norm="none", prior="profile", detail_filter=7),
     DiscriminatorConfig(base=16),
-    schedule={"stage1_epochs": 36, "stage2_epochs": 0, "batch_size": 4, "lr_stage1": 5e-4, "lr_decay": "cosine",
+    schedule={"stage1_epochs": 24, "stage2_epochs": 0, "batch_size": 4, "lr_stage1": 5e-4, "lr_decay": "cosine",
               "ema": 0.995},
     help="its small size, with a short one-stage schedule: CPUs, the demo, tests"))
 PRESETS.add("paper", Preset(
