@@ -30,16 +30,14 @@ class GeneratorConfig(JsonConfig):
     prior: str = checked("none", choices=PRIORS)  # none (the paper) or profile: a fitted profile, then the net
     prior_model: str = checked("poly3", choices=PRIOR_MODELS)  # the prior's profile (pipeline/profile.py's models)
     colour_branch: str = checked("none", choices=COLOUR_BRANCHES)  # global: each image's colour from its frame
-    # k > 0: after the profile, a k×k linear filter fitted with it (the prior's detail; k odd)
+    # k > 0: after the profile, a k×k linear filter fitted with it (the prior's detail; k odd). Part of the
+    # prior: without one (prior "none", as over a preset to compare) there is no filter
     detail_filter: int = checked(0, min=0, rule=(lambda k: k % 2 == 1 or k == 0, "0 or odd"))
 
     def _check_together(self) -> None:
         if self.colour_branch != "none" and self.prior != "profile":
             raise FieldError(type(self).__name__, ("colour_branch",),
                              f"{self.colour_branch} corrects the colour prior's colour: it needs prior profile")
-        if self.detail_filter and self.prior != "profile":
-            raise FieldError(type(self).__name__, ("detail_filter",), "the detail filter is part of the colour prior: "
-                             "it needs prior profile")
 
 
 @dataclass(frozen=True)

@@ -164,11 +164,11 @@ def test_the_detail_filter_starts_as_the_identity_and_its_fit_recovers_a_known_f
         prior_mod.ColourPrior(2, detail=4)
 
 
-def test_the_detail_filter_needs_the_prior_is_odd_and_old_configs_load_without_it():
+def test_the_detail_filter_is_part_of_the_prior_is_odd_and_old_configs_load_without_it():
     tiny = PRESETS["tiny"].generator
     assert tiny.detail_filter == 7 and PRESETS["standard"].generator.detail_filter == 7
-    with pytest.raises(FieldError, match="detail_filter: the detail filter is part of the colour prior"):
-        GeneratorConfig(base=16, res_blocks=2, saliency_width=16, detail_filter=7)
+    no_prior = Generator(GeneratorConfig(**{**tiny.to_json(), "prior": "none"}))  # a preset without its prior
+    assert no_prior.prior is None and not any("detail" in k for k in no_prior.state_dict())
     with pytest.raises(FieldError, match="detail_filter: 4 is not accepted"):
         GeneratorConfig(**{**tiny.to_json(), "detail_filter": 4})
     old = {k: v for k, v in tiny.to_json().items() if k != "detail_filter"}  # a config of before the filter
