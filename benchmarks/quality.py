@@ -56,7 +56,7 @@ from raw2rgb.model.data import ShardDataset, to_model  # noqa: E402
 from raw2rgb.model.evaluate import evaluate, score, summarise  # noqa: E402
 from raw2rgb.model.generator import GeneratorConfig  # noqa: E402
 from raw2rgb.model.losses import LossWeights  # noqa: E402
-from raw2rgb.model.prior import ColourPrior, demosaic_bilinear, fit_detail  # noqa: E402
+from raw2rgb.model.prior import ColourPrior, PriorFit, demosaic_bilinear, fit_detail_on_split  # noqa: E402
 from raw2rgb.model.train import Runtime, TrainConfig, train  # noqa: E402
 from raw2rgb.pipeline import profile, synth, whitebalance  # noqa: E402
 from raw2rgb.pipeline.pairs import PatchParams  # noqa: E402
@@ -69,8 +69,6 @@ VARIANTS = {
     "colour-branch": {"colour_branch": "global"},
     "lut-prior": {"prior_model": "lut"},
     "no-detail-filter": {"detail_filter": 0},
-    "prior-to-head": {"prior_to_head": True},
-    "lut-prior-to-head": {"prior_model": "lut", "prior_to_head": True},
     "with-instancenorm": {"norm": "instance"},
     "no-prior": {"prior": "none"},
     "paper-network-tiny": {"norm": "instance", "prior": "none"},
@@ -174,9 +172,7 @@ def prior_alone(ds: Path, held_out: str) -> dict:
     g = TINY.generator
     fit = profile.fit_dataset(ds, "train", g.prior_model)
     prior = ColourPrior(2, g.prior_model, detail=g.detail_filter)
-    prior.set_profile(fit)
-    train_set = ShardDataset(shards_root(ds), "train", compact=True, white_balance=fit.white_balance)
-    prior.set_detail(*fit_detail(prior, (to_model(b) for b in DataLoader(train_set, batch_size=16)))[:2])
+    PriorFit(fit, fit_detail_on_split(shards_root(ds), fit, 2, g.detail_filter)[:2]).set_on(prior)
     loader = DataLoader(ShardDataset(shards_root(ds), held_out, compact=True, white_balance=fit.white_balance),
                         batch_size=8)
     return summarise(score(lambda b: prior(b["raw"], b["colour"]), loader, torch.device("cpu")))

@@ -25,13 +25,16 @@ gets the same colour.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 
+from raw2rgb.model.data import ShardDataset, to_model
 from raw2rgb.pipeline.bayer import THUMB_SIZE
 from raw2rgb.pipeline.profile import DEFAULT_LUT_SIZE, MODELS, Profile, lut_corners, poly3_terms
 from raw2rgb.pipeline.whitebalance import LEGACY_RULE, RULES, WhiteBalance
@@ -179,6 +182,16 @@ class PriorFit:
 
 DETAIL_PIXELS = 1024  # pixels per image in the detail filter's fit (a seeded draw: 148 unknowns, ample)
 DETAIL_RIDGE = 1e-6  # relative to the normal matrix's mean diagonal: only keeps the solve well posed
+
+
+def fit_detail_on_split(root: os.PathLike | str, profile: Profile, scale: int, k: int, split: str = "train",
+                        seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """:func:`fit_detail` of a k×k filter after ``profile`` (with its white-balance rule) on a split
+    of a shards folder: what training fits before its first step."""
+    prior = ColourPrior(scale, profile.model, profile.lut_size, detail=k)
+    prior.set_profile(profile)
+    samples = ShardDataset(root, split, compact=True, white_balance=profile.white_balance)
+    return fit_detail(prior, (to_model(b) for b in DataLoader(samples, batch_size=16)), seed=seed)
 
 
 @torch.no_grad()

@@ -35,7 +35,7 @@ from raw2rgb.model.data import ShardDataset, to_model
 from raw2rgb.model.distributed import Dist
 from raw2rgb.model.evaluate import score, summarise
 from raw2rgb.model.pictures import grid_rows, save_png
-from raw2rgb.model.prior import ColourPrior, PriorFit, fit_detail, model_white_balance
+from raw2rgb.model.prior import PriorFit, fit_detail_on_split, model_white_balance
 from raw2rgb.model.recipe import LR_DECAYS, PRECISIONS, STAGES, Runtime, TrainConfig, TrainError, train_config  # noqa: F401
 from raw2rgb.model.state import Nets, Optimisers, Progress
 from raw2rgb.pipeline import profile as colour_profile
@@ -175,11 +175,7 @@ def _fit_prior(root: Path, run_dir: Path, cfg: TrainConfig, dist: Dist) -> Prior
     if not g.detail_filter:
         return PriorFit(profile)
     t0 = time.perf_counter()
-    prior = ColourPrior(g.scale, g.prior_model, detail=g.detail_filter)
-    prior.set_profile(profile)
-    samples = ShardDataset(root, "train", compact=True, white_balance=profile.white_balance)
-    batches = (to_model(b) for b in DataLoader(samples, batch_size=16))
-    weight, bias, psnr = fit_detail(prior, batches, seed=cfg.seed)
+    weight, bias, psnr = fit_detail_on_split(root, profile, g.scale, g.detail_filter, seed=cfg.seed)
     if dist.main:
         log.info("colour prior: a %d×%d detail filter fitted in %.1f s (train PSNR %.2f dB)", g.detail_filter,
                  g.detail_filter, time.perf_counter() - t0, psnr)
