@@ -178,6 +178,13 @@ def prior_alone(ds: Path, held_out: str) -> dict:
     return summarise(score(lambda b: prior(b["raw"], b["colour"]), loader, torch.device("cpu")))
 
 
+def tiny_variant(generator: dict, **schedule) -> TrainConfig:
+    """The tiny preset at output scale 2 without the perceptual term (no VGG weights here), with
+    generator fields and schedule fields over its own."""
+    return dataclasses.replace(TINY, generator=GeneratorConfig(**{**TINY.generator.to_json(), "scale": 2, **generator}),
+                               weights=dataclasses.replace(TINY.weights, perceptual=0.0), **schedule)
+
+
 def trained(ds: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime) -> float:
     t0 = time.perf_counter()
     train(ds, run_dir, cfg, rt, force=True)  # a benchmark trains anew: a finished run would take 0 s
@@ -196,9 +203,7 @@ def models(name: str, ds: Path, held_out: str, out: Path, variants: list[str], q
             t = trained(ds, out / name / "run-paper-probe", cfg, Runtime(max_steps=3, checkpoint_every=10_000))
             rt = dataclasses.replace(rt, max_steps=1 if quick else max(3, int((budget or 300) / (t / 3))))
         else:
-            cfg = dataclasses.replace(TINY, generator=GeneratorConfig(**{**TINY.generator.to_json(), "scale": 2,
-                                                                          **VARIANTS[variant]}),
-                                      weights=dataclasses.replace(TINY.weights, perceptual=0.0))
+            cfg = tiny_variant(VARIANTS[variant])
         if quick:
             cfg = dataclasses.replace(cfg, stage1_epochs=1, stage2_epochs=0 if cfg.stage2_epochs == 0 else 1)
         seconds = trained(ds, run_dir, cfg, rt)

@@ -16,7 +16,6 @@ one table.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
@@ -29,7 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import quality  # noqa: E402
 
 from raw2rgb.model.evaluate import evaluate  # noqa: E402
-from raw2rgb.model.generator import GeneratorConfig  # noqa: E402
 from raw2rgb.model.train import Runtime, TrainConfig, train  # noqa: E402
 from raw2rgb.pipeline.shards import read_index, shards_root  # noqa: E402
 
@@ -44,10 +42,7 @@ NETWORKS = {  # name → (generator fields over the tiny preset's, training fiel
 
 def config(name: str, epochs: int) -> TrainConfig:
     gen, schedule = NETWORKS[name]
-    tiny = quality.TINY
-    return dataclasses.replace(tiny, generator=GeneratorConfig(**{**tiny.generator.to_json(), "scale": 2, **gen}),
-                               weights=dataclasses.replace(tiny.weights, perceptual=0.0), stage1_epochs=epochs,
-                               stage2_epochs=0, **schedule)
+    return quality.tiny_variant(gen, stage1_epochs=epochs, stage2_epochs=0, **schedule)
 
 
 def curve(ds: Path, held_out: str, out: Path, name: str, minutes: list[float]) -> list[dict]:
