@@ -184,6 +184,7 @@ def _decode_libraw(path: Path) -> RawFrame:
             white = float(raw.white_level)
             wb = _gains(raw.camera_whitebalance[:3])
             libraw_matrix = np.array(raw.color_matrix, dtype=np.float64)[:3, :3]
+            xyz_to_cam = np.array(raw.rgb_xyz_matrix, dtype=np.float64)[:3, :3]
             orientation = int(raw.sizes.flip)
         except rawpy.LibRawError as e:
             raise RawReadError(path, f"LibRaw cannot decode it ({_libraw_reason(e)})") from None
@@ -193,6 +194,11 @@ def _decode_libraw(path: Path) -> RawFrame:
     cam_to_rgb, source = _dng_color(tags)
     if cam_to_rgb is None and np.any(libraw_matrix):
         cam_to_rgb, source = libraw_matrix, "libraw:color_matrix"
+    if cam_to_rgb is None:
+        # LibRaw fills color_matrix only for some formats (all zeros for a Sony ARW); as LibRaw's own
+        # rendering does, build camera → sRGB from its XYZ → camera table (its adobe_coeff or the file's).
+        cam_to_rgb, source = _xyz_color(xyz_to_cam), "libraw:rgb_xyz_matrix"
+        source = source if cam_to_rgb is not None else None
     if _TAG_AS_SHOT_NEUTRAL in tags:
         neutral = _tag_floats(tags[_TAG_AS_SHOT_NEUTRAL], 3)
         if neutral and all(n > 0 for n in neutral):
@@ -293,6 +299,18 @@ def _dng_color(tags: dict[int, Any]) -> tuple[np.ndarray | None, str | None]:
         return None, None
     xyz_to_cam = best[1]
     return develop.cam_to_srgb(xyz_to_cam), best[2]
+
+
+def _xyz_color(xyz_to_cam: np.ndarray) -> np.ndarray | None:
+    """camera → sRGB from an XYZ → camera matrix, or None where it is empty or singular."""
+    if not np.all(np.isfinite(xyz_to_cam)) or np.any(np.abs(xyz_to_cam.sum(axis=1)) < 1e-6):
+        return None
+    with np.errstate(all="ignore"):
+        try:
+            m = develop.cam_to_srgb(xyz_to_cam)
+        except np.linalg.LinAlgError:
+            return None
+    return m if np.all(np.isfinite(m)) else None
 
 
 def _tag_matrix(value) -> np.ndarray | None:

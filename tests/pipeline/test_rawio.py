@@ -123,3 +123,46 @@ def test_truncated_dng_reason_includes_what_libraw_printed(tmp_path, capfd):
     assert text.startswith(f"{path}: LibRaw cannot decode it (") and "\n" not in text
     printed = text.split(" [LibRaw: ", 1)[1].rstrip("]")
     assert printed and printed not in capfd.readouterr().err  # folded into the reason, not on the terminal
+
+
+class _AsSonyReportsIt:
+    """A rawpy file as LibRaw reports a Sony ARW: ``color_matrix`` all zeros, the camera's XYZ → camera
+    table in ``rgb_xyz_matrix`` (4 × 3, last row zero)."""
+
+    def __init__(self, raw, xyz_to_cam):
+        self._raw, self._xyz = raw, xyz_to_cam
+
+    def __getattr__(self, name):
+        if name == "color_matrix":
+            return np.zeros((3, 4), np.float32)
+        if name == "rgb_xyz_matrix":
+            return np.vstack([self._xyz, np.zeros(3)]).astype(np.float32)
+        return getattr(self._raw, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._raw.__exit__(*exc)
+
+
+@pytest.mark.parametrize("empty", [False, True])
+def test_a_raw_with_an_empty_color_matrix_uses_libraw_xyz_table(make_dng, monkeypatch, empty):
+    """LibRaw leaves ``color_matrix`` empty for some formats (a Sony ARW) and builds its own rendering
+    from ``rgb_xyz_matrix``; so does raw2rgb, reproducing the camera → sRGB matrix LibRaw renders with
+    (its ``color_matrix`` where it fills one). A file with neither has no matrix."""
+    import rawpy
+
+    path = make_dng("a.dng")
+    with rawpy.imread(str(path)) as raw:
+        libraw_rgb_cam = np.array(raw.color_matrix)[:3, :3]
+    xyz = np.zeros((3, 3)) if empty else np.array(synth.Camera().xyz_to_cam)
+    imread = rawpy.imread
+    monkeypatch.setattr(rawpy, "imread", lambda p: _AsSonyReportsIt(imread(p), xyz))
+    monkeypatch.setattr(rawio, "_tiff_tags", lambda p: {})  # not a DNG: LibRaw's tables alone
+    frame = rawio.read_raw(path)
+    if empty:
+        assert frame.cam_to_rgb is None and frame.color_source is None
+    else:
+        assert frame.color_source == "libraw:rgb_xyz_matrix"
+        np.testing.assert_allclose(np.array(frame.cam_to_rgb), libraw_rgb_cam, atol=1e-5)
