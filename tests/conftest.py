@@ -30,6 +30,23 @@ def _private_cache(tmp_path_factory):
         os.environ["XDG_CACHE_HOME"] = old
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _no_downloads():
+    """The suite never downloads: torchvision's weights API (VGG16) meets a machine without internet
+    unless a test replaces the download with a local copy."""
+    import urllib.error
+
+    import torch.hub
+
+    def offline(url, dst, hash_prefix=None, progress=True):
+        raise urllib.error.URLError(f"the test suite downloads nothing ({url})")
+
+    real = torch.hub.download_url_to_file
+    torch.hub.download_url_to_file = offline
+    yield
+    torch.hub.download_url_to_file = real
+
+
 def flat_mosaic(pattern: str, shape=(64, 96)) -> np.ndarray:
     """A mosaic whose every sample reads its colour's value in FLAT plus its channel's black."""
     m = np.zeros(shape, dtype=np.uint16)

@@ -141,22 +141,26 @@ def _vgg_state(path: Path) -> dict[str, torch.Tensor]:
 def load_vgg_features(weights: os.PathLike | str | None = None) -> nn.Sequential:
     """VGG16 ``features[:22]`` (conv1_1 … conv4_3, no final ReLU) with ImageNet weights, frozen.
 
-    Looks at ``weights`` when given, else torchvision's cache (``$TORCH_HOME/hub/checkpoints``),
-    where its weights API would download to; nothing is downloaded here.
+    Looks at ``weights`` when given, else in torchvision's cache (``$TORCH_HOME/hub/checkpoints``),
+    where its weights API downloads the file when it is not there yet (its progress bar and its
+    hash check, as every torchvision user has seen).
 
     Raises:
-        WeightsMissing: the file is missing or is not VGG16's, with the three ways out.
+        WeightsMissing: the file is missing (and cannot be downloaded) or is not VGG16's, with the
+            three ways out.
     """
     # torchvision costs 1.7 s of import and only this term needs it: imported here, on use
     from torchvision.models import vgg16
 
     path = Path(weights) if weights else vgg_cache_path()
     if not path.is_file():
-        raise WeightsMissing(
-            f"the perceptual loss needs VGG16 ImageNet weights and {path} does not exist. Either put "
-            f"torchvision's {VGG_FILE} there (python -c \"import torchvision; "
-            "torchvision.models.vgg16(weights='IMAGENET1K_V1')\" on a machine with internet, then copy the "
-            "file), or pass --vgg-weights PATH, or train without it: --perceptual-weight 0")
+        why = f"{path} does not exist" if weights else _download_vgg(path)
+        if why:
+            raise WeightsMissing(
+                f"the perceptual loss needs VGG16 ImageNet weights and {why}. Either put "
+                f"torchvision's {VGG_FILE} at {path} (python -c \"import torchvision; "
+                "torchvision.models.vgg16(weights='IMAGENET1K_V1')\" on a machine with internet, then copy the "
+                "file), or pass --vgg-weights PATH, or train without it: --perceptual-weight 0")
     features = vgg16(weights=None).features[:VGG_CONV4_3]
     try:
         features.load_state_dict({k: v for k, v in _vgg_state(path).items() if int(k.split(".")[0]) < VGG_CONV4_3})
@@ -166,6 +170,20 @@ def load_vgg_features(weights: os.PathLike | str | None = None) -> nn.Sequential
     for p in features.parameters():
         p.requires_grad_(False)
     return features.eval()
+
+
+def _download_vgg(path: Path) -> str | None:
+    """Fetch VGG16's ImageNet weights into torchvision's cache through its weights API; None when
+    the file is there, else why not (offline, a failed hash check, a full disk), for the message."""
+    from torchvision.models import VGG16_Weights
+
+    log.info("downloading VGG16 ImageNet weights for the perceptual loss into %s", path.parent)
+    try:
+        VGG16_Weights.IMAGENET1K_V1.get_state_dict(progress=True, check_hash=True)
+    except (OSError, RuntimeError, ValueError) as e:  # URLError is an OSError; a bad hash a RuntimeError
+        reason = " ".join(str(getattr(e, "reason", e)).split())[:200]
+        return f"{path} does not exist and could not be downloaded ({reason})"
+    return None if path.is_file() else f"{path} does not exist after its download"
 
 
 class Perceptual(nn.Module):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -209,15 +210,49 @@ def test_checkpoints_load_with_weights_only(tiny_shards, tmp_path):
         load_checkpoint(tmp_path / "bad.pt")
 
 
+def _offline(url, dst, hash_prefix=None, progress=True):
+    import urllib.error
+
+    raise urllib.error.URLError(OSError(-2, "Name or service not known"))
+
+
 def test_missing_vgg_names_the_three_ways_out(tiny_shards, tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", _offline)  # a machine without internet
     with pytest.raises(UserError) as e:
         train(tiny_shards, tmp_path / "run", tiny(weights=LossWeights(perceptual=1.0)), rt())
     msg = str(e.value)
     assert "vgg16-397923af.pth" in msg and "--vgg-weights" in msg and "--perceptual-weight 0" in msg
+    assert "could not be downloaded (" in msg and "Name or service not known" in msg and "\n" not in msg
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
     result = _cli("train", tiny_shards, "-o", tmp_path / "run2", "--preset", "tiny", "--workers", "0")
     assert result.exit_code == 1 and "--perceptual-weight 0" in result.output and "Traceback" not in result.output
+
+
+def test_vgg_weights_come_through_torchvisions_weights_api(tmp_path, monkeypatch):
+    """With no file given and none in the cache, torchvision's weights API fetches it (its URL, its
+    cache folder, its hash check, its progress bar); the download is replaced by a local copy here."""
+    from torchvision.models import vgg16
+
+    torch.manual_seed(0)
+    torch.save(vgg16(weights=None).state_dict(), tmp_path / "served.pth")
+    calls = []
+
+    def download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, Path(dst).name, hash_prefix, progress))
+        shutil.copyfile(tmp_path / "served.pth", dst)
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    feats = losses.load_vgg_features()
+    assert calls == [("https://download.pytorch.org/models/vgg16-397923af.pth", "vgg16-397923af.pth", "397923af",
+                      True)]
+    assert losses.vgg_cache_path() == tmp_path / "torch-home" / "hub" / "checkpoints" / "vgg16-397923af.pth"
+    assert losses.vgg_cache_path().is_file()
+    served = torch.load(tmp_path / "served.pth", weights_only=True)
+    assert torch.equal(feats[21].weight, served["features.21.weight"])  # conv4_3, the served weights
+    losses.load_vgg_features()  # cached: no second download
+    assert len(calls) == 1
 
 
 def test_perceptual_term_with_given_vgg_weights(tiny_shards, tmp_path):
