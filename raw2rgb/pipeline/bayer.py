@@ -217,6 +217,55 @@ def transform_mosaic(m: np.ndarray, pattern: str = "RGGB", flip_h: bool = False,
 
 
 # -- frame thumbnails ------------------------------------------------------------------------------
+# -- binning: a mosaic at the resolution of a smaller target ----------------------------------------
+
+def bin_packed(packed: np.ndarray, factor: int) -> np.ndarray:
+    """Bin packed planes (4, h, w) by ``factor``: each output site is the mean of a factor × factor
+    block of same-colour sites, so the planes stay a Bayer mosaic's (R, G1, B, G2) at 1/factor the
+    resolution. Rows and columns past the last whole block are dropped. Integer input is rounded
+    to the nearest integer in its own dtype; float input stays float.
+
+    Raises:
+        ValueError: not packed planes, a factor below 1, or planes smaller than one block.
+    """
+    if packed.ndim != 3 or packed.shape[0] != 4:
+        raise ValueError(f"bin_packed takes packed planes (4, h, w), got {packed.shape}")
+    if int(factor) != factor or factor < 1:
+        raise ValueError(f"binning factor must be a whole number ≥ 1, got {factor}")
+    factor = int(factor)
+    if factor == 1:
+        return packed
+    _, h, w = packed.shape
+    bh, bw = h // factor, w // factor
+    if bh == 0 or bw == 0:
+        raise ValueError(f"planes of {h}×{w} are smaller than one {factor}×{factor} block")
+    blocks = packed[:, : bh * factor, : bw * factor].reshape(4, bh, factor, bw, factor)
+    mean = blocks.mean(axis=(2, 4), dtype=np.float64)
+    if np.issubdtype(packed.dtype, np.integer):
+        return np.rint(mean).astype(packed.dtype)
+    return mean.astype(packed.dtype)
+
+
+def binning_factor(sensor_hw: tuple[int, int], target_hw: tuple[int, int], scale: int = 2) -> int:
+    """The smallest whole factor that bins a frame of ``sensor_hw`` sensor pixels (packed planes of
+    half that) so that packed × ``scale`` is no larger than ``target_hw`` in either direction: a
+    target is never enlarged onto the sensor grid. 1 for a target as large as the sensor.
+
+    The frame's orientation is the target's: a portrait JPEG of a landscape sensor is compared
+    transposed.
+    """
+    (sh, sw), (th, tw) = sensor_hw, target_hw
+    if (sh > sw) != (th > tw) and sh != sw and th != tw:
+        th, tw = tw, th
+    if th < 1 or tw < 1:
+        raise ValueError(f"target of {target_hw} pixels")
+    ph, pw = sh // 2, sw // 2
+    factor = 1
+    while (ph // factor) * scale > th or (pw // factor) * scale > tw:
+        factor += 1
+    return factor
+
+
 # The generator's global colour branch (model/prior.py) sees each sample's whole frame, small: the
 # light of a scene is a property of the frame, not of a 64-pixel patch of it.
 

@@ -141,3 +141,40 @@ def test_thumbnail_bins_are_adaptive_average_pooling():
     np.testing.assert_allclose(bayer.thumbnail(x), want, rtol=0, atol=1e-12)
     small = bayer.thumbnail(x[:, :8, :8])  # a frame smaller than the thumbnail repeats its pixels
     assert small.shape == (4, 32, 32) and set(np.unique(small)) <= set(np.unique(x[:, :8, :8]))
+
+
+def test_binning_averages_same_colour_sites_and_keeps_the_cfa():
+    rng = np.random.default_rng(0)
+    mosaic = rng.integers(0, 4096, size=(12, 18), dtype=np.uint16)
+    packed = bayer.pack(mosaic)  # (4, 6, 9)
+    binned = bayer.bin_packed(packed, 3)
+    assert binned.shape == (4, 2, 3) and binned.dtype == np.uint16
+    # R at binned (1, 2) is the mean of the red sites at sensor rows 6, 8, 10 and columns 12, 14, 16
+    reds = mosaic[6:12:2, 12:18:2].astype(np.float64)
+    assert binned[0, 1, 2] == np.rint(reds.mean())
+    # G2 (blue row) at binned (0, 0): sensor rows 1, 3, 5 and columns 0, 2, 4
+    assert binned[3, 0, 0] == np.rint(mosaic[1:6:2, 0:6:2].astype(np.float64).mean())
+    # a flat mosaic of one value per colour bins to the same values: the CFA stays a CFA
+    flat = bayer.unpack(np.stack([np.full((6, 9), v, np.uint16) for v in (100, 200, 300, 400)]))
+    assert np.array_equal(bayer.unpack(bayer.bin_packed(bayer.pack(flat), 3)),
+                          bayer.unpack(np.stack([np.full((2, 3), v, np.uint16) for v in (100, 200, 300, 400)])))
+    assert bayer.bin_packed(packed, 1) is packed
+    with pytest.raises(ValueError):
+        bayer.bin_packed(packed, 7)
+
+
+@pytest.mark.parametrize("sensor,target,scale,factor", [
+    ((3464, 5184), (3464, 5184), 2, 1),   # a full-size JPEG: no binning
+    ((3464, 5184), (1080, 1616), 2, 4),   # the A7R III's preview: 3.2× smaller, so 4
+    ((3464, 5184), (1616, 1080), 2, 4),   # the same, portrait
+    ((960, 1440), (320, 480), 2, 3),      # exactly a third
+    ((968, 1452), (320, 480), 2, 4),      # a little more than a third: never enlarged
+    ((3464, 5184), (1732, 2592), 1, 1),   # at scale 1 a half-size JPEG is the packed grid
+])
+def test_binning_factor_never_enlarges_the_target(sensor, target, scale, factor):
+    f = bayer.binning_factor(sensor, target, scale)
+    assert f == factor
+    th, tw = target if (target[0] > target[1]) == (sensor[0] > sensor[1]) else target[::-1]
+    assert (sensor[0] // 2 // f) * scale <= th and (sensor[1] // 2 // f) * scale <= tw
+    if f > 1:  # the smallest such factor
+        assert (sensor[0] // 2 // (f - 1)) * scale > th or (sensor[1] // 2 // (f - 1)) * scale > tw
