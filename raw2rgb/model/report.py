@@ -1,6 +1,7 @@
 """The run report: a contact sheet of held-out samples, the training curves, the metrics of the model
 beside the classical pipeline and the fitted profile, and any converted photos, as
-one HTML page beside its pictures."""
+one HTML page beside its pictures. Any split size is shown as it is: up to :data:`SHEET_ROWS`
+samples, the page saying how many, and a sentence instead of the sheet and metrics for an empty one."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ from raw2rgb.model.evaluate import evaluate
 from raw2rgb.model.pictures import assemble, enlarge, raw_preview, saliency_tile, save_png, to_uint8
 from raw2rgb.model.renderers import ClassicalRenderer
 from raw2rgb.pipeline import profile as colour_profile
-from raw2rgb.pipeline.shards import shards_root
+from raw2rgb.pipeline.shards import ShardError, read_index, shards_root
 from raw2rgb.render import RENDER_METHODS
+
+SHEET_ROWS = 4  # samples a contact sheet shows at most
 
 
 def training_curve(run_dir: os.PathLike | str, path: os.PathLike | str) -> Path:
@@ -41,13 +44,16 @@ def training_curve(run_dir: os.PathLike | str, path: os.PathLike | str) -> Path:
         if pts and term != "total":
             ax1.plot(*zip(*pts), label=label, lw=1.2)
     ax1.set(xlabel="step", ylabel="loss", title="loss terms", yscale="log")
-    ax1.legend(fontsize=8)
+    # legend() over no lines is a matplotlib warning on the user's terminal: a run without steps or validation
+    if ax1.lines:
+        ax1.legend(fontsize=8)
     for stage in (1, 2):
         pts = [(r["step"], r["val_psnr"]) for r in epochs if r["stage"] == stage]
         if pts:
             ax2.plot(*zip(*pts), marker="o", ms=3, label=f"stage {stage}")
     ax2.set(xlabel="step", ylabel="dB", title="validation PSNR (per epoch)")
-    ax2.legend(fontsize=8)
+    if ax2.lines:
+        ax2.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,15 +62,22 @@ def training_curve(run_dir: os.PathLike | str, path: os.PathLike | str) -> Path:
     return path
 
 
+def sheet_samples(count: int, n: int = SHEET_ROWS) -> range:
+    """The samples a contact sheet shows of a split of ``count``: ``n`` spread over the split, or all
+    of a smaller one (a val split of 3 showed an IndexError; of 0, nothing)."""
+    return range(0, count, max(1, count // n))[:n]
+
+
 def contact_sheet(run_dir: os.PathLike | str, dataset: os.PathLike | str, path: os.PathLike | str,
-                  split: str = "val", n: int = 4, profile: colour_profile.Profile | None = None) -> Path:
-    """Held-out samples, one row each: RAW preview | classical | [profile] | model | target |
-    saliency (SalGAN's or the fallback's map of the target)."""
+                  split: str = "val", n: int = SHEET_ROWS, profile: colour_profile.Profile | None = None) -> Path:
+    """Samples of ``split`` (:func:`sheet_samples`, at least one), one row each: RAW preview | classical |
+    [profile] | model | target | saliency (SalGAN's or the fallback's map of the target)."""
     model = RENDER_METHODS["model"].open(str(run_dir), None)
     root = shards_root(dataset)
     ds = ShardDataset(root, split, compact=True, white_balance=model.white_balance)
-    step = max(1, len(ds) // n)
-    picked = range(0, step * n, step)[:n]
+    picked = sheet_samples(len(ds), n)
+    if not picked:
+        raise ShardError(f"{root}: the {split} split holds no samples to show")
     batch = to_model(default_collate([ds[i] for i in picked]))
     out = model.batch(batch)
     columns = [RENDER_METHODS["isp"].open(None, None).batch(batch, model.scale)]
@@ -97,17 +110,24 @@ def write_report(run_dir: os.PathLike | str, out: os.PathLike | str, dataset: os
     Returns the HTML path."""
     out = Path(out)
     assets = out.with_name(out.stem + "_files")
-    assets.mkdir(parents=True, exist_ok=True)
     identity = run.read_identity(run_dir)
     prof = colour_profile.load(profile) if profile else None
+    count = read_index(shards_root(dataset)).count(split) if dataset is not None else 0  # the shards checked
+    assets.mkdir(parents=True, exist_ok=True)  # after every check: a refused report leaves no folder
     parts = [f"<h1>raw2rgb run report</h1><p>Run <code>{html.escape(str(run_dir))}</code>, preset "
              f"<b>{html.escape(identity['config']['preset'])}</b>, dataset "
              f"<code>{html.escape(identity['dataset'])}</code>.</p>"]
-    if dataset is not None:
+    # the train split is what the model learnt from: never called held out
+    title = f"{'Training samples' if split == 'train' else 'Held-out samples'} ({html.escape(split)} split)"
+    if dataset is not None and not count:
+        parts.append(f"<h2>{title}</h2><p>The {html.escape(split)} split holds no samples: no contact sheet and no "
+                     "metrics on it (raw2rgb report --split names another).</p>")
+    elif dataset is not None:
         sheet = contact_sheet(run_dir, dataset, out.with_suffix(".png"), split, profile=prof)
         columns = "RAW preview | classical pipeline | " + ("fitted profile | " if prof else "") + \
             "model | target | saliency"
-        parts.append(f"<h2>Held-out samples ({html.escape(split)} split)</h2><p>{columns}</p>"
+        shown = len(sheet_samples(count))
+        parts.append(f"<h2>{title}</h2><p>{shown} of the split's {count} samples, one a row: {columns}</p>"
                      f"<img src=\"{sheet.name}\" alt=\"contact sheet\">")
         if metrics is None:
             metrics = {"classical pipeline": evaluate(dataset, split, None, "isp").summary}

@@ -29,7 +29,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from raw2rgb.config import JsonConfig
+from raw2rgb.config import FieldError, JsonConfig, checked
 from raw2rgb.errors import ConfigError, UserError
 from raw2rgb.files import write_json
 from raw2rgb.pipeline import whitebalance
@@ -42,6 +42,11 @@ KIND = "raw2rgb-profile"
 MODELS = ("poly3", "lut")
 DEFAULT_MODEL = "poly3"
 DEFAULT_LUT_SIZE = 9
+MAX_LUT_SIZE = 33  # profile fit --lut-size's top: 33³ nodes, the size of the common .cube LUTs
+# Coefficients and LUT nodes within ±1e6: float32 (apply, the model's prior) sums 20 such terms without overflow,
+# while no fit comes near it (measured: 20 on the test scenes, 1.8e3 on pixels all within ±0.01 of grey); a
+# hand-edited 1e308 became inf in float32 and NaN in the metrics (a LinAlgError in psnr_cc)
+COEFFICIENT_LIMIT = 1e6
 MAX_PIXELS = 2_000_000  # pixels a fit uses at most (an even sample beyond)
 MAX_SAMPLES = 2048  # patches a fit reads at most (an even sample beyond): seconds on any dataset
 SOURCE = ("classical pipeline: as-shot white balance (the white_balance rule where the file has none), the file's "
@@ -56,10 +61,11 @@ class ProfileError(UserError):
 class Profile(JsonConfig):
     """A fitted colour profile (what the JSON file holds, beside its format and kind)."""
 
-    model: str = DEFAULT_MODEL
-    coefficients: tuple[tuple[float, float, float], ...] = ()  # poly3: 20 rows; lut: lut_size³ nodes
-    lut_size: int = 0
-    scale: int = 2  # the output scale of the renderings it was fitted on (1: one pixel per cell)
+    model: str = checked(DEFAULT_MODEL, choices=MODELS)
+    # poly3: 20 rows; lut: lut_size³ nodes
+    coefficients: tuple[tuple[float, float, float], ...] = checked((), min=-COEFFICIENT_LIMIT, max=COEFFICIENT_LIMIT)
+    lut_size: int = checked(0, min=0, max=MAX_LUT_SIZE)  # lut: nodes per axis (2 or more); poly3: 0
+    scale: int = checked(2, choices=(1, 2))  # the output scale of the renderings fitted on (1: one pixel per cell)
     cameras: tuple[str, ...] = ()  # the RAW cameras of the fit ("make model"); empty: unknown
     white_balance: WhiteBalance = field(default_factory=WhiteBalance)  # for files without one (whitebalance.py)
     source: str = SOURCE
@@ -67,6 +73,19 @@ class Profile(JsonConfig):
 
     def __hash__(self) -> int:  # fitted_on is a dict; profiles are compared by value
         return hash((self.model, self.coefficients, self.lut_size, self.scale))
+
+    def _check_together(self) -> None:
+        """The coefficients the model takes: 20 rows for ``poly3`` (``lut_size`` 0), ``lut_size``³ for ``lut``."""
+        if self.model == "lut" and self.lut_size < 2:
+            raise FieldError("Profile", ("lut_size",), f"{self.lut_size} is out of range (a lut has 2 or more nodes "
+                                                       "per axis)")
+        if self.model == "poly3" and self.lut_size != 0:
+            raise FieldError("Profile", ("lut_size",), f"{self.lut_size} for a poly3 profile, which has no LUT (0)")
+        rows = 20 if self.model == "poly3" else self.lut_size**3
+        if len(self.coefficients) != rows or any(len(row) != 3 for row in self.coefficients):
+            shape = (len(self.coefficients), *sorted({len(row) for row in self.coefficients}))
+            kind = f"{self.model} profile" + (f" of lut_size {self.lut_size}" if self.lut_size else "")
+            raise FieldError("Profile", ("coefficients",), f"shape {shape}, a {kind} has ({rows}, 3)")
 
 
 # -- the models -------------------------------------------------------------------------------------
@@ -228,10 +247,19 @@ def save(profile: Profile, path: os.PathLike | str) -> Path:
 
 
 def load(path: os.PathLike | str) -> Profile:
-    """A profile file, checked.
+    """A profile file, checked: complete and usable, or refused.
+
+    Complete: every field of :class:`Profile` and of its ``white_balance`` (``rule``, ``gains``, null
+    for none) is in the file. None is filled with a default, since a default renders silently with
+    another rule or scale than the fit's (a frame-bright profile read without its ``white_balance``
+    scored 10 dB below itself under the ``dataset`` rule); every file of format 2 that raw2rgb wrote
+    holds them all, so no older file loses a field it had. Usable: the checks of :class:`Profile` and
+    :class:`WhiteBalance` (a known model and rule, scale 1 or 2, coefficients of the model's shape
+    within ±``COEFFICIENT_LIMIT``, gains within ``GAIN_MIN``…``GAIN_MAX`` with G = 1).
 
     Raises:
-        ProfileError: missing, not JSON, not a raw2rgb profile, another format, or malformed.
+        ProfileError: missing, not JSON, not a raw2rgb profile, another format, incomplete or
+            malformed; one line naming the file and the field.
     """
     path = Path(path)
     try:
@@ -244,18 +272,16 @@ def load(path: os.PathLike | str) -> Profile:
         raise ProfileError(f"{path}: not a raw2rgb colour profile")
     if data.pop("format", None) != FORMAT:
         raise ProfileError(f"{path}: profile format is not {FORMAT}; refit it with this raw2rgb")
+    missing = [f.name for f in dataclasses.fields(Profile) if f.name not in data]
+    if isinstance(data.get("white_balance"), dict):
+        missing += [f"white_balance.{f.name}" for f in dataclasses.fields(WhiteBalance)
+                    if f.name not in data["white_balance"]]
+    if missing:
+        raise ProfileError(f"{path}: malformed profile ({', '.join(f'Profile.{m}' for m in missing)}: missing; a "
+                           "profile holds every field, refit it with raw2rgb profile fit)")
     try:
         profile = Profile.from_json(data)
-        coef = np.asarray(profile.coefficients, np.float64)
-        rows = 20 if profile.model == "poly3" else profile.lut_size**3
-        if profile.model not in MODELS or coef.shape != (rows, 3) or not np.isfinite(coef).all():
-            raise ValueError(f"{profile.model} with coefficients of shape {coef.shape}")
-        if profile.model == "lut" and profile.lut_size < 2:
-            raise ValueError(f"lut_size {profile.lut_size}")
-        if profile.scale not in (1, 2):
-            raise ValueError(f"scale {profile.scale}")
-        whitebalance.check_rule(profile.white_balance.rule)
-    except (ConfigError, ValueError, TypeError) as e:
+    except ConfigError as e:
         raise ProfileError(f"{path}: malformed profile ({e})") from None
     return profile
 

@@ -21,6 +21,7 @@ samples/s at 602 kB/sample; lzf 487/s at 567 kB; gzip-1 289/s at 485 kB. Sensor 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ import h5py
 import imagecodecs
 import numpy as np
 
-from raw2rgb.errors import UserError, one_line
+from raw2rgb.errors import ConfigError, UserError, one_line, writing
 from raw2rgb.files import atomic_path, write_json
 from raw2rgb.pipeline import augment, bayer, rawio, whitebalance
 from raw2rgb.pipeline.bayer import THUMB_SIZE
@@ -127,7 +128,8 @@ def write_shard(path: Path, ids: list[str], raw: np.ndarray, rgb: np.ndarray, sa
     colours = unknown_colours(raw) if colours is None else colours
     thumbs = own_thumbnails(raw) if thumbs is None else thumbs
     sums, cells = _grey_sums(raw, np.asarray(colours["wb_as_shot"]))
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    # a full disk is told by h5py in several forms, naming the temporary file: one line naming this one
+    with writing(path, "training shard"), atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         for name, data in (("raw", raw), ("rgb", rgb), ("saliency", saliency), ("thumb", thumbs)):
             f.create_dataset(name, data=data, chunks=(1, *data.shape[1:]), track_times=False)
         f.create_dataset("id", data=np.array(ids, dtype=object), dtype=h5py.string_dtype(), track_times=False)
@@ -181,7 +183,7 @@ SALIENCY_FORMAT = 1
 def write_saliency_shard(path: Path, ids: list[str], maps: np.ndarray, method: str, weights_sha256: str) -> None:
     """Write one saliency shard atomically (and byte-reproducibly: no timestamps)."""
     n, h, w = maps.shape
-    with atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
+    with writing(path, "saliency shard"), atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
         f.create_dataset("saliency", data=maps, chunks=(1, h, w), track_times=False)
         f.create_dataset("id", data=np.array(ids, dtype=object), dtype=h5py.string_dtype(),
                          track_times=False)
@@ -465,12 +467,42 @@ class ShardIndex:
 
 
 def read_index(root: os.PathLike | str) -> ShardIndex:
-    """``index.json`` of a shards folder, checked: format, scale and every shard inside the folder.
+    """``index.json`` of a shards folder, checked: format, scale, every shard inside the folder, and
+    every shard against the format (:func:`check_shards`, from metadata). The one way a reader
+    (``ShardDataset``, inspect, train, evaluate, profile fit, report) opens a shards folder, so that
+    none can skip the check: a float ``raw`` or a missing ``wb_frame`` is one line naming the shard
+    here, not a TypeError or KeyError deep in the first reader that touches it. Checked once per
+    process while the files are unchanged.
 
     Raises:
-        ShardError: missing, unreadable, of another format, or naming files outside the folder.
+        ShardError: missing, unreadable, of another format, naming files outside the folder, or a
+            shard that does not hold what the format stores.
     """
     root = Path(root)
+    index = _read_index_file(root)
+    try:
+        stamp = tuple((name, *_stat(root / name)) for name in (INDEX, *index.files()))
+    except OSError:  # a shard gone or unreadable: the check says which, uncached
+        check_shards(root, index)
+    else:
+        _checked_once(str(root), stamp)
+    return index
+
+
+def _stat(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size, st.st_ino
+
+
+@functools.lru_cache(maxsize=16)
+def _checked_once(root: str, stamp: tuple) -> tuple[int, int] | None:
+    """:func:`check_shards` of a folder whose index and shards have the stat ``stamp`` (a refusal is
+    not cached: it is raised again on the next read). Train and evaluate read the index several times."""
+    return check_shards(Path(root), _read_index_file(Path(root)))
+
+
+def _read_index_file(root: Path) -> ShardIndex:
+    """``index.json`` alone, checked (format, files inside the folder); its shards unopened."""
     try:
         data = json.loads((root / INDEX).read_text())
     except FileNotFoundError:
@@ -493,16 +525,32 @@ STORED_DTYPES = {"raw": np.uint16, "rgb": np.uint8, "saliency": np.uint8, "thumb
 
 
 def validate(root: os.PathLike | str, index: ShardIndex | None = None) -> tuple[int, int]:
+    """:func:`check_shards` of a folder that must hold samples; returns (h, w) of its samples.
+
+    Raises:
+        ShardError: naming the shard and what is wrong, or a folder without shards.
+    """
+    root = Path(root)
+    size = check_shards(root, index if index is not None else _read_index_file(root))
+    if size is None:
+        raise ShardError(f"{root}: no shards")
+    return size
+
+
+REQUIRED = ("raw", "rgb", "saliency", "thumb", "id", *COLOUR_DATASETS, "camera")  # the datasets of a shard
+
+
+def check_shards(root: os.PathLike | str, index: ShardIndex) -> tuple[int, int] | None:
     """Check every training shard of a shards folder against the format, from its metadata (no sample
     is read): the datasets, their dtypes, shapes (raw (N, 4, h, w), rgb (N, 3, s·h, s·w), saliency
-    (N, 1, s·h, s·w), one h, w across shards) and the counts of ``index.json``. The one check that
-    ``inspect`` and ``train`` share; returns (h, w).
+    (N, 1, s·h, s·w), one h, w across shards) and the counts of ``index.json``. :func:`read_index`
+    runs it for every reader; returns (h, w), None for a folder without shards (each reader says
+    which split it needed).
 
     Raises:
         ShardError: naming the shard and what is wrong.
     """
     root = Path(root)
-    index = index if index is not None else read_index(root)
     scale = index.scale
     size: tuple[int, int] | None = None
     for split in sorted(index.splits):
@@ -513,8 +561,11 @@ def validate(root: os.PathLike | str, index: ShardIndex | None = None) -> tuple[
                     if "thumb" not in f:
                         raise ShardError(f"{path}: no frame thumbnails (shards of an earlier development version of "
                                          "format 2); rebuild them: raw2rgb prepare SRC -o DATASET --force shards")
-                    shapes = {k: tuple(f[k].shape)
-                              for k in ("raw", "rgb", "saliency", "thumb", "id", *COLOUR_DATASETS, "camera")}
+                    missing = [k for k in REQUIRED if not isinstance(f.get(k), h5py.Dataset)]
+                    if missing:
+                        raise ShardError(f"{path}: no {', '.join(missing)} dataset, the format stores it; rebuild "
+                                         "the shards: raw2rgb prepare SRC -o DATASET --force shards")
+                    shapes = {k: tuple(f[k].shape) for k in REQUIRED}
                     dtypes = {k: f[k].dtype for k in STORED_DTYPES}
             except (OSError, KeyError) as e:
                 raise ShardError(f"{path}: unreadable training shard ({one_line(str(e))})") from None
@@ -538,8 +589,6 @@ def validate(root: os.PathLike | str, index: ShardIndex | None = None) -> tuple[
             if size is not None and (h, w) != size:
                 raise ShardError(f"{path}: samples of {h}×{w}, other shards hold {size[0]}×{size[1]}")
             size = (h, w)
-    if size is None:
-        raise ShardError(f"{root}: no shards")
     return size
 
 
@@ -610,7 +659,12 @@ def white_balance(root: os.PathLike | str, rule: str | WhiteBalance = whitebalan
             except (OSError, KeyError) as e:
                 raise ShardError(f"{path}: unreadable training shard ({one_line(str(e))})") from None
         if cells:
-            return WhiteBalance("dataset", whitebalance.grey_world_gains(sums, cells))
+            gains = whitebalance.grey_world_gains(sums, cells)
+            try:
+                return WhiteBalance("dataset", gains)
+            except ConfigError as e:  # a grey world this far from grey is no white balance: say so, and what to use
+                raise ShardError(f"{root}: the dataset white-balance rule's grey world gives gains "
+                                 f"{', '.join(f'{g:.3g}' for g in gains)} ({e}); use a frame-* rule") from None
     return wb
 
 

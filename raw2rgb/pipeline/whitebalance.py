@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from raw2rgb.config import JsonConfig
+from raw2rgb.config import JsonConfig, checked
 from raw2rgb.errors import ConfigError
 
 ESTIMATORS = ("grey_world", "grey_edge", "bright")
@@ -33,6 +33,9 @@ LEGACY_RULE = "frame-grey-world"  # what a checkpoint of before the rules used o
 CLIPPED = 0.98  # a cell with any plane this high is left out of every estimate: clipping hides its colour
 BRIGHT_FRACTION = 0.02  # frame-bright: the brightest 2 % of unclipped cells
 EDGE_SIGMA = 1.0  # frame-grey-edge: Gaussian smoothing (packed pixels) before the gradients
+# A rule's gains within four stops of green: wider than any illuminant a camera balances for, narrow enough
+# that a hand-edited 0, a negative or a 1e9 is refused instead of rendering a black, inverted or white frame
+GAIN_MIN, GAIN_MAX = 1 / 16, 16.0
 
 
 def _planes(packed: np.ndarray) -> np.ndarray:
@@ -110,8 +113,9 @@ def check_rule(rule: str) -> str:
 class WhiteBalance(JsonConfig):
     """A white-balance rule and, for ``dataset``, its gains (None: no sample lacked metadata)."""
 
-    rule: str = DEFAULT_RULE
-    gains: tuple[float, float, float] | None = None
+    rule: str = checked(DEFAULT_RULE, choices=RULES)
+    gains: tuple[float, float, float] | None = checked(
+        None, min=GAIN_MIN, max=GAIN_MAX, rule=(lambda g: g[1] == 1, "gains (R, G, B) with G = 1"))
 
     def describe(self) -> str:
         gains = "" if self.gains is None else " (gains " + ", ".join(f"{g:.3f}" for g in self.gains) + ")"

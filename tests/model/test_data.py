@@ -130,9 +130,10 @@ def test_corrupt_shard_names_the_shard_and_sample(shard_root, tmp_path):
     shutil.copytree(shard_root, copy)
     name = json.loads((copy / "index.json").read_text())["splits"]["train"]["shards"][1]["file"]
     path = copy / name
-    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
     # a frame rule: the dataset rule's gains add up every train shard, the corrupt one included
     ds = ShardDataset(copy, "train", white_balance="frame-grey-world")
+    # corrupted after the folder was opened (and checked): the read names the shard and the sample
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
     first_of_second = json.loads((copy / "index.json").read_text())["splits"]["train"]["shards"][0]["count"]
     with pytest.raises(ShardError) as info:
         ds[first_of_second + 1]
@@ -140,6 +141,8 @@ def test_corrupt_shard_names_the_shard_and_sample(shard_root, tmp_path):
     assert ds[0]["raw"].shape[0] == 4  # the intact shard still reads
     with pytest.raises(ShardError, match=str(path)):
         ShardDataset(copy, "train", white_balance="dataset")[0]
+    with pytest.raises(ShardError, match=f"^{path}: unreadable training shard"):  # opened after: refused at once
+        ShardDataset(copy, "train", white_balance="frame-grey-world")
 
 
 def test_compact_samples_and_to_model_equal_the_float_samples(shard_root):
