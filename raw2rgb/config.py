@@ -4,10 +4,11 @@ and the values each field accepts, checked whenever a config is made.
 ``JsonConfig.to_json()`` gives plain JSON values; ``Cls.from_json(d)`` rebuilds the dataclass,
 nested configs and tuples included, and refuses keys it does not know (a config from a newer or
 different tool says so instead of being half-read). A field declares what it accepts with
-:func:`checked` (a range, a set of choices, a rule); every number must be finite. The check runs on
-every construction, from a JSON file, a command's options or code alike, so a config that exists
-is one a run can use. :func:`layered` builds a config from a preset, a file and options, checking
-each in turn so that an error names where the bad value came from.
+:func:`checked` (a range, a set of choices, a rule); every number must be finite and every integer
+fit in 64 bits (torch and numpy take it). The check runs on every construction, from a JSON file, a
+command's options or code alike, so a config that exists is one a run can use. :func:`layered`
+builds a config from a preset, a file and options, checking each in turn so that an error names where
+the bad value came from.
 """
 
 from __future__ import annotations
@@ -67,6 +68,17 @@ def _shown(v: Any) -> str:
     return json.dumps(v) if isinstance(v, str) else str(v)
 
 
+# Integers a run can use: torch and numpy take counts, sizes and seeds as 64-bit integers, and a
+# float field's value must convert to a float (a 400-digit integer raises OverflowError there).
+INT_LIMIT = 2**63
+
+
+def _digits(v: int) -> str:
+    """A huge integer shown in a one-line message: its first digits and how many there are."""
+    text = str(v)
+    return text if len(text) <= 24 else f"{text[:12]}… ({len(text.lstrip('-'))} digits)"
+
+
 def _problem(name: str, value: Any, meta: dict[str, Any]) -> str | None:
     """Why ``value`` is not accepted by a field with ``meta`` (None when it is)."""
     if value is None:
@@ -80,6 +92,9 @@ def _problem(name: str, value: Any, meta: dict[str, Any]) -> str | None:
             continue
         if isinstance(v, float) and not math.isfinite(v):
             return f"{v} is not a finite number" + (f" (accepted: {accepted(name, meta)})" if meta else "")
+        if isinstance(v, int) and not isinstance(v, bool) and not -INT_LIMIT <= v < INT_LIMIT:
+            return f"{_digits(v)} is not a representable number" + \
+                (f" (accepted: {accepted(name, meta)})" if meta else "")
         if "choices" in meta and v not in meta["choices"]:
             return f"{_shown(v)} is not {accepted(name, meta)}"
         if isinstance(v, (int, float)) and not isinstance(v, bool) and (
@@ -162,6 +177,8 @@ def _value(hint: Any, v: Any) -> Any:
                 return tuple(_value(a, x) for a, x in zip(args, v))
             return tuple(_value(args[0], x) if args else x for x in v)
         if option in _SCALARS and isinstance(v, _SCALARS[option]) and not (option is not bool and isinstance(v, bool)):
+            if option is float and isinstance(v, int) and not -INT_LIMIT <= v < INT_LIMIT:
+                return v  # float() may overflow: the field's check refuses it, naming the field
             return float(v) if option is float else v
         if option is Any or origin is dict and isinstance(v, dict):
             return v

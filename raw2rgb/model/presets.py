@@ -16,23 +16,27 @@ from raw2rgb.registry import Registry
 
 NORMS, PRIORS, PRIOR_MODELS = ("instance", "none"), ("none", "profile"), PROFILE_MODELS
 COLOUR_BRANCHES = ("none", "global")
+MAX_WIDTH, MAX_DETAIL_FILTER = 256, 15  # the largest networks and filters a run may ask for (see the fields)
 
 
 @dataclass(frozen=True)
 class GeneratorConfig(JsonConfig):
     """What builds a generator (``model/generator.py``). The defaults are the paper's configuration."""
 
-    base: int = checked(64, min=1)  # channels of E1; E2..E4 have 2, 4, 8 times as many
-    res_blocks: int = checked(4, min=0)
-    saliency_width: int = checked(64, min=1)
+    # The bounds keep a network that fits a GPU (memory grows with base² per layer; 256 is 4× the paper's
+    # widths, E4 with 2048 channels): base 100000 would ask for 1.28 TB before the first step.
+    base: int = checked(64, min=1, max=MAX_WIDTH)  # channels of E1; E2..E4 have 2, 4, 8 times as many
+    res_blocks: int = checked(4, min=0, max=64)
+    saliency_width: int = checked(64, min=1, max=MAX_WIDTH)
     scale: int = checked(1, choices=(1, 2))  # output scale: 1 (the paper: at packed resolution), 2 (sensor's)
     norm: str = checked("instance", choices=NORMS)  # instance (the paper) or none
     prior: str = checked("none", choices=PRIORS)  # none (the paper) or profile: a fitted profile, then the net
     prior_model: str = checked("poly3", choices=PRIOR_MODELS)  # the prior's profile (pipeline/profile.py's models)
     colour_branch: str = checked("none", choices=COLOUR_BRANCHES)  # global: each image's colour from its frame
     # k > 0: after the profile, a k×k linear filter fitted with it (the prior's detail; k odd). Part of the
-    # prior: without one (prior "none", as over a preset to compare) there is no filter
-    detail_filter: int = checked(0, min=0, rule=(lambda k: k % 2 == 1 or k == 0, "0 or odd"))
+    # prior: without one (prior "none", as over a preset to compare) there is no filter. Its fit solves
+    # normal equations of (3k²)² entries: 15 takes 4 MB, 101 would take 7.5 GB
+    detail_filter: int = checked(0, min=0, max=MAX_DETAIL_FILTER, rule=(lambda k: k % 2 == 1 or k == 0, "0 or odd"))
 
     def _check_together(self) -> None:
         if self.colour_branch != "none" and self.prior != "profile":
@@ -44,7 +48,7 @@ class GeneratorConfig(JsonConfig):
 class DiscriminatorConfig(JsonConfig):
     """What builds a discriminator (``model/discriminator.py``)."""
 
-    base: int = checked(64, min=1)
+    base: int = checked(64, min=1, max=MAX_WIDTH)
 
 
 @dataclass(frozen=True)

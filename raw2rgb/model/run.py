@@ -11,7 +11,9 @@
 A run is keyed on its config, its dataset's key and where its data's colour comes from: the same
 command on a finished run does nothing, on an interrupted one resumes; another config, changed
 shards or another colour source are refused unless the run is started over (``force``), which
-removes only what a run writes, and only in a folder that holds a run.
+removes only what a run writes, and only in a folder that holds a run. A run that never saved a
+checkpoint has nothing to resume: another command simply starts it over, and a start that is
+refused while setting up removes what it wrote (:func:`discard`), so a mistake never sticks.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from raw2rgb.errors import UserError
-from raw2rgb.files import write_bytes, write_json
+from raw2rgb.files import LOCK_FILE, write_bytes, write_json
 from raw2rgb.pipeline.shards import colour_words
 
 log = logging.getLogger(__name__)
@@ -86,21 +88,35 @@ def holds_run(run_dir: Path) -> bool:
     return (run_dir / CONFIG).is_file()
 
 
-def open_run(run_dir: Path, identity: dict[str, Any], force: bool) -> None:
-    """Create RUN for this identity, or check that it holds this run (the caller resumes it).
+def took_a_step(run_dir: Path) -> bool:
+    """Whether a run has anything to resume: a checkpoint (every one is saved after a step)."""
+    return any(checkpoint(run_dir, name).is_file() for name in (LATEST, STAGE1, FINAL))
+
+
+def open_run(run_dir: Path, identity: dict[str, Any], force: bool) -> bool:
+    """Create RUN for this identity, or check that it holds this run (the caller resumes it); True
+    when this call wrote ``config.json`` (a new run, or one started over).
 
     With ``force`` an existing run is started over: only what a run writes is removed, and only
-    where ``config.json`` says a run lives; a folder with other files and no run is refused.
+    where ``config.json`` says a run lives; a folder with other files and no run is refused. A run
+    without a checkpoint is started over without ``force`` when the identity changed: it has no
+    step to lose, and refusing it would make a refused start (a batch too large) stick.
 
     Raises:
-        RunError: another config or dataset without ``force``, or a folder that holds no run.
+        RunError: another config or dataset without ``force`` where a checkpoint holds the run's
+            steps, or a folder that holds no run.
     """
     path = run_dir / CONFIG
     if run_dir.exists() and not holds_run(run_dir):
-        others = sorted(p.name for p in run_dir.iterdir() if p.name != ".raw2rgb.lock")
+        others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
         if others:
             raise RunError(f"{run_dir} is not empty and holds no run ({', '.join(others[:3])}"
                            f"{', …' if len(others) > 3 else ''}); choose an empty or new folder")
+    elif holds_run(run_dir) and not force and not took_a_step(run_dir):
+        if _saved_identity(run_dir) == identity:
+            return False  # the same run, not one step taken yet: it starts from its beginning
+        log.info("%s: its run took no step yet; started over with the new options", run_dir)
+        discard(run_dir)
     elif holds_run(run_dir) and not force:
         saved = read_identity(run_dir)
         if saved.get("config") != identity["config"]:
@@ -115,16 +131,39 @@ def open_run(run_dir: Path, identity: dict[str, Any], force: bool) -> None:
             raise RunError(f"{run_dir} was trained on colour from {colour_words(saved.get('colour'))}, this data's "
                            f"comes from {colour_words(identity.get('colour'))}; resume on the data it was trained on, "
                            "or use --force to start over")
-        return
+        return False
     elif force:
-        for name in WRITES:
-            target = run_dir / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    target.unlink()
+        discard(run_dir)
     write_json(path, identity)
+    return True
+
+
+def _saved_identity(run_dir: Path) -> dict[str, Any] | None:
+    """RUN/config.json, or None when it cannot be read (a run without steps is started over then)."""
+    try:
+        return read_identity(run_dir)
+    except RunError:
+        return None
+
+
+def discard(run_dir: Path) -> None:
+    """Remove what a run writes (and nothing else) from RUN: ``--force``, a run started over before
+    its first checkpoint, or a start refused while setting up."""
+    for name in WRITES:
+        target = run_dir / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+
+
+def remove_if_unused(run_dir: Path) -> None:
+    """Remove RUN when a refused start created it and it holds nothing but the lock file."""
+    with contextlib.suppress(OSError):
+        if {p.name for p in run_dir.iterdir()} <= {LOCK_FILE}:
+            (run_dir / LOCK_FILE).unlink(missing_ok=True)
+            run_dir.rmdir()
 
 
 # -- statistics ---------------------------------------------------------------------------------------

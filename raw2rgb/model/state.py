@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -20,12 +21,14 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from raw2rgb.errors import ConfigError
 from raw2rgb.model import checkpoint, losses, run
 from raw2rgb.model.discriminator import Discriminator
 from raw2rgb.model.distributed import Dist
 from raw2rgb.model.generator import Generator, init_weights
 from raw2rgb.model.prior import PriorFit
 from raw2rgb.model.recipe import LR_DECAYS, Runtime, TrainConfig, TrainError
+from raw2rgb.pipeline.shards import colour_words
 
 
 @dataclass
@@ -139,13 +142,74 @@ def optimisers(nets: Nets, cfg: TrainConfig, stage: int, scaler_on: bool) -> Opt
 
 # -- resume and snapshot --------------------------------------------------------------------------
 
-def resume(run_dir: Path, nets: Nets, cfg: TrainConfig, precision: str, dist: Dist) -> tuple[Progress, Optimisers]:
-    """The progress and optimisers of RUN's latest checkpoint (fresh ones when there is none),
-    with the networks' weights and the RNG states restored."""
+def read_latest(run_dir: Path, identity: dict[str, Any]) -> dict[str, Any] | None:
+    """RUN's latest checkpoint (None when there is none), once it is known to be this run's.
+
+    A checkpoint carries its run's config (the seed and the networks included) and the key and
+    colour source of the dataset it was trained on (``run``; files of before it carry the config
+    only). Another run's file, copied or restored over this one's, would otherwise resume in
+    silence (with the other seed's weights, or a colour prior fitted on other data than
+    RUN/profile.json) and be saved again under this run's name, or end in a ``load_state_dict``
+    traceback for another architecture. Checked before anything in RUN is written.
+
+    Raises:
+        TrainError: the checkpoint belongs to another run, naming the fields that differ.
+        CheckpointError: unreadable or corrupted.
+    """
     path = run.checkpoint(run_dir)
     if not path.is_file():
-        return Progress(), optimisers(nets, cfg, 1, precision == "fp16")
+        return None
     blob = checkpoint.load(path)
+    differences = _other_run(blob, identity)
+    if differences:
+        raise TrainError(f"{path}: belongs to another run ({differences}); put this run's checkpoint back, or use "
+                         "--force to start this run over")
+    return blob
+
+
+def _shown(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 16 else text[:12] + "…"
+
+
+def _other_run(blob: dict[str, Any], identity: dict[str, Any]) -> str | None:
+    """How a checkpoint's run differs from ``identity`` (``seed 1, this run 0``), or None."""
+    saved = blob.get("config")
+    try:
+        saved = TrainConfig.from_json(saved).to_json()  # a config of an older raw2rgb, completed
+    except ConfigError as e:
+        return f"its config is not one this raw2rgb reads: {e}"
+    differ = [(name, old, new) for name, old, new in _leaves(saved, identity["config"]) if old != new]
+    owner = blob.get("run") or {}
+    for key in ("dataset_key", "colour"):  # other shards usually have another colour too: the key says enough
+        if key in owner and owner[key] != identity.get(key):
+            differ.append((key, owner[key], identity.get(key)))
+            break
+    if not differ:
+        return None
+    words = [f"{name} {_shown(old)}, this run {_shown(new)}" if name != "colour" else
+             f"colour from {colour_words(old)}, this run's from {colour_words(new)}" for name, old, new in differ]
+    return "; ".join(words[:3]) + (f"; and {len(words) - 3} more" if len(words) > 3 else "")
+
+
+def _leaves(old: Any, new: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted name, old value, new value) of two JSON configs, nested configs field by field."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [leaf for key in sorted(set(old) | set(new))
+                for leaf in _leaves(old.get(key), new.get(key), f"{prefix}{key}.")]
+    return [(prefix[:-1], old, new)]
+
+
+def resume(run_dir: Path, nets: Nets, cfg: TrainConfig, precision: str, dist: Dist,
+           blob: dict[str, Any] | None = None) -> tuple[Progress, Optimisers]:
+    """The progress and optimisers of RUN's latest checkpoint (fresh ones when there is none), with
+    the networks' weights and the RNG states restored; ``blob``: the checkpoint as
+    :func:`read_latest` gave it (read here when not given)."""
+    path = run.checkpoint(run_dir)
+    if blob is None and path.is_file():
+        blob = checkpoint.load(path)
+    if blob is None:
+        return Progress(), optimisers(nets, cfg, 1, precision == "fp16")
     progress = Progress(**blob["progress"])
     saved = blob.get("precision") or ("fp16" if blob.get("scaler") else "bf16 or fp32")
     if (saved == "fp16") != (precision == "fp16"):
@@ -166,12 +230,13 @@ def resume(run_dir: Path, nets: Nets, cfg: TrainConfig, precision: str, dist: Di
 
 
 def snapshot(run_dir: Path, nets: Nets, opts: Optimisers, progress: Progress, cfg: TrainConfig, cameras: list[str],
-             world: int, precision: str, name: str | None = None) -> None:
-    """Save RUN/checkpoints/latest.pt, and copy it to ``name`` when given (one process writes)."""
+             world: int, precision: str, name: str | None = None, owner: dict[str, Any] | None = None) -> None:
+    """Save RUN/checkpoints/latest.pt, and copy it to ``name`` when given (one process writes).
+    ``owner``: the dataset's key and colour source, by which a resume knows the file is its run's."""
     latest = run.checkpoint(run_dir)
     ema = {"G_ema": nets.G_ema} if nets.G_ema is not None else {}
     checkpoint.save(latest, {"G": nets.G, "D": nets.D, **ema, **opts.states()}, cfg.to_json(),
-                    dataclasses.asdict(progress), cameras, world, precision)
+                    dataclasses.asdict(progress), cameras, world, precision, run=owner)
     if name:
         partial = latest.with_name(f".{name}.partial")
         shutil.copyfile(latest, partial)

@@ -127,11 +127,36 @@ def write_samples(G: nn.Module, batch: dict[str, torch.Tensor], path: Path, amp:
 
 # -- set-up pieces ----------------------------------------------------------------------------------
 
-def _check_dataset(root: Path, cfg: TrainConfig) -> ShardIndex:
+def check(dataset: os.PathLike | str, cfg: TrainConfig, rt: Runtime, world: int | None = None
+          ) -> tuple[Path, ShardIndex, torch.device, str]:
+    """Everything a run can be refused for before it writes anything: the stages, the device and
+    its precision, the shards and what the config asks of them (scale, crop, a batch's worth of
+    samples). :func:`train` calls it before it touches RUN and ``train --dry-run`` calls it too,
+    so a plan that is printed is one the run accepts and a refused start leaves nothing behind.
+
+    Returns:
+        The shards folder, its index, the device and the precision the run will use.
+
+    Raises:
+        UserError: the first thing that would refuse the run, in one line.
+    """
+    if rt.stages not in STAGES:
+        raise TrainError(f"unknown stage {rt.stages!r} (1, 2 or all)")
+    device = resolve_device(rt.device)
+    precision = _precision(rt, device)
+    root = shards_root(dataset)
+    world = world if world is not None else int(os.environ.get("WORLD_SIZE", "1"))
+    return root, _check_dataset(root, cfg, world), device, precision
+
+
+def _check_dataset(root: Path, cfg: TrainConfig, world: int = 1) -> ShardIndex:
     index = read_index(root)
     validate_shards(root, index)
     if index.count("train") == 0:
         raise TrainError(f"{root}: the train split is empty (no training samples); check prepare's --split")
+    if index.count("train") < cfg.batch_size * world:  # the epoch would make no batch (the last partial one is dropped)
+        raise TrainError(f"{root}: {index.count('train')} training samples make no batch of {cfg.batch_size} × "
+                         f"{world} process(es); lower --batch-size")
     if index.scale != cfg.generator.scale:
         raise TrainError(f"{root}: shards are at output scale {index.scale}, the config's generator at "
                          f"{cfg.generator.scale}; rebuild the shards with --scale {cfg.generator.scale} or change "
@@ -220,6 +245,7 @@ class _Loop:
     amp: torch.autocast
     cameras: list[str]
     finite: guards.FiniteTerms
+    owner: dict[str, Any] = field(default_factory=dict)  # the dataset a checkpoint records (state.read_latest)
     last_terms: dict[str, torch.Tensor] = field(default_factory=dict)
     last_val: dict[str, float] = field(default_factory=dict)
     steps_run: int = 0  # by this process
@@ -248,7 +274,7 @@ class _Loop:
             return
         self.progress.stats_lines = self.stats.lines
         state.snapshot(self.run_dir, self.nets, self.opts, self.progress, self.cfg, self.cameras, self.dist.world,
-                       self.precision, name)
+                       self.precision, name, self.owner)
 
     def epoch(self, stage: int, train_set: ShardDataset, stop: guards.StopRequest,
               on_step: Callable[[int], None] | None, progress_bar) -> str | None:
@@ -389,23 +415,27 @@ def train(dataset: os.PathLike | str, run_dir: os.PathLike | str, cfg: TrainConf
     Raises:
         UserError: bad dataset, other config, missing VGG weights, OOM, a NaN loss, a locked RUN, ….
     """
-    run_dir, root = Path(run_dir), shards_root(dataset)
-    if rt.stages not in STAGES:
-        raise TrainError(f"unknown stage {rt.stages!r} (1, 2 or all)")
-    device = resolve_device(rt.device)
+    root, index, device, precision = check(dataset, cfg, rt)  # before RUN is touched
+    run_dir = Path(run_dir)
+    created = not run_dir.exists()
     dist = distributed.init(device)
     try:
         with FolderLock(run_dir, "raw2rgb train") if dist.main else contextlib.nullcontext():
-            return _train(root, run_dir, cfg, rt, device, dist, force, on_step, progress_bar)
+            return _train(root, index, precision, run_dir, cfg, rt, device, dist, force, on_step, progress_bar)
+    except BaseException:
+        if created and dist.main:  # a start refused while setting up leaves no folder either
+            run.remove_if_unused(run_dir)
+        raise
     finally:
         run.close_log(run_dir)
         dist.close()
 
 
-def _train(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, force: bool,
-           on_step: Callable[[int], None] | None, progress_bar) -> TrainResult:
+def _train(root: Path, index: ShardIndex, precision: str, run_dir: Path, cfg: TrainConfig, rt: Runtime,
+           device: torch.device, dist: Dist, force: bool, on_step: Callable[[int], None] | None,
+           progress_bar) -> TrainResult:
     device = device_policy(device, dist)
-    set_up = _set_up(root, run_dir, cfg, rt, device, dist, force)
+    set_up = _set_up(root, index, precision, run_dir, cfg, rt, device, dist, force)
     if isinstance(set_up, TrainResult):
         return set_up
     loop, stages, train_set, val_set = set_up
@@ -444,24 +474,31 @@ def device_policy(device: torch.device, dist: Dist) -> torch.device:
     return device
 
 
-def _set_up(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, force: bool
+def _set_up(root: Path, index: ShardIndex, precision: str, run_dir: Path, cfg: TrainConfig, rt: Runtime,
+            device: torch.device, dist: Dist, force: bool
             ) -> TrainResult | tuple[_Loop, tuple[int, ...], ShardDataset, ShardDataset | None]:
-    """Dataset, RUN folder, networks and the resumed state; a TrainResult when nothing is left to do."""
-    index = _check_dataset(root, cfg)
+    """RUN folder, networks and the resumed state (the dataset was checked by :func:`check`); a
+    TrainResult when nothing is left to do. A start that this call began (it wrote RUN/config.json)
+    and that fails before its first step removes what it wrote: a refused start never sticks."""
     identity = {"format": checkpoint.FORMAT, "config": cfg.to_json(), "dataset": str(root),
                 "dataset_key": dataset_key(root), "colour": colour_source(root, index)}
-    if dist.main:
-        run.open_run(run_dir, identity, force)
+    wrote = run.open_run(run_dir, identity, force) if dist.main else False
     distributed.barrier(dist)
-    if not dist.main:
-        run.open_run(run_dir, identity, False)  # the same checks; rank 0 has written it
-    if dist.main:
-        run.log_to_file(run_dir)
-    precision = _precision(rt, device)
-    stages = STAGES[rt.stages]
-    prior = _fit_prior(root, run_dir, cfg, dist)
-    nets = state.build(cfg, rt, device, dist, need_vgg=2 in stages and cfg.weights.perceptual > 0, prior=prior)
-    progress, opts = state.resume(run_dir, nets, cfg, precision, dist)
+    try:
+        if not dist.main:
+            run.open_run(run_dir, identity, False)  # the same checks; rank 0 has written it
+        latest = state.read_latest(run_dir, identity)  # another run's checkpoint is refused before any write
+        if dist.main:
+            run.log_to_file(run_dir)
+        stages = STAGES[rt.stages]
+        prior = _fit_prior(root, run_dir, cfg, dist)
+        nets = state.build(cfg, rt, device, dist, need_vgg=2 in stages and cfg.weights.perceptual > 0, prior=prior)
+        progress, opts = state.resume(run_dir, nets, cfg, precision, dist, latest)
+    except BaseException:
+        if wrote and not run.took_a_step(run_dir):
+            run.close_log(run_dir)
+            run.discard(run_dir)
+        raise
     done = _finished(progress, stages, cfg, rt)
     if done:
         return TrainResult(run_dir, 0, progress.step, True, f"{run_dir}: {done}; nothing to do")
@@ -473,7 +510,8 @@ def _set_up(root: Path, run_dir: Path, cfg: TrainConfig, rt: Runtime, device: to
     train_set, val_set = _datasets(root, index, cfg, dist, wb)
     loop = _Loop(root, run_dir, cfg, rt, device, dist, precision, nets, opts, progress,
                  run.Stats(run_dir, progress.stats_lines, dist.main), amp, dataset_cameras(root),
-                 guards.FiniteTerms(run_dir, dist, device))
+                 guards.FiniteTerms(run_dir, dist, device),
+                 owner={"dataset_key": identity["dataset_key"], "colour": identity["colour"]})
     if dist.main:
         if progress.step:
             log.info("resuming %s at step %d (stage %d, epoch %d, batch %d)", run_dir, progress.step, progress.stage,

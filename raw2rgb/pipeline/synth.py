@@ -26,6 +26,7 @@ from skimage.color import hsv2rgb
 from skimage.transform import resize
 
 from raw2rgb.config import JsonConfig
+from raw2rgb.errors import InputError
 from raw2rgb.pipeline import bayer
 from raw2rgb.pipeline.develop import cam_to_srgb, linear_to_srgb, srgb_to_linear
 
@@ -40,6 +41,7 @@ SCENES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "r
 # anyone profiling a camera shoots one: without it no scene holds saturated yellows and greens, and
 # every fit extrapolates them (the cat's green iris came out amber).
 ALL_SCENES = SCENES + ("hubble_deep_field", "stereo_motorcycle", "chart")
+MAX_SIDE = 8192  # pixels per side of a synthetic frame: 1.6 GB of working memory at 8192²
 
 
 @dataclass(frozen=True)
@@ -108,7 +110,8 @@ def _rationals(values, den: int = 1_000_000) -> tuple[int, ...]:
 
 
 def write_dng(path: os.PathLike | str, data: np.ndarray, camera: Camera,
-              cfa: tuple[int, int, tuple[int, ...]] | None = None, linear: bool = False) -> Path:
+              cfa: tuple[int, int, tuple[int, ...]] | None = None, linear: bool = False,
+              preview: np.ndarray | None = None) -> Path:
     """Write a DNG that LibRaw reads bit-exactly (docs/architecture.md: offline test data).
 
     Args:
@@ -117,6 +120,8 @@ def write_dng(path: os.PathLike | str, data: np.ndarray, camera: Camera,
         camera: levels, colour and names to record.
         cfa: override (rows, cols, colour codes 0=R 1=G 2=B) — e.g. a 6×6 X-Trans cell.
         linear: write a LinearRaw (demosaiced, 3 samples per pixel) DNG instead of a CFA one.
+        preview: (h, w, 3) uint8, the camera's own rendering to embed as a JPEG preview: then, as a
+            camera writes a DNG, IFD0 is the preview and the RAW is its SubIFD.
     """
     path = Path(path)
     neutral = [1.0 / g for g in camera.wb_gains]
@@ -153,8 +158,16 @@ def write_dng(path: os.PathLike | str, data: np.ndarray, camera: Camera,
         else:
             tags.append((50714, "I", 1, int(camera.black[0]), True))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tifffile.imwrite(path, np.ascontiguousarray(data, dtype=np.uint16), photometric=photometric,
-                     subfiletype=0, metadata=None, extratags=tags)
+    if preview is None:
+        tifffile.imwrite(path, np.ascontiguousarray(data, dtype=np.uint16), photometric=photometric,
+                         subfiletype=0, metadata=None, extratags=tags)
+        return path
+    shared = {50706, 50707, 271, 272, 50708, 50721, 50778, 50728}  # the file's, in IFD0; the rest are the RAW's
+    with tifffile.TiffWriter(path) as tif:
+        tif.write(np.ascontiguousarray(preview, dtype=np.uint8), photometric="rgb", compression="jpeg",
+                  compressionargs={"level": 95}, subfiletype=1, subifds=1, metadata=None, extratags=[t for t in tags if t[0] in shared])
+        tif.write(np.ascontiguousarray(data, dtype=np.uint16), photometric=photometric, subfiletype=0,
+                  metadata=None, extratags=[t for t in tags if t[0] not in shared])
     return path
 
 
@@ -182,7 +195,14 @@ def colour_chart(h: int = 512, w: int = 768) -> np.ndarray:
 
 def scene(name: str = "astronaut", size: tuple[int, int] | None = None) -> np.ndarray:
     """A natural sRGB image (H, W, 3) uint8 from ``skimage.data`` (or ``chart``: the colour chart),
-    optionally resized to (H, W)."""
+    optionally resized to (H, W).
+
+    Raises:
+        InputError: a side longer than :data:`MAX_SIDE`.
+    """
+    if size is not None and max(size) > MAX_SIDE:
+        # the pipeline holds a few float64 copies of the frame: about 24 bytes a pixel, 224 GiB at 100000²
+        raise InputError(f"a synthetic frame of {size[0]}×{size[1]} pixels: at most {MAX_SIDE} per side")
     if name == "chart":
         return colour_chart(*(size or (512, 768)))
     img = getattr(skimage.data, name)()

@@ -17,6 +17,8 @@ def test_a_new_run_is_recorded_and_the_same_one_is_accepted(tmp_path):
 
 def test_another_config_or_dataset_is_refused_naming_the_difference(tmp_path):
     run.open_run(tmp_path / "r", IDENTITY, force=False)
+    (tmp_path / "r" / run.CHECKPOINTS).mkdir()
+    (tmp_path / "r" / run.CHECKPOINTS / run.LATEST).write_bytes(b"steps")  # a run with steps to lose
     with pytest.raises(run.RunError, match=r"another config \(differs in lr_g\).*--force"):
         run.open_run(tmp_path / "r", {**IDENTITY, "config": {"preset": "tiny", "lr_g": 2e-4}}, force=False)
     with pytest.raises(run.RunError, match="other shards"):
