@@ -123,8 +123,13 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     return Deferred(write)
 
 
+def convert_names(item: Item, params) -> list[str]:
+    """The file an item writes, known before it runs (the stage refuses to replace one it did not write)."""
+    return [f"{item.key}{FORMATS[params['format']]}"]
+
+
 # 2: white-balance rules (whitebalance.py)
-CONVERT = Stage("convert", 2, convert_item, deferred=True, keeps_others=True)
+CONVERT = Stage("convert", 2, convert_item, deferred=True, keeps_others=True, names=convert_names)
 
 
 def resolve(method: str | None, checkpoint: os.PathLike | str | None, profile: os.PathLike | str | None = None,
@@ -156,9 +161,11 @@ def resolve(method: str | None, checkpoint: os.PathLike | str | None, profile: o
 
 
 def convert(items: list[Item], out_dir: os.PathLike | str, cfg: ConvertConfig, device: str = "auto",
-            jobs: int = 1, force: bool = False, progress=None) -> StageResult:
+            jobs: int = 1, force: bool = False, progress=None, overwrite: bool = False) -> StageResult:
     """Run the convert stage over ``items`` into ``out_dir``. With a model, the checkpoint is read
-    here, before any file (a bad one is refused at once), and the stage's items reuse it."""
+    here, before any file (a bad one is refused at once), and the stage's items reuse it. A file in
+    ``out_dir`` that an earlier convert did not write (the camera's own JPEG beside its RAW) is
+    replaced only with ``overwrite``; otherwise its item fails, naming it, and the others run."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: the output folder is a file")
@@ -173,4 +180,5 @@ def convert(items: list[Item], out_dir: os.PathLike | str, cfg: ConvertConfig, d
     params.pop("checkpoint")  # the paths may move; the sha256 is what matters
     params.pop("profile")
     options = {"device": dev, "checkpoint": cfg.checkpoint, "profile": cfg.profile, "none": None}
-    return run_stage(CONVERT, items, out_dir, params, jobs=jobs, force=force, progress=progress, options=options)
+    return run_stage(CONVERT, items, out_dir, params, jobs=jobs, force=force, progress=progress, options=options,
+                     overwrite=overwrite)

@@ -9,6 +9,7 @@ index) are followed only while they stay inside that folder (:func:`inside`).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import glob
 import hashlib
@@ -254,7 +255,7 @@ class FolderLock:
             self.key = key
             return self
         path = self.folder / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = _open_lock_file(path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -276,3 +277,29 @@ class FolderLock:
                 os.ftruncate(self.fd, 0)
                 fcntl.flock(self.fd, fcntl.LOCK_UN)
                 os.close(self.fd)
+
+
+def _open_lock_file(path: Path) -> int:
+    """Open (or create) a lock file: a regular file and nothing else. The lock truncates and writes
+    it, so a symbolic link (to a user's file) is not followed, and a folder, a FIFO or a device in its
+    place is refused with one line.
+
+    Raises:
+        InputError: something other than a regular file holds the name.
+    """
+    why = "it is not a regular file"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
+    except IsADirectoryError:
+        why = "it is a folder"
+    except OSError as e:
+        if path.is_symlink():
+            why = "it is a symbolic link"
+        elif e.errno not in (errno.ENXIO, errno.ELOOP):  # a socket or a FIFO without a reader; a link
+            raise
+    else:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+        os.close(fd)
+    raise InputError(f"{path}: {why}, not raw2rgb's lock file; remove it (raw2rgb keeps a lock file of that name "
+                     "in each output folder)")

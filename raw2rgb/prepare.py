@@ -27,6 +27,7 @@ import numpy as np
 
 from raw2rgb.config import JsonConfig, checked
 from raw2rgb.dataset import SOURCE, SPLITS, SPLITS_FILE, STAGES, SUMMARY, stage_folder
+from raw2rgb.device import resolve_device
 from raw2rgb.errors import InputError
 from raw2rgb.files import FolderLock, write_json
 from raw2rgb.pipeline import pairs as pairs_mod
@@ -34,7 +35,7 @@ from raw2rgb.pipeline import rawio, shards
 from raw2rgb.pipeline import unpack as unpack_stage
 from raw2rgb.pipeline.pairs import PairError
 from raw2rgb.pipeline.shards import patch_id
-from raw2rgb.pipeline.stage import Item, Stage, StageResult, run_stage
+from raw2rgb.pipeline.stage import Item, Stage, StageResult, distributed, remove_outputs, run_stage
 from raw2rgb.salgan import label
 
 log = logging.getLogger(__name__)
@@ -122,11 +123,16 @@ PATCHES = Stage("patches", 3, pairs_mod.patch_item)  # 3: OpenCV alignment with 
 
 
 def check(cfg: PrepareConfig) -> None:
-    """Refuse, before any work, options whose shards training could not use.
+    """Refuse, before any work, options whose shards training could not use, and a device that is not
+    there (the saliency stage needs it only after unpack and patches ran). ``run`` and ``--dry-run``
+    both call it, so a plan that is printed is one the run accepts.
 
     Raises:
         InputError: a shard size the generator cannot take (a multiple of 8 is needed).
+        DeviceError: an unknown device, or CUDA where there is none.
     """
+    if not (distributed() and cfg.device.startswith("cuda")):  # a cluster's workers pick their own GPUs
+        resolve_device(cfg.device)
     size = cfg.crop or (cfg.patch.size if cfg.copies == 1 else (cfg.patch.size - 1) // 8 * 8)
     if size % 8 or size < 8:
         hint = f", e.g. --crop {size // 8 * 8}" if size > 8 else ""
@@ -165,10 +171,12 @@ def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progr
          replace_source: bool) -> PrepareResult:
     found, unpaired = plan(cfg)
     if not found:
+        first = f", e.g. {unpaired[0]}" if unpaired else ""  # a CSV whose every row was refused says why
         raise PairError(f"{cfg.src}: no pairs found for layout {cfg.layout} ({len(unpaired)} files without a "
-                        "partner); check --layout (docs/data.md)")
+                        f"partner or refused{first}); check --layout (docs/data.md)")
     source = source_record(cfg, found)
-    check_source(out, source, replace_source)  # before anything is written: a refusal destroys nothing
+    if check_source(out, source, replace_source):  # before anything is written: a refusal destroys nothing
+        remove_old_source(out)
     write_json(out / SOURCE, source)
     write_json(out / "prepare.json", cfg.to_json())
     stages: dict[str, StageResult] = {}
@@ -233,24 +241,39 @@ def source_record(cfg: PrepareConfig, found: list[pairs_mod.Pair]) -> dict[str, 
             "fingerprint": hashlib.sha256(json.dumps(files).encode()).hexdigest()}
 
 
-def check_source(out: Path, source: dict[str, Any], replace: bool = False) -> None:
+def check_source(out: Path, source: dict[str, Any], replace: bool = False) -> bool:
     """Refuse to build DATASET from another SRC than the one it was built from: its shards, splits
     and caches would be replaced by the other source's (and going back would recompute them all).
-    The same SRC moved (another path, the same pairs) is accepted.
+    The same SRC moved (another path, the same pairs) is accepted. Returns whether DATASET holds
+    another SRC's data that ``replace`` lets this run replace (:func:`remove_old_source`).
 
     Raises:
         InputError: DATASET holds another SRC's data and ``replace`` is not set; names both.
     """
     previous = _read_json(out / SOURCE) or {}
     old = previous.get("src") or (_read_json(out / "prepare.json") or {}).get("src")
-    if not old or old == source["src"] or replace:
-        return
+    if not old or old == source["src"]:
+        return False
     if previous.get("fingerprint") == source["fingerprint"]:
         log.info("%s: SRC moved from %s to %s (the same pairs)", out, old, source["src"])
-        return
+        return False
+    if replace:
+        return True
     raise InputError(f"{out} was prepared from {old}, not {source['src']}: refused, since its shards, splits and "
                      "caches would be replaced; use another -o for the new source, or --replace-source to rebuild "
                      f"{out} from it")
+
+
+def remove_old_source(out: Path) -> None:
+    """Delete what prepare wrote into DATASET from its last SRC before it is rebuilt from another: every
+    stage's recorded outputs, manifest and journal, the shard index and the side files (its scenes'
+    splits would otherwise be kept for scenes of the same name). A file raw2rgb did not write stays.
+    """
+    n = sum(remove_outputs(stage_folder(out, stage)) for stage in STAGES)
+    for path in (stage_folder(out, "shards") / shards.INDEX, out / SPLITS_FILE, out / SUMMARY):
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+    log.info("%s: removed %d files of the previous source (--replace-source)", out, n)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +36,10 @@ from raw2rgb.registry import Registry
 log = logging.getLogger(__name__)
 
 RGB_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff"})
+
+# PIL's own decompression-bomb check refuses above twice its MAX_IMAGE_PIXELS (179 MP by default), which
+# would turn away a 180-MP target that rawio.MAX_PIXELS admits: one limit, raw2rgb's (read_rgb checks it).
+Image.MAX_IMAGE_PIXELS = rawio.MAX_PIXELS
 
 
 class PairError(UserError):
@@ -168,27 +173,60 @@ def detect_layout(src: Path) -> str:
 
 def find_pairs(src: os.PathLike | str, layout: str, pairs_csv: os.PathLike | str | None = None
                ) -> tuple[list[Pair], list[str]]:
-    """The pairs of a source folder, sorted by scene, and one line per file left unpaired."""
+    """The pairs of a source folder, sorted by scene, and one line per file left unpaired (or
+    refused: a scene that is not a name, see :func:`scene_problem`)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     finder = _Finder(Path(src))
     LAYOUTS[layout].find(finder, Path(pairs_csv) if pairs_csv else None)
-    finder.pairs.sort(key=lambda p: p.scene)
-    return finder.pairs, finder.problems
+    pairs = []
+    for p in finder.pairs:  # every layout's scenes, before anything is written under their names
+        why = scene_problem(p.scene)
+        if why:
+            finder.problems.append(f"{p.raw}: {why}; refused")
+        else:
+            pairs.append(p)
+    pairs.sort(key=lambda p: p.scene)
+    return pairs, finder.problems
+
+
+def scene_problem(scene: str) -> str | None:
+    """Why ``scene`` cannot name a scene, or None when it can.
+
+    A scene is a name, not a path: it names ``DATASET/unpack/SCENE.png`` and ``.json``,
+    ``DATASET/patches/raw/SCENE/`` (which a rerun empties) and so on, so an absolute name, or a part
+    that is empty, ``.``, ``..`` or hidden, would write outside DATASET or over raw2rgb's own files.
+    Parts joined by ``/`` are names too (ZRR's ``test/12``).
+    """
+    if not scene:
+        return "an empty scene name"
+    if any(ord(c) < 32 for c in scene):
+        return f"scene {scene!r} holds a control character"
+    if scene.startswith("/"):
+        return f"scene {scene!r} is an absolute path, not a name"
+    bad = next((part for part in scene.split("/") if not part or part.startswith(".")), None)  # "", ".", ".."
+    if bad is not None:
+        return f"scene {scene!r} has a part {bad!r} (a scene is a name: parts joined by /, none empty or hidden)"
+    return None
 
 
 def _pairs_of_csv(src: Path, pairs_csv: Path, problems: list[str]) -> list[Pair]:
     """The pairs a ``pairs.csv`` lists (columns raw, rgb and optionally scene, relative to SRC);
-    a line in ``problems`` for each row refused."""
+    a line in ``problems`` for each row refused, naming the CSV and the row by its line."""
     pairs = []
     with open(pairs_csv, newline="") as f:
-        for row in csv.DictReader(f):
-            raw, rgb = src / row.get("raw", ""), src / row.get("rgb", "")
-            scene = row.get("scene") or Path(row.get("raw", "")).stem
-            if not row.get("raw") or not row.get("rgb"):
-                problems.append(f"{pairs_csv}: a row without raw and rgb columns: {row}")
+        reader = csv.DictReader(f)
+        for row in reader:
+            where = f"{pairs_csv}: line {reader.line_num}"
+            raw_rel, rgb_rel = row.get("raw") or "", row.get("rgb") or ""  # None: a short row
+            raw, rgb = src / raw_rel, src / rgb_rel
+            scene = row.get("scene") or Path(raw_rel).stem
+            if not raw_rel or not rgb_rel:
+                problems.append(f"{where}: no raw and rgb columns: {row}")
             elif not (inside(src, raw) and inside(src, rgb)):
-                problems.append(f"{pairs_csv}: {row['raw']} / {row['rgb']} lies outside {src}; refused")
+                problems.append(f"{where}: {raw_rel} / {rgb_rel} lies outside {src}; refused")
+            elif why := scene_problem(scene):
+                problems.append(f"{where}: {why}; refused")
             else:
                 pairs.append(Pair(scene, str(raw), str(rgb)))
     return pairs
@@ -198,10 +236,23 @@ def _pairs_of_csv(src: Path, pairs_csv: Path, problems: list[str]) -> list[Pair]
 
 def read_rgb(path: os.PathLike | str) -> np.ndarray:
     """An RGB image as (H, W, 3) uint8, in stored orientation (EXIF rotation is not applied, so
-    a camera's JPEG keeps the sensor's orientation, like its RAW)."""
+    a camera's JPEG keeps the sensor's orientation, like its RAW).
+
+    An image above ``rawio.MAX_PIXELS`` is refused from its header, before it is decoded.
+    """
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is the one below
+            im = Image.open(path)  # reads the header only
+        with im:
+            why = rawio.too_many_pixels(*im.size)
+            if why:
+                raise PairError(f"{path}: {why}")
             return np.array(im.convert("RGB"))
+    except PairError:
+        raise
+    except Image.DecompressionBombError:  # beyond PIL's own limit, set to ours (above): the same reason
+        raise PairError(f"{path}: more than {rawio.MAX_PIXELS / 1e6:.0f} MP, raw2rgb's limit; not decoded") from None
     except Exception as e:  # noqa: BLE001 - any decoder error is this file's problem
         raise PairError(f"{path}: unreadable image ({one_line(str(e))})") from None
 

@@ -51,17 +51,23 @@ def unpack_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     return [png, sidecar], {"pattern": frame.pattern, "shape": meta["shape"]}
 
 
-UNPACK = Stage("unpack", 2, unpack_item, keeps_others=True)  # 2: faster PNG settings
+def unpack_names(item: Item, params) -> list[str]:
+    """The files an item writes, known before it runs (the stage refuses to replace one it did not write)."""
+    return [f"{item.key}.png", f"{item.key}.json"]
+
+
+UNPACK = Stage("unpack", 2, unpack_item, keeps_others=True, names=unpack_names)  # 2: faster PNG settings
 
 
 def unpack(items: list[Item], out_dir: os.PathLike | str, bit_depth: int = 16,
            zrr_levels: tuple[float, float] = rawio.ZRR_LEVELS[rawio.ZRR_DEFAULT_LEVELS],
-           jobs: int = 1, force: bool = False, progress=None) -> StageResult:
-    """Run the unpack stage over ``items`` into ``out_dir``."""
+           jobs: int = 1, force: bool = False, progress=None, overwrite: bool = False) -> StageResult:
+    """Run the unpack stage over ``items`` into ``out_dir``; a file there that no unpack wrote is
+    replaced only with ``overwrite`` (otherwise its item fails, naming it)."""
     if bit_depth not in (8, 16):
         raise ValueError(f"bit depth must be 8 or 16, got {bit_depth}")
     params = {"bit_depth": bit_depth, "zrr_levels": list(zrr_levels)}
-    return run_stage(UNPACK, items, out_dir, params, jobs=jobs, force=force, progress=progress)
+    return run_stage(UNPACK, items, out_dir, params, jobs=jobs, force=force, progress=progress, overwrite=overwrite)
 
 
 def camera_name(frame: dict) -> str:
