@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from raw2rgb import __version__, files
-from raw2rgb.errors import UserError, environment_message, one_line
+from raw2rgb.errors import Interrupted, UserError, environment_message, one_line
 
 log = logging.getLogger("raw2rgb")
 
@@ -40,14 +40,16 @@ def _setup_logging(verbose: int) -> None:
         "%(asctime)s %(name)s %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(logging.DEBUG if verbose >= 2 else logging.INFO)
+    # other libraries: warnings and up below -vv (matplotlib's "generated new fontManager" is no result of ours)
+    root.setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
     logging.getLogger("raw2rgb").setLevel(logging.DEBUG if verbose >= 1 else logging.INFO)
 
 
 def user_errors(fn):
-    """Turn a :class:`UserError` (and an OS error the machine causes: disk full, no permission) into
-    a one-line ClickException; anything else is a bug and keeps its traceback (-vv: every error
-    keeps it)."""
+    """Turn a :class:`UserError` (and an error the machine causes: disk full, out of memory, no
+    permission) into a one-line ClickException; anything else is a bug and keeps its traceback (-vv:
+    every error keeps it). A stop signal obeyed (Ctrl-C; SIGTERM in an item stage) exits with
+    128 + the signal, as a shell reports it, not click's "Aborted!" and 1."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -55,6 +57,9 @@ def user_errors(fn):
             return fn(*args, **kwargs)
         except click.ClickException:
             raise
+        except KeyboardInterrupt as e:
+            click.echo(str(e) if isinstance(e, Interrupted) else "interrupted (SIGINT)", err=True)
+            sys.exit(128 + getattr(e, "signal", 2))  # 130 for Ctrl-C, 143 for SIGTERM
         except Exception as e:
             if logging.getLogger().level <= logging.DEBUG:
                 raise
@@ -194,6 +199,12 @@ def force_option(help: str):
     return click.option("--force", is_flag=True, help=help)
 
 
+overwrite_option = click.option(
+    "--overwrite", is_flag=True,
+    help="Replace files in the output folder that raw2rgb did not write (a camera's JPEG of the same name); "
+         "without it such a file is kept and its input fails.")
+
+
 def backend_options(fn):
     """``--backend local|dask`` and ``--scheduler ADDRESS``: run the command's stages on a Dask cluster."""
 
@@ -312,11 +323,12 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 # Execution
 @jobs_option
 @force_option("Redo every file, even those up to date.")
+@overwrite_option
 @click.pass_obj
 @user_errors
 @backend_options
 def unpack(obj, inputs: tuple[str, ...], out_dir: Path, bit_depth: str, zrr_levels: str,
-           jobs: int | None, force: bool) -> None:
+           jobs: int | None, force: bool, overwrite: bool) -> None:
     """Unpack RAW files into 4-channel packed PNGs (R, G1, B, G2).
 
     INPUTS are files, folders (searched recursively) or glob patterns: any Bayer RAW LibRaw
@@ -332,7 +344,7 @@ def unpack(obj, inputs: tuple[str, ...], out_dir: Path, bit_depth: str, zrr_leve
     from raw2rgb.pipeline import unpack as unpack_stage
     items = unpack_stage.collect_inputs(inputs, out_dir)
     result = unpack_stage.unpack(items, out_dir, bit_depth=int(bit_depth), zrr_levels=rawio.ZRR_LEVELS[zrr_levels],
-                                 jobs=_jobs(jobs), force=force, progress=_progress(obj["quiet"]))
+                                 jobs=_jobs(jobs), force=force, progress=_progress(obj["quiet"]), overwrite=overwrite)
     click.echo(f"wrote {len(result.manifest.ok)} packed PNGs to {out_dir}", err=True)
     _finish(result)
 
@@ -467,7 +479,8 @@ def _prepare_stages():
 @click.option("--replace-source", is_flag=True,
               help="DATASET was built from another SRC: rebuild it from this one (the other's data is replaced).")
 @jobs_option
-@click.option("--dry-run", is_flag=True, help="Print the resolved configuration and plan as JSON; run nothing.")
+@click.option("--dry-run", is_flag=True, help="Check the options as the run does and print the resolved "
+              "configuration and plan as JSON; run nothing.")
 @click.pass_obj
 @user_errors
 @backend_options
@@ -499,6 +512,7 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
         saliency_method=saliency_method,
         weights=str(weights) if weights else None, device=device, batch_size=batch_size, jobs=_jobs(jobs))
     if dry_run:
+        prep.check(cfg)  # the run's own checks, in its order: the plan printed is one it accepts
         found, unpaired = prep.plan(cfg)
         prep.check_source(Path(cfg.out), prep.source_record(cfg, found), replace_source)
         click.echo(json.dumps({"config": cfg.to_json(), "pairs": len(found), "unpaired": unpaired,
@@ -632,7 +646,8 @@ def loss_weight_options():
 @click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               metavar="PTH", help="VGG16 ImageNet weights [default: torchvision's cache].")
 @force_option("Start RUN over even when it holds another config or dataset (removes only what a run writes).")
-@click.option("--dry-run", is_flag=True, help="Print the resolved configuration as JSON; train nothing.")
+@click.option("--dry-run", is_flag=True, help="Check the dataset and options as the run does and print the resolved "
+              "configuration as JSON; train nothing.")
 @click.pass_obj
 @user_errors
 def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, scale, seed, stages, max_steps,
@@ -669,6 +684,7 @@ def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, 
                     checkpoint_every=checkpoint_every, log_every=log_every, workers=workers,
                     vgg_weights=str(vgg_weights) if vgg_weights else None)
     if dry_run:
+        tr.check(dataset, cfg, rt)  # the run's own checks: the plan printed is one it accepts
         click.echo(json.dumps({"config": cfg.to_json(), "runtime": rt.to_json()}, indent=1))
         return
     result = tr.train(dataset, out_dir, cfg, rt, force=force, progress_bar=_progress(obj["quiet"]))
@@ -702,11 +718,12 @@ def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, 
 @device_option
 @jobs_option
 @force_option("Convert every file, even those up to date.")
+@overwrite_option
 @click.pass_obj
 @user_errors
 @backend_options
 def convert(obj, inputs, out_dir, checkpoint, profile, method, tile, overlap, fmt, quality, zrr_levels, device,
-            jobs, force) -> None:
+            jobs, force, overwrite) -> None:
     """Convert RAW files to full-resolution RGB images.
 
     INPUTS are files, folders (searched recursively) or glob patterns of any Bayer RAW (DNG, CR2,
@@ -729,7 +746,7 @@ def convert(obj, inputs, out_dir, checkpoint, profile, method, tile, overlap, fm
                        quality=quality, zrr_levels=rawio.ZRR_LEVELS[zrr_levels])
     items = unpack_stage.collect_inputs(inputs, out_dir)
     result = conv.convert(items, out_dir, cfg, device=device, jobs=_jobs(jobs),
-                          force=force, progress=_progress(obj["quiet"]))
+                          force=force, progress=_progress(obj["quiet"]), overwrite=overwrite)
     click.echo(f"{cfg.method}: {len(result.manifest.ok)} images in {out_dir}", err=True)
     _finish(result)
 
@@ -886,7 +903,8 @@ def report(run_dir, dataset, split, profile, images, out) -> None:
     if profile is None and (run_dir / run.PROFILE).is_file():
         profile = run_dir / run.PROFILE
     path = rep.write_report(run_dir, out, dataset, split, list(images), profile=profile)
-    click.echo(f"wrote {path}" + (f" and {path.with_suffix('.png')}" if dataset else ""))
+    sheet = path.with_suffix(".png")  # none for an empty split: the page says so instead
+    click.echo(f"wrote {path}" + (f" and {sheet}" if dataset and f'src="{sheet.name}"' in path.read_text() else ""))
 
 
 # -- synth ----------------------------------------------------------------------------------------
@@ -898,8 +916,8 @@ def _synth():
 
 @main.command()
 @out_option("Where to write the DNGs.")
-@click.option("--size", type=(click.IntRange(min=64), click.IntRange(min=64)), default=None,
-              metavar="H W", help="Sensor size in pixels [default: 512 768; --zrr: 896 1344].")
+@click.option("--size", type=(click.IntRange(64, 8192), click.IntRange(64, 8192)), default=None,  # synth.MAX_SIDE
+              metavar="H W", help="Sensor size in pixels, 64 to 8192 per side [default: 512 768; --zrr: 896 1344].")
 @click.option("--pairs", is_flag=True,
               help="A two-camera dataset: every bundled scene and a colour chart, each JPEG rendered by another "
                    "camera with its own look (what the demo trains on).")

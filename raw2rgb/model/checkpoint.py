@@ -2,7 +2,8 @@
 
 A checkpoint is one dict: ``format``, ``kind``, ``config`` (the run's
 TrainConfig as JSON), ``progress``, ``rng`` (CPU RNG states), ``cameras`` (those the model was
-trained on), ``world`` (processes that wrote it) and ``precision``, plus the state dicts ``G``,
+trained on), ``world`` (processes that wrote it), ``precision`` and ``run`` (the key and colour source
+of the dataset it was trained on: a resume refuses another run's file), plus the state dicts ``G``,
 ``D``, ``opt_G``, ``opt_D``, ``sched_G``, ``sched_D``, ``scaler`` and, when the run keeps a moving
 average of G's weights, ``G_ema`` (what inference uses). It is written atomically and
 read with ``weights_only=True`` (no pickled code runs). ``sha256`` holds a content hash of each state
@@ -21,21 +22,21 @@ import json
 import logging
 import os
 import random
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from raw2rgb.errors import UserError, environment_message
+from raw2rgb.errors import UserError, machine_reason
 from raw2rgb.files import atomic_path
 
 log = logging.getLogger(__name__)
 
 FORMAT = 1
 KIND = "raw2rgb-train"
-META = ("config", "progress", "rng", "cameras", "world", "precision")  # what the ``meta`` hash covers
+# what the ``meta`` hash covers; a file of before ``run`` (the dataset it was trained on) hashes without it
+META = ("config", "progress", "rng", "cameras", "world", "precision", "run")
 
 
 class CheckpointError(UserError):
@@ -62,38 +63,31 @@ def set_rng_state(state: dict[str, Any]) -> None:
 # -- writing --------------------------------------------------------------------------------------
 
 def save(path: os.PathLike | str, states: dict[str, Any], config: dict[str, Any], progress: dict[str, Any],
-         cameras: list[str] | None = None, world: int = 1, precision: str = "fp32") -> None:
+         cameras: list[str] | None = None, world: int = 1, precision: str = "fp32",
+         run: dict[str, Any] | None = None) -> None:
     """Write a checkpoint atomically. ``states`` maps names (G, D, opt_G, …) to objects with a
-    ``state_dict()``.
+    ``state_dict()``; ``run`` is what else makes the run the checkpoint belongs to (its dataset's key
+    and colour source), so that a resume can tell another run's checkpoint.
 
     Raises:
         CheckpointError: the file could not be written (disk full, no permission); the previous
             checkpoint at ``path``, if any, is intact.
     """
     blob = {"format": FORMAT, "kind": KIND, "config": config, "progress": progress, "rng": rng_state(),
-            "cameras": list(cameras or []), "world": int(world), "precision": precision,
+            "cameras": list(cameras or []), "world": int(world), "precision": precision, "run": run,
             **{k: v.state_dict() for k, v in states.items()}}
     blob["sha256"] = {**{k: content_hash(blob[k]) for k in states}, "meta": content_hash({k: blob[k] for k in META})}
     try:
-        with atomic_path(path) as tmp:
+        with atomic_path(path) as tmp:  # a failed write leaves the previous file as it was
             torch.save(blob, tmp)
-    except (OSError, RuntimeError) as e:
-        why = environment_message(e) or _disk_full(Path(path), e)
+    except (OSError, RuntimeError, MemoryError) as e:
+        # torch tells a full disk in its own words ("unexpected pos", "file write failed"): errors.py
+        # knows them all
+        why = machine_reason(e)
         if why is None:
             raise
-        raise CheckpointError(f"{path}: cannot save the checkpoint ({why}); the previous one is kept") from None
-
-
-def _disk_full(path: Path, e: BaseException) -> str | None:
-    """torch's zip writer reports a full disk as "[enforce fail at inline_container.cc] … file write
-    failed", without the OS error: tell it by the free space left."""
-    if "write" not in str(e).lower():
-        return None
-    try:
-        free = shutil.disk_usage(path.parent).free
-    except OSError:
-        return None
-    return "no space left on device" if free < 64 << 20 else None
+        kept = "the previous one is kept" if Path(path).is_file() else "none had been written yet"
+        raise CheckpointError(f"{path}: cannot save the checkpoint ({why}); {kept}") from None
 
 
 # -- content hashes ---------------------------------------------------------------------------------
@@ -138,7 +132,7 @@ def _verify(path: Path, blob: dict[str, Any], names: tuple[str, ...]) -> None:
         _warn_unchecked(str(path))
         return
     for name in (*names, "meta"):
-        part = {k: blob.get(k) for k in META} if name == "meta" else blob.get(name)
+        part = {k: blob.get(k) for k in META if k in blob or k != "run"} if name == "meta" else blob.get(name)
         if name not in hashes or content_hash(part) != hashes[name]:
             what = "its metadata" if name == "meta" else name
             raise CheckpointError(f"{path}: corrupted ({what} does not match the content hash saved with it); use "

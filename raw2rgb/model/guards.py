@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from raw2rgb.errors import Interrupted
 from raw2rgb.model import distributed, run
 from raw2rgb.model.distributed import Dist
 from raw2rgb.model.recipe import TrainError
@@ -65,7 +66,7 @@ class StopRequest:
         if os.getpid() != self._pid:
             return
         if self.requested:
-            raise KeyboardInterrupt
+            raise Interrupted(signum)  # the CLI exits 128 + this signal
         self.signal = signum
         log.warning("stopping after this step (again to stop at once)")
 

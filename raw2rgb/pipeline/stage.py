@@ -18,6 +18,9 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import threading
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -27,7 +30,16 @@ from typing import Any, Protocol
 
 from joblib import Parallel, delayed, parallel_config
 
-from raw2rgb.errors import InputError, UserError, one_line
+from raw2rgb.errors import (
+    InputError,
+    Interrupted,
+    OutOfResources,
+    UserError,
+    environment_message,
+    one_line,
+    out_of_memory,
+    out_of_space,
+)
 from raw2rgb.files import FolderLock, file_sha256, inside, json_bytes, remove_partials, write_bytes, write_json
 
 log = logging.getLogger(__name__)
@@ -94,6 +106,9 @@ class Stage:
     work: Callable[[Item, Context], tuple[list[str], dict] | Deferred]
     deferred: bool = False  # work returns a Deferred: in-process runs finish it on a writer thread
     keeps_others: bool = False  # items are independent files: a run keeps the records of items it was not given
+    # names(item, params): the files an item writes, known before it runs (convert, unpack: named after the
+    # user's files, in a folder the user chose): an item whose file is one the stage did not write is refused
+    names: Callable[[Item, Mapping[str, Any]], list[str]] | None = None
 
 
 @dataclass
@@ -232,6 +247,42 @@ def own_outputs(args: Iterable[str], out_dir: os.PathLike | str | None) -> dict:
     return {"exclude": nested, "skip": outputs_of(out) if out.is_dir() else set()}
 
 
+def remove_outputs(out_dir: os.PathLike | str) -> int:
+    """Delete what stages recorded writing into ``out_dir`` (the outputs of its manifest and journal,
+    then the manifest and journal themselves, and the folders this leaves empty); return how many
+    files went. Nothing else there is touched: a file raw2rgb did not write is the user's.
+
+    Raises:
+        InputError: the manifest records an output outside the folder (nothing is deleted then).
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir():
+        return 0
+    with FolderLock(out_dir, "raw2rgb prepare"):
+        manifest = Manifest.load(out_dir)
+        records = list(manifest.records.values()) if manifest else []
+        rels = {rel for r in [*records, *_read_journal(out_dir).values()] for rel in r.outputs}
+        rels |= _read_planned(out_dir)
+        n = 0
+        for rel in sorted(rels):
+            path = out_dir / rel
+            if not inside(out_dir, path) or not (path.is_file() or path.is_symlink()):
+                continue  # a journal is not checked on reading: the same rule as the manifest's
+            path.unlink()
+            n += 1
+            for parent in path.parents:  # the scene folders this empties (patches/raw/SCENE/)
+                if parent == out_dir or not inside(out_dir, parent):
+                    break
+                try:
+                    parent.rmdir()
+                except OSError:  # not empty: something else is there
+                    break
+        (out_dir / MANIFEST).unlink(missing_ok=True)
+        _clear_journal(out_dir)
+        remove_partials(out_dir)
+    return n
+
+
 JOURNAL = ".journal"
 
 
@@ -352,11 +403,32 @@ def _run_item(stage: Stage, item: Item, out_dir: Path, params: Mapping[str, Any]
 
 
 def _failed(item: Item, inputs: dict, e: BaseException) -> Record:
-    if isinstance(e, ItemError):
+    if isinstance(e, (ItemError, OutOfResources)):
         return Record(item.key, "failed", inputs=inputs, reason=one_line(str(e)))
     log.debug("item %s failed:\n%s", item.key, "".join(traceback.format_exception(e)))
+    what = item.inputs[0] if item.inputs else item.key
+    memory = out_of_memory(e)  # an item's size decides its memory: that item fails, the smaller ones run
     return Record(item.key, "failed", inputs=inputs,
-                  reason=one_line(f"{item.inputs[0] if item.inputs else item.key}: {type(e).__name__}: {e}"))
+                  reason=one_line(f"{what}: {memory}" if memory else f"{what}: {type(e).__name__}: {e}"))
+
+
+def _not_the_items(item: Item, out_dir: Path, e: Exception) -> None:
+    """Raise, instead of recording a failure of ``item``, when the failure is not the item's.
+
+    A stop requested while it ran: a library that gets the same Ctrl-C (a DataLoader whose workers
+    died of it) answers with its own error, which must not be taken for the item's. A full disk
+    or quota: every item left would fail the same way, so the stage stops at once with one line.
+
+    Raises:
+        Interrupted: a stop signal arrived while the item ran.
+        OutOfResources: no space left (or over quota) while the item wrote.
+    """
+    if _stop_signal is not None:
+        raise Interrupted(_stop_signal) from e
+    if out_of_space(e):
+        if isinstance(e, OutOfResources):  # a writer's own, naming its file and what it wrote
+            raise e
+        raise OutOfResources(f"{environment_message(e)} (writing {item.key} into {out_dir})") from e
 
 
 def _journalled(out_dir: Path, record: Record) -> Record:
@@ -375,6 +447,7 @@ def _start_item(stage: Stage, item: Item, out_dir: Path, params: Mapping[str, An
         key = cache_key(stage, item, params, hashes)
         return key, inputs, stage.work(item, Context(out_dir, params, options, hashes))
     except Exception as e:  # noqa: BLE001 - one item's failure must not stop the others
+        _not_the_items(item, out_dir, e)
         return _journalled(out_dir, _failed(item, inputs, e))
 
 
@@ -385,6 +458,7 @@ def _finish_item(item: Item, out_dir: Path, key: str, inputs: dict, result) -> R
         sizes = {rel: (out_dir / rel).stat().st_size for rel in outputs}
         record = Record(item.key, "ok", key, inputs, sizes, info=info)
     except Exception as e:  # noqa: BLE001
+        _not_the_items(item, out_dir, e)
         record = _failed(item, inputs, e)
     return _journalled(out_dir, record)
 
@@ -399,6 +473,7 @@ def run_stage(
     progress: Callable[..., Progress] | None = None,
     options: Mapping[str, Any] | None = None,
     on_plan: Callable[[list[Item]], None] | None = None,
+    overwrite: bool = False,
 ) -> StageResult:
     """Bring ``out_dir`` up to date for ``items``; return what was done.
 
@@ -413,38 +488,51 @@ def run_stage(
         options: how to run (device, batch size); passed to ``work``, not part of cache keys.
         on_plan: called with the items that will run, in order, before the first one starts
             (lets a stage prefetch across items).
+        overwrite: replace files in the way of a stage's ``names`` that it did not write (else such
+            an item fails, naming the file, and the others run).
 
     Returns:
         The new manifest (saved in ``out_dir``) with counts of done and cached items. Failed
         items are in ``result.failed`` with their reasons; the others completed.
     """
     out_dir = Path(out_dir)
-    with FolderLock(out_dir, f"raw2rgb {stage.name}"):
+    with FolderLock(out_dir, f"raw2rgb {stage.name}"), _stop_signals():
         return _run_stage(stage, list(items), out_dir, json.loads(json.dumps(dict(params))), jobs, force, progress,
-                          options, on_plan)
+                          options, on_plan, overwrite)
 
 
 def _run_stage(stage: Stage, items: list[Item], out_dir: Path, params: dict[str, Any], jobs: int, force: bool,
                progress: Callable[..., Progress] | None, options: Mapping[str, Any] | None,
-               on_plan: Callable[[list[Item]], None] | None) -> StageResult:
+               on_plan: Callable[[list[Item]], None] | None, overwrite: bool = False) -> StageResult:
     old = _previous_records(stage, items, out_dir)
     manifest = Manifest(stage.name, stage.version, params)
     result = StageResult(manifest)
-    todo = _plan(stage, items, out_dir, params, old, force, result)
+    todo = _refuse_unsafe(stage, _plan(stage, items, out_dir, params, old, force, result), out_dir, params, old,
+                          overwrite, manifest)
     bar = (progress or (lambda **kw: _NoProgress()))(total=len(items), desc=stage.name, unit="item")
     bar.update(result.cached)
     log.debug("%s: %d items, %d cached, %d to run", stage.name, len(items), result.cached, len(todo))
     if on_plan is not None:
         on_plan([item for item, _ in todo])
+    records = _execute(stage, todo, out_dir, params, dict(options or {}), jobs)
     try:
-        for record in _execute(stage, todo, out_dir, params, dict(options or {}), jobs):
+        for record in records:
             manifest.records[record.key] = record
             if record.status == "ok":
                 result.done += 1
             else:
                 log.debug("failed: %s", record.reason)
             bar.update(1)
+            _check_stop()  # a Ctrl-C that a finaliser swallowed ("Exception ignored in …") stops here
+        _check_stop()
+    except OutOfResources as e:
+        raise OutOfResources(f"{e}; {stage.name} stopped, {_kept(manifest)}: a rerun resumes") from e
+    except KeyboardInterrupt as e:
+        sig = getattr(e, "signal", None) or _stop_signal or signal.SIGINT
+        raise Interrupted(sig, f"{stage.name}: interrupted ({signal.Signals(sig).name}), {_kept(manifest)}: a "
+                               "rerun resumes") from None
     finally:
+        records.close()  # a pool's results closed unread: joblib kills its workers, queued items never start
         bar.close()
     if stage.keeps_others:  # another shoot converted into the same folder earlier stays on record
         given = {it.key for it in items}
@@ -456,6 +544,11 @@ def _run_stage(stage: Stage, items: list[Item], out_dir: Path, params: dict[str,
     manifest.save(out_dir)
     _clear_journal(out_dir)
     return result
+
+
+def _kept(manifest: Manifest) -> str:
+    n = len(manifest.ok)
+    return f"{n} finished item{'' if n == 1 else 's'} kept"
 
 
 def _previous_records(stage: Stage, items: list[Item], out_dir: Path) -> dict[str, Record]:
@@ -502,6 +595,49 @@ def _plan(stage: Stage, items: list[Item], out_dir: Path, params: Mapping[str, A
     return todo
 
 
+PLANNED = "planned"  # in JOURNAL: the files a run set out to write, its own should it be killed before recording them
+
+
+def _refuse_unsafe(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]], out_dir: Path,
+                   params: Mapping[str, Any], old: Mapping[str, Record], overwrite: bool, manifest: Manifest
+                   ) -> list[tuple[Item, dict[str, str | None]]]:
+    """The items that may run; each refused one gets a failed record naming the file and the reason.
+
+    An item's key names its files, so one that is absolute or climbs out with ``..`` is refused in
+    every stage. Where the stage knows an item's files in advance (``Stage.names``), a file already
+    there is replaced only when it is the stage's own: recorded by an earlier run (its manifest or
+    journal) or planned by a run killed before it could record it. Anything else is the user's (a
+    camera's JPEG beside its RAW, a photo of the same name) and is never replaced unless ``overwrite``.
+    """
+    own = {rel for rec in old.values() for rel in rec.outputs} | _read_planned(out_dir)
+    free, planned = [], set()
+    for item, known in todo:
+        names = stage.names(item, params) if stage.names is not None else []
+        if Path(item.key).is_absolute() or ".." in Path(item.key).parts:
+            reason = f"{item.key}: an item name that leads outside {out_dir}; refused"
+        elif bad := next((n for n in names if n == MANIFEST or not inside(out_dir, out_dir / n)), None):
+            reason = f"{out_dir / bad}: {'the stage manifest' if bad == MANIFEST else 'outside the folder'}; refused"
+        elif not overwrite and (clash := next((n for n in names if n not in own and os.path.lexists(out_dir / n)),
+                                             None)):
+            reason = (f"{out_dir / clash}: already there and not written by raw2rgb {stage.name}, so not replaced "
+                      "(--overwrite replaces it; or choose another output folder)")
+        else:
+            free.append((item, known))
+            planned.update(names)
+            continue
+        manifest.records[item.key] = Record(item.key, "failed", reason=reason)
+    if planned:  # before the first write: a run killed after writing but before journalling owns the file
+        write_json(out_dir / JOURNAL / PLANNED, sorted(planned | _read_planned(out_dir)))
+    return free
+
+
+def _read_planned(out_dir: Path) -> set[str]:
+    try:
+        return set(json.loads((out_dir / JOURNAL / PLANNED).read_text()))
+    except (OSError, ValueError, TypeError):
+        return set()
+
+
 # -- past one machine ---------------------------------------------------------------------------------
 # Inside ``dask_cluster(address)`` every stage runs its items on that Dask cluster through joblib's
 # dask backend. The driver still journals each finished item and writes the manifest, so resume
@@ -542,7 +678,8 @@ def _execute(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]], out_d
     if todo and (distributed() or (jobs > 1 and len(todo) > 1)):
         with parallel_config(backend="dask") if distributed() else contextlib.nullcontext():
             parallel = Parallel(n_jobs=-1 if distributed() else jobs, return_as="generator_unordered")
-            yield from parallel(delayed(_run_item)(stage, item, out_dir, params, options, known)
+            parent = None if distributed() else os.getpid()  # a Dask worker is the cluster's, not ours
+            yield from parallel(delayed(_run_in_worker)(parent, stage, item, out_dir, params, options, known)
                                 for item, known in todo)
         return
     if len(todo) <= 1:
@@ -578,3 +715,96 @@ def _run_deferred(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]], 
                 yield pending.pop(0).result()
         for f in pending:
             yield f.result()
+
+
+# -- stop signals and orphans ------------------------------------------------------------------------
+# Ctrl-C is Python's KeyboardInterrupt, raised wherever the main thread happens to be, and there it
+# can be lost: raised inside a finaliser it is printed ("Exception ignored in …") and dropped; raised
+# inside a library that got the same Ctrl-C (a DataLoader whose workers died of it) it comes back as
+# that library's error, which a stage would record as a failed item before going on. So while a
+# stage runs, the signal is also noted, and the stage checks the note after every item and before it
+# records any failure. SIGTERM (a scheduler, kill) takes the same path, so that the pools are shut
+# down instead of the process dying under them.
+_stop_signal: int | None = None  # the stop signal received while a stage ran in this process
+WATCH_INTERVAL = 0.2  # seconds between a pool worker's looks at its parent
+
+
+@contextlib.contextmanager
+def _stop_signals() -> Iterator[None]:
+    """Note and raise Ctrl-C and SIGTERM (as :class:`Interrupted`) while the block runs; the
+    handlers before it are put back after. Outside the main thread (where no handler can be set)
+    it does nothing."""
+    global _stop_signal
+    pid = os.getpid()
+
+    def handle(signum: int, frame: Any) -> None:
+        global _stop_signal
+        if os.getpid() != pid:  # a forked worker (a DataLoader's) that inherited the handler: as Python would
+            raise KeyboardInterrupt
+        _stop_signal = signum
+        raise Interrupted(signum)
+
+    old: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, handle)
+    _stop_signal = None
+    try:
+        yield
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
+        _stop_signal = None
+
+
+def quit_on_stop_signals(worker_id: int | None = None) -> None:
+    """For a stage's helper processes (a DataLoader's workers; ``worker_id`` is unused): Ctrl-C and
+    SIGTERM end one quietly (a KeyboardInterrupt, on which torch's workers exit with status 0) and
+    leave the stop to the stage. Killed by SIGTERM instead, a worker makes torch raise "DataLoader
+    worker … is killed by signal" in the middle of the stage's own shutdown; ignoring the signals
+    would keep a worker on its batch after the stage has gone."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
+def _check_stop() -> None:
+    """Raise :class:`Interrupted` when a stop signal arrived during the stage, even one whose
+    KeyboardInterrupt was swallowed."""
+    if _stop_signal is not None:
+        raise Interrupted(_stop_signal)
+
+
+def _run_in_worker(parent: int | None, *args: Any) -> Record:
+    """:func:`_run_item` in a pool worker that must not outlive ``parent``, the process running the
+    stage (None: a Dask worker, which the cluster owns)."""
+    if parent is not None:
+        _watch_parent(parent)
+    return _run_item(*args)
+
+
+_watched: int | None = None  # the parent this worker process watches
+
+
+def _watch_parent(parent: int) -> None:
+    """Make this worker exit as soon as ``parent`` is gone.
+
+    A pool worker (loky) outlives a parent killed with SIGKILL: it finishes its item and then those
+    already queued, for minutes, writing into a folder whose lock went with the parent. Linux's
+    PR_SET_PDEATHSIG is no cure: it fires when the *thread* that spawned the worker ends, and loky
+    spawns workers from whichever thread needs one (its manager thread among them). So a daemon
+    thread looks at the parent every WATCH_INTERVAL seconds; a killed item leaves only a partial
+    file, which the next run removes.
+    """
+    global _watched
+    if os.getppid() != parent:  # orphaned already: start no queued item
+        os._exit(1)
+    if _watched == parent:
+        return
+    _watched = parent
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), name="raw2rgb-parent-watch", daemon=True).start()
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(WATCH_INTERVAL)
+    os._exit(1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,17 @@ from raw2rgb.device import cached, resolve_device
 from raw2rgb.files import file_sha256
 from raw2rgb.pipeline.pairs import PairError, read_rgb
 from raw2rgb.pipeline.shards import SaliencyShard, read_saliency_shard, write_saliency_shard
-from raw2rgb.pipeline.stage import Context, Deferred, Item, ItemError, Stage, StageResult, distributed, run_stage
+from raw2rgb.pipeline.stage import (
+    Context,
+    Deferred,
+    Item,
+    ItemError,
+    Stage,
+    StageResult,
+    distributed,
+    quit_on_stop_signals,
+    run_stage,
+)
 from raw2rgb.registry import Registry
 from raw2rgb.salgan.classical import spectral_residual
 from raw2rgb.salgan.model import Predictor
@@ -110,8 +121,10 @@ def resolve_method(method: str, weights: str | os.PathLike | None = None) -> Met
 
 def _image_size(path: str) -> tuple[int, int] | None:
     try:
-        with Image.open(path) as im:
-            return im.height, im.width
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # read_rgb refuses it in one line
+            with Image.open(path) as im:
+                return im.height, im.width
     except Exception:  # noqa: BLE001 - the shard's decode reports it
         return None
 
@@ -216,9 +229,10 @@ class RunLoader:
     def __init__(self, paths: list[str], method: str, batch_size: int, workers: int, pin: bool):
         self.index = {p: k for k, p in enumerate(paths)}
         self.sampler = _Batches(batch_size)
+        # a Ctrl-C or SIGTERM ends the workers quietly and stops the stage (never a failed shard)
         self.loader = DataLoader(_Images(tuple(paths), method), batch_sampler=self.sampler,
                                  num_workers=workers, collate_fn=_collate, pin_memory=pin,
-                                 prefetch_factor=4 if workers else None)
+                                 prefetch_factor=4 if workers else None, worker_init_fn=quit_on_stop_signals)
         self._iter = None
         self._pending: list[tuple[str, int]] = []  # (shard key, batches) still to be consumed
 
