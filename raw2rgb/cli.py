@@ -43,6 +43,8 @@ def _setup_logging(verbose: int) -> None:
     # other libraries: warnings and up below -vv (matplotlib's "generated new fontManager" is no result of ours)
     root.setLevel(logging.DEBUG if verbose >= 2 else logging.WARNING)
     logging.getLogger("raw2rgb").setLevel(logging.DEBUG if verbose >= 1 else logging.INFO)
+    # exifread's warnings ("File format not recognized.") name no file; metadata.read_exif says which at -v
+    logging.getLogger("exifread").setLevel(logging.DEBUG if verbose >= 2 else logging.ERROR)
 
 
 def user_errors(fn):
@@ -442,7 +444,9 @@ def _prepare_stages():
               metavar="CSV", help="pairs layout: a CSV with columns raw,rgb[,scene], paths inside SRC.")
 @zrr_levels_option("ZRR black/white level: liteisp = 63/1020, pynet = 0/1020.")
 # Patches
-@click.option("--patch-size", type=click.IntRange(min=8), default=224, metavar="P", help="Patch size, packed pixels.")
+@click.option("--patch-size", type=click.IntRange(min=8), default=None, metavar="P", cls=LazyOption, lazy_help=lambda: (
+    "Patch size, packed pixels [default: the layout's: " + ", ".join(f"{n} {e.patch}" for n, e in _layouts().items())
+    + "]."))
 @click.option("--stride", type=click.IntRange(min=1), default=None, metavar="S", help="[default: patch size]")
 @click.option("--scale", type=click.Choice(["1", "2"]), default=None, cls=LazyOption, lazy_help=lambda: (
     "Shards: target at packed resolution (1, the paper) or full sensor resolution (2) [default: the layout's: "
@@ -503,6 +507,7 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
     from raw2rgb.pipeline.pairs import LAYOUTS, PatchParams
     layout = prep.resolve_layout(src, layout)
     scale = scale or LAYOUTS[layout].scale
+    patch_size = patch_size or LAYOUTS[layout].patch
     cfg = prep.PrepareConfig(
         src=str(src.resolve()), out=str(out_dir.resolve()), layout=layout,
         pairs_csv=str(pairs_csv) if pairs_csv else None, zrr_levels=zrr_levels,
@@ -677,8 +682,9 @@ def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, 
     from raw2rgb.model import recipe
     from raw2rgb.model import train as tr
     from raw2rgb.pipeline import shards as shard_stage
-    out_scale = int(scale) if scale else shard_stage.read_index(shard_stage.shards_root(dataset)).scale
-    changes["generator"] = {"scale": out_scale}
+    index = shard_stage.read_index(shard_stage.shards_root(dataset))
+    out_scale = int(scale) if scale else index.scale
+    changes["generator"] = {"scale": out_scale, "binning": index.binning or 1}  # the shards' resolution
     cfg = recipe.train_config(preset or _presets().default, config_file, changes)
     rt = recipe.Runtime(stages=stages, device=device, precision=precision, compile=compile_, max_steps=max_steps,
                     checkpoint_every=checkpoint_every, log_every=log_every, workers=workers,
@@ -747,7 +753,7 @@ def convert(obj, inputs, out_dir, checkpoint, profile, method, tile, overlap, fm
     items = unpack_stage.collect_inputs(inputs, out_dir)
     result = conv.convert(items, out_dir, cfg, device=device, jobs=_jobs(jobs),
                           force=force, progress=_progress(obj["quiet"]), overwrite=overwrite)
-    click.echo(f"{cfg.method}: {len(result.manifest.ok)} images in {out_dir}", err=True)
+    click.echo(conv.summary_line(cfg.method, result, out_dir), err=True)
     _finish(result)
 
 

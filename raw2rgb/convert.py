@@ -31,7 +31,7 @@ from raw2rgb.model import run
 from raw2rgb.model.infer import TileConfig, load_generator, needed_overlap, plan_overlap
 from raw2rgb.model.renderers import depth
 from raw2rgb.pipeline import profile as colour_profile
-from raw2rgb.pipeline import rawio
+from raw2rgb.pipeline import metadata, rawio
 from raw2rgb.pipeline.stage import Context, Deferred, Item, ItemError, Stage, StageResult, run_stage
 from raw2rgb.render import RENDER_METHODS, default_method, source
 
@@ -60,22 +60,28 @@ class ConvertConfig(JsonConfig):
     zrr_levels: tuple[float, float] = rawio.ZRR_LEVELS[rawio.ZRR_DEFAULT_LEVELS]
 
 
-def write_image(path: Path, rgb: np.ndarray, fmt: str, quality: int = 95) -> None:
+def write_image(path: Path, rgb: np.ndarray, fmt: str, quality: int = 95,
+                exif: metadata.Exif | None = None) -> None:
     """Write (H, W, 3) atomically as 8-bit PNG, JPEG or 16-bit TIFF: float in [0, 1], or samples
-    already quantised to the format's depth (:func:`quantise`)."""
+    already quantised to the format's depth (:func:`quantise`). Every file carries the sRGB ICC
+    profile and EXIF: the RAW's fields in ``exif`` (date, exposure, lens), Orientation 1 (the
+    pixels are upright), raw2rgb as the software."""
     top, dtype = depth(fmt)
     if rgb.dtype != dtype:
         rgb = np.rint(np.clip(rgb, 0, 1) * top).astype(dtype)
+    exif = exif or metadata.Exif()
     if fmt == "tiff16":
         with atomic_path(path) as tmp:
-            tifffile.imwrite(tmp, rgb, photometric="rgb", metadata=None)
+            tifffile.imwrite(tmp, rgb, photometric="rgb", metadata=None, software=metadata.SOFTWARE,
+                             iccprofile=metadata.srgb_icc(), extratags=metadata.tiff_tags(exif))
         return
     img = Image.fromarray(rgb)
+    tags = {"exif": metadata.pillow_exif(exif, img.width, img.height), "icc_profile": metadata.srgb_icc()}
     with atomic_path(path) as tmp:
         if fmt == "jpg":
-            img.save(tmp, format="JPEG", quality=quality, subsampling=0)
+            img.save(tmp, format="JPEG", quality=quality, subsampling=0, **tags)
         else:
-            img.save(tmp, format="PNG", compress_level=3)
+            img.save(tmp, format="PNG", compress_level=3, **tags)
 
 
 def _camera(frame: rawio.RawFrame) -> str:
@@ -94,6 +100,7 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     except ValueError as e:
         raise ItemError(f"{src}: {e}") from None
     info: dict[str, Any] = {"camera": _camera(frame), "pattern": frame.pattern}
+    exif = metadata.read_exif(src)  # kept in the output: date, exposure, lens
     if not np.any(packed):
         info["warning"] = (f"{src}: no signal (every sample at or below the black level): a metadata-only or blank "
                            "file? the image is black")
@@ -106,6 +113,8 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
             batch=4 if ctx.options["device"] is not None and ctx.options["device"].type == "cuda" else 1))
     except colour_profile.ProfileError as e:
         raise ItemError(f"{src}: {e}") from None
+    if info.get("note"):  # a file without colour metadata: said on the console, not only in the manifest
+        log.warning("%s: %s", src, info["note"])
     cameras = getattr(renderer, "meta", {}).get("cameras") or []
     if cameras and info["camera"] not in cameras:
         info["warning"] = (f"{src}: taken with {info['camera']}, the model was trained on {', '.join(cameras)}; "
@@ -115,7 +124,7 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     info["shape"] = list(rgb.shape)
 
     def write() -> tuple[list[str], dict]:
-        write_image(ctx.out_dir / name, np.ascontiguousarray(rgb), cfg.format, cfg.quality)
+        write_image(ctx.out_dir / name, np.ascontiguousarray(rgb), cfg.format, cfg.quality, exif)
         return [name], info
 
     # the encoding (single-threaded PNG/TIFF, seconds for a large frame) runs on the stage's writer
@@ -123,13 +132,28 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     return Deferred(write)
 
 
+def summary_line(method: str, result, out_dir: os.PathLike | str) -> str:
+    """One line for the console: how many images, of what size, and at what resolution a model
+    renders (binned as it learned, when its targets were smaller than the sensor)."""
+    ok = result.manifest.ok
+    sizes = sorted({f"{r.info['shape'][1]}×{r.info['shape'][0]}" for r in ok if r.info.get("shape")})
+    line = f"{method}: {len(ok)} images in {out_dir}"
+    if sizes:
+        line += f" ({', '.join(sizes[:3])}{', …' if len(sizes) > 3 else ''})"
+    binning = sorted({r.info["binning"] for r in ok if r.info.get("binning")})
+    if binning:
+        line += (f"; the RAW binned by {'/'.join(map(str, binning))}, as the model learned it: the resolution of "
+                 "the JPEGs it was trained on")
+    return line
+
+
 def convert_names(item: Item, params) -> list[str]:
     """The file an item writes, known before it runs (the stage refuses to replace one it did not write)."""
     return [f"{item.key}{FORMATS[params['format']]}"]
 
 
-# 2: white-balance rules (whitebalance.py)
-CONVERT = Stage("convert", 2, convert_item, deferred=True, keeps_others=True, names=convert_names)
+# 2: white-balance rules (whitebalance.py); 3: EXIF and ICC in every output, highlights rolled off (develop.py)
+CONVERT = Stage("convert", 3, convert_item, deferred=True, keeps_others=True, names=convert_names)
 
 
 def resolve(method: str | None, checkpoint: os.PathLike | str | None, profile: os.PathLike | str | None = None,

@@ -107,6 +107,57 @@ def assign_splits(scenes: dict[str, str | None], seed: int, ratios: tuple[float,
     return out
 
 
+# -- a held-out band, for shoots of too few frames to split by scene ------------------------------------
+
+BAND = (0.25, 0.5)  # the held-out band's share of each frame's width: at least, at most
+
+
+def needs_band(scenes: dict[str, str | None], ratios: tuple[float, float, float]) -> bool:
+    """Whether the scenes are too few to split by scene: a split asked for (its ratio above 0), or
+    train, would get no scene. A photographer's first try is one to five frames."""
+    free = [s for s, f in scenes.items() if not f]
+    if not free:
+        return False
+    room = _quotas(len(free), ratios)
+    return room["train"] == 0 or any(r > 0 and room[k] == 0 for k, r in zip(SPLITS, ratios))
+
+
+def band_splits(records, size: int, ratios: tuple[float, float, float]) -> tuple[dict[str, str | None], str]:
+    """patch id → split when frames are held out in part: the right-hand band of each frame (the
+    share of val + test, between 25 and 50 % of its width, starting on the patch grid) is held out,
+    its top half for val and its bottom half for test; the column of patches just left of it is
+    left out (None), so that no train patch comes within one patch of a held-out one. Also a line
+    saying how the split was made.
+
+    Args:
+        records: the patches stage's records (kept patches' ids and positions, the binned frame's size).
+        size: the patches' side, packed pixels.
+    """
+    share = min(BAND[1], max(BAND[0], (ratios[1] + ratios[2]) / sum(ratios)))
+    out: dict[str, str | None] = {}
+    for r in records:
+        h, w = r.info["packed_size"]
+        cut = w * (1 - share)
+        starts = sorted({p["x"] for p in r.info["patches"]})
+        band = next((x for x in starts if x >= cut), None)
+        if band is None:  # a frame narrower than a patch and a band: all of it trains
+            band = w
+        middle = h / 2
+        for p in r.info["patches"]:
+            if p.get("reason"):
+                continue
+            pid = f"{r.key}/{p['id']}"
+            if p["x"] >= band:
+                out[pid] = "val" if p["y"] + size / 2 <= middle else "test"
+            elif p["x"] + size <= band - size:
+                out[pid] = "train"
+            else:
+                out[pid] = None  # within one patch of the band
+    line = (f"held-out band: too few scenes to split by scene, so the right-hand {share:.0%} of each frame is held "
+            "out (its top half val, its bottom half test), one patch apart from any train patch")
+    return out, line
+
+
 @dataclass
 class PrepareResult:
     stages: dict[str, StageResult]
@@ -119,7 +170,8 @@ class PrepareResult:
         return out
 
 
-PATCHES = Stage("patches", 3, pairs_mod.patch_item)  # 3: OpenCV alignment with directional refinement
+# 3: OpenCV alignment with directional refinement; 4: a target smaller than the sensor is never enlarged (binning)
+PATCHES = Stage("patches", 4, pairs_mod.patch_item)
 
 
 def check(cfg: PrepareConfig) -> None:
@@ -192,7 +244,7 @@ def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progr
     if "patches" in wanted:  # align (where needed), cut, score
         packed = stage_folder(out, "unpack")
         items = [Item(p.scene, (str(packed / f"{p.scene}.png"), str(packed / f"{p.scene}.json"),
-                                str(Path(p.rgb).resolve())), {"aligned": p.aligned})
+                                str(Path(p.rgb).resolve())), {"aligned": p.aligned, "embedded": p.embedded})
                  for p in found if p.scene in unpacked]
         params = {"patch": dataclasses.asdict(cfg.patch), "min_inliers": cfg.min_inliers}
         stages["patches"] = run_stage(PATCHES, items, stage_folder(out, "patches"), params, jobs=cfg.jobs,
@@ -208,18 +260,27 @@ def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progr
         else:
             log.warning("saliency and shards skipped: no patch was kept (see the patches stage's failures)")
 
-    splits = assign_splits({p.scene: p.fixed_split for p in found}, cfg.seed, cfg.split, _previous_splits(out, cfg))
+    scenes = {p.scene: p.fixed_split for p in found}
+    patch_splits: dict[str, str | None] = {}
+    if needs_band(scenes, cfg.split) and "patches" in stages:
+        splits = {s: "band" for s in scenes}
+        patch_splits, how = band_splits(stages["patches"].manifest.ok, cfg.patch.size, cfg.split)
+    else:
+        splits = assign_splits(scenes, cfg.seed, cfg.split, _previous_splits(out, cfg))
+        how = "by scene: no scene is in two splits"
     if "shards" in wanted and "saliency" in stages:  # training shards per split, with offline augmentation
-        samples, owners = shards.samples_from(stage_folder(out, "patches"), stage_folder(out, "saliency"), splits)
+        samples, owners = shards.samples_from(stage_folder(out, "patches"), stage_folder(out, "saliency"), splits,
+                                              patch_splits)
         stages["shards"] = shards.build(
             samples, owners, stage_folder(out, "shards"), shards.frames_of(stage_folder(out, "unpack")),
             scale=cfg.scale, copies=cfg.copies,
             crop=cfg.crop, seed=cfg.seed,
             saliency_method=stages["saliency"].manifest.params["method"], jobs=cfg.jobs,
-            force="shards" in force, progress=progress)
+            force="shards" in force, progress=progress, binning=_binning(stages["patches"].manifest.ok), split_how=how)
 
-    summary = _summary(cfg, found, unpaired, stages, splits)
-    write_json(out / SPLITS_FILE, {"seed": cfg.seed, "ratios": list(cfg.split), "scenes": splits})
+    summary = _summary(cfg, found, unpaired, stages, splits, patch_splits, how)
+    write_json(out / SPLITS_FILE, {"seed": cfg.seed, "ratios": list(cfg.split), "scenes": splits, "how": how,
+                                   **({"patches": patch_splits} if patch_splits else {})})
     write_json(out / SUMMARY, summary)
     if "patches" in stages and not summary["patches_kept"]:
         raise PairError(f"{out}: no patch was kept ({summary['patches_dropped'] or 'no pair aligned'}); see "
@@ -294,7 +355,24 @@ def _previous_splits(out: Path, cfg: PrepareConfig) -> dict[str, str] | None:
     return data.get("scenes") if same else None
 
 
-def _summary(cfg: PrepareConfig, found, unpaired, stages, split: dict[str, str]) -> dict[str, Any]:
+def _binning(records) -> int:
+    """The binning of every pair of a dataset (one for all: a model learns one resolution).
+
+    Raises:
+        PairError: pairs binned by different factors, naming one of each.
+    """
+    by = {}
+    for r in records:
+        by.setdefault(int(r.info.get("binning", 1)), r.key)
+    if len(by) > 1:
+        (a, sa), (b, sb) = sorted(by.items())[:2]
+        raise PairError(f"{sa} is binned by {a} and {sb} by {b} (their targets are of different sizes against the "
+                        "sensor): a dataset learns one resolution; prepare them separately, or give JPEGs of one size")
+    return next(iter(by), 1)
+
+
+def _summary(cfg: PrepareConfig, found, unpaired, stages, split: dict[str, str],
+             patch_splits: dict[str, str | None] | None = None, how: str = "") -> dict[str, Any]:
     s: dict[str, Any] = {"layout": cfg.layout, "pairs_found": len(found), "unpaired": unpaired,
                          "unpack_failed": [r.reason for r in stages["unpack"].failed]}
     if "patches" in stages:
@@ -306,8 +384,19 @@ def _summary(cfg: PrepareConfig, found, unpaired, stages, split: dict[str, str])
         for r in ok:
             for reason, n in r.info.get("dropped", {}).items():
                 dropped[reason] = dropped.get(reason, 0) + n
-            per_split[split[r.key]]["scenes"] += 1
-            per_split[split[r.key]]["patches"] += r.info.get("kept", 0)
+            if patch_splits:
+                mine = [v for k, v in patch_splits.items() if k.rsplit("/", 1)[0] == r.key]
+                for name in SPLITS:
+                    per_split[name]["scenes"] += name in mine
+                    per_split[name]["patches"] += mine.count(name)
+                if None in mine:
+                    dropped["between train and the held-out band"] = dropped.get(
+                        "between train and the held-out band", 0) + mine.count(None)
+            else:
+                per_split[split[r.key]]["scenes"] += 1
+                per_split[split[r.key]]["patches"] += r.info.get("kept", 0)
+        s["binning"] = sorted({int(r.info.get("binning", 1)) for r in ok})
+        s["split_how"] = how
         s["patches_kept"] = sum(r.info.get("kept", 0) for r in ok)
         s["patches_dropped"] = dropped
         s["splits"] = per_split
@@ -329,6 +418,11 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         lines.append(f"{summary['patches_kept']} patches kept; dropped: {dropped}")
         lines.append("splits: " + ", ".join(f"{k} {v['scenes']} scenes / {v['patches']} patches"
                                             for k, v in summary["splits"].items()))
+        if summary.get("split_how"):
+            lines.append(f"split {summary['split_how']}")
+        if any(b > 1 for b in summary.get("binning", [])):
+            lines.append(f"binned by {'/'.join(map(str, summary['binning']))}: the targets are smaller than the "
+                         "sensor, so the RAW is binned to them (a model converts at the targets' resolution)")
     if "saliency_method" in summary:
         lines.append(f"saliency: {summary['saliency_method']}")
     if "shards" in summary:

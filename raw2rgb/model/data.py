@@ -215,6 +215,11 @@ def describe(path: os.PathLike | str, batch_size: int = 8) -> list[str]:
     lines = [f"{root}: scale {index.scale}, crop {index.crop}, copies {index.copies}, "
              f"saliency {index.saliency_method or '?'}",
              f"  colour: {shards.colour_words(shards.colour_source(root, index))}"]
+    if index.binning and index.binning > 1:
+        lines.append(f"  binning: {index.binning} (the RAW frames binned to the targets' resolution; a model trained "
+                     "here converts frames binned alike)")
+    if index.split:
+        lines.append(f"  split {index.split}")
     for split, entry in sorted(index.splits.items()):
         batch = next(iter(DataLoader(ShardDataset(root, split), batch_size=batch_size)))
         ranges = ", ".join(f"{k} {tuple(batch[k].shape)} [{batch[k].min():.2f}, {batch[k].max():.2f}]"

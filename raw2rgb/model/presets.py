@@ -29,6 +29,9 @@ class GeneratorConfig(JsonConfig):
     res_blocks: int = checked(4, min=0, max=64)
     saliency_width: int = checked(64, min=1, max=MAX_WIDTH)
     scale: int = checked(1, choices=(1, 2))  # output scale: 1 (the paper: at packed resolution), 2 (sensor's)
+    # the RAW frames were binned by this to meet targets smaller than the sensor (prepare, a camera's M/S or
+    # embedded JPEG): the model converts a frame binned alike, at the resolution it learned
+    binning: int = checked(1, min=1, max=16)
     norm: str = checked("instance", choices=NORMS)  # instance (the paper) or none
     prior: str = checked("none", choices=PRIORS)  # none (the paper) or profile: a fitted profile, then the net
     prior_model: str = checked("poly3", choices=PRIOR_MODELS)  # the prior's profile (pipeline/profile.py's models)

@@ -157,6 +157,9 @@ def _check_dataset(root: Path, cfg: TrainConfig, world: int = 1) -> ShardIndex:
     if index.count("train") < cfg.batch_size * world:  # the epoch would make no batch (the last partial one is dropped)
         raise TrainError(f"{root}: {index.count('train')} training samples make no batch of {cfg.batch_size} × "
                          f"{world} process(es); lower --batch-size")
+    if (index.binning or 1) != cfg.generator.binning:
+        raise TrainError(f"{root}: the shards' frames are binned by {index.binning or 1}, the config's generator "
+                         f"by {cfg.generator.binning}; leave generator.binning to the shards (train sets it from them)")
     if index.scale != cfg.generator.scale:
         raise TrainError(f"{root}: shards are at output scale {index.scale}, the config's generator at "
                          f"{cfg.generator.scale}; rebuild the shards with --scale {cfg.generator.scale} or change "
@@ -227,6 +230,65 @@ def _datasets(root: Path, index: ShardIndex, cfg: TrainConfig, dist: Dist, wb: w
     return train_set, val_set
 
 
+PROGRESS_EVERY = 30.0  # seconds between progress lines on the console and in log.txt
+ESTIMATE_AFTER = (3, 10.0)  # the run's time is estimated after this many steps and at least these seconds
+LONG_RUN = 3600.0  # seconds: a run estimated longer than this is told how to be shorter
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    return f"{seconds // 60} min {seconds % 60:02d} s" if seconds >= 60 else f"{seconds} s"
+
+
+@dataclass
+class Pace:
+    """How far a run is and how long it has left, from this process's own steps: one estimate once
+    the first steps are timed (with how to make the run shorter when it passes an hour), then a
+    progress line every :data:`PROGRESS_EVERY` seconds, on the console and in log.txt — a CPU run
+    of an hour is never silent between its start and its end."""
+
+    total: int  # steps of the whole run
+    done: int  # steps done when this process started
+    device: str
+    preset: str
+    t0: float = field(default_factory=time.perf_counter)
+    first: int | None = None  # the step the timing starts at (after the first, which compiles and warms)
+    t_first: float = 0.0
+    last_line: float = field(default_factory=time.perf_counter)
+    estimated: bool = False
+
+    def rate(self, step: int) -> float | None:
+        """Steps per second since the first timed step."""
+        if self.first is None or step <= self.first:
+            return None
+        return (step - self.first) / max(1e-9, time.perf_counter() - self.t_first)
+
+    def note(self, step: int, stage: int, epoch: int, epochs: int, per_step: int, loss: float) -> None:
+        """After step ``step`` (``per_step`` samples a step over every process; ``loss``: G's terms)."""
+        now = time.perf_counter()
+        if self.first is None:
+            self.first, self.t_first = step, now
+            return
+        rate = self.rate(step)
+        left = (self.total - step) / rate if rate else float("nan")
+        if not self.estimated and step - self.first >= ESTIMATE_AFTER[0] and now - self.t_first >= ESTIMATE_AFTER[1]:
+            self.estimated = True
+            log.info("estimated: %s for the %d steps left (%.2f steps/s on %s)", _duration(left), self.total - step,
+                     rate, self.device)
+            if left > LONG_RUN:
+                hint = ("--preset tiny (a short one-stage schedule of a small network: minutes on a CPU)"
+                        if self.preset != "tiny" else "fewer --epochs or smaller --crop")
+                log.warning("this run would take about %s on %s: for a first try use %s, or train on a GPU "
+                            "(docs/gpus.md); Ctrl-C stops it after a checkpoint, and rerunning continues it",
+                            _duration(left), self.device, hint)
+        if now - self.last_line >= PROGRESS_EVERY:
+            self.last_line = now
+            log.info("stage %d epoch %d/%d, step %d/%d: %.1f samples/s, loss %.4f, %s left", stage, epoch, epochs,
+                     step, self.total, (rate or 0.0) * per_step, loss, _duration(left))
+
+
 @dataclass
 class _Loop:
     """What the loop's helpers share (one training process)."""
@@ -249,6 +311,7 @@ class _Loop:
     last_terms: dict[str, torch.Tensor] = field(default_factory=dict)
     last_val: dict[str, float] = field(default_factory=dict)
     steps_run: int = 0  # by this process
+    pace: Pace | None = None
 
     def loader(self, dataset: ShardDataset, batches: list[list[int]]) -> DataLoader:
         workers = self.rt.workers if self.rt.workers is not None else (2 if self.device.type == "cuda" else 0)
@@ -294,6 +357,10 @@ class _Loop:
             for batch in self.loader(train_set, batches[progress.batch :]):
                 terms = self.step(stage, batch)
                 seen += cfg.batch_size * dist.world
+                if self.pace is not None and dist.main:
+                    self.pace.note(progress.step, stage, progress.epoch + 1,
+                                   cfg.stage1_epochs if stage == 1 else cfg.stage2_epochs, cfg.batch_size * dist.world,
+                                   float(sum(v.item() for k, v in terms.items() if k != "d")))
                 # -- log
                 if bar is not None:
                     bar.update(1)
@@ -492,7 +559,9 @@ def _set_up(root: Path, index: ShardIndex, precision: str, run_dir: Path, cfg: T
             run.log_to_file(run_dir)
         stages = STAGES[rt.stages]
         prior = _fit_prior(root, run_dir, cfg, dist)
-        nets = state.build(cfg, rt, device, dist, need_vgg=2 in stages and cfg.weights.perceptual > 0, prior=prior)
+        # a schedule without stage 2 (the tiny preset's) needs no VGG16, whatever the weights say
+        need_vgg = 2 in stages and cfg.stage2_epochs > 0 and cfg.weights.perceptual > 0
+        nets = state.build(cfg, rt, device, dist, need_vgg=need_vgg, prior=prior)
         progress, opts = state.resume(run_dir, nets, cfg, precision, dist, latest)
     except BaseException:
         if wrote and not run.took_a_step(run_dir):
@@ -512,6 +581,12 @@ def _set_up(root: Path, index: ShardIndex, precision: str, run_dir: Path, cfg: T
                  run.Stats(run_dir, progress.stats_lines, dist.main), amp, dataset_cameras(root),
                  guards.FiniteTerms(run_dir, dist, device),
                  owner={"dataset_key": identity["dataset_key"], "colour": identity["colour"]})
+    per_epoch = len(train_set) // (cfg.batch_size * dist.world)
+    epochs = {1: cfg.stage1_epochs, 2: cfg.stage2_epochs}
+    total = sum(epochs[st] * per_epoch for st in range(1, stages[-1] + 1))
+    if rt.max_steps is not None:
+        total = min(total, rt.max_steps)
+    loop.pace = Pace(total, progress.step, str(device), cfg.preset)
     if dist.main:
         if progress.step:
             log.info("resuming %s at step %d (stage %d, epoch %d, batch %d)", run_dir, progress.step, progress.stage,

@@ -57,10 +57,11 @@ class Alignment:
     outliers: int = 0  # windows left more than OUTLIER px off (parallax, motion, failed measurements)
     # per window: x, y (packed centre), residual (target px), weight; for the per-patch residual
     window_residuals: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)), repr=False)
+    snapped: bool = False  # the target was used as it is: it matched better unwarped (pairs._as_good_unwarped)
 
     def to_json(self) -> dict:
         return {"matrix": [[round(float(v), 9) for v in row] for row in self.matrix], "inliers": self.inliers,
-                "matches": self.matches, "model": self.model,
+                "matches": self.matches, "model": self.model, **({"snapped": True} if self.snapped else {}),
                 "residual_px": {"median": round(self.residual_median, 4), "p95": round(self.residual_p95, 4),
                                 "windows": self.windows, "outliers": self.outliers}}
 
@@ -382,3 +383,12 @@ def warp_target(target: np.ndarray, matrix: np.ndarray, packed_shape: tuple[int,
     cover = cv2.warpPerspective(np.ones(target.shape[:2], np.float32), m, (2 * w, 2 * h), flags=flags,
                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
     return out, cover
+
+
+def area_resize(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``img`` (H, W[, C]) resampled down to ``size`` (h, w) by area averaging (OpenCV's INTER_AREA: each
+    output pixel the mean of the input area it covers), in the input's dtype; the input as is when it
+    already has that size."""
+    if img.shape[:2] == tuple(size):
+        return img
+    return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA)

@@ -10,6 +10,7 @@ sensor pixel, which at packed resolution would be half a target pixel).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -27,8 +28,8 @@ from PIL import Image
 from raw2rgb.config import JsonConfig, checked
 from raw2rgb.errors import UserError, one_line
 from raw2rgb.files import inside, not_a_file, write_bytes
-from raw2rgb.pipeline import rawio
-from raw2rgb.pipeline.align import AlignError, Alignment, align_target, warp_target
+from raw2rgb.pipeline import bayer, rawio
+from raw2rgb.pipeline.align import AlignError, Alignment, align_target, area_resize, warp_target
 from raw2rgb.pipeline.develop import area_downsample, linear_to_srgb, luma
 from raw2rgb.pipeline.stage import ItemError
 from raw2rgb.registry import Registry
@@ -52,7 +53,8 @@ class Pair:
 
     ``scene`` names it in outputs and splits; ``fixed_split`` is set where the source already
     splits (ZRR's test folder); ``aligned`` says the two are pixel-aligned already (ZRR,
-    AIM-2019) so no homography is estimated.
+    AIM-2019) so no homography is estimated; ``embedded`` that the target is the camera's own JPEG
+    stored inside the RAW file.
     """
 
     scene: str
@@ -60,6 +62,7 @@ class Pair:
     rgb: str
     aligned: bool = False
     fixed_split: str | None = None
+    embedded: bool = False  # the target is the JPEG inside the RAW file (``rgb`` is the RAW file then)
 
 
 # -- finding pairs: the layouts ----------------------------------------------------------------------
@@ -103,12 +106,13 @@ class Layout:
     registration order), ``find(finder, pairs_csv)`` adds its pairs, ``scale`` is prepare's output
     scale by default ("1": at packed resolution, the paper's protocol; "2": full sensor resolution,
     so that a model trained on two-camera data converts to full-resolution photos), ``help`` one line
-    (what SRC holds)."""
+    (what SRC holds), ``patch`` prepare's patch size by default (packed pixels)."""
 
     detect: Callable[[Path], bool]
     find: Callable[[_Finder, Path | None], None]
     scale: str
     help: str
+    patch: int = 224  # the paper's, for datasets of many scenes
 
 
 LAYOUTS: Registry[Layout] = Registry("layout", default="auto")
@@ -127,8 +131,35 @@ def _aim2019(f: _Finder, pairs_csv: Path | None) -> None:
                 f"{part.lower()}/", True, "val" if part == "Validation" else None)
 
 
-def _raw_jpeg(f: _Finder, pairs_csv: Path | None) -> None:  # a camera's RAW and its own JPEG side by side
-    f.match(f.by_stem(f.src, rawio.RAW_SUFFIXES), f.by_stem(f.src, {".jpg", ".jpeg"}), "", False, None)
+def _raw_jpeg(f: _Finder, pairs_csv: Path | None) -> None:
+    """A camera's RAW files and its own JPEGs side by side; a RAW without a JPEG beside it falls back to
+    the JPEG embedded in it."""
+    raws, jpegs = f.by_stem(f.src, rawio.RAW_SUFFIXES), f.by_stem(f.src, {".jpg", ".jpeg"})
+    f.match({s: p for s, p in raws.items() if s in jpegs}, jpegs, "", False, None)
+    _embedded(f, {s: p for s, p in raws.items() if s not in jpegs})
+
+
+def _raw_embedded(f: _Finder, pairs_csv: Path | None) -> None:
+    """RAW files alone: each one's target is the camera's JPEG embedded in it."""
+    _embedded(f, f.by_stem(f.src, rawio.RAW_SUFFIXES))
+
+
+def _embedded(f: _Finder, raws: dict[str, Path]) -> None:
+    """Pairs of RAW files with the JPEG inside each; a RAW whose embedded image cannot serve (none, a
+    bitmap, too small) is listed as skipped. One line says which files used their embedded JPEG."""
+    used = []
+    for stem, raw in sorted(raws.items()):
+        try:
+            width, height = rawio.embedded_size(raw)
+        except rawio.RawReadError as e:
+            f.problems.append(f"{e}; skipped")
+            continue
+        f.pairs.append(Pair(stem, str(raw), str(raw), embedded=True))
+        used.append(f"{raw.name} ({width}×{height})")
+    if used:
+        log.info("%d RAW file%s without a JPEG beside %s: using the JPEG embedded in %s: %s%s", len(used),
+                 "s" * (len(used) > 1), "them" if len(used) > 1 else "it", "each" if len(used) > 1 else "it",
+                 ", ".join(used[:10]), f", … and {len(used) - 10} more" if len(used) > 10 else "")
 
 
 def _pairs(f: _Finder, pairs_csv: Path | None) -> None:
@@ -137,6 +168,10 @@ def _pairs(f: _Finder, pairs_csv: Path | None) -> None:
     else:
         f.match(f.by_stem(f.src / "raw", rawio.RAW_SUFFIXES | rawio.PNG_SUFFIXES),
                 f.by_stem(f.src / "rgb", RGB_SUFFIXES), "", False, None)
+
+
+def _has_raw(src: Path) -> bool:
+    return src.is_dir() and any(p.is_file() and p.suffix.lower() in rawio.RAW_SUFFIXES for p in src.iterdir())
 
 
 def _has_raw_beside_rgb(src: Path) -> bool:
@@ -154,8 +189,15 @@ LAYOUTS.add("aim2019", Layout(
 LAYOUTS.add("pairs", Layout(
     lambda src: (src / "raw").is_dir() and (src / "rgb").is_dir(), _pairs, scale="2",
     help="raw/ + rgb/ with the same stems, or --pairs-csv; aligned by prepare"))
+# A photographer's shoot is a few frames, binned to their JPEGs' size (a 1616-pixel preview: 433×648 packed):
+# 64-pixel patches give each frame some sixty, and a held-out band several (docs/camera-look.md)
+CAMERA_PATCH = 64
 LAYOUTS.add("raw+jpeg", Layout(
-    _has_raw_beside_rgb, _raw_jpeg, scale="2", help="RAW files with same-name JPEGs beside them"))
+    _has_raw_beside_rgb, _raw_jpeg, scale="2", patch=CAMERA_PATCH,
+    help="RAW files with same-name JPEGs beside them (a RAW without one: the JPEG embedded in it)"))
+LAYOUTS.add("raw+embedded", Layout(
+    _has_raw, _raw_embedded, scale="2", patch=CAMERA_PATCH,
+    help="RAW files alone: each one's target is the camera's JPEG inside it"))
 
 
 def detect_layout(src: Path) -> str:
@@ -234,16 +276,18 @@ def _pairs_of_csv(src: Path, pairs_csv: Path, problems: list[str]) -> list[Pair]
 
 # -- images -----------------------------------------------------------------------------------------
 
-def read_rgb(path: os.PathLike | str) -> np.ndarray:
+def read_rgb(path: os.PathLike | str | io.BytesIO, name: str | None = None) -> np.ndarray:
     """An RGB image as (H, W, 3) uint8, in stored orientation (EXIF rotation is not applied, so
-    a camera's JPEG keeps the sensor's orientation, like its RAW).
+    a camera's JPEG keeps the sensor's orientation, like its RAW). ``name`` names it in errors
+    (default: ``path``).
 
     An image above ``rawio.MAX_PIXELS`` is refused from its header, before it is decoded.
     """
+    source, path = path, name or path
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is the one below
-            im = Image.open(path)  # reads the header only
+            im = Image.open(source)  # reads the header only
         with im:
             why = rawio.too_many_pixels(*im.size)
             if why:
@@ -255,6 +299,18 @@ def read_rgb(path: os.PathLike | str) -> np.ndarray:
         raise PairError(f"{path}: more than {rawio.MAX_PIXELS / 1e6:.0f} MP, raw2rgb's limit; not decoded") from None
     except Exception as e:  # noqa: BLE001 - any decoder error is this file's problem
         raise PairError(f"{path}: unreadable image ({one_line(str(e))})") from None
+
+
+def read_target(path: os.PathLike | str, embedded: bool = False) -> np.ndarray:
+    """A pair's target as (H, W, 3) uint8: the image file at ``path``, or the JPEG embedded in the RAW
+    file at ``path``."""
+    if not embedded:
+        return read_rgb(path)
+    try:
+        data = rawio.embedded_jpeg(path)
+    except rawio.RawReadError as e:
+        raise PairError(str(e)) from None
+    return read_rgb(io.BytesIO(data), name=f"{path} (its embedded JPEG)")
 
 
 def preview_luma(raw_norm: np.ndarray) -> np.ndarray:
@@ -308,6 +364,19 @@ class Patch:
     @property
     def kept(self) -> bool:
         return not self.reason
+
+
+def _as_good_unwarped(preview: np.ndarray, target: np.ndarray, warped: np.ndarray, cover: np.ndarray) -> bool:
+    """Whether a target already on the sensor grid matches the RAW's preview at least as well as its
+    fitted warp does (normalised cross-correlation of the lumas where the warp covers the frame). A
+    camera's own JPEG of the frame, binned to, is the frame: a fitted homography only adds its own
+    estimation error (0.1–0.7 px on exact synthetic pairs) and the interpolation's blur."""
+    inside = area_downsample(cover.astype(np.float32)) >= 0.999
+    if inside.sum() < 64:
+        return False
+    plain = area_downsample(luma(target.astype(np.float32) / 255.0))
+    fitted = area_downsample(luma(warped))
+    return ncc(preview[inside], plain[inside]) >= ncc(preview[inside], fitted[inside])
 
 
 def cut_patches(packed: np.ndarray, raw_norm: np.ndarray, preview_luma: np.ndarray, target: np.ndarray,
@@ -378,30 +447,42 @@ def _write_patches(patches: list[Patch], out_dir: Path, key: str) -> list[str]:
 def patch_item(item, ctx):
     """Stage work: align one pair (unless already aligned), cut, score and write its patches.
 
-    Inputs: the packed PNG and sidecar from the unpack stage, and the target image. Outputs:
-    ``raw/SCENE/ID.png`` (packed, as unpacked) and ``rgb/SCENE/ID.png`` (uint8, sensor resolution)
-    per kept patch.
+    Inputs: the packed PNG and sidecar from the unpack stage, and the target image (or the RAW file
+    whose embedded JPEG is the target). Outputs: ``raw/SCENE/ID.png`` (packed) and ``rgb/SCENE/ID.png``
+    (uint8, at twice the packed resolution) per kept patch.
+
+    A target smaller than the sensor is never enlarged onto it: the frame is binned by the smallest
+    whole factor that makes twice its packed size no larger than the target (same-colour sites
+    averaged, so it stays a Bayer mosaic), the target is area-resampled to exactly that grid, and
+    the pair is aligned there. ``binning`` in the item's record says by how much.
     """
     packed_path, sidecar_path, rgb_path = item.inputs
     params = PatchParams(**ctx.params["patch"])
     try:
         packed = rawio.read_packed_png(packed_path)
         meta = json.loads(Path(sidecar_path).read_text())
-        raw_norm = packed.astype(np.float32) / np.float32(np.iinfo(packed.dtype).max)
-        target = read_rgb(rgb_path)
+        target = read_target(rgb_path, item.payload.get("embedded", False))
         _, h, w = packed.shape
+        binning = 1
+        if not item.payload["aligned"]:  # never enlarge a target: bin the RAW down to it instead
+            binning = bayer.binning_factor((2 * h, 2 * w), target.shape[:2])
+            packed = bayer.bin_packed(packed, binning)
+            _, h, w = packed.shape
+            target = area_resize(target, (2 * h, 2 * w))
+        raw_norm = packed.astype(np.float32) / np.float32(np.iinfo(packed.dtype).max)
         preview = preview_luma(raw_norm)
         alignment = None
         if item.payload["aligned"]:
             if target.shape[:2] != (2 * h, 2 * w):
                 raise PairError(f"{rgb_path}: size {target.shape[:2]} is not twice the RAW's packed size "
                                 f"{(h, w)}, as an aligned pair must be")
-            aligned = target.astype(np.float32) / 255.0
-            cover = None
+            aligned, cover = target.astype(np.float32) / 255.0, None
         else:
             alignment = align_target(preview, target, min_inliers=ctx.params["min_inliers"],
                                      name=f"{meta.get('source', packed_path)} ~ {rgb_path}")
             aligned, cover = warp_target(target, alignment.matrix, (h, w))
+            if target.shape[:2] == (2 * h, 2 * w) and _as_good_unwarped(preview, target, aligned, cover):
+                aligned, cover, alignment.snapped = target.astype(np.float32) / 255.0, None, True
         patches = cut_patches(packed, raw_norm, preview, aligned, cover, params, alignment)
     except (PairError, AlignError) as e:
         raise ItemError(str(e)) from None
@@ -415,6 +496,9 @@ def patch_item(item, ctx):
             key = {"score": "score below threshold", "local": "local shift above --max-shift"}.get(key, key)
             dropped[key] = dropped.get(key, 0) + 1
     info = {
+        "binning": binning,
+        "packed_size": [h, w],  # the binned frame's, which patch positions are on
+        "target_size": list(target.shape[:2]),  # as resampled onto the grid (2h, 2w)
         "alignment": alignment.to_json() if alignment else None,
         "kept": sum(p.kept for p in patches),
         "dropped": dropped,

@@ -40,6 +40,21 @@ ZRR_LEVELS = {
 }
 ZRR_DEFAULT_LEVELS = "liteisp"
 
+# The most pixels raw2rgb decodes from one image (a RAW PNG counts its sensor pixels), checked from the
+# header before anything is allocated: above any camera's frame (150-MP medium format passes), far below
+# what a few hundred kilobytes of constant-colour PNG can claim (30000 × 30000 took 3.2 GB to fail).
+MAX_PIXELS = 200_000_000
+
+
+def too_many_pixels(width: int, height: int, per_pixel: int = 1) -> str | None:
+    """Why an image of ``width`` × ``height`` (each pixel ``per_pixel`` sensor pixels: 4 in a packed
+    PNG) is not decoded, or None when it is within :data:`MAX_PIXELS`."""
+    n = int(width) * int(height) * per_pixel
+    if n <= MAX_PIXELS:
+        return None
+    return (f"{width}×{height} pixels ({n / 1e6:.0f} MP) is above raw2rgb's limit of {MAX_PIXELS / 1e6:.0f} MP "
+            "(no camera makes such a frame: a damaged or hostile file?); not decoded")
+
 # DNG / TIFF tags read for metadata. Codes from the DNG 1.4 specification.
 _TAG_MAKE, _TAG_MODEL, _TAG_UNIQUE_MODEL = 271, 272, 50708
 _TAG_COLOR_MATRIX = (50721, 50722)
@@ -318,9 +333,24 @@ def _tag_matrix(value) -> np.ndarray | None:
     return None if values is None else np.array(values).reshape(3, 3)
 
 
+def _png_header(data: bytes) -> tuple[int, int, int] | None:
+    """(width, height, colour type) from a PNG's IHDR, or None when ``data`` does not start like a PNG
+    (the decoder then says what is wrong)."""
+    if len(data) < 26 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big"), data[25]
+
+
 def _read_png_raw(path: Path, zrr_levels: tuple[float, float]) -> RawFrame:
+    data = path.read_bytes()
+    header = _png_header(data)
+    if header is not None:  # before the decoder allocates what the header claims
+        width, height, colour = header
+        why = too_many_pixels(width, height, 4 if colour == 6 else 1)  # 6: RGBA, a packed frame
+        if why:
+            raise RawReadError(path, why)
     try:
-        img = imagecodecs.png_decode(path.read_bytes())
+        img = imagecodecs.png_decode(data)
     except Exception as e:  # noqa: BLE001 - any decoder failure is this file's problem
         raise RawReadError(path, f"not a readable PNG ({e})") from None
     if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
@@ -374,3 +404,55 @@ def decode_packed_png(data: bytes) -> np.ndarray:
 def read_packed_png(path: os.PathLike | str) -> np.ndarray:
     """Read a packed PNG written by ``raw2rgb unpack``: (4, h, w) R, G1, B, G2."""
     return decode_packed_png(Path(path).read_bytes())
+
+
+# -- the camera's own JPEG inside a RAW ----------------------------------------------------------------
+
+EMBEDDED_MIN_WIDTH = 640  # pixels: a smaller embedded image (an EXIF thumbnail) holds too little of the look to learn
+
+
+def embedded_size(path: os.PathLike | str) -> tuple[int, int]:
+    """(width, height) of the JPEG embedded in a RAW file (see :func:`embedded_jpeg`)."""
+    return _jpeg_size(embedded_jpeg(path))  # type: ignore[return-value]
+
+
+def embedded_jpeg(path: os.PathLike | str) -> bytes:
+    """The JPEG a camera rendered of the shot and stored inside the RAW file (LibRaw's thumbnail: a
+    Canon's JpgFromRaw, a Sony's or Nikon's preview), as its bytes.
+
+    Raises:
+        RawReadError: the file holds none, holds a bitmap rather than a JPEG, or one narrower than
+            :data:`EMBEDDED_MIN_WIDTH` pixels.
+    """
+    path = Path(path)
+    try:
+        with rawpy.imread(str(path)) as raw:
+            thumb = raw.extract_thumb()
+    except rawpy.LibRawNoThumbnailError:
+        raise RawReadError(path, "holds no embedded JPEG") from None
+    except (rawpy.LibRawError, OSError) as e:
+        raise RawReadError(path, f"its embedded JPEG cannot be read ({_libraw_reason(e)})") from None
+    if thumb.format != rawpy.ThumbFormat.JPEG:
+        raise RawReadError(path, f"its embedded image is a {thumb.data.shape[1]}×{thumb.data.shape[0]} bitmap, "
+                                 "not a JPEG")
+    data = bytes(thumb.data)
+    size = _jpeg_size(data)
+    if size is None:
+        raise RawReadError(path, "its embedded JPEG cannot be decoded")
+    width = max(size)  # a portrait preview is as useful as a landscape one
+    if width < EMBEDDED_MIN_WIDTH:
+        raise RawReadError(path, f"its embedded JPEG is {width} pixels wide, under the {EMBEDDED_MIN_WIDTH} that "
+                                 "hold enough of the camera's look")
+    return data
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    import io
+
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return int(im.size[0]), int(im.size[1])
+    except Exception:  # noqa: BLE001 - any decoder error means no usable JPEG
+        return None

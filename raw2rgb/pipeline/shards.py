@@ -294,7 +294,7 @@ SHARDS = Stage("shards", 3, shard_item)  # 2: each sample's colour; 3: its frame
 def build(samples: list[tuple[str, str, str, str]], saliency_shards: dict[str, str], out_dir: os.PathLike | str,
           frames: Mapping[str, tuple[str, str]], *, scale: int = 1, copies: int = 1, crop: int | None = None,
           seed: int = 0, saliency_method: str = "", shard_size: int = DEFAULT_SHARD_SIZE, jobs: int = 1,
-          force: bool = False, progress=None) -> StageResult:
+          force: bool = False, progress=None, binning: int = 1, split_how: str | None = None) -> StageResult:
     """Run the shards stage and write ``index.json``.
 
     Args:
@@ -304,6 +304,9 @@ def build(samples: list[tuple[str, str, str, str]], saliency_shards: dict[str, s
             its RAW file's metadata and from estimates over the whole frame.
         crop: patch size in the shards; default the patch size for ``copies == 1``, else the
             largest multiple of 8 below it (a flip's re-crop costs one packed pixel).
+        binning: by how much the RAW frames were binned to meet smaller targets (recorded in the index:
+            a model trained on them converts frames binned alike).
+        split_how: how the splits were made, for the index (by scene, or a held-out band of each frame).
     """
     out_dir = Path(out_dir)
     if copies < 1:
@@ -342,7 +345,8 @@ def build(samples: list[tuple[str, str, str, str]], saliency_shards: dict[str, s
         files.setdefault(r.info["split"], []).append(ShardFile(next(iter(r.outputs)), r.info["count"]))
     splits = {name: SplitIndex(sum(s.count for s in shards), tuple(shards)) for name, shards in files.items()}
     write_index(out_dir, ShardIndex(SHARD_FORMAT, scale, splits, crop=crop, copies=copies,
-                                    normalisation=NORMALISATION, saliency_method=saliency_method))
+                                    normalisation=NORMALISATION, saliency_method=saliency_method,
+                                    binning=binning, split=split_how))
     return result
 
 
@@ -356,11 +360,13 @@ def frames_of(unpack_dir: os.PathLike | str) -> dict[str, tuple[str, str]]:
             if (root / f"{r.key}.png").is_file() and (root / f"{r.key}.json").is_file()}
 
 
-def samples_from(patches_dir: Path, saliency_dir: Path, splits: Mapping[str, str]
+def samples_from(patches_dir: Path, saliency_dir: Path, splits: Mapping[str, str],
+                 patch_splits: Mapping[str, str | None] | None = None
                  ) -> tuple[list[tuple[str, str, str, str]], dict[str, str]]:
     """(id, split, raw path, rgb path) of every kept patch, from the patches stage's manifest, and
-    id -> saliency shard, from the saliency shards. Manifest paths are never followed outside
-    their stage folder."""
+    id -> saliency shard, from the saliency shards. A patch's split is its scene's in ``splits``, or
+    its own in ``patch_splits`` (a held-out band) where that names it; a patch it maps to None is
+    left out. Manifest paths are never followed outside their stage folder."""
     manifest = Manifest.load(patches_dir)
     if manifest is None:
         raise ShardError(f"{patches_dir}: no manifest.json (run the patches stage first)")
@@ -374,7 +380,11 @@ def samples_from(patches_dir: Path, saliency_dir: Path, splits: Mapping[str, str
             if not (rgb.resolve().is_relative_to(root) and raw.resolve().is_relative_to(root)):
                 raise ShardError(f"{patches_dir}/manifest.json: {rel} points outside the folder; refused")
             sid = patch_id(rel)
-            samples.append((sid, splits.get(r.key, "train"), str(raw), str(rgb)))
+            if patch_splits and sid in patch_splits:
+                if patch_splits[sid] is not None:
+                    samples.append((sid, str(patch_splits[sid]), str(raw), str(rgb)))
+            else:
+                samples.append((sid, splits.get(r.key, "train"), str(raw), str(rgb)))
     owners: dict[str, str] = {}
     for shard in sorted(Path(saliency_dir).glob("saliency-*.h5")):
         for sid in read_saliency_shard(shard).ids:
@@ -410,7 +420,9 @@ class ShardIndex:
 
     ``scale``: output pixels per packed pixel; ``crop``: the stored patches' side in packed pixels;
     ``copies``: transformed copies per patch; ``normalisation``: how values are stored (``NORMALISATION``);
-    ``saliency_method``: how the saliency maps were made. An index from before a key holds None.
+    ``saliency_method``: how the saliency maps were made; ``binning``: by how much the frames were
+    binned to the targets' resolution; ``split``: how the splits were made. An index from before a
+    key holds None.
     """
 
     format: int
@@ -420,6 +432,8 @@ class ShardIndex:
     copies: int | None = None
     normalisation: str | None = None
     saliency_method: str | None = None
+    binning: int | None = None  # the RAW frames binned by this to meet smaller targets (None: an older index, 1)
+    split: str | None = None  # how the splits were made
 
     def count(self, split: str) -> int:
         """The samples of ``split`` (0 when the folder has no such split)."""
@@ -434,7 +448,8 @@ class ShardIndex:
     def to_json(self) -> dict[str, Any]:
         """The JSON object of ``index.json`` (keys absent from the index that was read stay absent)."""
         head = {"format": self.format, "scale": self.scale, "crop": self.crop, "copies": self.copies,
-                "normalisation": self.normalisation, "saliency_method": self.saliency_method}
+                "normalisation": self.normalisation, "saliency_method": self.saliency_method,
+                "binning": self.binning, "split": self.split}
         return {**{k: v for k, v in head.items() if v is not None},
                 "splits": {name: {"count": e.count, "shards": [{"file": s.file, "count": s.count} for s in e.shards]}
                            for name, e in self.splits.items()}}
@@ -456,10 +471,11 @@ class ShardIndex:
             splits = {str(name): SplitIndex(int(e["count"]), tuple(ShardFile(str(s["file"]), int(s["count"]))
                                                                    for s in e["shards"]))
                       for name, e in data["splits"].items()}
-            optional = {k: data.get(k) for k in ("crop", "copies")}
+            optional = {k: data.get(k) for k in ("crop", "copies", "binning")}
             return cls(int(data["format"]), int(data["scale"]), splits,
                        **{k: None if v is None else int(v) for k, v in optional.items()},
-                       normalisation=data.get("normalisation"), saliency_method=data.get("saliency_method"))
+                       normalisation=data.get("normalisation"), saliency_method=data.get("saliency_method"),
+                       split=data.get("split"))
         except KeyError as e:
             raise ShardError(f"{where}: malformed shard index (no {e})") from None
         except (TypeError, ValueError, AttributeError) as e:
@@ -618,9 +634,10 @@ def build_from_stages(patches_dir: os.PathLike | str, saliency_dir: os.PathLike 
     Other arguments as :func:`build`."""
     patches_dir, saliency_dir = Path(patches_dir), Path(saliency_dir)
     splits_path = Path(splits_file) if splits_file else patches_dir.parent / "splits.json"
-    splits = json.loads(splits_path.read_text())["scenes"] if splits_path.is_file() else {}
+    recorded = json.loads(splits_path.read_text()) if splits_path.is_file() else {}
+    splits = recorded.get("scenes", {})
     sal = Manifest.load(saliency_dir)
-    samples, owners = samples_from(patches_dir, saliency_dir, splits)
+    samples, owners = samples_from(patches_dir, saliency_dir, splits, recorded.get("patches"))
     method = sal.params.get("method", "") if sal else ""
     frames = frames_of(unpack_dir if unpack_dir is not None else patches_dir.parent / STAGE_FOLDER)
     return build(samples, owners, out_dir, frames, saliency_method=method, **kwargs)
