@@ -122,6 +122,12 @@ def needs_band(scenes: dict[str, str | None], ratios: tuple[float, float, float]
     return room["train"] == 0 or any(r > 0 and room[k] == 0 for k, r in zip(SPLITS, ratios))
 
 
+def _bandable(records, size: int) -> bool:
+    """Whether some frame is wide enough for train patches, a gap of one patch and a held-out band (a
+    dataset of single-patch crops, ZRR's, is not: its splits stay by scene)."""
+    return any(r.info.get("packed_size") and r.info["packed_size"][1] >= 4 * size for r in records)
+
+
 def band_splits(records, size: int, ratios: tuple[float, float, float]) -> tuple[dict[str, str | None], str]:
     """patch id → split when frames are held out in part: the right-hand band of each frame (the
     share of val + test, between 25 and 50 % of its width, starting on the patch grid) is held out,
@@ -140,8 +146,8 @@ def band_splits(records, size: int, ratios: tuple[float, float, float]) -> tuple
         cut = w * (1 - share)
         starts = sorted({p["x"] for p in r.info["patches"]})
         band = next((x for x in starts if x >= cut), None)
-        if band is None:  # a frame narrower than a patch and a band: all of it trains
-            band = w
+        if band is None or band - 2 * size < 0:  # too narrow for a patch, a gap and a band: all of it trains
+            band = w + 2 * size
         middle = h / 2
         for p in r.info["patches"]:
             if p.get("reason"):
@@ -262,7 +268,8 @@ def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progr
 
     scenes = {p.scene: p.fixed_split for p in found}
     patch_splits: dict[str, str | None] = {}
-    if needs_band(scenes, cfg.split) and "patches" in stages:
+    if needs_band(scenes, cfg.split) and "patches" in stages and _bandable(stages["patches"].manifest.ok,
+                                                                          cfg.patch.size):
         splits = {s: "band" for s in scenes}
         patch_splits, how = band_splits(stages["patches"].manifest.ok, cfg.patch.size, cfg.split)
     else:
@@ -384,8 +391,8 @@ def _summary(cfg: PrepareConfig, found, unpaired, stages, split: dict[str, str],
         for r in ok:
             for reason, n in r.info.get("dropped", {}).items():
                 dropped[reason] = dropped.get(reason, 0) + n
-            if patch_splits:
-                mine = [v for k, v in patch_splits.items() if k.rsplit("/", 1)[0] == r.key]
+            if split[r.key] == "band":
+                mine = [v for k, v in (patch_splits or {}).items() if k.rsplit("/", 1)[0] == r.key]
                 for name in SPLITS:
                     per_split[name]["scenes"] += name in mine
                     per_split[name]["patches"] += mine.count(name)

@@ -466,9 +466,10 @@ def patch_item(item, ctx):
         binning = 1
         if not item.payload["aligned"]:  # never enlarge a target: bin the RAW down to it instead
             binning = bayer.binning_factor((2 * h, 2 * w), target.shape[:2])
-            packed = bayer.bin_packed(packed, binning)
-            _, h, w = packed.shape
-            target = area_resize(target, (2 * h, 2 * w))
+            if binning > 1:
+                packed = bayer.bin_packed(packed, binning)
+                _, h, w = packed.shape
+                target = area_resize(target, (2 * h, 2 * w))
         raw_norm = packed.astype(np.float32) / np.float32(np.iinfo(packed.dtype).max)
         preview = preview_luma(raw_norm)
         alignment = None
