@@ -83,7 +83,7 @@ bench: $(VENV)/.core
 # The minutes a GPU machine is lent: one prepared command (docs/gpus.md), `benchmarks/gpu_device.sh`, which
 # installs the carried wheels and runs benchmarks/gpu_check.py; every figure into $$OUT/gpu-check.json.
 # That machine has Python 3.12, torch and most of what raw2rgb needs, no package index, and not these:
-GPU_MISSING := rawpy imagecodecs pypng
+GPU_MISSING := rawpy imagecodecs pypng exifread
 WHEEL_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
 GPU_PYVER ?= 3.12
 GPU_WHEELS ?= build/wheels

@@ -30,8 +30,8 @@ from raw2rgb.files import atomic_path, file_sha256
 from raw2rgb.model import run
 from raw2rgb.model.infer import TileConfig, load_generator, needed_overlap, plan_overlap
 from raw2rgb.model.renderers import depth
-from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline import metadata, rawio
+from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline.stage import Context, Deferred, Item, ItemError, Stage, StageResult, run_stage
 from raw2rgb.render import RENDER_METHODS, default_method, source
 

@@ -15,7 +15,7 @@ import torch
 
 from raw2rgb.model.infer import TileConfig, load_generator, run_tiled
 from raw2rgb.model.prior import model_white_balance
-from raw2rgb.pipeline import develop, rawio, whitebalance
+from raw2rgb.pipeline import bayer, develop, rawio, whitebalance
 from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline.whitebalance import SampleColour, WhiteBalance
 
@@ -94,11 +94,14 @@ class ClassicalRenderer:
 
     def frame(self, frame: rawio.RawFrame, packed: np.ndarray, info: dict[str, Any], **_: Any) -> np.ndarray:
         """A whole frame at sensor resolution, (H, W, 3) float in [0, 1], oriented; without a white
-        balance in the file: the profile's rule, else a whole frame's grey world."""
+        balance in the file: the profile's rule, else a whole frame's grey world. A profile's
+        highlights roll off to white where the RAW clipped (``develop.roll_off_highlights``)."""
         self.check(cameras=[info["camera"]])
         colour = frame_colour(frame, packed, self.white_balance or WhiteBalance(whitebalance.LEGACY_RULE), info)
-        rgb = develop.develop(packed, colour[:3], colour[3:].reshape(3, 3), scale=2, orientation=frame.orientation)
-        return colour_profile.apply(self.profile, rgb) if self.profile is not None else rgb
+        rgb = develop.develop(packed, colour[:3], colour[3:].reshape(3, 3), scale=2)
+        if self.profile is not None:
+            rgb = develop.roll_off_highlights(colour_profile.apply(self.profile, rgb), develop.clip_weight(packed, 2))
+        return np.ascontiguousarray(develop.orient(rgb, frame.orientation))
 
 
 class ModelRenderer:
@@ -117,7 +120,14 @@ class ModelRenderer:
 
     def frame(self, frame: rawio.RawFrame, packed: np.ndarray, info: dict[str, Any], tiles: TileConfig,
               fmt: str) -> np.ndarray:
-        """A whole frame over overlapping tiles, quantised to ``fmt``'s depth, oriented."""
+        """A whole frame over overlapping tiles, quantised to ``fmt``'s depth, its highlights rolled
+        off to white where the RAW clipped (``develop.roll_off_highlights``), oriented. A model trained on
+        binned frames (targets smaller than the sensor) converts the frame binned alike: its output is
+        the size it learned, the camera JPEG's, not a blown-up sensor frame."""
+        if self.g.cfg.binning > 1:
+            packed = bayer.bin_packed(packed, self.g.cfg.binning)
+            info["binning"] = self.g.cfg.binning
         colour = frame_colour(frame, packed, self.white_balance, info)
-        return develop.orient(quantise(run_tiled(self.g, packed, tiles, self.device, colour=colour), fmt),
-                              frame.orientation)
+        rgb = quantise(run_tiled(self.g, packed, tiles, self.device, colour=colour), fmt)
+        rgb = develop.roll_off_highlights(rgb, develop.clip_weight(packed, self.scale))
+        return develop.orient(rgb, frame.orientation)

@@ -8,6 +8,7 @@ Everything here is numpy on arrays in [0, 1]. Packed data is (4, h, w) R, G1, B,
 from __future__ import annotations
 
 import numpy as np
+from scipy import ndimage
 
 from raw2rgb.pipeline import bayer
 
@@ -183,3 +184,79 @@ def develop_preview(packed: np.ndarray, wb_gains=None, cam_to_rgb=None) -> np.nd
     """A quick sRGB rendering (h, w, 3) in [0, 1] of normalised packed planes, one pixel per cell:
     good enough to look at or to find features; not a finished photograph."""
     return develop(packed, wb_gains, cam_to_rgb, scale=1)
+
+
+
+# -- highlights ---------------------------------------------------------------------------------------
+
+HIGHLIGHT_BAND = (0.9, 1.0)  # of the white level: the RAW samples over which a rendering rolls off to white
+
+
+def clip_weight(packed: np.ndarray, scale: int, band: tuple[float, float] = HIGHLIGHT_BAND) -> np.ndarray:
+    """How near each output pixel is to a clipped RAW sample: (scale·h, scale·w) float32 in [0, 1].
+
+    Each pixel takes the brightest sample within one cell of it (2 sensor pixels): at scale 2 the
+    mosaic's samples, at scale 1 each cell's brightest channel. Bilinear demosaicing spreads a
+    sample one pixel further, and on a real frame a cubic profile's false colours reached one
+    pixel beyond that (docs/convert.md). The sample is mapped through a smoothstep over ``band``
+    (of the white level): 0 up to ``band[0]``, 1 from ``band[1]`` on, monotone, flat at both ends.
+
+    Args:
+        packed: (4, h, w) normalised packed planes R, G1, B, G2 (1 is the white level).
+        scale: the rendering's output scale, 1 or 2.
+        band: (low, high), 0 < low < high.
+
+    Raises:
+        ValueError: ``packed`` not (4, h, w), a scale other than 1 or 2, or a bad band.
+    """
+    if packed.ndim != 3 or packed.shape[0] != 4:
+        raise ValueError(f"packed planes must be (4, h, w), got {packed.shape}")
+    if scale not in (1, 2):
+        raise ValueError(f"scale must be 1 or 2, got {scale}")
+    low, high = band
+    if not 0 < low < high:
+        raise ValueError(f"the band must be 0 < low < high, got {band}")
+    samples = bayer.unpack(packed) if scale == 2 else np.max(packed, axis=0)
+    t = np.clip((np.asarray(samples, np.float32) - np.float32(low)) / np.float32(high - low), 0, 1)
+    if not t.any():  # most frames: no sample in the band
+        return t
+    return ndimage.maximum_filter(t * t * (3 - 2 * t), size=2 * scale + 1, mode="nearest")
+
+
+def roll_off_highlights(rgb: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Blend a rendering toward white where its RAW clipped: ``(1 - w)·rgb + w·white`` per pixel.
+
+    Why: where a RAW sample reaches the white level the ratio of the channels, which is the
+    pixel's colour, is lost, and the classical pipeline's clipping leaves such pixels at the edge
+    of its gamut. A colour profile's cubic or lookup table, or a trained model, meets them outside
+    anything it was fitted on and pushes them into false colour: on a real Sony concert frame a
+    fitted cubic drew yellow, olive and black rims around glints that the camera's own JPEG shows
+    white with a lavender halo, and a fitted lookup table takes (1, 1, 1) to dark purple. The one
+    colour that a lost ratio cannot make false is neutral, and a clipped highlight is the brightest
+    thing in the frame: so this takes it to white, where :func:`clip_weight` says (what that costs
+    against a camera's smaller JPEG: docs/convert.md).
+
+    Args:
+        rgb: (H, W, 3) rendering on the RAW's grid (before orientation), float in [0, 1] (white 1)
+            or uint8/uint16 samples (white the type's top).
+        weight: (H, W) :func:`clip_weight` at the rendering's scale.
+
+    Returns:
+        A new array of ``rgb``'s shape and type: pixels of weight 0 unchanged bit for bit, of
+        weight 1 exactly white; in between every channel rises, and the saturation falls, with
+        the weight.
+
+    Raises:
+        ValueError: shapes that do not fit together (both printed).
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[:2] != weight.shape:
+        raise ValueError(f"a rendering (H, W, 3) and its weight (H, W), got {rgb.shape} and {weight.shape}")
+    out = rgb.copy()
+    at = np.nonzero(weight)  # clipped pixels are few: blend only those
+    if at[0].size == 0:
+        return out
+    w = weight[at].astype(np.float64)[:, None]
+    white = float(np.iinfo(rgb.dtype).max) if np.issubdtype(rgb.dtype, np.integer) else 1.0
+    mixed = (1 - w) * out[at] + w * white  # in float64: rounding to the type keeps the order
+    out[at] = np.rint(mixed) if np.issubdtype(rgb.dtype, np.integer) else mixed
+    return out

@@ -145,17 +145,22 @@ def _raw_embedded(f: _Finder, pairs_csv: Path | None) -> None:
 
 
 def _embedded(f: _Finder, raws: dict[str, Path]) -> None:
-    """Pairs of RAW files with the JPEG inside each; a RAW whose embedded image cannot serve (none, a
-    bitmap, too small) is listed as skipped. One line says which files used their embedded JPEG."""
-    used = []
+    """Pairs of RAW files with the JPEG inside each. A RAW whose embedded image cannot serve (none, a
+    bitmap, too small) is skipped, not a failure: they are listed in one warning. One line says which
+    files used their embedded JPEG."""
+    used, skipped = [], []
     for stem, raw in sorted(raws.items()):
         try:
             width, height = rawio.embedded_size(raw)
         except rawio.RawReadError as e:
-            f.problems.append(f"{e}; skipped")
+            skipped.append(str(e))
             continue
         f.pairs.append(Pair(stem, str(raw), str(raw), embedded=True))
         used.append(f"{raw.name} ({width}×{height})")
+    if skipped:
+        log.warning("skipped %d RAW file%s without a usable JPEG (none beside %s, none usable inside): %s%s",
+                    len(skipped), "s" * (len(skipped) > 1), "them" if len(skipped) > 1 else "it",
+                    "; ".join(skipped[:10]), f"; … and {len(skipped) - 10} more" if len(skipped) > 10 else "")
     if used:
         log.info("%d RAW file%s without a JPEG beside %s: using the JPEG embedded in %s: %s%s", len(used),
                  "s" * (len(used) > 1), "them" if len(used) > 1 else "it", "each" if len(used) > 1 else "it",

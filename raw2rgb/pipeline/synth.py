@@ -15,6 +15,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import imagecodecs
 import numpy as np
@@ -27,7 +28,8 @@ from skimage.transform import resize
 
 from raw2rgb.config import JsonConfig
 from raw2rgb.errors import InputError
-from raw2rgb.pipeline import bayer
+from raw2rgb.pipeline import bayer, metadata
+from raw2rgb.pipeline.align import area_resize
 from raw2rgb.pipeline.develop import cam_to_srgb, linear_to_srgb, srgb_to_linear
 
 # Canon EOS 350D ColorMatrix (XYZ -> camera, D65), as in its DNGs: a plausible real camera.
@@ -109,9 +111,16 @@ def _rationals(values, den: int = 1_000_000) -> tuple[int, ...]:
     return tuple(out)
 
 
+# write_dng's ``exif``: name → (tag, tifffile type)
+EXIF_TAGS = {"Orientation": (metadata.ORIENTATION, "H"), "ExposureTime": (metadata.EXPOSURE_TIME, "2I"),
+             "FNumber": (metadata.F_NUMBER, "2I"), "ISO": (metadata.ISO, "H"),
+             "DateTimeOriginal": (metadata.DATE_TIME_ORIGINAL, "s"), "FocalLength": (metadata.FOCAL_LENGTH, "2I"),
+             "LensModel": (metadata.LENS_MODEL, "s")}
+
+
 def write_dng(path: os.PathLike | str, data: np.ndarray, camera: Camera,
               cfa: tuple[int, int, tuple[int, ...]] | None = None, linear: bool = False,
-              preview: np.ndarray | None = None) -> Path:
+              preview: np.ndarray | None = None, exif: dict[str, Any] | None = None) -> Path:
     """Write a DNG that LibRaw reads bit-exactly (docs/architecture.md: offline test data).
 
     Args:
@@ -122,6 +131,8 @@ def write_dng(path: os.PathLike | str, data: np.ndarray, camera: Camera,
         linear: write a LinearRaw (demosaiced, 3 samples per pixel) DNG instead of a CFA one.
         preview: (h, w, 3) uint8, the camera's own rendering to embed as a JPEG preview: then, as a
             camera writes a DNG, IFD0 is the preview and the RAW is its SubIFD.
+        exif: shooting data by the names of :data:`EXIF_TAGS` (rationals as (numerator,
+            denominator)), written in IFD0 as TIFF/EP allows; ``Orientation`` is LibRaw's flip too.
     """
     path = Path(path)
     neutral = [1.0 / g for g in camera.wb_gains]
@@ -157,15 +168,22 @@ def write_dng(path: os.PathLike | str, data: np.ndarray, camera: Camera,
                      (50714, "I", 4, tuple(int(v) for v in cell.ravel()), True)]
         else:
             tags.append((50714, "I", 1, int(camera.black[0]), True))
+    for name, value in (exif or {}).items():
+        if name not in EXIF_TAGS:
+            raise ValueError(f"unknown EXIF tag {name!r} ({', '.join(EXIF_TAGS)})")
+        code, kind = EXIF_TAGS[name]
+        tags.append((code, kind, 0 if kind == "s" else 1, value, True))
     path.parent.mkdir(parents=True, exist_ok=True)
     if preview is None:
         tifffile.imwrite(path, np.ascontiguousarray(data, dtype=np.uint16), photometric=photometric,
                          subfiletype=0, metadata=None, extratags=tags)
         return path
-    shared = {50706, 50707, 271, 272, 50708, 50721, 50778, 50728}  # the file's, in IFD0; the rest are the RAW's
+    # the file's, in IFD0; the rest are the RAW's
+    shared = {50706, 50707, 271, 272, 50708, 50721, 50778, 50728, *(code for code, _ in EXIF_TAGS.values())}
     with tifffile.TiffWriter(path) as tif:
         tif.write(np.ascontiguousarray(preview, dtype=np.uint8), photometric="rgb", compression="jpeg",
-                  compressionargs={"level": 95}, subfiletype=1, subifds=1, metadata=None, extratags=[t for t in tags if t[0] in shared])
+                  compressionargs={"level": 95}, subfiletype=1, subifds=1, metadata=None,
+                  extratags=[t for t in tags if t[0] in shared])
         tif.write(np.ascontiguousarray(data, dtype=np.uint16), photometric=photometric, subfiletype=0,
                   metadata=None, extratags=[t for t in tags if t[0] not in shared])
     return path
@@ -312,6 +330,33 @@ def paired_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (384, 576), 
         path = Path(out_dir) / f"{name}.dng"
         paths.append(write_dng(path, capture(rgb, camera, rng), camera))
         Image.fromarray(render_look(rgb, look)).save(path.with_suffix(".jpg"), quality=92)
+    return paths
+
+
+def camera_shoot(out_dir: os.PathLike | str, size: tuple[int, int] = (384, 576), jpeg_scale: float = 3.0,
+                 embedded: bool = False, seed: int = 0, scenes: tuple[str, ...] = ("astronaut",),
+                 look: Look = LOOKS["dslr"]) -> list[Path]:
+    """A photographer's shoot: one camera's DNGs and its own JPEGs of the same frames, rendered with
+    ``look`` from the whole frame and then made ``jpeg_scale`` times smaller by area averaging, as a
+    camera writes an M/S-size JPEG or the preview inside its RAW. ``embedded``: the JPEG goes inside
+    each DNG (its preview) instead of beside it.
+
+    Returns:
+        The DNG paths.
+    """
+    rng = np.random.default_rng(seed)
+    camera = Camera(noise=0.003, model="Virtual Shooter")
+    paths = []
+    for name in scenes:
+        rgb = scene(name, size)
+        small = (max(1, round(size[0] / jpeg_scale)), max(1, round(size[1] / jpeg_scale)))
+        jpeg = area_resize(render_look(rgb, look), small)
+        path = Path(out_dir) / f"{name}.dng"
+        if embedded:
+            paths.append(write_dng(path, capture(rgb, camera, rng), camera, preview=jpeg))
+        else:
+            paths.append(write_dng(path, capture(rgb, camera, rng), camera))
+            Image.fromarray(jpeg).save(path.with_suffix(".jpg"), quality=95)
     return paths
 
 
