@@ -11,8 +11,12 @@ Sets (``--sets``):
 - ``zrr-steady`` / ``zrr-varying``: `raw2rgb synth --zrr`: ZRR-layout crops without colour metadata
   (10-bit one-plane mosaics), under one light or a light per scene (the target camera white-balances
   on its own); chelsea's crops held out in test/;
-- ``real-sony``: a real camera's RAW and its own JPEG (benchmarks/real_data.py: binned, aligned, ZRR
-  layout, right third held out), when the real files are there.
+- ``real-sony``: a real camera's RAW and its own JPEG (the Sony A7R III's ARW and its 1616×1080
+  preview), when the real files are there, laid out as a RAW+JPEG shooter has them and prepared by
+  the product itself with its defaults (`raw2rgb prepare SHOOT -o DATASET`: binned to the JPEG,
+  64-px patches, the right-hand band of the one frame held out); the recommended network trained by
+  `raw2rgb train DATASET -o RUN --preset tiny` (docs/camera-look.md); ``real-sony-embedded``: the
+  ARW alone, its target the JPEG inside it.
 
 For each set, on the held-out split:
 
@@ -39,6 +43,7 @@ import argparse
 import dataclasses
 import json
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -48,8 +53,6 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import real_data  # noqa: E402
 
 from raw2rgb import prepare as prep  # noqa: E402
 from raw2rgb.model.data import ShardDataset, to_model  # noqa: E402
@@ -61,9 +64,13 @@ from raw2rgb.model.train import Runtime, TrainConfig, train  # noqa: E402
 from raw2rgb.pipeline import profile, synth, whitebalance  # noqa: E402
 from raw2rgb.pipeline.pairs import PatchParams  # noqa: E402
 from raw2rgb.pipeline.profile import poly3_terms  # noqa: E402
-from raw2rgb.pipeline.shards import shards_root  # noqa: E402
+from raw2rgb.pipeline.shards import read_index, shards_root  # noqa: E402
 
 TINY = TrainConfig.preset_config("tiny")
+# Real camera files, where the project keeps them for measuring (``../shared/real`` beside the repository; a
+# user's clone has none, and the set says so): name → (the RAW, the same camera's own JPEG of the shot)
+REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
+PAIRS = {"sony": ("_DSC2164.ARW", "_DSC2164.ARW.embedded-preview.jpg")}
 VARIANTS = {
     "recommended": {},
     "colour-branch": {"colour_branch": "global"},
@@ -79,9 +86,18 @@ SETS = {
     "dslr": {"kind": "raw+jpeg", "look": synth.LOOKS["dslr"], "phone": True},
     "zrr-steady": {"kind": "zrr", "light": "steady"},
     "zrr-varying": {"kind": "zrr", "light": "varying"},
-    "real-sony": {"kind": "real", "pair": "sony"},
+    "real-sony": {"kind": "camera", "pair": "sony"},
+    "real-sony-embedded": {"kind": "camera", "pair": "sony", "embedded": True},
 }
-HELD_OUT = {"raw+jpeg": "val", "zrr": "test", "real": "test"}  # the split each kind scores on
+HELD_OUT = {"raw+jpeg": "val", "zrr": "test", "camera": "test"}  # the split each kind scores on
+R2R = [sys.executable, "-m", "raw2rgb"]
+
+
+def product(*args: object) -> float:
+    """Run a raw2rgb command as a user would (its own defaults); its wall time."""
+    t0 = time.perf_counter()
+    subprocess.run([*R2R, *map(str, args)], check=True)
+    return time.perf_counter() - t0
 
 
 def dataset(out: Path, name: str, real: Path) -> Path | None:
@@ -96,14 +112,21 @@ def dataset(out: Path, name: str, real: Path) -> Path | None:
             synth.paired_dngs(tmp, size=(512, 768), look=spec.get("look", synth.Look()), phone=spec.get("phone", False))
         elif kind == "zrr":  # crops of 256 sensor pixels: as many 64-px patches per scene as the demo's
             synth.zrr_dataset(tmp, size=(512, 768), crop=256, light=spec["light"])
-        else:
-            raw, jpeg = (real / f for f in real_data.PAIRS[spec["pair"]])
+        else:  # the shooter's folder: the RAW and (unless embedded) the camera's JPEG under the RAW's stem
+            raw, jpeg = (real / f for f in PAIRS[spec["pair"]])
             if not raw.is_file():
                 print(f"quality: {name}: {raw} not here; set skipped", flush=True)
                 return None
-            real_data.zrr_pairs(tmp, raw, jpeg, crop=128)
+            tmp.mkdir(parents=True)
+            shutil.copyfile(raw, tmp / raw.name)
+            if not spec.get("embedded"):
+                shutil.copyfile(jpeg, tmp / f"{raw.stem}.JPG")
         tmp.rename(src)
-    patch = 32 if kind == "real" else 64  # the real frame is small: 32-px patches give ~100 train samples
+    if kind == "camera":  # the product's own prepare with its defaults
+        seconds = product("prepare", src, "-o", ds)
+        (out / name / "prepare-seconds.txt").write_text(f"{seconds:.1f}\n")
+        return ds
+    patch = 64
     cfg = prep.PrepareConfig(src=str(src), out=str(ds), layout="raw+jpeg" if kind == "raw+jpeg" else "zrr",
                              patch=PatchParams(size=patch, stride=patch), min_inliers=12, scale=2,
                              copies=2 if kind == "raw+jpeg" else 1,
@@ -178,10 +201,12 @@ def prior_alone(ds: Path, held_out: str) -> dict:
     return summarise(score(lambda b: prior(b["raw"], b["colour"]), loader, torch.device("cpu")))
 
 
-def tiny_variant(generator: dict, **schedule) -> TrainConfig:
-    """The tiny preset at output scale 2 without the perceptual term (no VGG weights here), with
-    generator fields and schedule fields over its own."""
-    return dataclasses.replace(TINY, generator=GeneratorConfig(**{**TINY.generator.to_json(), "scale": 2, **generator}),
+def tiny_variant(generator: dict, ds: Path | None = None, **schedule) -> TrainConfig:
+    """The tiny preset at output scale 2 (and the binning of ``ds``'s shards) without the perceptual
+    term (no VGG weights here), with generator fields and schedule fields over its own."""
+    binning = (read_index(shards_root(ds)).binning or 1) if ds is not None else 1
+    fields = {**TINY.generator.to_json(), "scale": 2, "binning": binning, **generator}
+    return dataclasses.replace(TINY, generator=GeneratorConfig(**fields),
                                weights=dataclasses.replace(TINY.weights, perceptual=0.0), **schedule)
 
 
@@ -198,12 +223,20 @@ def models(name: str, ds: Path, held_out: str, out: Path, variants: list[str], q
         rt = Runtime(log_every=50, checkpoint_every=10_000)  # data loading as `raw2rgb train` does it
         if VARIANTS[variant] is None:  # the paper preset, for the recommended run's wall time
             cfg = TrainConfig.preset_config("paper", weights=LossWeights(perceptual=0.0))
-            cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, scale=2),
+            binning = read_index(shards_root(ds)).binning or 1
+            cfg = dataclasses.replace(cfg, generator=dataclasses.replace(cfg.generator, scale=2, binning=binning),
                                       batch_size=TINY.batch_size)
             t = trained(ds, out / name / "run-paper-probe", cfg, Runtime(max_steps=3, checkpoint_every=10_000))
             rt = dataclasses.replace(rt, max_steps=1 if quick else max(3, int((budget or 300) / (t / 3))))
+        elif variant == "recommended" and SETS[name]["kind"] == "camera":  # the product's own command and defaults
+            shutil.rmtree(run_dir, ignore_errors=True)
+            seconds = product("train", ds, "-o", run_dir, "--preset", "tiny", *(["--epochs", "1,0"] if quick else []))
+            budget = seconds
+            rows.append(row(name, variant, evaluate(ds, held_out, run_dir, "model").summary, seconds))
+            print(rows[-1], flush=True)
+            continue
         else:
-            cfg = tiny_variant(VARIANTS[variant])
+            cfg = tiny_variant(VARIANTS[variant], ds)
         if quick:
             cfg = dataclasses.replace(cfg, stage1_epochs=1, stage2_epochs=0 if cfg.stage2_epochs == 0 else 1)
         seconds = trained(ds, run_dir, cfg, rt)
@@ -227,7 +260,7 @@ def main() -> None:
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--variants", default="recommended,colour-branch")
     ap.add_argument("--out", type=Path, default=Path("build/quality"))
-    ap.add_argument("--real", type=Path, default=real_data.REAL, help="folder of real camera files")
+    ap.add_argument("--real", type=Path, default=REAL, help="folder of real camera files")
     ap.add_argument("--no-models", action="store_true", help="the classical pipeline and the profiles only")
     ap.add_argument("--quick", action="store_true", help="one epoch: check the script, not the model")
     args = ap.parse_args()
@@ -241,7 +274,7 @@ def main() -> None:
         held_out = HELD_OUT[kind]
         new = [row(name, "classical pipeline", evaluate(ds, held_out, None, "isp").summary),
                row(name, "plain cubic on the raw planes", plain_cubic(ds, held_out))]
-        new += profiles(name, ds, held_out, args.out, with_metadata=kind == "raw+jpeg")
+        new += profiles(name, ds, held_out, args.out, with_metadata=kind in ("raw+jpeg", "camera"))
         new.append(row(name, f"profile + {TINY.generator.detail_filter}×{TINY.generator.detail_filter} detail filter "
                              "(the recommended network's prior alone)", prior_alone(ds, held_out)))
         print(table(new), flush=True)

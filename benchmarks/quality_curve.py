@@ -40,14 +40,14 @@ NETWORKS = {  # name → (generator fields over the tiny preset's, training fiel
 }
 
 
-def config(name: str, epochs: int) -> TrainConfig:
+def config(name: str, epochs: int, ds: Path) -> TrainConfig:
     gen, schedule = NETWORKS[name]
-    return quality.tiny_variant(gen, stage1_epochs=epochs, stage2_epochs=0, **schedule)
+    return quality.tiny_variant(gen, ds, stage1_epochs=epochs, stage2_epochs=0, **schedule)
 
 
 def curve(ds: Path, held_out: str, out: Path, name: str, minutes: list[float]) -> list[dict]:
     n = read_index(shards_root(ds)).count("train")
-    probe_cfg = config(name, 1)
+    probe_cfg = config(name, 1, ds)
     probe = out / f"probe-{name}"
     train(ds, probe, probe_cfg, Runtime(max_steps=20, log_every=10, checkpoint_every=10_000, samples=0), force=True)
     # the trainer's own rate over steps 11–20 (set-up and warm-up excluded)
@@ -56,7 +56,7 @@ def curve(ds: Path, held_out: str, out: Path, name: str, minutes: list[float]) -
     per_step = probe_cfg.batch_size / rates[-1]
     steps_per_epoch = n // probe_cfg.batch_size
     total = int(max(minutes) * 60 / per_step)
-    cfg = config(name, max(1, math.ceil(total / steps_per_epoch)))
+    cfg = config(name, max(1, math.ceil(total / steps_per_epoch)), ds)
     run_dir, rows, spent = out / f"curve-{name}", [], 0.0
     for m in minutes:
         steps = max(1, int(m * 60 / per_step))
@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--minutes", default="1,2,5,10,20")
     ap.add_argument("--networks", default="recommended,no-detail-filter,lighter")
     ap.add_argument("--out", type=Path, default=Path("build/quality"))
-    ap.add_argument("--real", type=Path, default=quality.real_data.REAL)
+    ap.add_argument("--real", type=Path, default=quality.REAL)
     args = ap.parse_args()
     ds = quality.dataset(args.out, args.set, args.real)
     if ds is None:

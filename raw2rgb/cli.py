@@ -923,7 +923,9 @@ def _synth():
 @main.command()
 @out_option("Where to write the DNGs.")
 @click.option("--size", type=(click.IntRange(64, 8192), click.IntRange(64, 8192)), default=None,  # synth.MAX_SIDE
-              metavar="H W", help="Sensor size in pixels, 64 to 8192 per side [default: 512 768; --zrr: 896 1344].")
+              metavar="H W",
+              help="Sensor size in pixels, 64 to 8192 per side [default: 512 768; --zrr: 896 1344; "
+                   "--shoot: 2592 3888].")
 @click.option("--pairs", is_flag=True,
               help="A two-camera dataset: every bundled scene and a colour chart, each JPEG rendered by another "
                    "camera with its own look (what the demo trains on).")
@@ -941,10 +943,16 @@ def _synth():
 @click.option("--crop", type=click.IntRange(min=16), default=None, cls=LazyOption,
               lazy_help=lambda: f"--zrr: crop size in sensor pixels (even) [default: {_synth().ZRR_CROP}].",
               metavar="N")
+@click.option("--shoot", is_flag=True, help="A photographer's shoot: one camera's frame and its own JPEG, rendered "
+                                             "with --look (default here: dslr) and made --jpeg-scale times smaller, "
+                                             "as an M/S-size or embedded JPEG is.")
+@click.option("--jpeg-scale", type=click.FloatRange(1.0, 16.0), default=3.2, show_default=True, metavar="F",
+              help="--shoot: how much smaller the JPEG is than the sensor (the A7R III's preview: 3.2).")
+@click.option("--embedded", is_flag=True, help="--shoot: the JPEG inside each DNG (its preview), none beside it.")
 @seed_option
 @user_errors
 def synth(out_dir: Path, size: tuple[int, int] | None, pairs: bool, look: str, phone: bool, zrr: bool, light: str,
-          crop: int, seed: int) -> None:
+          crop: int, shoot: bool, jpeg_scale: float, embedded: bool, seed: int) -> None:
     """Write sample DNGs from a virtual camera, each with a JPEG beside it.
 
     Default: one DNG per CFA pattern with the camera's own JPEG. --pairs: every colour scene
@@ -957,8 +965,17 @@ def synth(out_dir: Path, size: tuple[int, int] | None, pairs: bool, look: str, p
       raw2rgb synth -o pairs/ --pairs --size 512 768
       raw2rgb synth -o hard/ --pairs --look dslr --phone
       raw2rgb synth -o zrr-like/ --zrr --light varying
+      raw2rgb synth -o shoot/ --shoot --embedded                  # RAW alone, its JPEG inside
     """
     virtual_camera = _synth()
+    if shoot:
+        looks = click.get_current_context().get_parameter_source("look") == click.core.ParameterSource.DEFAULT
+        made = virtual_camera.camera_shoot(out_dir, size=size or (2592, 3888), jpeg_scale=jpeg_scale,
+                                           embedded=embedded, seed=seed,
+                                           look=virtual_camera.LOOKS["dslr" if looks else look])
+        for p in made:
+            click.echo(str(p))
+        return
     crop = crop or virtual_camera.ZRR_CROP
     if zrr:
         if crop % 2:
