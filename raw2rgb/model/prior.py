@@ -63,9 +63,11 @@ def demosaic_bilinear(p: torch.Tensor) -> torch.Tensor:
     return F.pixel_shuffle(sites.reshape(b, 12, h, w), 2)
 
 
-def classical(raw: torch.Tensor, colour: torch.Tensor, scale: int) -> torch.Tensor:
+def classical(raw: torch.Tensor, colour: torch.Tensor, scale: int, extended: bool | torch.Tensor = False
+              ) -> torch.Tensor:
     """``develop.develop`` in torch: model-range raw (B, 4, h, w) and per-image colour (B, 12: white
-    balance R, G, B, then the camera → sRGB matrix row by row) → sRGB (B, 3, s·h, s·w) in [0, 1]."""
+    balance R, G, B, then the camera → sRGB matrix row by row) → sRGB (B, 3, s·h, s·w) in [0, 1]; with
+    ``extended``, before the gamut clip, in [-1, 1] (``develop.GAMUTS``)."""
     p = ((raw.float() + 1) * 0.5).clamp(0, 1)
     if scale == 1:
         cam = torch.stack([p[:, 0], (p[:, 1] + p[:, 3]) * 0.5, p[:, 2]], 1)
@@ -73,8 +75,14 @@ def classical(raw: torch.Tensor, colour: torch.Tensor, scale: int) -> torch.Tens
         cam = demosaic_bilinear(p)
     colour = colour.float()
     cam = (cam * colour[:, :3, None, None]).clamp(0, 1)
-    lin = torch.einsum("bij,bjhw->bihw", colour[:, 3:].reshape(-1, 3, 3), cam).clamp(0, 1)
-    return torch.where(lin <= 0.0031308, 12.92 * lin, 1.055 * lin.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
+    lin = torch.einsum("bij,bjhw->bihw", colour[:, 3:].reshape(-1, 3, 3), cam)
+    # the floor is 0 (clipped) or -1 (extended), a tensor op either way: no branch on a buffer, so the
+    # prior exports (torch.export, ONNX) whichever it holds; the sign of a clipped value is 0 or 1
+    floor = -torch.as_tensor(extended, dtype=lin.dtype, device=lin.device)
+    lin = torch.maximum(lin, floor).clamp(max=1)
+    mag = lin.abs()
+    encoded = torch.where(mag <= 0.0031308, 12.92 * mag, 1.055 * mag.clamp_min(1e-12) ** (1 / 2.4) - 0.055)
+    return torch.sign(lin) * encoded
 
 
 def lut_trilinear(x: torch.Tensor, nodes: torch.Tensor, n: int) -> torch.Tensor:
@@ -108,6 +116,8 @@ class ColourPrior(nn.Module):
         # the profile's white-balance rule (an index into RULES) and the dataset rule's gains (NaN: none)
         self.register_buffer("wb_rule", torch.tensor(RULES.index(WhiteBalance().rule)))
         self.register_buffer("wb_gains", torch.full((3,), float("nan")))
+        # 1: the profile takes the classical rendering before its gamut clip (develop.GAMUTS), as fitted now
+        self.register_buffer("extended", torch.tensor(1))
         if detail:  # the identity until one is fitted
             weight = torch.zeros(3, 3, detail, detail)
             weight[[0, 1, 2], [0, 1, 2], detail // 2, detail // 2] = 1
@@ -118,6 +128,8 @@ class ColourPrior(nn.Module):
         # checkpoints of before the white-balance rules: their models converted with a whole frame's grey world
         state_dict.setdefault(prefix + "wb_rule", torch.tensor(RULES.index(LEGACY_RULE)))
         state_dict.setdefault(prefix + "wb_gains", torch.full((3,), float("nan")))
+        # checkpoints of before the extended gamut: their profile was fitted on the clipped rendering
+        state_dict.setdefault(prefix + "extended", torch.tensor(0))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def white_balance(self) -> WhiteBalance:
@@ -148,7 +160,7 @@ class ColourPrior(nn.Module):
 
     def profiled(self, raw: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
         """The classical rendering and the colour profile, without the detail filter: (B, 3, s·h, s·w) in [0, 1]."""
-        x = classical(raw, colour, self.scale)
+        x = classical(raw, colour, self.scale, extended=self.extended)
         if self.model == "poly3":
             terms = torch.stack(poly3_terms(x[:, 0], x[:, 1], x[:, 2]), 1)  # (B, 20, H, W)
             out = torch.einsum("bkhw,kc->bchw", terms, self.coefficients.float())

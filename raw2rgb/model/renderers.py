@@ -41,7 +41,8 @@ def isp_batch(raw: torch.Tensor, scale: int, colour: torch.Tensor,
     then the camera → sRGB matrix (``ShardDataset``'s ``colour``)."""
     out = []
     for r, c in zip(raw.float().cpu().numpy(), colour.float().cpu().numpy()):
-        rgb = develop.develop(((r + 1) * 0.5).clip(0, 1), c[:3], c[3:].reshape(3, 3), scale=scale)
+        rgb = develop.develop(((r + 1) * 0.5).clip(0, 1), c[:3], c[3:].reshape(3, 3), scale=scale,
+                              gamut="extended" if profile is not None else "clip")
         if profile is not None:
             rgb = colour_profile.apply(profile, rgb)
         out.append(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)) * 2 - 1)
@@ -98,7 +99,8 @@ class ClassicalRenderer:
         highlights roll off to white where the RAW clipped (``develop.roll_off_highlights``)."""
         self.check(cameras=[info["camera"]])
         colour = frame_colour(frame, packed, self.white_balance or WhiteBalance(whitebalance.LEGACY_RULE), info)
-        rgb = develop.develop(packed, colour[:3], colour[3:].reshape(3, 3), scale=2)
+        rgb = develop.develop(packed, colour[:3], colour[3:].reshape(3, 3), scale=2,
+                              gamut="extended" if self.profile is not None else "clip")
         if self.profile is not None:
             rgb = develop.roll_off_highlights(colour_profile.apply(self.profile, rgb), develop.clip_weight(packed, 2))
         return np.ascontiguousarray(develop.orient(rgb, frame.orientation))

@@ -95,10 +95,25 @@ def white_balance(rgb: np.ndarray, gains) -> np.ndarray:
     return np.clip(out, 0.0, 1.0, out=out)
 
 
-def apply_matrix(rgb: np.ndarray, matrix) -> np.ndarray:
-    """(…, 3) @ matrixᵀ, clipped to [0, 1]."""
+def apply_matrix(rgb: np.ndarray, matrix, clip: bool = True) -> np.ndarray:
+    """(…, 3) @ matrixᵀ, clipped to [0, 1] (``clip``), else only above 1: the colours the matrix puts
+    out of sRGB's gamut stay negative."""
     out = rgb @ np.asarray(matrix, dtype=np.float32).T
-    return np.clip(out, 0.0, 1.0, out=out)
+    return np.clip(out, 0.0 if clip else None, 1.0, out=out)
+
+
+def srgb_signed(x: np.ndarray) -> np.ndarray:
+    """The sRGB curve on |x| (at most 1) with x's sign: an out-of-gamut colour keeps its negative
+    channels through the encoding (what a colour profile takes: ``GAMUTS``)."""
+    return (np.sign(x) * linear_to_srgb_fast(np.abs(x))).astype(np.float32)
+
+
+# What the classical pipeline gives: "clip", an sRGB image in [0, 1] (the isp rendering); "extended", the
+# same before its gamut clip, in [-1, 1] — the input of a colour profile and of the model's prior. The
+# matrix puts saturated colours (a stage's blue LEDs) out of gamut; clipped, they all look alike, and a
+# cubic profile of the clipped rendering lost 1.6 dB to a cubic of the raw planes on the real Sony
+# frame (docs/camera-look.md); of the extended one it gains 0.3 dB over it.
+GAMUTS = ("clip", "extended")
 
 
 def area_downsample(img: np.ndarray) -> np.ndarray:
@@ -164,20 +179,23 @@ def camera_rgb(packed: np.ndarray, scale: int = 1) -> np.ndarray:
     raise ValueError(f"scale must be 1 or 2, got {scale}")
 
 
-def develop(packed: np.ndarray, wb_gains=None, cam_to_rgb=None, scale: int = 1, orientation: int = 0
-            ) -> np.ndarray:
+def develop(packed: np.ndarray, wb_gains=None, cam_to_rgb=None, scale: int = 1, orientation: int = 0,
+            gamut: str = "clip") -> np.ndarray:
     """The classical pipeline: normalised packed planes (4, h, w) in [0, 1] → sRGB (H, W, 3) float32 in
-    [0, 1], H = scale·h.
+    [0, 1], H = scale·h; with ``gamut="extended"``, before the gamut clip: in [-1, 1] (``GAMUTS``).
 
     White balance (as shot; grey world when unknown), demosaicing, camera → sRGB matrix (identity
     when unknown), sRGB gamma, orientation. Black and white level are applied by the normalisation
     that made ``packed`` (``RawFrame.packed``)."""
+    if gamut not in GAMUTS:
+        raise ValueError(f"gamut is one of {GAMUTS}, got {gamut!r}")
     cam = camera_rgb(packed, scale)
     gains = grey_world_packed(packed) if wb_gains is None else wb_gains
     rgb = white_balance(cam, gains)
     if cam_to_rgb is not None:
-        rgb = apply_matrix(rgb, cam_to_rgb)
-    return np.ascontiguousarray(orient(linear_to_srgb_fast(rgb), orientation))
+        rgb = apply_matrix(rgb, cam_to_rgb, clip=gamut == "clip")
+    encoded = linear_to_srgb_fast(rgb) if gamut == "clip" else srgb_signed(rgb)
+    return np.ascontiguousarray(orient(encoded, orientation))
 
 
 def develop_preview(packed: np.ndarray, wb_gains=None, cam_to_rgb=None) -> np.ndarray:

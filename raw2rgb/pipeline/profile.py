@@ -37,7 +37,9 @@ from raw2rgb.pipeline.develop import develop
 from raw2rgb.pipeline.shards import ShardError, read_colours, read_index, shards_root, white_balance
 from raw2rgb.pipeline.whitebalance import SampleColour, WhiteBalance
 
-FORMAT = 2  # 2: the white-balance rule (and the dataset rule's gains) it was fitted with
+# 2: the white-balance rule (and the dataset rule's gains) it was fitted with; 3: its input is the classical
+# rendering before the gamut clip (develop.GAMUTS), where 2's was the clipped one
+FORMAT = 3
 KIND = "raw2rgb-profile"
 MODELS = ("poly3", "lut")
 DEFAULT_MODEL = "poly3"
@@ -137,8 +139,9 @@ def _second_differences(n: int) -> sp.csr_matrix:
 
 def fit(source: np.ndarray, target: np.ndarray, model: str = DEFAULT_MODEL, lut_size: int = DEFAULT_LUT_SIZE,
         smoothness: float = 1e-2) -> tuple[tuple[tuple[float, float, float], ...], int]:
-    """Least-squares coefficients of a profile taking ``source`` pixels (N, 3) in [0, 1] to ``target``
-    pixels (N, 3) in [0, 1]; returns (coefficients, lut_size)."""
+    """Least-squares coefficients of a profile taking ``source`` pixels (N, 3) (the classical rendering
+    before its gamut clip, in [-1, 1]) to ``target`` pixels (N, 3) in [0, 1]; returns (coefficients,
+    lut_size)."""
     source = np.asarray(source, np.float64).reshape(-1, 3)
     target = np.asarray(target, np.float64).reshape(-1, 3)
     if model == "poly3":
@@ -161,7 +164,8 @@ def fit(source: np.ndarray, target: np.ndarray, model: str = DEFAULT_MODEL, lut_
 
 
 def apply(profile: Profile, rgb: np.ndarray) -> np.ndarray:
-    """A profile on an sRGB image (…, 3) in [0, 1] → (…, 3) float32 in [0, 1]."""
+    """A profile on the classical rendering (…, 3) before its gamut clip (in [-1, 1]; ``render_sample``)
+    → (…, 3) float32 in [0, 1]. A LUT's cube spans [0, 1]: it takes its input clipped to it."""
     shape = rgb.shape
     x = np.asarray(rgb, np.float32).reshape(-1, 3)
     coef = np.asarray(profile.coefficients, np.float32)
@@ -208,9 +212,10 @@ def _pairs_of_split(root: Path, split: str, render: Callable[[np.ndarray, Sample
 
 def render_sample(raw: np.ndarray, colour: SampleColour, wb: WhiteBalance, scale: int) -> np.ndarray:
     """The classical rendering a profile is fitted on and applied to: packed planes (4, h, w) in
-    [0, 1] with the sample's colour and the white-balance rule → sRGB (s·h, s·w, 3) float32."""
+    [0, 1] with the sample's colour and the white-balance rule → sRGB (s·h, s·w, 3) float32, before
+    the gamut clip (in [-1, 1]: ``develop.GAMUTS``)."""
     vector = whitebalance.colour_vector(colour, wb)
-    return develop(raw, vector[:3], vector[3:].reshape(3, 3), scale=scale)
+    return develop(raw, vector[:3], vector[3:].reshape(3, 3), scale=scale, gamut="extended")
 
 
 def fit_dataset(dataset: os.PathLike | str, split: str = "train", model: str = DEFAULT_MODEL,

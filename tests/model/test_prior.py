@@ -51,14 +51,22 @@ def test_the_torch_prior_is_the_classical_pipeline_and_the_profile(frame, scale,
     packed, wb, matrix = frame
     wb, matrix = (wb, matrix) if known else (None, None)  # unknown: grey world, camera RGB
     fitted = _poly(scale=scale) if model == "poly3" else _lut(scale=scale)
-    want = profile.apply(fitted, develop.develop(packed, wb, matrix, scale=scale))
     prior = prior_mod.ColourPrior(scale, model)
     prior.set_profile(fitted)
     colour = torch.from_numpy(develop.frame_colour(packed, wb, matrix))[None]
-    got = prior(torch.from_numpy(packed)[None] * 2 - 1, colour)[0]
-    got = ((got + 1) * 0.5).permute(1, 2, 0).numpy()
-    assert got.shape == want.shape
-    assert np.abs(got - want).max() < 2e-3  # the numpy pipeline's sRGB table: < half an 8-bit level
+    # a profile takes the rendering before its gamut clip; a checkpoint of before that, the clipped one
+    for extended, gamut in ((1, "extended"), (0, "clip")):
+        prior.extended.fill_(extended)
+        want = profile.apply(fitted, develop.develop(packed, wb, matrix, scale=scale, gamut=gamut))
+        got = prior(torch.from_numpy(packed)[None] * 2 - 1, colour)[0]
+        got = ((got + 1) * 0.5).permute(1, 2, 0).numpy()
+        assert got.shape == want.shape
+        assert np.abs(got - want).max() < 2e-3  # the numpy pipeline's sRGB table: < half an 8-bit level
+    assert prior_mod.ColourPrior(scale, model).extended == 1  # new priors: extended
+    old = {k: v for k, v in prior_mod.ColourPrior(scale, model).state_dict().items() if k != "extended"}
+    loaded = prior_mod.ColourPrior(scale, model)
+    loaded.load_state_dict(old)
+    assert loaded.extended == 0  # an old checkpoint renders as it was trained
 
 
 @pytest.mark.parametrize("model", ["poly3", "lut"])

@@ -51,9 +51,9 @@ def test_the_json_round_trips(tmp_path):
 
 @pytest.mark.parametrize("content,reason", [(b"{not json", "not a readable profile"),
                                             (b'{"kind": "other"}', "not a raw2rgb colour profile"),
-                                            (b'{"kind": "raw2rgb-profile", "format": 2, "model": "poly3", '
+                                            (b'{"kind": "raw2rgb-profile", "format": 3, "model": "poly3", '
                                              b'"coefficients": [[1, 2, 3]]}', "malformed profile"),
-                                            (b'{"kind": "raw2rgb-profile", "format": 2, "model": "poly3", '
+                                            (b'{"kind": "raw2rgb-profile", "format": 3, "model": "poly3", '
                                              b'"coefficients": 7}', "malformed profile")])
 def test_a_corrupt_profile_is_refused_naming_the_file(tmp_path, content, reason):
     (tmp_path / "bad.json").write_bytes(content)
@@ -127,10 +127,11 @@ def test_convert_of_a_mosaic_without_metadata_follows_the_profiles_white_balance
         assert wb.rule in json.dumps(note)
 
 
-def test_a_profile_of_before_the_white_balance_rules_is_refused_naming_the_fix(tmp_path):
-    data = {"kind": "raw2rgb-profile", **_identity().to_json(), "format": 1}
+@pytest.mark.parametrize("old", [1, 2])  # 1: before the white-balance rules; 2: fitted on the clipped rendering
+def test_a_profile_of_an_older_format_is_refused_naming_the_fix(tmp_path, old):
+    data = {"kind": "raw2rgb-profile", **_identity().to_json(), "format": old}
     (tmp_path / "old.json").write_text(json.dumps(data))
-    with pytest.raises(profile.ProfileError, match="old.json: profile format is not 2; refit it"):
+    with pytest.raises(profile.ProfileError, match="old.json: profile format is not 3; refit it"):
         profile.load(tmp_path / "old.json")
     fitted = _identity(wb=profile.WhiteBalance("dataset", (2.0, 1.0, 1.5)))
     saved = profile.load(profile.save(fitted, tmp_path / "p.json"))
