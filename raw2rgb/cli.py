@@ -447,7 +447,9 @@ def _prepare_stages():
 @click.option("--patch-size", type=click.IntRange(min=8), default=None, metavar="P", cls=LazyOption, lazy_help=lambda: (
     "Patch size, packed pixels [default: the layout's: " + ", ".join(f"{n} {e.patch}" for n, e in _layouts().items())
     + "]."))
-@click.option("--stride", type=click.IntRange(min=1), default=None, metavar="S", help="[default: patch size]")
+@click.option("--stride", type=click.IntRange(min=1), default=None, metavar="S", cls=LazyOption, lazy_help=lambda: (
+    "[default: the patch size; " + ", ".join(f"{n} half of it" for n, e in _layouts().items() if e.stride == 0.5)
+    + "]"))
 @click.option("--scale", type=click.Choice(["1", "2"]), default=None, cls=LazyOption, lazy_help=lambda: (
     "Shards: target at packed resolution (1, the paper) or full sensor resolution (2) [default: the layout's: "
     + ", ".join(f"{n} {e.scale}" for n, e in _layouts().items()) + "; convert writes full-resolution photos]."))
@@ -508,10 +510,11 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
     layout = prep.resolve_layout(src, layout)
     scale = scale or LAYOUTS[layout].scale
     patch_size = patch_size or LAYOUTS[layout].patch
+    stride = stride or max(1, round(patch_size * LAYOUTS[layout].stride))
     cfg = prep.PrepareConfig(
         src=str(src.resolve()), out=str(out_dir.resolve()), layout=layout,
         pairs_csv=str(pairs_csv) if pairs_csv else None, zrr_levels=zrr_levels,
-        patch=PatchParams(size=patch_size, stride=stride or patch_size, min_score=min_score,
+        patch=PatchParams(size=patch_size, stride=stride, min_score=min_score,
                           max_clipped=max_clipped, min_mean=min_mean, max_shift=max_shift),
         min_inliers=min_inliers, scale=int(scale), copies=copies, crop=crop, split=split, seed=seed,
         saliency_method=saliency_method,

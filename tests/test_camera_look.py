@@ -20,7 +20,7 @@ from tests.conftest import cli
 # The virtual camera's shoot: a 384×576 sensor and its own JPEG a third of that (128×192), as a camera
 # writes an S-size JPEG: binned by 3, the packed grid is 64×96 and its targets 128×192.
 SIZE, THIRD = (384, 576), 3.0
-PATCH = ["--patch-size", "16", "--saliency-method", "spectral-residual"]
+PATCH = ["--patch-size", "16", "--stride", "16", "--saliency-method", "spectral-residual"]
 TINY = ["--preset", "tiny", "--epochs", "2,0", "--batch-size", "2", "--workers", "0"]
 
 
@@ -218,3 +218,13 @@ def test_a_file_without_a_colour_matrix_says_so_on_the_console(tmp_path):
     r = cli("convert", tmp_path / "m.png", "-o", tmp_path / "out", "--method", "isp")
     assert r.exit_code == 0, r.output
     assert "m.png: no white balance or colour matrix in the file" in r.output
+
+
+def test_a_shoots_defaults_are_64_pixel_patches_overlapping_by_half(shoot, tmp_path):
+    r = cli("prepare", shoot, "-o", tmp_path / "ds", "--dry-run")
+    assert r.exit_code == 0, r.output
+    config = json.loads(r.output)["config"]
+    assert config["layout"] == "raw+jpeg" and config["scale"] == 2
+    assert config["patch"]["size"] == 64 and config["patch"]["stride"] == 32
+    assert json.loads(cli("prepare", shoot, "-o", tmp_path / "ds", "--dry-run", "--patch-size", "96").output)[
+        "config"]["patch"]["stride"] == 48
