@@ -1101,7 +1101,8 @@ def test_a_report_on_the_train_split_never_calls_it_held_out(val0, tmp_path):
     r = cli("report", val0["run"], "--dataset", val0["shards"], "--split", "train", "-o", out)
     assert r.exit_code == 0, r.output
     page = out.read_text()
-    assert "Held-out" not in page and "<h2>Training samples (train split)</h2><p>4 of the split's 4 samples" in page
+    assert "Held-out" not in page
+    assert "<h2>Training samples (train split, not held out)</h2><p>4 of the split's 4 samples" in page
 
 
 # -- 27. round 3, cause 9: a lock that is not a file ---------------------------------------------------------------

@@ -118,7 +118,8 @@ def write_report(run_dir: os.PathLike | str, out: os.PathLike | str, dataset: os
              f"<b>{html.escape(identity['config']['preset'])}</b>, dataset "
              f"<code>{html.escape(identity['dataset'])}</code>.</p>"]
     # the train split is what the model learnt from: never called held out
-    title = f"{'Training samples' if split == 'train' else 'Held-out samples'} ({html.escape(split)} split)"
+    title = ("Training samples (train split, not held out)" if split == "train"
+             else f"Held-out samples ({html.escape(split)} split)")
     if dataset is not None and not count:
         parts.append(f"<h2>{title}</h2><p>The {html.escape(split)} split holds no samples: no contact sheet and no "
                      "metrics on it (raw2rgb report --split names another).</p>")
