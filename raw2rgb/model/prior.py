@@ -147,6 +147,7 @@ class ColourPrior(nn.Module):
         with torch.no_grad():
             self.coefficients.copy_(torch.tensor(profile.coefficients, dtype=torch.float32))
             self.wb_rule.fill_(RULES.index(profile.white_balance.rule))
+            self.extended.fill_(int(profile.gamut == "extended"))
             gains = profile.white_balance.gains
             self.wb_gains.copy_(torch.tensor(gains if gains is not None else [float("nan")] * 3))
 

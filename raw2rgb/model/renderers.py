@@ -42,7 +42,7 @@ def isp_batch(raw: torch.Tensor, scale: int, colour: torch.Tensor,
     out = []
     for r, c in zip(raw.float().cpu().numpy(), colour.float().cpu().numpy()):
         rgb = develop.develop(((r + 1) * 0.5).clip(0, 1), c[:3], c[3:].reshape(3, 3), scale=scale,
-                              gamut="extended" if profile is not None else "clip")
+                              gamut=profile.gamut if profile is not None else "clip")
         if profile is not None:
             rgb = colour_profile.apply(profile, rgb)
         out.append(torch.from_numpy(np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32)) * 2 - 1)
@@ -100,7 +100,7 @@ class ClassicalRenderer:
         self.check(cameras=[info["camera"]])
         colour = frame_colour(frame, packed, self.white_balance or WhiteBalance(whitebalance.LEGACY_RULE), info)
         rgb = develop.develop(packed, colour[:3], colour[3:].reshape(3, 3), scale=2,
-                              gamut="extended" if self.profile is not None else "clip")
+                              gamut=self.profile.gamut if self.profile is not None else "clip")
         if self.profile is not None:
             rgb = develop.roll_off_highlights(colour_profile.apply(self.profile, rgb), develop.clip_weight(packed, 2))
         return np.ascontiguousarray(develop.orient(rgb, frame.orientation))

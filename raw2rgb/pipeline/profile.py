@@ -33,7 +33,7 @@ from raw2rgb.config import FieldError, JsonConfig, checked
 from raw2rgb.errors import ConfigError, UserError
 from raw2rgb.files import write_json
 from raw2rgb.pipeline import whitebalance
-from raw2rgb.pipeline.develop import develop
+from raw2rgb.pipeline.develop import GAMUTS, develop
 from raw2rgb.pipeline.shards import ShardError, read_colours, read_index, shards_root, white_balance
 from raw2rgb.pipeline.whitebalance import SampleColour, WhiteBalance
 
@@ -72,6 +72,9 @@ class Profile(JsonConfig):
     white_balance: WhiteBalance = field(default_factory=WhiteBalance)  # for files without one (whitebalance.py)
     source: str = SOURCE
     fitted_on: dict[str, Any] = field(default_factory=dict)  # dataset, split, pixels, fit PSNR
+    # its input: the classical rendering before its gamut clip (every profile fitted now), or clipped (a
+    # profile of format 2, fitted so: it renders as it was fitted)
+    gamut: str = checked("extended", choices=GAMUTS)
 
     def __hash__(self) -> int:  # fitted_on is a dict; profiles are compared by value
         return hash((self.model, self.coefficients, self.lut_size, self.scale))
@@ -210,12 +213,13 @@ def _pairs_of_split(root: Path, split: str, render: Callable[[np.ndarray, Sample
     return np.concatenate(xs), np.concatenate(ys), ids
 
 
-def render_sample(raw: np.ndarray, colour: SampleColour, wb: WhiteBalance, scale: int) -> np.ndarray:
+def render_sample(raw: np.ndarray, colour: SampleColour, wb: WhiteBalance, scale: int, gamut: str = "extended"
+                  ) -> np.ndarray:
     """The classical rendering a profile is fitted on and applied to: packed planes (4, h, w) in
     [0, 1] with the sample's colour and the white-balance rule → sRGB (s·h, s·w, 3) float32, before
     the gamut clip (in [-1, 1]: ``develop.GAMUTS``)."""
     vector = whitebalance.colour_vector(colour, wb)
-    return develop(raw, vector[:3], vector[3:].reshape(3, 3), scale=scale, gamut="extended")
+    return develop(raw, vector[:3], vector[3:].reshape(3, 3), scale=scale, gamut=gamut)
 
 
 def fit_dataset(dataset: os.PathLike | str, split: str = "train", model: str = DEFAULT_MODEL,
@@ -275,7 +279,10 @@ def load(path: os.PathLike | str) -> Profile:
         raise ProfileError(f"{path}: not a readable profile ({type(e).__name__})") from None
     if not isinstance(data, dict) or data.pop("kind", None) != KIND:
         raise ProfileError(f"{path}: not a raw2rgb colour profile")
-    if data.pop("format", None) != FORMAT:
+    version = data.pop("format", None)
+    if version == 2 and "gamut" not in data:  # fitted on the clipped rendering: applied to it, as it was fitted
+        data["gamut"] = "clip"
+    elif version != FORMAT:
         raise ProfileError(f"{path}: profile format is not {FORMAT}; refit it with this raw2rgb")
     missing = [f.name for f in dataclasses.fields(Profile) if f.name not in data]
     if isinstance(data.get("white_balance"), dict):

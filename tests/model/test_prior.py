@@ -63,6 +63,10 @@ def test_the_torch_prior_is_the_classical_pipeline_and_the_profile(frame, scale,
         assert got.shape == want.shape
         assert np.abs(got - want).max() < 2e-3  # the numpy pipeline's sRGB table: < half an 8-bit level
     assert prior_mod.ColourPrior(scale, model).extended == 1  # new priors: extended
+    prior.set_profile(dataclasses.replace(fitted, gamut="clip"))  # a profile of format 2 sets the clipped input
+    assert prior.extended == 0
+    prior.set_profile(fitted)
+    assert prior.extended == 1
     old = {k: v for k, v in prior_mod.ColourPrior(scale, model).state_dict().items() if k != "extended"}
     loaded = prior_mod.ColourPrior(scale, model)
     loaded.load_state_dict(old)

@@ -127,12 +127,24 @@ def test_convert_of_a_mosaic_without_metadata_follows_the_profiles_white_balance
         assert wb.rule in json.dumps(note)
 
 
-@pytest.mark.parametrize("old", [1, 2])  # 1: before the white-balance rules; 2: fitted on the clipped rendering
-def test_a_profile_of_an_older_format_is_refused_naming_the_fix(tmp_path, old):
-    data = {"kind": "raw2rgb-profile", **_identity().to_json(), "format": old}
+def test_a_profile_of_before_the_white_balance_rules_is_refused_naming_the_fix(tmp_path):
+    data = {"kind": "raw2rgb-profile", **_identity().to_json(), "format": 1}
     (tmp_path / "old.json").write_text(json.dumps(data))
     with pytest.raises(profile.ProfileError, match="old.json: profile format is not 3; refit it"):
         profile.load(tmp_path / "old.json")
+
+
+def test_a_profile_of_format_2_renders_as_it_was_fitted_on_the_clipped_rendering(tmp_path):
+    """Format 2 profiles (a run's profile.json of before) were fitted on the clipped rendering: they
+    load, and take it; a profile of format 3 without its gamut is incomplete."""
+    data = {"kind": "raw2rgb-profile", **_identity().to_json(), "format": 2}
+    del data["gamut"]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    assert profile.load(tmp_path / "old.json").gamut == "clip"
+    assert profile.load(profile.save(_identity(), tmp_path / "new.json")).gamut == "extended"
+    (tmp_path / "bad.json").write_text(json.dumps({**data, "format": 3}))
+    with pytest.raises(profile.ProfileError, match="Profile.gamut: missing"):
+        profile.load(tmp_path / "bad.json")
     fitted = _identity(wb=profile.WhiteBalance("dataset", (2.0, 1.0, 1.5)))
     saved = profile.load(profile.save(fitted, tmp_path / "p.json"))
     assert saved.white_balance.rule == "dataset" and saved.white_balance.gains == (2.0, 1.0, 1.5)
