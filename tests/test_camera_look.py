@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -90,25 +89,26 @@ def test_a_full_size_jpeg_keeps_todays_path(tmp_path):
 
 # -- RAW files alone: the JPEG inside each ------------------------------------------------------------------
 
-def test_raw_files_alone_use_their_embedded_jpeg_and_unusable_ones_are_listed(tmp_path, monkeypatch, caplog):
+def test_raw_files_alone_use_their_embedded_jpeg_and_unusable_ones_are_listed(tmp_path, monkeypatch):
     src = tmp_path / "raws"
     synth.camera_shoot(src, size=SIZE, jpeg_scale=THIRD, embedded=True)
     cam = synth.Camera()
     mosaic = synth.capture(synth.scene("coffee", SIZE), cam, np.random.default_rng(1))
     synth.write_dng(src / "plain.dng", mosaic, cam)  # no preview at all
     synth.write_dng(src / "thumb.dng", mosaic, cam, preview=np.full((16, 24, 3), 128, np.uint8))  # an EXIF thumbnail
+    synth.write_dng(src / "strip.dng", mosaic, cam, preview=np.full((16, 192, 3), 128, np.uint8))  # not the frame
     monkeypatch.setattr(rawio, "EMBEDDED_MIN_WIDTH", 100)  # the test's small frames: 192 passes, 24 does not
     assert pairs.detect_layout(src) == "raw+embedded"
     found, problems = pairs.find_pairs(src, "raw+embedded")
     assert [(p.scene, p.embedded, Path(p.rgb).name) for p in found] == [("astronaut", True, "astronaut.dng")]
     assert problems == []  # skipped, not failed
-    with caplog.at_level(logging.INFO, logger="raw2rgb.pipeline.pairs"):
-        r = cli("prepare", src, "-o", tmp_path / "ds", *PATCH, "--until", "patches")
+    r = cli("prepare", src, "-o", tmp_path / "ds", *PATCH, "--until", "patches")
     assert r.exit_code == 0, r.output
-    assert "using the JPEG embedded in it: astronaut.dng (192×128)" in caplog.text
-    skipped = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING]
-    assert len(skipped) == 1 and skipped[0].startswith("skipped 2 RAW files without a usable JPEG")
+    assert "using the JPEG embedded in it: astronaut.dng (192×128)" in r.output
+    skipped = [line for line in r.output.splitlines() if line.startswith("warning: skipped")]
+    assert len(skipped) == 1 and skipped[0].startswith("warning: skipped 3 RAW files without a usable JPEG")
     assert "plain.dng: holds no embedded JPEG" in skipped[0]
+    assert "strip.dng: its embedded JPEG is 192×16, not of the frame's shape (576×384)" in skipped[0]
     assert "thumb.dng: its embedded JPEG is 24 pixels wide, under the 100" in skipped[0]
     info = _patches(tmp_path / "ds")
     assert info["binning"] == 3 and info["target_size"] == [128, 192]

@@ -428,6 +428,7 @@ def embedded_jpeg(path: os.PathLike | str) -> bytes:
     try:
         with rawpy.imread(str(path)) as raw:
             thumb = raw.extract_thumb()
+            sensor = (int(raw.sizes.width), int(raw.sizes.height))
     except rawpy.LibRawNoThumbnailError:
         raise RawReadError(path, "holds no embedded JPEG") from None
     except (rawpy.LibRawError, OSError) as e:
@@ -440,6 +441,10 @@ def embedded_jpeg(path: os.PathLike | str) -> bytes:
     if size is None:
         raise RawReadError(path, "its embedded JPEG cannot be decoded")
     width = max(size)  # a portrait preview is as useful as a landscape one
+    shape, frame = max(size) / max(1, min(size)), max(sensor) / max(1, min(sensor))
+    if abs(np.log(shape / frame)) > 0.1:  # not an image of the frame (a strip of it, a crop, another aspect)
+        raise RawReadError(path, f"its embedded JPEG is {size[0]}×{size[1]}, not of the frame's shape "
+                                 f"({sensor[0]}×{sensor[1]})")
     if width < EMBEDDED_MIN_WIDTH:
         raise RawReadError(path, f"its embedded JPEG is {width} pixels wide, under the {EMBEDDED_MIN_WIDTH} that "
                                  "hold enough of the camera's look")

@@ -182,7 +182,7 @@ def write_dng(path: os.PathLike | str, data: np.ndarray, camera: Camera,
     shared = {50706, 50707, 271, 272, 50708, 50721, 50778, 50728, *(code for code, _ in EXIF_TAGS.values())}
     with tifffile.TiffWriter(path) as tif:
         tif.write(np.ascontiguousarray(preview, dtype=np.uint8), photometric="rgb", compression="jpeg",
-                  compressionargs={"level": 95}, subfiletype=1, subifds=1, metadata=None,
+                  compressionargs={"level": 95}, rowsperstrip=preview.shape[0], subfiletype=1, subifds=1, metadata=None,
                   extratags=[t for t in tags if t[0] in shared])
         tif.write(np.ascontiguousarray(data, dtype=np.uint16), photometric=photometric, subfiletype=0,
                   metadata=None, extratags=[t for t in tags if t[0] not in shared])
