@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 
 from raw2rgb import __version__, files
-from raw2rgb.errors import Interrupted, UserError, environment_message, one_line
+from raw2rgb.errors import Interrupted, UserError, environment_message, one_line, printable
 
 log = logging.getLogger("raw2rgb")
 
@@ -29,7 +29,7 @@ log = logging.getLogger("raw2rgb")
 class _OneLine(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         prefix = "" if record.levelno <= logging.INFO else f"{record.levelname.lower()}: "
-        return prefix + record.getMessage()
+        return prefix + printable(record.getMessage())
 
 
 def _setup_logging(verbose: int) -> None:
@@ -244,10 +244,10 @@ def _progress(quiet: bool):
 def _finish(result, summary: list[str] | None = None, details: str = "manifest.json") -> None:
     """Print a run's summary; exit 1 with the failures listed (20 at most) when any failed."""
     for line in summary or [result.summary()]:
-        click.echo(line, err=True)
+        click.echo(printable(line), err=True)
     problems = result.problems()
     for reason in problems[:20]:
-        click.echo(f"  failed: {reason}", err=True)
+        click.echo(f"  failed: {printable(reason)}", err=True)
     if len(problems) > 20:
         click.echo(f"  … and {len(problems) - 20} more (see {details})", err=True)
     if problems:
@@ -453,7 +453,7 @@ def _prepare_stages():
 @click.option("--scale", type=click.Choice(["1", "2"]), default=None, cls=LazyOption, lazy_help=lambda: (
     "Shards: target at packed resolution (1, the paper) or full sensor resolution (2) [default: the layout's: "
     + ", ".join(f"{n} {e.scale}" for n, e in _layouts().items()) + "; convert writes full-resolution photos]."))
-@click.option("--copies", type=click.IntRange(min=1), default=1, metavar="K",
+@click.option("--copies", type=click.IntRange(1, 64), default=1, metavar="K",  # prepare.MAX_COPIES
               help="Shards: K Bayer-safe transformed copies per patch (1: none).")
 @click.option("--crop", type=click.IntRange(min=8), default=None, metavar="C",
               help="Shards: patch size [default: the patch size; with --copies > 1 the largest multiple of 8 "
@@ -542,7 +542,7 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
 @click.option("--splits", "splits_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               metavar="JSON", help="splits.json of prepare [default: PATCHES/../splits.json; else all train].")
 @click.option("--scale", type=click.Choice(["1", "2"]), default="1", help="Target at packed (1) or sensor (2) size.")
-@click.option("--copies", type=click.IntRange(min=1), default=1, metavar="K", help="Transformed copies per patch.")
+@click.option("--copies", type=click.IntRange(1, 64), default=1, metavar="K", help="Transformed copies per patch.")
 @click.option("--crop", type=click.IntRange(min=8), default=None, metavar="C", help="Patch size in the shards.")
 @seed_option
 @click.option("--shard-size", type=click.IntRange(min=1), default=512, metavar="N", help="Patches per shard.")

@@ -212,7 +212,7 @@ def read_json_object(path: os.PathLike | str, what: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as f:
             loaded = json.load(f)
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise ConfigError(f"{path}: not a readable JSON file ({one_line(str(e))})") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path}: a JSON object of {what} expected")

@@ -180,5 +180,12 @@ def writing(path: os.PathLike | str, what: str) -> Iterator[None]:
 
 
 def one_line(text: str) -> str:
-    """``text`` with every run of white space (newlines included) folded into one space."""
-    return " ".join(str(text).split())
+    """``text`` with every run of white space (newlines included) folded into one space, and every other
+    character that does not print (a terminal escape in a file's name) written as its escape."""
+    return printable(" ".join(str(text).split()))
+
+
+def printable(text: str) -> str:
+    """``text`` with the characters that do not print (ESC, BEL, …; newlines kept) written as Python
+    escapes: a file named to drive the terminal (``ESC]0;…BEL``) is shown, never obeyed."""
+    return "".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in str(text))

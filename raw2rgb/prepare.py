@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 
 
 
+MAX_COPIES = 64
+
+
 @dataclass(frozen=True)
 class PrepareConfig(JsonConfig):
     """Everything ``prepare`` does, resolved; saved as DATASET/prepare.json."""
@@ -54,7 +57,9 @@ class PrepareConfig(JsonConfig):
     patch: pairs_mod.PatchParams = field(default_factory=pairs_mod.PatchParams)
     min_inliers: int = checked(25, min=4)
     scale: int = checked(1, choices=(1, 2))  # output scale of the training shards
-    copies: int = checked(1, min=1)  # offline augmentation: transformed copies per patch (1: none)
+    # offline augmentation: transformed copies per patch (1: none); 8 holds every flip and transpose, and memory and
+    # disk grow with each copy (100000 took 23 GB before writing anything)
+    copies: int = checked(1, min=1, max=MAX_COPIES)
     crop: int | None = checked(None, min=8)  # shard patch size [default: patch size, or the largest 8k below]
     split: tuple[float, float, float] = checked((0.9, 0.1, 0.0), min=0, rule=(lambda r: sum(r) > 0, "a sum above 0"))
     seed: int = checked(0, min=0)
@@ -347,7 +352,7 @@ def remove_old_source(out: Path) -> None:
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -356,7 +361,7 @@ def _previous_splits(out: Path, cfg: PrepareConfig) -> dict[str, str] | None:
     """The scenes' splits of the last run into ``out``, when it used the same seed and ratios."""
     try:
         data = json.loads((out / SPLITS_FILE).read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     same = data.get("seed") == cfg.seed and [float(r) for r in data.get("ratios", [])] == [float(r) for r in cfg.split]
     return data.get("scenes") if same else None

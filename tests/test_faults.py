@@ -1458,3 +1458,70 @@ def test_the_pixel_limit_admits_a_150_mp_frame_and_is_the_one_limit_for_targets(
     for path in (target, truncated):
         with pytest.raises(pairs.PairError, match=re.escape(f"{path}: 128×96 pixels (0 MP) is above raw2rgb's limit")):
             pairs.read_rgb(path)
+
+
+# == round 3, the re-probe ==========================================================================================
+# -- 34. what the round's own re-probe found: names too long, a user's manifest, deep JSON, escapes, copies, bytes --
+
+def test_a_scene_name_too_long_for_the_file_system_is_refused_at_its_csv_line(tmp_path):
+    src = _pairs_source(tmp_path)
+    csv = tmp_path / "pairs.csv"
+    names = sorted(p.stem for p in (src / "raw").glob("*.dng"))
+    csv.write_text("raw,rgb,scene\n" + f"raw/{names[0]}.dng,rgb/{names[0]}.jpg,{'x' * 300}\n"
+                   + f"raw/{names[1]}.dng,rgb/{names[1]}.jpg,ok\n")
+    r = cli("prepare", src, "-o", tmp_path / "ds", "--layout", "pairs", "--pairs-csv", csv, "--patch-size", "32",
+            "--min-inliers", "8", "--saliency-method", "spectral-residual", "--until", "unpack")
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert f"{csv}: line 2: scene part 'xxxxxxxxxxxxxxxxxxxx'… is 300 bytes long, over 200; refused" in r.output
+    assert "File name too long" not in r.output and (tmp_path / "ds" / "unpack" / "ok.png").is_file()
+
+
+@pytest.mark.parametrize("command", ["convert", "unpack"])
+def test_a_users_own_manifest_in_the_output_is_refused_not_replaced(shoot, tmp_path, command):
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = b'{"my": "own manifest", "items": 3}\n'
+    (out / "manifest.json").write_bytes(mine)
+    r = cli(command, next(shoot.glob("*.dng")), "-o", out)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert f"{out / 'manifest.json'}: not a manifest raw2rgb wrote (TypeError); refused" in r.output
+    assert (out / "manifest.json").read_bytes() == mine and [p.name for p in out.iterdir()] == ["manifest.json"]
+
+
+def test_json_nested_too_deep_is_one_line_wherever_it_is_read(small_shards, tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    r = cli("evaluate", small_shards, "--profile", deep, "-o", tmp_path / "ev")
+    assert r.exit_code == 1 and "Traceback" not in r.output and "deep.json: not a readable profile (RecursionError)" \
+        in r.output
+    r = cli("train", small_shards, "-o", tmp_path / "run", "--config", deep, "--dry-run")
+    assert r.exit_code == 1 and "Traceback" not in r.output and "deep.json: not a readable JSON file" in r.output
+
+
+def test_a_terminal_escape_in_a_file_name_is_shown_never_sent(tmp_path):
+    bad = tmp_path / "in"
+    bad.mkdir()
+    (bad / "\x1b]0;PWNED\x07x.dng").write_bytes(b"not a raw file")
+    r = cli("convert", bad, "-o", tmp_path / "out")
+    assert r.exit_code == 1
+    assert "\x1b" not in r.output and "\x07" not in r.output and "\\x1b]0;PWNED\\x07x.dng" in r.output
+    assert errors.one_line("a\x1b[31mb\tc\nd") == "a\\x1b[31mb c d"
+
+
+def test_copies_are_bounded_before_any_work(pairs_src, tmp_path):
+    r = cli("prepare", pairs_src, "-o", tmp_path / "ds", "--copies", "100000")
+    assert r.exit_code == 2 and "100000 is not in the range 1<=x<=64" in r.output and not (tmp_path / "ds").exists()
+    with pytest.raises(Exception, match="copies: 100 is out of range"):
+        from raw2rgb import prepare as prep
+        prep.PrepareConfig(src=str(pairs_src), out=str(tmp_path / "ds"), layout="pairs", copies=100)
+
+
+def test_the_same_raw_converts_to_the_same_bytes_in_another_process(shoot, tmp_path):
+    dng = next(shoot.glob("*.dng"))
+    for fmt in ("png", "jpg"):
+        outs = []
+        for k in range(2):  # two processes: the ICC profile carries no creation time
+            subprocess.run([sys.executable, "-m", "raw2rgb", "-q", "convert", str(dng), "-o",
+                            str(tmp_path / f"{fmt}{k}"), "--format", fmt], check=True, cwd=REPO, env=ENV)
+            outs.append(next((tmp_path / f"{fmt}{k}").glob(f"*.{fmt}")).read_bytes())
+        assert outs[0] == outs[1]

@@ -80,7 +80,7 @@ def read_identity(run_dir: os.PathLike | str) -> dict[str, Any]:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise RunError(f"{run_dir}: no {CONFIG} (not a raw2rgb run folder)") from None
-    except ValueError:
+    except (ValueError, RecursionError):
         raise RunError(f"{path}: unreadable; use --force to start this run over") from None
 
 

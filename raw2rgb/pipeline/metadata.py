@@ -95,10 +95,18 @@ def read_exif(path: os.PathLike | str) -> Exif:
     return exif
 
 
+ICC_DATE = (2026, 1, 1, 0, 0, 0)  # the profile's creation date, fixed: the same RAW converts to the same bytes
+
+
 @functools.cache
 def srgb_icc() -> bytes:
-    """The ICC profile that every output carries: LittleCMS's sRGB, through Pillow."""
-    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    """The ICC profile that every output carries: LittleCMS's sRGB, through Pillow, with a fixed creation
+    date (LittleCMS stamps the time it is made, which made every conversion's bytes differ) and no
+    profile ID (all zeros: "not computed", as the ICC specification allows; the ID would hash the date)."""
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    icc[24:36] = b"".join(v.to_bytes(2, "big") for v in ICC_DATE)  # dateTimeNumber: six big-endian uint16
+    icc[84:100] = bytes(16)  # profile ID
+    return bytes(icc)
 
 
 def _entries(exif: Exif) -> list[tuple[int, str, bool, Any]]:

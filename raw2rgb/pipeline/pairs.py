@@ -241,6 +241,9 @@ def find_pairs(src: os.PathLike | str, layout: str, pairs_csv: os.PathLike | str
     return pairs, finder.problems
 
 
+MAX_SCENE_PART = 200  # bytes: a scene's files are named SCENE.png, .SCENE.png.PID.partial… within 255
+
+
 def scene_problem(scene: str) -> str | None:
     """Why ``scene`` cannot name a scene, or None when it can.
 
@@ -255,6 +258,9 @@ def scene_problem(scene: str) -> str | None:
         return f"scene {scene!r} holds a control character"
     if scene.startswith("/"):
         return f"scene {scene!r} is an absolute path, not a name"
+    long = next((part for part in scene.split("/") if len(part.encode()) > MAX_SCENE_PART), None)
+    if long is not None:  # the file system's limit is 255 bytes a name, and a scene's files add to it
+        return f"scene part {long[:20]!r}… is {len(long.encode())} bytes long, over {MAX_SCENE_PART}"
     bad = next((part for part in scene.split("/") if not part or part.startswith(".")), None)  # "", ".", ".."
     if bad is not None:
         return f"scene {scene!r} has a part {bad!r} (a scene is a name: parts joined by /, none empty or hidden)"

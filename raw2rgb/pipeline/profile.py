@@ -275,7 +275,7 @@ def load(path: os.PathLike | str) -> Profile:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise ProfileError(f"{path}: no such profile") from None
-    except (OSError, ValueError, UnicodeDecodeError) as e:
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:  # RecursionError: nested too deep
         raise ProfileError(f"{path}: not a readable profile ({type(e).__name__})") from None
     if not isinstance(data, dict) or data.pop("kind", None) != KIND:
         raise ProfileError(f"{path}: not a raw2rgb colour profile")

@@ -523,8 +523,8 @@ def _read_index_file(root: Path) -> ShardIndex:
         data = json.loads((root / INDEX).read_text())
     except FileNotFoundError:
         raise ShardError(f"{root}: no {INDEX} (not a shards folder; build one with raw2rgb prepare)") from None
-    except (OSError, ValueError) as e:
-        raise ShardError(f"{root / INDEX}: unreadable shard index ({e})") from None
+    except (OSError, ValueError, RecursionError) as e:
+        raise ShardError(f"{root / INDEX}: unreadable shard index ({one_line(str(e))})") from None
     index = ShardIndex.from_json(data, root / INDEX)
     for file in index.files():
         if not (root / file).resolve().is_relative_to(root.resolve()):

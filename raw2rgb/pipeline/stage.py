@@ -180,9 +180,11 @@ class Manifest:
             manifest = cls(data["stage"], int(data["version"]), dict(data["params"]), records)
         except FileNotFoundError:
             return None
-        except (ValueError, KeyError, TypeError) as e:
-            log.warning("%s: unreadable manifest (%s); every item will be redone", path, e)
-            return None
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:
+            # raw2rgb writes its manifests atomically: one it cannot read is not its own (a user's
+            # manifest.json in the output folder), and is never replaced
+            raise InputError(f"{path}: not a manifest raw2rgb wrote ({type(e).__name__}); refused, so as not to "
+                             "replace it: move it away or choose another output folder") from None
         for rec in manifest.records.values():  # the one path-safety rule: nothing is read outside the folder
             for rel in rec.outputs:
                 if not inside(out_dir, Path(out_dir) / rel):
@@ -297,7 +299,7 @@ def _read_journal(out_dir: Path) -> dict[str, Record]:
         try:
             data = json.loads(p.read_text())
             rec = Record(**{k: v for k, v in data.items() if k in Record.__dataclass_fields__})
-        except (OSError, ValueError, TypeError):
+        except (OSError, ValueError, TypeError, RecursionError):
             continue
         out[rec.key] = rec
     return out
@@ -634,7 +636,7 @@ def _refuse_unsafe(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]],
 def _read_planned(out_dir: Path) -> set[str]:
     try:
         return set(json.loads((out_dir / JOURNAL / PLANNED).read_text()))
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, RecursionError):
         return set()
 
 
