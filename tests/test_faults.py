@@ -1525,3 +1525,13 @@ def test_the_same_raw_converts_to_the_same_bytes_in_another_process(shoot, tmp_p
                             str(tmp_path / f"{fmt}{k}"), "--format", fmt], check=True, cwd=REPO, env=ENV)
             outs.append(next((tmp_path / f"{fmt}{k}").glob(f"*.{fmt}")).read_bytes())
         assert outs[0] == outs[1]
+
+
+def test_a_users_own_config_json_is_no_run_and_is_never_replaced(small_shards, tmp_path):
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "config.json").write_text('{"mine": 1}\n')
+    r = cli("train", small_shards, "-o", run_dir, "--preset", "tiny", "--perceptual-weight", "0", "--epochs", "1,0")
+    assert r.exit_code == 1 and "is not empty and holds no run (config.json)" in r.output
+    assert (run_dir / "config.json").read_text() == '{"mine": 1}\n' and sorted(p.name for p in run_dir.iterdir()) \
+        in (["config.json"], [".raw2rgb.lock", "config.json"])

@@ -85,7 +85,16 @@ def read_identity(run_dir: os.PathLike | str) -> dict[str, Any]:
 
 
 def holds_run(run_dir: Path) -> bool:
-    return (run_dir / CONFIG).is_file()
+    """Whether RUN holds a raw2rgb run: a ``config.json`` that raw2rgb wrote (its ``config`` and
+    ``dataset_key``). A user's own ``config.json`` there is no run, so it is never replaced."""
+    path = run_dir / CONFIG
+    if not path.is_file():
+        return False
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError, RecursionError):
+        return True  # unreadable: read_identity says so in one line
+    return isinstance(data, dict) and "config" in data and "dataset_key" in data
 
 
 def took_a_step(run_dir: Path) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from raw2rgb.model.generator import Generator, init_weights
 from raw2rgb.model.prior import PriorFit
 from raw2rgb.model.recipe import LR_DECAYS, Runtime, TrainConfig, TrainError
 from raw2rgb.pipeline.shards import colour_words
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -160,6 +163,9 @@ def read_latest(run_dir: Path, identity: dict[str, Any]) -> dict[str, Any] | Non
     if not path.is_file():
         return None
     blob = checkpoint.load(path)
+    if "run" not in blob:  # written before checkpoints recorded their data: the config alone can be checked
+        log.warning("%s: written before checkpoints recorded their dataset; its config is this run's, its data "
+                    "cannot be checked (use --force to start over if it came from another run)", path)
     differences = _other_run(blob, identity)
     if differences:
         raise TrainError(f"{path}: belongs to another run ({differences}); put this run's checkpoint back, or use "
