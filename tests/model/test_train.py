@@ -228,7 +228,8 @@ def test_missing_vgg_names_the_three_ways_out(tiny_shards, tmp_path, monkeypatch
     assert "could not be downloaded (" in msg and "Name or service not known" in msg and "\n" not in msg
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training
     # the tiny preset has no stage 2 and needs no VGG16: one epoch of stage 2 does
-    result = _cli("train", tiny_shards, "-o", tmp_path / "run2", "--preset", "tiny", "--epochs", "1,1", "--workers", "0")
+    result = _cli("train", tiny_shards, "-o", tmp_path / "run2", "--preset", "tiny", "--epochs", "1,1",
+                  "--workers", "0")
     assert result.exit_code == 1 and "--perceptual-weight 0" in result.output and "Traceback" not in result.output
 
 
