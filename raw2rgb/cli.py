@@ -8,6 +8,7 @@ them. ``raw2rgb --help`` imports no torch; ``convert`` never imports the trainin
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -15,6 +16,7 @@ import logging
 import math
 import os
 import sys
+import threading
 from inspect import cleandoc
 from pathlib import Path
 
@@ -60,8 +62,7 @@ def user_errors(fn):
         except click.ClickException:
             raise
         except KeyboardInterrupt as e:
-            click.echo(str(e) if isinstance(e, Interrupted) else "interrupted (SIGINT)", err=True)
-            sys.exit(128 + getattr(e, "signal", 2))  # 130 for Ctrl-C, 143 for SIGTERM
+            _stopped(e)
         except Exception as e:
             if logging.getLogger().level <= logging.DEBUG:
                 raise
@@ -287,6 +288,44 @@ class _Command(_ExamplesLast, click.Command):
 
 class _Group(_ExamplesLast, click.Group):
     command_class = _Command
+
+    def invoke(self, ctx: click.Context):
+        """Run the command, parsing its options included (which imports the library: seconds), with a
+        stop signal obeyed as :func:`user_errors` obeys it: 128 + the signal and one line, not click's
+        "Aborted!" and 1; SIGTERM, which would kill the process silently, is a stop too."""
+        with _stop_is_interrupted():
+            try:
+                return super().invoke(ctx)
+            except KeyboardInterrupt as e:
+                _stopped(e)
+
+
+def _stopped(e: KeyboardInterrupt):
+    """Exit as a stop signal obeyed: its one line, and 128 + the signal (130 Ctrl-C, 143 SIGTERM)."""
+    click.echo(str(e) if isinstance(e, Interrupted) else "interrupted (SIGINT)", err=True)
+    sys.exit(128 + getattr(e, "signal", 2))
+
+
+@contextlib.contextmanager
+def _stop_is_interrupted():
+    """SIGTERM raises :class:`Interrupted` in the block, as Ctrl-C raises KeyboardInterrupt (the
+    stages and train set their own handlers inside it). Only in the main thread, where a handler can
+    be set, and only over the default action."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def handle(signum, frame):
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})

@@ -21,12 +21,13 @@ samples/s at 602 kB/sample; lzf 487/s at 567 kB; gzip-1 289/s at 485 kB. Sensor 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,60 @@ def frame_thumbnail(packed: np.ndarray) -> np.ndarray:
     return np.rint(bayer.thumbnail(packed)).astype(np.uint16)
 
 
+@contextlib.contextmanager
+def _h5_created(tmp: Path, **kwargs: Any) -> Iterator[h5py.File]:
+    """``h5py.File(tmp, "w")`` for a file whose contents are discarded when the block fails.
+
+    A write that fails (a full disk) leaves HDF5 with data and metadata it must still flush: the
+    close fails too, every h5py object then fails again as Python frees it ("Exception ignored in
+    ObjectID.__dealloc__", one traceback each), and HDF5 flushes the file once more at exit, where
+    it crashed (a segmentation fault). So a failed file is closed by :func:`_discard` instead.
+    """
+    f = h5py.File(tmp, "w", **kwargs)
+    try:  # asked now: after a failed write HDF5's answer is not to be trusted (it crashed)
+        fd = f.id.get_vfd_handle()
+    except Exception:  # noqa: BLE001 - a driver without a descriptor: its close is tried as it is
+        fd = None
+    try:
+        yield f
+    except BaseException:
+        _discard(f, tmp, fd)
+        raise
+    try:
+        f.close()
+    except BaseException:
+        _discard(f, tmp, fd)
+        raise
+
+
+def _discard(f: h5py.File, tmp: Path, fd: int | None) -> None:
+    """Close ``f`` (being written to ``tmp`` through descriptor ``fd``; the caller deletes it)
+    without needing the disk: its space is freed (truncated) and what HDF5 still flushes goes to
+    the null device, put in place of ``fd``, so the close, and that of every object in it, succeeds."""
+    with contextlib.suppress(OSError):
+        os.truncate(tmp, 0)
+    if isinstance(fd, int) and fd >= 0 and f.id.valid:
+        sink = os.open(os.devnull, os.O_RDWR)  # not a file in memory: an RLIMIT_FSIZE limits that one too
+        try:
+            os.dup2(sink, fd)
+        finally:
+            os.close(sink)
+    with contextlib.suppress(Exception):
+        f.close()
+
+
+def _put(f: h5py.File, name: str, data: np.ndarray, **kwargs: Any) -> None:
+    """Create dataset ``name`` (no timestamps), write ``data`` into it and flush it: in steps, so that
+    a write that fails raises here, while the dataset's h5py object is alive in this frame, to be
+    closed by :func:`_discard` (``create_dataset(data=…)`` frees it inside h5py, and HDF5 writes
+    from its cache when an object is freed: on a full disk each then failed again, one "Exception
+    ignored" traceback per object)."""
+    dataset = f.create_dataset(name, shape=data.shape, dtype=kwargs.pop("dtype", data.dtype), track_times=False,
+                               **kwargs)
+    dataset[...] = data
+    dataset.flush()  # a write HDF5 kept in its cache fails here, not when the object is freed
+
+
 def write_shard(path: Path, ids: list[str], raw: np.ndarray, rgb: np.ndarray, saliency: np.ndarray,
                 attrs: Mapping[str, Any], colours: Mapping[str, Any] | None = None,
                 thumbs: np.ndarray | None = None) -> None:
@@ -129,15 +184,14 @@ def write_shard(path: Path, ids: list[str], raw: np.ndarray, rgb: np.ndarray, sa
     thumbs = own_thumbnails(raw) if thumbs is None else thumbs
     sums, cells = _grey_sums(raw, np.asarray(colours["wb_as_shot"]))
     # a full disk is told by h5py in several forms, naming the temporary file: one line naming this one
-    with writing(path, "training shard"), atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with writing(path, "training shard"), atomic_path(path) as tmp, _h5_created(tmp) as f:
         for name, data in (("raw", raw), ("rgb", rgb), ("saliency", saliency), ("thumb", thumbs)):
-            f.create_dataset(name, data=data, chunks=(1, *data.shape[1:]), track_times=False)
-        f.create_dataset("id", data=np.array(ids, dtype=object), dtype=h5py.string_dtype(), track_times=False)
+            _put(f, name, data, chunks=(1, *data.shape[1:]))
+        _put(f, "id", np.array(ids, dtype=object), dtype=h5py.string_dtype())
         for name in COLOUR_DATASETS:
-            f.create_dataset(name, data=np.asarray(colours[name], np.float32), track_times=False)
+            _put(f, name, np.asarray(colours[name], np.float32))
         f["wb_frame"].attrs["estimators"] = ",".join(whitebalance.ESTIMATORS)
-        f.create_dataset("camera", data=np.array(colours["camera"], dtype=object), dtype=h5py.string_dtype(),
-                         track_times=False)
+        _put(f, "camera", np.array(colours["camera"], dtype=object), dtype=h5py.string_dtype())
         for k, v in attrs.items():
             f.attrs[k] = v
         f.attrs["grey_sums"], f.attrs["grey_cells"] = sums, cells
@@ -183,10 +237,9 @@ SALIENCY_FORMAT = 1
 def write_saliency_shard(path: Path, ids: list[str], maps: np.ndarray, method: str, weights_sha256: str) -> None:
     """Write one saliency shard atomically (and byte-reproducibly: no timestamps)."""
     n, h, w = maps.shape
-    with writing(path, "saliency shard"), atomic_path(path) as tmp, h5py.File(tmp, "w", track_order=False) as f:
-        f.create_dataset("saliency", data=maps, chunks=(1, h, w), track_times=False)
-        f.create_dataset("id", data=np.array(ids, dtype=object), dtype=h5py.string_dtype(),
-                         track_times=False)
+    with writing(path, "saliency shard"), atomic_path(path) as tmp, _h5_created(tmp, track_order=False) as f:
+        _put(f, "saliency", maps, chunks=(1, h, w))
+        _put(f, "id", np.array(ids, dtype=object), dtype=h5py.string_dtype())
         f.attrs["format"] = SALIENCY_FORMAT
         f.attrs["method"] = method
         f.attrs["weights_sha256"] = weights_sha256

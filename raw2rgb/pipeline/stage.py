@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -426,7 +427,7 @@ def _not_the_items(item: Item, out_dir: Path, e: Exception) -> None:
         OutOfResources: no space left (or over quota) while the item wrote.
     """
     if _stop_signal is not None:
-        raise Interrupted(_stop_signal) from e
+        _raise_stop(e)
     if out_of_space(e):
         if isinstance(e, OutOfResources):  # a writer's own, naming its file and what it wrote
             raise e
@@ -498,7 +499,7 @@ def run_stage(
         items are in ``result.failed`` with their reasons; the others completed.
     """
     out_dir = Path(out_dir)
-    with FolderLock(out_dir, f"raw2rgb {stage.name}"), _stop_signals():
+    with FolderLock(out_dir, f"raw2rgb {stage.name}"), _stop_signals(stage.name):
         return _run_stage(stage, list(items), out_dir, json.loads(json.dumps(dict(params))), jobs, force, progress,
                           options, on_plan, overwrite)
 
@@ -514,10 +515,11 @@ def _run_stage(stage: Stage, items: list[Item], out_dir: Path, params: dict[str,
     bar = (progress or (lambda **kw: _NoProgress()))(total=len(items), desc=stage.name, unit="item")
     bar.update(result.cached)
     log.debug("%s: %d items, %d cached, %d to run", stage.name, len(items), result.cached, len(todo))
-    if on_plan is not None:
-        on_plan([item for item, _ in todo])
-    records = _execute(stage, todo, out_dir, params, dict(options or {}), jobs)
+    records: Iterator[Record] = iter(())
     try:
+        if on_plan is not None:  # inside: a stop while it starts (a DataLoader's workers) is the stage's
+            on_plan([item for item, _ in todo])
+        records = _execute(stage, todo, out_dir, params, dict(options or {}), jobs)
         for record in records:
             manifest.records[record.key] = record
             if record.status == "ok":
@@ -534,7 +536,8 @@ def _run_stage(stage: Stage, items: list[Item], out_dir: Path, params: dict[str,
         raise Interrupted(sig, f"{stage.name}: interrupted ({signal.Signals(sig).name}), {_kept(manifest)}: a "
                                "rerun resumes") from None
     finally:
-        records.close()  # a pool's results closed unread: joblib kills its workers, queued items never start
+        if hasattr(records, "close"):  # a pool's results closed unread: joblib kills its workers, queued items
+            records.close()  # never start
         bar.close()
     if stage.keeps_others:  # another shoot converted into the same folder earlier stays on record
         given = {it.key for it in items}
@@ -679,13 +682,17 @@ def _execute(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]], out_d
              params: Mapping[str, Any], options: Mapping[str, Any], jobs: int) -> Iterator[Record]:
     if todo and (distributed() or (jobs > 1 and len(todo) > 1)):
         with parallel_config(backend="dask") if distributed() else contextlib.nullcontext():
-            parallel = Parallel(n_jobs=-1 if distributed() else jobs, return_as="generator_unordered")
             parent = None if distributed() else os.getpid()  # a Dask worker is the cluster's, not ours
+            # each worker watches its parent from its start (loky's initializer), not from its first item:
+            # a parent killed while its workers still start (imports: seconds) left them idle for good
+            parallel = Parallel(n_jobs=-1 if distributed() else jobs, return_as="generator_unordered",
+                                **({} if parent is None else {"initializer": _watch_parent, "initargs": (parent,)}))
             yield from parallel(delayed(_run_in_worker)(parent, stage, item, out_dir, params, options, known)
                                 for item, known in todo)
         return
     if len(todo) <= 1:
         for item, known in todo:
+            check_stop()  # no item starts after a stop signal, even one not yet raised
             yield _run_item(stage, item, out_dir, params, options, known)
         return
     # In-process runs: inputs are hashed ahead in threads while earlier items run; a deferred
@@ -697,6 +704,7 @@ def _execute(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]], out_d
                 yield from _run_deferred(stage, todo, hashing, out_dir, params, options)
             else:
                 for (item, known), future in zip(todo, hashing):
+                    check_stop()
                     yield _run_item(stage, item, out_dir, params, options, known, future)
         finally:
             for f in hashing:
@@ -708,6 +716,7 @@ def _run_deferred(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]], 
     with ThreadPoolExecutor(1) as writer:
         pending: list[Future] = []
         for (item, known), future in zip(todo, hashing):
+            check_stop()
             started = _start_item(stage, item, out_dir, params, options, known, future)
             if isinstance(started, Record):
                 yield started
@@ -727,53 +736,154 @@ def _run_deferred(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]], 
 # stage runs, the signal is also noted, and the stage checks the note after every item and before it
 # records any failure. SIGTERM (a scheduler, kill) takes the same path, so that the pools are shut
 # down instead of the process dying under them.
+#
+# The handler raises only where that is safe: not inside a finaliser, an at-fork hook (logging's
+# lock release: the Ctrl-C was printed and lost), a constructor (a DataLoader's iterator, half built,
+# then failed in its own finaliser), an import, the sharing of a tensor with a worker, or a pool's or
+# process's start and shutdown. There it only notes the signal and wakes the main thread again every
+# STOP_RETRY seconds (SIGWINCH, ignored by default: a late one is harmless) until it is somewhere
+# safe; meanwhile the stage starts no further item (``check_stop`` before each, and per batch).
 _stop_signal: int | None = None  # the stop signal received while a stage ran in this process
 WATCH_INTERVAL = 0.2  # seconds between a pool worker's looks at its parent
+STOP_RETRY = 0.02  # seconds between looks for a safe place to raise a noted stop signal
+_WAKE = getattr(signal, "SIGWINCH", None)
+_UNSAFE_MODULES = ("logging", "importlib", "weakref", "multiprocessing.util", "multiprocessing.process",
+                   "multiprocessing.popen_", "multiprocessing.context", "multiprocessing.resource_sharer",
+                   "multiprocessing.resource_tracker", "multiprocessing.reduction", "torch.multiprocessing",
+                   "joblib.externals.loky.backend")
+_UNSAFE_NAMES = ("__del__", "__init__", "__new__", "__enter__", "__exit__", "_releaseLock", "_acquireLock",
+                 "shutdown", "terminate", "abort", "close", "cleanup", "finali", "at_fork", "after_fork")
+
+
+def _safe_to_raise(frame: Any) -> bool:
+    """Whether an exception raised in ``frame`` (the one a signal interrupted) reaches the stage
+    whole, leaving no library half done: no frame on the stack is one of the places named above."""
+    while frame is not None:
+        name = frame.f_code.co_name
+        if any(unsafe in name for unsafe in _UNSAFE_NAMES) or \
+                str(frame.f_globals.get("__name__", "")).startswith(_UNSAFE_MODULES):
+            return False
+        frame = frame.f_back
+    return True
+
+
+@dataclass
+class _StopState:
+    """The stop signals of one stage run: the handler's process, and whether the stop was raised."""
+
+    pid: int
+    raised: bool = False
+    closing: bool = False
+    waking: threading.Thread | None = None
+
+    def wake_until_raised(self) -> None:
+        """Wake the main thread every STOP_RETRY seconds until the noted stop is raised."""
+        if _WAKE is None or (self.waking is not None and self.waking.is_alive()):
+            return
+        main = threading.main_thread().ident
+
+        def wake() -> None:
+            while not (self.raised or self.closing):
+                time.sleep(STOP_RETRY)
+                if not (self.raised or self.closing):
+                    signal.pthread_kill(main, _WAKE)
+
+        self.waking = threading.Thread(target=wake, name="raw2rgb-stop", daemon=True)
+        self.waking.start()
+
+
+_stop: _StopState | None = None  # the running stage's
 
 
 @contextlib.contextmanager
-def _stop_signals() -> Iterator[None]:
-    """Note and raise Ctrl-C and SIGTERM (as :class:`Interrupted`) while the block runs; the
-    handlers before it are put back after. Outside the main thread (where no handler can be set)
-    it does nothing."""
-    global _stop_signal
-    pid = os.getpid()
+def _stop_signals(name: str = "stage") -> Iterator[None]:
+    """Note Ctrl-C and SIGTERM while the block runs, and raise them (as :class:`Interrupted`) where
+    that is safe; the handlers before it are put back after. A signal noted but not yet raised when
+    the block ends (it came as the stage finished) is raised then. Outside the main thread (where
+    no handler can be set) it does nothing."""
+    global _stop_signal, _stop
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    state = _StopState(os.getpid())
 
     def handle(signum: int, frame: Any) -> None:
         global _stop_signal
-        if os.getpid() != pid:  # a forked worker (a DataLoader's) that inherited the handler: as Python would
-            raise KeyboardInterrupt
-        _stop_signal = signum
-        raise Interrupted(signum)
+        if os.getpid() != state.pid:  # a forked helper (a DataLoader's worker) before its own handlers: the
+            return  # stage decides, and stops it
+        if signum != _WAKE and _stop_signal is None:
+            _stop_signal = signum
+        if _stop_signal is None or state.raised or state.closing:
+            return  # nothing to stop, or the stop is under way
+        if _safe_to_raise(frame):
+            state.raised = True
+            raise Interrupted(_stop_signal)
+        state.wake_until_raised()
 
     old: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            old[sig] = signal.signal(sig, handle)
-    _stop_signal = None
+    for sig in (signal.SIGINT, signal.SIGTERM, *([_WAKE] if _WAKE is not None else [])):
+        old[sig] = signal.signal(sig, handle)
+    _stop_signal, _stop = None, state
+    failed = False
     try:
         yield
+    except BaseException:
+        failed = True
+        raise
     finally:
+        state.closing = True
         for sig, previous in old.items():
             signal.signal(sig, previous if previous is not None else signal.SIG_DFL)
-        _stop_signal = None
+        noted, _stop_signal, _stop = _stop_signal, None, None
+    if noted is not None and not state.raised and not failed:  # it came as the stage finished: its work is kept
+        raise Interrupted(noted, f"{name}: interrupted ({signal.Signals(noted).name}) as it finished, its work "
+                                 "kept: a rerun goes on from there")
 
 
-def quit_on_stop_signals(worker_id: int | None = None) -> None:
-    """For a stage's helper processes (a DataLoader's workers; ``worker_id`` is unused): Ctrl-C and
-    SIGTERM end one quietly (a KeyboardInterrupt, on which torch's workers exit with status 0) and
-    leave the stop to the stage. Killed by SIGTERM instead, a worker makes torch raise "DataLoader
-    worker … is killed by signal" in the middle of the stage's own shutdown; ignoring the signals
-    would keep a worker on its batch after the stage has gone."""
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
+def quit_on_stop_signals(worker_id: int | None = None, parent: int | None = None) -> None:
+    """For a stage's helper processes (a DataLoader's workers; ``worker_id`` is unused): the stage
+    decides. Ctrl-C, which a terminal sends to them too, is ignored: the stage, stopping, shuts them
+    down. SIGTERM (what that shutdown sends to a worker slow to go, or ``kill``) ends one at once and
+    quietly, with status 0: torch takes any other end of a worker for a failure ("DataLoader worker …
+    is killed by signal"), raised in the stage in the middle of its shutdown. A connection to the
+    stage that breaks as it stops (a tensor handed over) is no error of the worker's to print.
+
+    ``parent``: the stage's process (bound with ``functools.partial``), watched as a pool worker
+    watches it: torch's own watch takes the parent at the worker's start, so a worker forked as its
+    parent was killed took its adopter for its parent and waited for work for good."""
+    if parent is not None:
+        _watch_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(0))
+    hook = sys.excepthook
+
+    def quiet(kind, value, tb) -> None:
+        if not issubclass(kind, (OSError, EOFError)):
+            hook(kind, value, tb)
+
+    sys.excepthook = quiet
 
 
-def _check_stop() -> None:
+def _raise_stop(cause: BaseException | None = None) -> None:
+    if _stop is not None:
+        _stop.raised = True
+    raise Interrupted(_stop_signal) from cause
+
+
+def check_stop() -> None:
     """Raise :class:`Interrupted` when a stop signal arrived during the stage, even one whose
-    KeyboardInterrupt was swallowed."""
+    KeyboardInterrupt was swallowed, or not yet raised (it came where raising was not safe). Item
+    stages call it where they may stop: the machinery before each item, the saliency stage per batch."""
     if _stop_signal is not None:
-        raise Interrupted(_stop_signal)
+        _raise_stop()
+
+
+_check_stop = check_stop
+
+
+def stop_noted() -> bool:
+    """Whether the running stage got a stop signal (raised or not yet)."""
+    return _stop_signal is not None
 
 
 def _run_in_worker(parent: int | None, *args: Any) -> Record:

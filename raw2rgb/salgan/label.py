@@ -12,8 +12,11 @@ Shard layout (``saliency-00000.h5``, written by ``pipeline.shards.write_saliency
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import signal
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -37,9 +40,11 @@ from raw2rgb.pipeline.stage import (
     ItemError,
     Stage,
     StageResult,
+    check_stop,
     distributed,
     quit_on_stop_signals,
     run_stage,
+    stop_noted,
 )
 from raw2rgb.registry import Registry
 from raw2rgb.salgan.classical import spectral_residual
@@ -229,19 +234,59 @@ class RunLoader:
     def __init__(self, paths: list[str], method: str, batch_size: int, workers: int, pin: bool):
         self.index = {p: k for k, p in enumerate(paths)}
         self.sampler = _Batches(batch_size)
-        # a Ctrl-C or SIGTERM ends the workers quietly and stops the stage (never a failed shard)
+        # the stage decides on Ctrl-C and SIGTERM, and stops the workers (never a failed shard)
         self.loader = DataLoader(_Images(tuple(paths), method), batch_sampler=self.sampler,
                                  num_workers=workers, collate_fn=_collate, pin_memory=pin,
-                                 prefetch_factor=4 if workers else None, worker_init_fn=quit_on_stop_signals)
+                                 prefetch_factor=4 if workers else None,
+                                 worker_init_fn=functools.partial(quit_on_stop_signals, parent=os.getpid()))
         self._iter = None
         self._pending: list[tuple[str, int]] = []  # (shard key, batches) still to be consumed
+        self._on_child: Any = None  # torch's SIGCHLD handler, while ours stands in front of it
 
     def plan(self, items: list[Item]) -> None:
         t0 = time.perf_counter()
         self.sampler.shards = [[self.index[p] for p in it.inputs] for it in items]
         self._pending = [(it.key, -(-len(it.inputs) // self.sampler.batch_size)) for it in items]
         self._iter = iter(self.loader) if items else None
+        self._guard_children()
         log.debug("saliency: loader started in %.3f s", time.perf_counter() - t0)
+
+    def _guard_children(self) -> None:
+        """torch raises from its SIGCHLD handler, wherever the stage is (a finaliser, a finally), when a
+        worker ends by a signal: a worker that the stop signal itself ended (a SIGTERM sent to the whole
+        group as the worker started, before it could set its handlers) is no error, the stop is."""
+        if self._iter is None or not hasattr(signal, "SIGCHLD") or \
+                threading.current_thread() is not threading.main_thread():
+            return
+        torch_handler = signal.getsignal(signal.SIGCHLD)
+        if not callable(torch_handler):
+            return
+
+        def on_child(signum: int, frame: Any) -> None:
+            if not stop_noted():
+                torch_handler(signum, frame)
+
+        self._on_child = torch_handler
+        signal.signal(signal.SIGCHLD, on_child)
+
+    def close(self, stopped: bool = False) -> None:
+        """Stop the workers now (not when Python frees the iterator, at exit perhaps), a worker's end
+        taken for no error meanwhile; then put torch's SIGCHLD handler back. ``stopped``: the stage
+        obeyed a stop signal, and the workers (which ignore Ctrl-C) are ended at once, not after the
+        image in hand."""
+        it, self._iter = self._iter, None
+        try:
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                if self._on_child is not None:
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                for worker in getattr(it, "_workers", []) if stopped else []:
+                    worker.terminate()  # SIGTERM from their parent: they exit at once, with status 0
+                shutdown()
+        finally:
+            if self._on_child is not None:
+                signal.signal(signal.SIGCHLD, self._on_child)
+                self._on_child = None
 
     def batches(self, item: Item):
         if not self._pending or self._pending[0][0] != item.key:
@@ -292,6 +337,7 @@ def _shard_maps(item: Item, batches, model) -> tuple[dict[int, Any], dict[str, s
     shape = None
     t_wait = t_infer = 0.0
     while True:
+        check_stop()  # a stop signal noted where it could not be raised: no further batch
         t0 = time.perf_counter()
         try:
             indices, data, bad = next(batches)
@@ -345,8 +391,14 @@ def label(images: list[tuple[str, str]], out_dir: os.PathLike | str, method: Met
                          force=force)
     device = options["device"] = str(resolve_device(device))
     loader = RunLoader([p for _, p in sorted(images)], method.name, batch_size, workers, device.startswith("cuda"))
-    return run_stage(SALIENCY, items, out_dir, params, progress=progress, options={**options, "loader": loader},
-                     force=force, on_plan=loader.plan)
+    try:
+        result = run_stage(SALIENCY, items, out_dir, params, progress=progress,
+                           options={**options, "loader": loader}, force=force, on_plan=loader.plan)
+    except BaseException as e:
+        loader.close(stopped=isinstance(e, KeyboardInterrupt))
+        raise
+    loader.close()
+    return result
 
 
 __all__ = ["SaliencyShard", "label", "read_saliency_shard", "resolve_method", "plan_shards", "read_rgb"]
