@@ -1351,6 +1351,19 @@ def _marking_item(item, ctx):
 MARKING = Stage("marking", 1, _marking_item)
 
 
+@pytest.fixture
+def terminal_signals():
+    """Signal handlers as a terminal's process has them (Ctrl-C raises KeyboardInterrupt, SIGTERM kills):
+    CI may start the suite as a background job, where SIGINT is inherited ignored."""
+    old = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    signal.signal(signal.SIGINT, old[0])
+    signal.signal(signal.SIGTERM, old[1])
+
+
+@pytest.mark.usefixtures("terminal_signals")
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.parametrize("spot", ["stage start", "constructor", "finaliser", "at-fork hook"])
 def test_a_signal_where_raising_is_unsafe_is_raised_after_and_no_item_starts_after_it(tmp_path, monkeypatch, spot,
@@ -1378,6 +1391,7 @@ def test_a_signal_where_raising_is_unsafe_is_raised_after_and_no_item_starts_aft
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
+@pytest.mark.usefixtures("terminal_signals")
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_before_the_first_stage_is_130_or_143_and_one_line_not_aborted(pairs_src, tmp_path, monkeypatch,
                                                                                 sig, code):
