@@ -271,15 +271,7 @@ def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progr
         else:
             log.warning("saliency and shards skipped: no patch was kept (see the patches stage's failures)")
 
-    scenes = {p.scene: p.fixed_split for p in found}
-    patch_splits: dict[str, str | None] = {}
-    if needs_band(scenes, cfg.split) and "patches" in stages and _bandable(stages["patches"].manifest.ok,
-                                                                          cfg.patch.size):
-        splits = {s: "band" for s in scenes}
-        patch_splits, how = band_splits(stages["patches"].manifest.ok, cfg.patch.size, cfg.split)
-    else:
-        splits = assign_splits(scenes, cfg.seed, cfg.split, _previous_splits(out, cfg))
-        how = "by scene: no scene is in two splits"
+    splits, patch_splits, how = _splits(cfg, out, found, stages.get("patches"))
     if "shards" in wanted and "saliency" in stages:  # training shards per split, with offline augmentation
         samples, owners = shards.samples_from(stage_folder(out, "patches"), stage_folder(out, "saliency"), splits,
                                               patch_splits)
@@ -298,6 +290,18 @@ def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progr
         raise PairError(f"{out}: no patch was kept ({summary['patches_dropped'] or 'no pair aligned'}); see "
                         f"{out}/summary.json and docs/data.md (--patch-size, --min-score, --layout)")
     return PrepareResult(stages, summary)
+
+
+def _splits(cfg: PrepareConfig, out: Path, found: list[pairs_mod.Pair], patches: StageResult | None
+            ) -> tuple[dict[str, str], dict[str, str | None], str]:
+    """(scene → split, patch id → split for a held-out band, how the split was made): by scene, unless
+    the scenes are too few and the frames wide enough for a band (:func:`needs_band`)."""
+    scenes = {p.scene: p.fixed_split for p in found}
+    if patches is not None and needs_band(scenes, cfg.split) and _bandable(patches.manifest.ok, cfg.patch.size):
+        patch_splits, how = band_splits(patches.manifest.ok, cfg.patch.size, cfg.split)
+        return {s: "band" for s in scenes}, patch_splits, how
+    return assign_splits(scenes, cfg.seed, cfg.split, _previous_splits(out, cfg)), {}, \
+        "by scene: no scene is in two splits"
 
 
 def source_record(cfg: PrepareConfig, found: list[pairs_mod.Pair]) -> dict[str, Any]:

@@ -190,7 +190,15 @@ def test_a_second_train_or_prepare_on_the_same_folder_is_refused(holder, pairs_s
                                            ("rgb of another size", "rgb has shape")])
 def test_malformed_shards_are_refused_by_inspect_and_train_alike(tmp_path, damage, reason):
     root = make_shards(tmp_path / "s", {"train": 4, "val": 2}, size=16)
-    path = root / "train-00000.h5"
+    _damage(root / "train-00000.h5", damage)
+    for args in (("inspect", root), ("train", root, "-o", tmp_path / "run", "--preset", "tiny")):
+        r = cli(*args)
+        assert r.exit_code == 1 and "train-00000.h5" in r.output and reason in r.output, r.output
+        assert "Traceback" not in r.output
+
+
+def _damage(path: Path, damage: str) -> None:
+    """Give a training shard one flaw: float or 3-channel raw, rgb of another size, no wb_frame."""
     with h5py.File(path, "r+") as f:
         raw, rgb = f["raw"][()], f["rgb"][()]
         if damage == "float raw":
@@ -199,13 +207,11 @@ def test_malformed_shards_are_refused_by_inspect_and_train_alike(tmp_path, damag
         elif damage == "3-channel raw":
             del f["raw"]
             f["raw"] = raw[:, :3]
-        else:
+        elif damage == "rgb of another size":
             del f["rgb"]
             f["rgb"] = rgb[:, :, :8, :8]
-    for args in (("inspect", root), ("train", root, "-o", tmp_path / "run", "--preset", "tiny")):
-        r = cli(*args)
-        assert r.exit_code == 1 and "train-00000.h5" in r.output and reason in r.output, r.output
-        assert "Traceback" not in r.output
+        else:
+            del f["wb_frame"]
 
 
 # -- 6. empty results are failures ---------------------------------------------------------------------
@@ -1048,19 +1054,7 @@ def _damaged(tmp_path: Path, damage: str) -> Path:
     """Shards whose train and val shards both carry ``damage`` (each reader's default split is hit)."""
     root = make_shards(tmp_path / "s", {"train": 4, "val": 2}, size=16)
     for path in sorted(root.glob("*.h5")):
-        with h5py.File(path, "r+") as f:
-            raw, rgb = f["raw"][()], f["rgb"][()]
-            if damage == "float raw":
-                del f["raw"]
-                f["raw"] = raw.astype(np.float32)
-            elif damage == "3-channel raw":
-                del f["raw"]
-                f["raw"] = raw[:, :3]
-            elif damage == "rgb of another size":
-                del f["rgb"]
-                f["rgb"] = rgb[:, :, :8, :8]
-            else:
-                del f["wb_frame"]
+        _damage(path, damage)
     return root
 
 

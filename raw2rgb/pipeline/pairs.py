@@ -459,6 +459,30 @@ def _write_patches(patches: list[Patch], out_dir: Path, key: str) -> list[str]:
     return outputs
 
 
+def _dropped(patches: list[Patch]) -> dict[str, int]:
+    """How many patches were dropped for each kind of reason."""
+    dropped: dict[str, int] = {}
+    for p in patches:
+        if not p.kept:
+            key = p.reason.split(" ")[0] if p.reason.startswith(("score", "local")) else p.reason
+            key = {"score": "score below threshold", "local": "local shift above --max-shift"}.get(key, key)
+            dropped[key] = dropped.get(key, 0) + 1
+    return dropped
+
+
+def bin_to_target(packed: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(packed, target, binning): packed planes binned by the smallest whole factor that makes twice
+    their size no larger than the target (``bayer.binning_factor``), and the target area-resampled to
+    exactly that grid; both as they are (binning 1) for a target as large as the sensor."""
+    _, h, w = packed.shape
+    binning = bayer.binning_factor((2 * h, 2 * w), target.shape[:2])
+    if binning == 1:
+        return packed, target, 1
+    packed = bayer.bin_packed(packed, binning)
+    _, h, w = packed.shape
+    return packed, area_resize(target, (2 * h, 2 * w)), binning
+
+
 def patch_item(item, ctx):
     """Stage work: align one pair (unless already aligned), cut, score and write its patches.
 
@@ -477,14 +501,10 @@ def patch_item(item, ctx):
         packed = rawio.read_packed_png(packed_path)
         meta = json.loads(Path(sidecar_path).read_text())
         target = read_target(rgb_path, item.payload.get("embedded", False))
-        _, h, w = packed.shape
         binning = 1
         if not item.payload["aligned"]:  # never enlarge a target: bin the RAW down to it instead
-            binning = bayer.binning_factor((2 * h, 2 * w), target.shape[:2])
-            if binning > 1:
-                packed = bayer.bin_packed(packed, binning)
-                _, h, w = packed.shape
-                target = area_resize(target, (2 * h, 2 * w))
+            packed, target, binning = bin_to_target(packed, target)
+        _, h, w = packed.shape
         raw_norm = packed.astype(np.float32) / np.float32(np.iinfo(packed.dtype).max)
         preview = preview_luma(raw_norm)
         alignment = None
@@ -505,19 +525,13 @@ def patch_item(item, ctx):
     for part in ("raw", "rgb"):  # patches of an earlier run of this scene (other sizes, say)
         shutil.rmtree(ctx.out_dir / part / item.key, ignore_errors=True)
     outputs = _write_patches(patches, ctx.out_dir, item.key)
-    dropped: dict[str, int] = {}
-    for p in patches:
-        if not p.kept:
-            key = p.reason.split(" ")[0] if p.reason.startswith(("score", "local")) else p.reason
-            key = {"score": "score below threshold", "local": "local shift above --max-shift"}.get(key, key)
-            dropped[key] = dropped.get(key, 0) + 1
     info = {
         "binning": binning,
         "packed_size": [h, w],  # the binned frame's, which patch positions are on
         "target_size": list(target.shape[:2]),  # as resampled onto the grid (2h, 2w)
         "alignment": alignment.to_json() if alignment else None,
         "kept": sum(p.kept for p in patches),
-        "dropped": dropped,
+        "dropped": _dropped(patches),
         "patches": [{"id": p.id, "y": p.y, "x": p.x, "score": p.score,
                      **({"shift_px": p.shift} if p.shift is not None else {}),
                      **({"reason": p.reason} if p.reason else {})} for p in patches],

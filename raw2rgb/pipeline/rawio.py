@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -22,6 +23,7 @@ import imagecodecs
 import numpy as np
 import rawpy
 import tifffile
+from PIL import Image
 
 from raw2rgb.errors import UserError, one_line
 from raw2rgb.pipeline import bayer, develop
@@ -452,10 +454,7 @@ def embedded_jpeg(path: os.PathLike | str) -> bytes:
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int] | None:
-    import io
-
-    from PIL import Image
-
+    """(width, height) from a JPEG's header (PIL opens lazily: nothing is decoded), or None."""
     try:
         with Image.open(io.BytesIO(data)) as im:
             return int(im.size[0]), int(im.size[1])

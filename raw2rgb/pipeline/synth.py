@@ -147,6 +147,27 @@ def write_dng(path: os.PathLike | str, data: np.ndarray, camera: Camera,
         (50778, "H", 1, 21, True),  # CalibrationIlluminant1 = D65
         (50728, "2I", 3, _rationals(neutral), True),  # AsShotNeutral
     ]
+    photometric, mosaic_tags = _mosaic_tags(camera, cfa, linear)
+    tags += mosaic_tags
+    for name, value in (exif or {}).items():
+        if name not in EXIF_TAGS:
+            raise ValueError(f"unknown EXIF tag {name!r} ({', '.join(EXIF_TAGS)})")
+        code, kind = EXIF_TAGS[name]
+        tags.append((code, kind, 0 if kind == "s" else 1, value, True))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if preview is None:
+        tifffile.imwrite(path, np.ascontiguousarray(data, dtype=np.uint16), photometric=photometric,
+                         subfiletype=0, metadata=None, extratags=tags)
+    else:
+        _write_with_preview(path, data, preview, photometric, tags)
+    return path
+
+
+def _mosaic_tags(camera: Camera, cfa: tuple[int, int, tuple[int, ...]] | None, linear: bool
+                 ) -> tuple[int, list[tuple]]:
+    """The photometric interpretation and the tags of the image data: a LinearRaw's black level, or a
+    CFA's pattern and per-site black levels."""
+    tags: list[tuple] = []
     if linear:
         photometric = 34892  # LinearRaw
         tags.append((50714, "I", 1, int(camera.black[0]), True))
@@ -168,25 +189,20 @@ def write_dng(path: os.PathLike | str, data: np.ndarray, camera: Camera,
                      (50714, "I", 4, tuple(int(v) for v in cell.ravel()), True)]
         else:
             tags.append((50714, "I", 1, int(camera.black[0]), True))
-    for name, value in (exif or {}).items():
-        if name not in EXIF_TAGS:
-            raise ValueError(f"unknown EXIF tag {name!r} ({', '.join(EXIF_TAGS)})")
-        code, kind = EXIF_TAGS[name]
-        tags.append((code, kind, 0 if kind == "s" else 1, value, True))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if preview is None:
-        tifffile.imwrite(path, np.ascontiguousarray(data, dtype=np.uint16), photometric=photometric,
-                         subfiletype=0, metadata=None, extratags=tags)
-        return path
-    # the file's, in IFD0; the rest are the RAW's
+    return photometric, tags
+
+
+def _write_with_preview(path: Path, data: np.ndarray, preview: np.ndarray, photometric: int, tags: list[tuple]
+                        ) -> None:
+    """As a camera writes a DNG: IFD0 the JPEG preview (in one strip: LibRaw reads the first only), with
+    the file's tags; the RAW its SubIFD, with the image's."""
     shared = {50706, 50707, 271, 272, 50708, 50721, 50778, 50728, *(code for code, _ in EXIF_TAGS.values())}
     with tifffile.TiffWriter(path) as tif:
         tif.write(np.ascontiguousarray(preview, dtype=np.uint8), photometric="rgb", compression="jpeg",
-                  compressionargs={"level": 95}, rowsperstrip=preview.shape[0], subfiletype=1, subifds=1, metadata=None,
-                  extratags=[t for t in tags if t[0] in shared])
+                  compressionargs={"level": 95}, rowsperstrip=preview.shape[0], subfiletype=1, subifds=1,
+                  metadata=None, extratags=[t for t in tags if t[0] in shared])
         tif.write(np.ascontiguousarray(data, dtype=np.uint16), photometric=photometric, subfiletype=0,
                   metadata=None, extratags=[t for t in tags if t[0] not in shared])
-    return path
 
 
 CHART_SATURATIONS, CHART_VALUES = (0.85, 0.6, 0.35), (0.9, 0.65, 0.4)
