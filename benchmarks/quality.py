@@ -59,9 +59,10 @@ from raw2rgb.model.data import ShardDataset, to_model  # noqa: E402
 from raw2rgb.model.evaluate import evaluate, score, summarise  # noqa: E402
 from raw2rgb.model.generator import GeneratorConfig  # noqa: E402
 from raw2rgb.model.losses import LossWeights  # noqa: E402
-from raw2rgb.model.prior import ColourPrior, PriorFit, demosaic_bilinear, fit_detail_on_split  # noqa: E402
+from raw2rgb.model.prior import ColourPrior, demosaic_bilinear  # noqa: E402
+from raw2rgb.model.prior_fit import PriorFit, fit_detail_on_split  # noqa: E402
 from raw2rgb.model.train import Runtime, TrainConfig, train  # noqa: E402
-from raw2rgb.pipeline import profile, synth, whitebalance  # noqa: E402
+from raw2rgb.pipeline import profile, profile_fit, synth, whitebalance  # noqa: E402
 from raw2rgb.pipeline.pairs import PatchParams  # noqa: E402
 from raw2rgb.pipeline.profile import poly3_terms  # noqa: E402
 from raw2rgb.pipeline.shards import read_index, shards_root  # noqa: E402
@@ -179,11 +180,11 @@ def profiles(name: str, ds: Path, held_out: str, out: Path, with_metadata: bool)
     rules = [whitebalance.DEFAULT_RULE] if with_metadata else list(whitebalance.RULES)
     for rule in rules:
         path = out / name / f"profile-poly3-{rule}.json"
-        profile.save(profile.fit_dataset(ds, "train", "poly3", white_balance_rule=rule), path)
+        profile.save(profile_fit.fit_dataset(ds, "train", "poly3", white_balance_rule=rule), path)
         label = "profile (poly3)" + ("" if with_metadata else f", white balance {rule}")
         rows.append(row(name, label, evaluate(ds, held_out, None, "profile", profile=path).summary))
     path = out / name / "profile-lut.json"
-    profile.save(profile.fit_dataset(ds, "train", "lut"), path)
+    profile.save(profile_fit.fit_dataset(ds, "train", "lut"), path)
     rows.append(row(name, "profile (lut)" + ("" if with_metadata else f", white balance {whitebalance.DEFAULT_RULE}"),
                     evaluate(ds, held_out, None, "profile", profile=path).summary))
     return rows
@@ -193,7 +194,7 @@ def prior_alone(ds: Path, held_out: str) -> dict:
     """The recommended network's prior at step 0: the default profile and the detail filter fitted
     after it on the train split, as training fits them; no network."""
     g = TINY.generator
-    fit = profile.fit_dataset(ds, "train", g.prior_model)
+    fit = profile_fit.fit_dataset(ds, "train", g.prior_model)
     prior = ColourPrior(2, g.prior_model, detail=g.detail_filter)
     PriorFit(fit, fit_detail_on_split(shards_root(ds), fit, 2, g.detail_filter)[:2]).set_on(prior)
     loader = DataLoader(ShardDataset(shards_root(ds), held_out, compact=True, white_balance=fit.white_balance),

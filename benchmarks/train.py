@@ -4,7 +4,7 @@ Prints, for stage 1 (G: L1 + attention) and stage 2 (D step + G step with LSGAN 
 seconds per step, samples/s, model FLOPs per step and the achieved FLOP/s as a fraction of a dense
 matmul measured in the same run on the same device and dtype. The networks, optimisers and kernel
 policy (cudnn.benchmark, TF32, channels_last, fused Adam) are those of `raw2rgb train`
-(``train.device_policy``, ``state.build``, ``state.optimisers``). FLOPs are counted once, in eager mode (a compiled
+(``device.device_policy``, ``state.build``, ``state.optimisers``). FLOPs are counted once, in eager mode (a compiled
 step would hide its kernels from the counter), and reported twice: as executed (the generator's
 up-sampling convs in their sub-pixel form) and paper-nominal (the same step with the plain
 upsample-then-conv the paper's FLOP count assumes). Targets on a CUDA machine with bf16: stage 1
@@ -34,12 +34,12 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import report  # noqa: E402
 
-from raw2rgb.device import resolve_device  # noqa: E402
+from raw2rgb.device import device_policy, resolve_device  # noqa: E402
 from raw2rgb.model import losses  # noqa: E402
 from raw2rgb.model.distributed import Dist  # noqa: E402
 from raw2rgb.model.generator import Generator, Up, init_weights  # noqa: E402
 from raw2rgb.model.state import build, optimisers  # noqa: E402
-from raw2rgb.model.train import Runtime, TrainConfig, device_policy, train_step  # noqa: E402
+from raw2rgb.model.train import Runtime, TrainConfig, train_step  # noqa: E402
 
 
 def matmul_rate(device: torch.device, dtype: torch.dtype, n: int) -> float:

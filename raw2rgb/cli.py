@@ -9,11 +9,9 @@ them. ``raw2rgb --help`` imports no torch; ``convert`` never imports the trainin
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 import sys
 import threading
@@ -23,7 +21,9 @@ from pathlib import Path
 import click
 
 from raw2rgb import __version__, files
+from raw2rgb.dataset import SPLITS
 from raw2rgb.errors import Interrupted, UserError, environment_message, one_line, printable
+from raw2rgb.options import LazyChoice, LazyOption, config_options, given
 
 log = logging.getLogger("raw2rgb")
 
@@ -78,74 +78,49 @@ def user_errors(fn):
 
 # -- what the library declares, read when needed -----------------------------------------------------
 
-class LazyChoice(click.Choice):
-    """A ``click.Choice`` whose choices are read from the library when first needed (``get``
-    returns them; ``first`` go before them, e.g. ``auto``), so an entry registered before the
-    parse or the help page is a choice."""
-
-    def __init__(self, get, first: tuple[str, ...] = ()) -> None:
-        self._get, self._first = get, first
-        super().__init__(())
-
-    @property
-    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
-        return (*self._first, *self._get())
-
-    @choices.setter
-    def choices(self, value) -> None:  # click.Choice.__init__ sets it; the library's list wins
-        pass
-
-
-class LazyOption(click.Option):
-    """An option whose help line (``lazy_help``, a function) is read from the library when the help
-    page is shown."""
-
-    def __init__(self, *args, lazy_help=None, **kwargs) -> None:
-        self._lazy_help = lazy_help
-        super().__init__(*args, **kwargs)
-
-    def get_help_record(self, ctx):
-        if self._lazy_help is not None:
-            self.help = self._lazy_help()
-        return super().get_help_record(ctx)
-
-
-def _zrr_levels():
-    from raw2rgb.pipeline import rawio
-    return rawio.ZRR_LEVELS
-
-
 def _presets():
     from raw2rgb.model.presets import PRESETS
     return PRESETS
 
 
-def _layouts():
-    from raw2rgb.pipeline.pairs import LAYOUTS
-    return LAYOUTS
-
-
-def _saliency_methods():
-    from raw2rgb.salgan.label import SALIENCY_METHODS
-    return SALIENCY_METHODS
-
-
-def _render_methods():
-    from raw2rgb.render import RENDER_METHODS
-    return RENDER_METHODS
-
-
-def _registry_help(get, lead: str, default: str | None = None):
-    """A help line: ``lead``, then each entry's ``name: help`` from the registry ``get()`` returns."""
+def _registry_help(get, lead: str, default: bool = False):
+    """A help line: ``lead``, then each entry's ``name: help`` from the registry ``get()`` returns (and
+    its default, for an option whose own default is None)."""
     def text() -> str:
         reg = get()
-        tail = f" [default: {default or reg.default}]" if (default or reg.default) else ""
-        return f"{lead} {reg.help()}.{tail}"
+        return f"{lead} {reg.help()}." + (f" [default: {reg.default}]" if default else "")
     return text
 
 
-def zrr_levels_option(help: str):
-    return click.option("--zrr-levels", type=LazyChoice(_zrr_levels), default="liteisp", help=help)
+def from_config(tag: str, module: str, name: str, **how):
+    """``more_params`` for a command: the options of config class ``module.name`` (read when the
+    command is first parsed or shown, so its module is imported only then), each from its field's
+    declaration (``options.config_options``; ``how``: its ``rename``, ``skip`` and ``default``)."""
+    def make() -> list[click.Option]:
+        import importlib
+        return config_options(getattr(importlib.import_module(module), name), tag, **how)
+    return make
+
+
+def render_inputs() -> list[click.Option]:
+    """``more_params`` of convert and evaluate: ``--method`` (the rendering methods' registry) and one
+    option per input a method renders with (``render.inputs()``: ``--checkpoint``, ``--profile``)."""
+    from raw2rgb import render
+    return [LazyOption(["--method", "method"], type=LazyChoice(lambda: render.RENDER_METHODS),
+                       default=render.RENDER_METHODS.default,
+                       lazy_help=_registry_help(lambda: render.RENDER_METHODS, "How to render:"))] + [
+        click.Option([i.option, i.name], type=click.Path(exists=True, dir_okay=i.folder, path_type=Path), default=None,
+                     metavar=i.metavar, help=i.help) for i in render.inputs()]
+
+
+def both(*makers):
+    """``more_params`` of several makers, in order."""
+    return lambda: [option for make in makers for option in make()]
+
+
+def _taken(options: dict, names) -> dict:
+    """The values of ``names`` taken out of a command's parsed ``options``."""
+    return {name: options.pop(name) for name in names}
 
 
 # -- options every command shares, one default each -------------------------------------------------
@@ -171,31 +146,8 @@ def out_option(help: str, metavar: str = "DIR"):
                         type=click.Path(path_type=Path), callback=output_path(folder=True))
 
 
-device_option = click.option("--device", default="auto", metavar="DEV",
-                             help="auto (CUDA when present), cpu, cuda or cuda:N.")
 jobs_option = click.option("-j", "--jobs", type=click.IntRange(min=1), default=None, metavar="N",
                            help="Worker processes [default: min(4, cores)].")
-seed_option = click.option("--seed", type=click.IntRange(min=0), default=0,
-                           help="Random seed (splits, augmentation, init).")
-
-
-def batch_option(help: str = "Images per batch."):
-    return click.option("--batch-size", type=click.IntRange(min=1), default=8, metavar="N", help=help)
-
-
-def method_options(fn):
-    """``--checkpoint``, ``--profile`` and ``--method``: how convert and evaluate make their pictures."""
-    for option in reversed([
-        click.option("--checkpoint", type=click.Path(exists=True, path_type=Path), default=None, metavar="CKPT|RUN",
-                     help="A trained checkpoint, or a RUN folder (its final checkpoint)."),
-        click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-                     metavar="JSON", help="A colour profile (raw2rgb profile fit; a RUN's profile.json)."),
-        click.option("--method", type=LazyChoice(_render_methods), default=None, cls=LazyOption,
-                     lazy_help=_registry_help(_render_methods, "How to render:", "model with a checkpoint, profile "
-                                              "with a profile, else isp")),
-    ]):
-        fn = option(fn)
-    return fn
 
 
 def force_option(help: str):
@@ -276,9 +228,10 @@ class _Command(_ExamplesLast, click.Command):
 
     @property
     def params(self) -> list[click.Parameter]:
-        if self._more_params is not None:
+        if self._more_params is not None:  # after the arguments and -o, before the command's own options
             more, self._more_params = self._more_params, None
-            self._params = self._params + more()
+            at = sum(1 for p in self._params if isinstance(p, click.Argument) or "-o" in p.opts)
+            self._params = self._params[:at] + more() + self._params[at:]
         return self._params
 
     @params.setter
@@ -353,14 +306,9 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 
 # -- unpack ---------------------------------------------------------------------------------------
 
-@main.command()
+@main.command(more_params=from_config("cfg", "raw2rgb.pipeline.unpack", "UnpackConfig"))
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
-# Output
 @out_option("Output folder (packed PNGs, JSON sidecars, manifest.json).")
-@click.option("--bit-depth", type=click.Choice(["16", "8"]), default="16",
-              help="16: lossless; 8: the AIM-2019 form.")
-# ZRR PNG inputs
-@zrr_levels_option("Black/white level for ZRR mosaic PNGs: liteisp = 63/1020, pynet = 0/1020.")
 # Execution
 @jobs_option
 @force_option("Redo every file, even those up to date.")
@@ -368,8 +316,8 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
 @click.pass_obj
 @user_errors
 @backend_options
-def unpack(obj, inputs: tuple[str, ...], out_dir: Path, bit_depth: str, zrr_levels: str,
-           jobs: int | None, force: bool, overwrite: bool) -> None:
+def unpack(obj, inputs: tuple[str, ...], out_dir: Path, jobs: int | None, force: bool, overwrite: bool,
+           **options) -> None:
     """Unpack RAW files into 4-channel packed PNGs (R, G1, B, G2).
 
     INPUTS are files, folders (searched recursively) or glob patterns: any Bayer RAW LibRaw
@@ -381,38 +329,25 @@ def unpack(obj, inputs: tuple[str, ...], out_dir: Path, bit_depth: str, zrr_leve
     Example:
       raw2rgb unpack photos/ 'more/*.dng' -o packed/ -j 4
     """
-    from raw2rgb.pipeline import rawio
+    from raw2rgb import config
     from raw2rgb.pipeline import unpack as unpack_stage
-    items = unpack_stage.collect_inputs(inputs, out_dir)
-    result = unpack_stage.unpack(items, out_dir, bit_depth=int(bit_depth), zrr_levels=rawio.ZRR_LEVELS[zrr_levels],
-                                 jobs=_jobs(jobs), force=force, progress=_progress(obj["quiet"]), overwrite=overwrite)
+    cfg = config.layered(unpack_stage.UnpackConfig, [(None, given(options, "cfg"))])
+    result = unpack_stage.unpack_files(inputs, out_dir, cfg, jobs=_jobs(jobs), force=force,
+                                       progress=_progress(obj["quiet"]), overwrite=overwrite)
     click.echo(f"wrote {len(result.manifest.ok)} packed PNGs to {out_dir}", err=True)
     _finish(result)
 
 
 # -- saliency -------------------------------------------------------------------------------------
 
-@main.command()
+@main.command(more_params=from_config("cfg", "raw2rgb.salgan.methods", "SaliencyConfig"))
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
 @out_option("Output folder (saliency-NNNNN.h5 shards, manifest.json).")
-# Method
-@click.option("--method", type=LazyChoice(_saliency_methods, ("auto",)), default="auto", cls=LazyOption,
-              lazy_help=_registry_help(_saliency_methods, "auto: SalGAN when its weights are found, else spectral "
-                                       "residual (with a warning);"))
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PT",
-              help="Converted SalGAN weights [default: $RAW2RGB_SALGAN_WEIGHTS, then "
-                   "~/.cache/raw2rgb/salgan.pt].")
-# Execution
-@batch_option()
-@device_option
-@click.option("--workers", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Image-decoding processes [default: min(4, cores)].")
-@click.option("--shard-size", type=click.IntRange(min=1), default=1024, metavar="N", help="Maps per shard.")
 @force_option("Recompute every shard.")
 @click.pass_obj
 @user_errors
 @backend_options
-def saliency(obj, inputs, out_dir, method, weights, batch_size, device, workers, shard_size, force) -> None:
+def saliency(obj, inputs, out_dir, force, **options) -> None:
     """Label images with saliency maps, written as HDF5 shards.
 
     IMAGES are image files, folders (searched recursively) or glob patterns. Maps have the size
@@ -423,13 +358,10 @@ def saliency(obj, inputs, out_dir, method, weights, batch_size, device, workers,
     Example:
       raw2rgb saliency canon/ -o saliency/ --weights salgan.pt
     """
-    from raw2rgb.salgan import label
-    images = files.collect_files(inputs, label.is_image_path)
-    resolved = label.resolve_method(method, weights)
-    log.info("saliency: %d images, method %s", len(images), resolved.name)
-    result = label.label(images, out_dir, resolved, shard_size=shard_size, batch_size=batch_size,
-                         device=device, workers=workers, force=force, progress=_progress(obj["quiet"]))
-    _finish(result)
+    from raw2rgb import config
+    from raw2rgb.salgan import label, methods
+    cfg = config.layered(methods.SaliencyConfig, [(None, given(options, "cfg"))])
+    _finish(label.label_files(inputs, out_dir, cfg, force=force, progress=_progress(obj["quiet"])))
 
 
 @main.group(cls=_Group)
@@ -458,65 +390,14 @@ def import_weights(npz: Path, out: Path | None) -> None:
 
 # -- prepare --------------------------------------------------------------------------------------
 
-def _ratios(ctx, param, value: str) -> tuple[float, float, float]:
-    try:
-        parts = [float(v) for v in value.split(",")]
-    except ValueError:
-        parts = []
-    if len(parts) != 3 or not all(math.isfinite(p) and p >= 0 for p in parts) or sum(parts) <= 0:
-        raise click.BadParameter("three non-negative ratios train,val,test, e.g. 0.9,0.1,0")
-    return tuple(parts)  # type: ignore[return-value]
-
-
 def _prepare_stages():
     from raw2rgb.dataset import STAGES
     return STAGES
 
 
-@main.command()
+@main.command(more_params=from_config("cfg", "raw2rgb.prepare", "PrepareConfig", rename={"patch.size": "patch-size"}))
 @click.argument("src", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @out_option("Dataset folder: one sub-folder per stage.", metavar="DATASET")
-# Source
-@click.option("--layout", type=LazyChoice(_layouts, ("auto",)), default="auto", cls=LazyOption,
-              lazy_help=_registry_help(_layouts, "How SRC is organised (docs/data.md: layouts): auto (detected);"))
-@click.option("--pairs-csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              metavar="CSV", help="pairs layout: a CSV with columns raw,rgb[,scene], paths inside SRC.")
-@zrr_levels_option("ZRR black/white level: liteisp = 63/1020, pynet = 0/1020.")
-# Patches
-@click.option("--patch-size", type=click.IntRange(min=8), default=None, metavar="P", cls=LazyOption, lazy_help=lambda: (
-    "Patch size, packed pixels [default: the layout's: " + ", ".join(f"{n} {e.patch}" for n, e in _layouts().items())
-    + "]."))
-@click.option("--stride", type=click.IntRange(min=1), default=None, metavar="S", cls=LazyOption, lazy_help=lambda: (
-    "[default: the patch size; " + ", ".join(f"{n} half of it" for n, e in _layouts().items() if e.stride == 0.5)
-    + "]"))
-@click.option("--scale", type=click.Choice(["1", "2"]), default=None, cls=LazyOption, lazy_help=lambda: (
-    "Shards: target at packed resolution (1, the paper) or full sensor resolution (2) [default: the layout's: "
-    + ", ".join(f"{n} {e.scale}" for n, e in _layouts().items()) + "; convert writes full-resolution photos]."))
-@click.option("--copies", type=click.IntRange(1, 64), default=1, metavar="K",  # prepare.MAX_COPIES
-              help="Shards: K Bayer-safe transformed copies per patch (1: none).")
-@click.option("--crop", type=click.IntRange(min=8), default=None, metavar="C",
-              help="Shards: patch size [default: the patch size; with --copies > 1 the largest multiple of 8 "
-                   "below it].")
-@click.option("--min-score", type=float, default=0.5, metavar="NCC", help="Drop patches scoring below.")
-@click.option("--max-clipped", type=click.FloatRange(0, 1), default=1.0, metavar="FRAC",
-              help="Drop patches with more clipped RAW samples than this fraction.")
-@click.option("--min-mean", type=click.FloatRange(0, 1), default=0.0, metavar="LEVEL",
-              help="Drop patches whose mean RAW level is below.")
-@click.option("--min-inliers", type=click.IntRange(min=4), default=25, metavar="N",
-              help="Feature matches that must agree on a homography.")
-@click.option("--max-shift", type=click.FloatRange(min=0), default=2.0, metavar="PX",
-              help="Drop patches whose local alignment residual (target pixels) is larger: parallax, motion.")
-# Splits
-@click.option("--split", "split", default="0.9,0.1,0", callback=_ratios, metavar="TR,VA,TE",
-              help="Split ratios by scene.")
-@seed_option
-# Saliency
-@click.option("--saliency-method", type=LazyChoice(_saliency_methods, ("auto",)), default="auto",
-              help="See raw2rgb saliency --help.")
-@click.option("--weights", type=click.Path(dir_okay=False, path_type=Path), default=None, metavar="PT",
-              help="SalGAN weights (see raw2rgb saliency --help).")
-@device_option
-@batch_option("Saliency batch size.")
 # Execution
 @click.option("--until", type=LazyChoice(_prepare_stages), default="shards", help="Last stage to run.")
 @click.option("--force", "force", multiple=True, type=LazyChoice(_prepare_stages),
@@ -529,9 +410,7 @@ def _prepare_stages():
 @click.pass_obj
 @user_errors
 @backend_options
-def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride, scale, copies, crop, min_score,
-            max_clipped, min_mean, min_inliers, max_shift, split, seed, saliency_method, weights, device, batch_size,
-            until, force, replace_source, jobs, dry_run) -> None:
+def prepare(obj, src, out_dir, until, force, replace_source, jobs, dry_run, **options) -> None:
     """Build a paired training dataset from SRC into DATASET.
 
     Stages: unpack (RAW -> packed PNG), patches (pair, align, cut, score), saliency (maps of the
@@ -544,27 +423,12 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
       raw2rgb prepare ZRR/ -o zrr-ds --layout zrr
       raw2rgb prepare my-pairs/ -o ds --layout pairs --patch-size 224 --split 0.8,0.1,0.1
     """
+    from raw2rgb import config
     from raw2rgb import prepare as prep
-    from raw2rgb.pipeline.pairs import LAYOUTS, PatchParams
-    layout = prep.resolve_layout(src, layout)
-    scale = scale or LAYOUTS[layout].scale
-    patch_size = patch_size or LAYOUTS[layout].patch
-    stride = stride or max(1, round(patch_size * LAYOUTS[layout].stride))
-    cfg = prep.PrepareConfig(
-        src=str(src.resolve()), out=str(out_dir.resolve()), layout=layout,
-        pairs_csv=str(pairs_csv) if pairs_csv else None, zrr_levels=zrr_levels,
-        patch=PatchParams(size=patch_size, stride=stride, min_score=min_score,
-                          max_clipped=max_clipped, min_mean=min_mean, max_shift=max_shift),
-        min_inliers=min_inliers, scale=int(scale), copies=copies, crop=crop, split=split, seed=seed,
-        saliency_method=saliency_method,
-        weights=str(weights) if weights else None, device=device, batch_size=batch_size, jobs=_jobs(jobs))
+    cfg = config.layered(prep.PrepareConfig, [(None, {"src": str(src), "out": str(out_dir), "jobs": jobs,
+                                                      **given(options, "cfg")})])
     if dry_run:
-        prep.check(cfg)  # the run's own checks, in its order: the plan printed is one it accepts
-        found, unpaired = prep.plan(cfg)
-        prep.check_source(Path(cfg.out), prep.source_record(cfg, found), replace_source)
-        click.echo(json.dumps({"config": cfg.to_json(), "pairs": len(found), "unpaired": unpaired,
-                               "stages": list(prep.STAGES[: prep.STAGES.index(until) + 1]),
-                               "force": sorted(force)}, indent=1))
+        click.echo(json.dumps(prep.plan(cfg, until, frozenset(force), replace_source).to_json(), indent=1))
         return
     result = prep.run(cfg, until=until, force=frozenset(force), progress=_progress(obj["quiet"]),
                       replace_source=replace_source)
@@ -574,23 +438,17 @@ def prepare(obj, src, out_dir, layout, pairs_csv, zrr_levels, patch_size, stride
 
 # -- shards ---------------------------------------------------------------------------------------
 
-@main.command("shards")
+@main.command("shards", more_params=from_config("cfg", "raw2rgb.pipeline.shards", "ShardsConfig"))
 @click.argument("patches", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.argument("saliency_dir", metavar="SALIENCY", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @out_option("Output folder: SPLIT-NNNNN.h5, index.json, manifest.json.", metavar="SHARDS")
 @click.option("--splits", "splits_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               metavar="JSON", help="splits.json of prepare [default: PATCHES/../splits.json; else all train].")
-@click.option("--scale", type=click.Choice(["1", "2"]), default="1", help="Target at packed (1) or sensor (2) size.")
-@click.option("--copies", type=click.IntRange(1, 64), default=1, metavar="K", help="Transformed copies per patch.")
-@click.option("--crop", type=click.IntRange(min=8), default=None, metavar="C", help="Patch size in the shards.")
-@seed_option
-@click.option("--shard-size", type=click.IntRange(min=1), default=512, metavar="N", help="Patches per shard.")
 @jobs_option
 @force_option("Rewrite every shard.")
 @click.pass_obj
 @user_errors
-def shards_command(obj, patches, saliency_dir, out_dir, splits_file, scale, copies, crop, seed, shard_size, jobs,
-                   force) -> None:
+def shards_command(obj, patches, saliency_dir, out_dir, splits_file, jobs, force, **options) -> None:
     """Write training shards from a patches folder and its saliency shards.
 
     The last stage of `prepare`, on its own: per split, HDF5 shards of raw, target and saliency,
@@ -600,10 +458,11 @@ def shards_command(obj, patches, saliency_dir, out_dir, splits_file, scale, copi
     Example:
       raw2rgb shards ds/patches ds/saliency -o ds/shards-x4 --copies 4
     """
+    from raw2rgb import config
     from raw2rgb.pipeline import shards as shard_stage
-    result = shard_stage.build_from_stages(patches, saliency_dir, out_dir, splits_file=splits_file, scale=int(scale),
-                                      copies=copies, crop=crop, seed=seed, shard_size=shard_size, jobs=_jobs(jobs),
-                                      force=force, progress=_progress(obj["quiet"]))
+    cfg = config.layered(shard_stage.ShardsConfig, [(None, given(options, "cfg"))])
+    result = shard_stage.build_from_stages(patches, saliency_dir, out_dir, splits_file=splits_file, cfg=cfg,
+                                           jobs=_jobs(jobs), force=force, progress=_progress(obj["quiet"]))
     _finish(result)
 
 
@@ -611,7 +470,7 @@ def shards_command(obj, patches, saliency_dir, out_dir, splits_file, scale, copi
 
 @main.command()
 @click.argument("shards_dir", metavar="SHARDS", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@batch_option("Batch to load per split.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, metavar="N", help="Batch to load per split.")
 @user_errors
 def inspect(shards_dir: Path, batch_size: int) -> None:
     """Load a batch of every split of a shards folder and print counts, shapes and value ranges.
@@ -629,11 +488,6 @@ def inspect(shards_dir: Path, batch_size: int) -> None:
 
 # -- train ----------------------------------------------------------------------------------------
 
-def _precisions():
-    from raw2rgb.model.recipe import PRECISIONS
-    return PRECISIONS
-
-
 def _pair(ctx, param, value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -648,58 +502,27 @@ def _pair(ctx, param, value: str | None) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
-def loss_weight_options():
-    """``--NAME-weight W`` for every term of ``losses.LossWeights`` (one place lists the terms), made
-    when the train command is first parsed or shown."""
-
-    from raw2rgb.model import losses
-    return [click.Option([f"--{f.name}-weight", f"w_{f.name}"], type=click.FloatRange(min=0), default=None,
-                         metavar="W", help=f"Weight of the {f.name} term [preset's; paper {f.default:g}]."
-                         + (" 0: no VGG16 needed." if f.name == "perceptual" else ""))
-            for f in dataclasses.fields(losses.LossWeights)]
-
-
-@main.command(more_params=loss_weight_options)
+@main.command(more_params=both(
+    from_config("cfg", "raw2rgb.model.recipe", "TrainConfig", rename={"weights.*": "{}-weight"},
+                default="preset's; paper {}"),
+    from_config("rt", "raw2rgb.model.recipe", "Runtime", rename={"stages": "stage"})))
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @out_option("Run folder: config.json, stats.jsonl, checkpoints/, samples/, tensorboard/.", metavar="RUN")
 # Recipe (the run's identity)
 @click.option("--preset", type=LazyChoice(_presets), default=None, cls=LazyOption,
-              lazy_help=_registry_help(_presets, "Network and schedule:"))
+              lazy_help=_registry_help(_presets, "Network and schedule:", default=True))
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               metavar="JSON", help="TrainConfig fields as JSON (any subset; a run's config.json works): over the "
                                    "preset, under the options given.")
 @click.option("--epochs", callback=_pair, default=None, metavar="E1,E2",
               help="Epochs of stage 1 and 2 [preset's; paper 10,30].")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Batch size per process [preset's; paper code 8].")
-@click.option("--crop", type=click.IntRange(min=8), default=None, metavar="C",
-              help="Random crop of the training patches (a multiple of 8).")
-@click.option("--scale", type=click.Choice(["1", "2"]), default=None, help="Output scale [default: the shards'].")
-@click.option("--seed", type=click.IntRange(min=0), default=None,
-              help="Random seed (data order, augmentation, init) [0].")
 # Execution (not part of the run's identity)
-@click.option("--stage", "stages", type=click.Choice(["1", "2", "all"]), default="all", help="Stages to run.")
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, metavar="N",
-              help="Stop (with a checkpoint) at this global step; rerun with a larger one to go on.")
-@device_option
-@click.option("--precision", type=LazyChoice(_precisions), default="auto",
-              help="auto: bf16 autocast on CUDA, fp32 on CPU.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the networks.")
-@click.option("--workers", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Data-loading processes [default: 2 on CUDA, 0 on a CPU (they would take its cores)].")
-@click.option("--checkpoint-every", type=click.IntRange(min=1), default=500, metavar="STEPS",
-              help="Checkpoint interval (also at every epoch's end).")
-@click.option("--log-every", type=click.IntRange(min=1), default=10, metavar="STEPS", help="stats.jsonl interval.")
-@click.option("--vgg-weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-              metavar="PTH", help="VGG16 ImageNet weights [default: torchvision's cache].")
 @force_option("Start RUN over even when it holds another config or dataset (removes only what a run writes).")
 @click.option("--dry-run", is_flag=True, help="Check the dataset and options as the run does and print the resolved "
               "configuration as JSON; train nothing.")
 @click.pass_obj
 @user_errors
-def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, scale, seed, stages, max_steps,
-          device, precision, compile_, workers, checkpoint_every, log_every, vgg_weights, force, dry_run,
-          **weights) -> None:
+def train(obj, dataset, out_dir, preset, config_file, epochs, force, dry_run, **options) -> None:
     """Train the model on a prepared DATASET into RUN.
 
     Stage 1: L1 + attention loss; stage 2: + LSGAN discriminator + VGG16 perceptual loss (the
@@ -714,23 +537,14 @@ def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, 
       raw2rgb train zrr/ -o runs/paper --preset paper            # reproduce the paper
       torchrun --nproc_per_node 4 -m raw2rgb train ds/ -o runs/ddp
     """
-    changes: dict = {}
+    from raw2rgb import config
+    from raw2rgb.model import recipe
+    changes = given(options, "cfg")
     if epochs:
         changes.update(stage1_epochs=epochs[0], stage2_epochs=epochs[1])
-    changes.update({k: v for k, v in (("batch_size", batch_size), ("crop", crop), ("seed", seed)) if v is not None})
-    given_weights = {k[2:]: v for k, v in weights.items() if v is not None}
-    if given_weights:
-        changes["weights"] = given_weights
-    from raw2rgb.model import recipe
+    cfg = recipe.train_config(preset, config_file, changes, dataset=dataset)
+    rt = config.layered(recipe.Runtime, [(None, given(options, "rt"))])
     from raw2rgb.model import train as tr
-    from raw2rgb.pipeline import shards as shard_stage
-    index = shard_stage.read_index(shard_stage.shards_root(dataset))
-    out_scale = int(scale) if scale else index.scale
-    changes["generator"] = {"scale": out_scale, "binning": index.binning or 1}  # the shards' resolution
-    cfg = recipe.train_config(preset or _presets().default, config_file, changes)
-    rt = recipe.Runtime(stages=stages, device=device, precision=precision, compile=compile_, max_steps=max_steps,
-                    checkpoint_every=checkpoint_every, log_every=log_every, workers=workers,
-                    vgg_weights=str(vgg_weights) if vgg_weights else None)
     if dry_run:
         tr.check(dataset, cfg, rt)  # the run's own checks: the plan printed is one it accepts
         click.echo(json.dumps({"config": cfg.to_json(), "runtime": rt.to_json()}, indent=1))
@@ -746,32 +560,18 @@ def train(obj, dataset, out_dir, preset, config_file, epochs, batch_size, crop, 
 
 # -- convert --------------------------------------------------------------------------------------
 
-@main.command()
+@main.command(more_params=both(render_inputs, from_config("cfg", "raw2rgb.convert", "ConvertConfig")))
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @out_option("Output folder (one image per RAW file, manifest.json).")
-# Method
-@method_options
-# Tiling
-@click.option("--tile", type=click.IntRange(min=16), default=None, metavar="N",
-              help="Tile size, packed pixels [default: 512].")
-@click.option("--overlap", type=click.IntRange(min=0), default=None, metavar="N",
-              help="Tile overlap, packed pixels [default: what the model needs for tiles to match one pass, "
-                   "measured once per model].")
-# Output
-@click.option("--format", "fmt", type=click.Choice(["png", "jpg", "tiff16"]), default="png",  # convert.FORMATS
-              help="png and jpg: 8-bit sRGB; tiff16: 16-bit sRGB.")
-@click.option("--quality", type=click.IntRange(1, 100), default=95, metavar="Q", help="JPEG quality.")
-@zrr_levels_option("Black/white level for ZRR mosaic PNG inputs.")
 # Execution
-@device_option
+@click.option("--device", default="auto", metavar="DEV", help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @jobs_option
 @force_option("Convert every file, even those up to date.")
 @overwrite_option
 @click.pass_obj
 @user_errors
 @backend_options
-def convert(obj, inputs, out_dir, checkpoint, profile, method, tile, overlap, fmt, quality, zrr_levels, device,
-            jobs, force, overwrite) -> None:
+def convert(obj, inputs, out_dir, device, jobs, force, overwrite, **options) -> None:
     """Convert RAW files to full-resolution RGB images.
 
     INPUTS are files, folders (searched recursively) or glob patterns of any Bayer RAW (DNG, CR2,
@@ -788,29 +588,24 @@ def convert(obj, inputs, out_dir, checkpoint, profile, method, tile, overlap, fm
       raw2rgb convert shoot/ -o out/ --profile runs/mine/profile.json
     """
     from raw2rgb import convert as conv
-    from raw2rgb.pipeline import rawio
-    from raw2rgb.pipeline import unpack as unpack_stage
-    cfg = conv.resolve(method, checkpoint, profile, tile=tile or conv.TILE, overlap=overlap, format=fmt,
-                       quality=quality, zrr_levels=rawio.ZRR_LEVELS[zrr_levels])
-    items = unpack_stage.collect_inputs(inputs, out_dir)
-    result = conv.convert(items, out_dir, cfg, device=device, jobs=_jobs(jobs),
-                          force=force, progress=_progress(obj["quiet"]), overwrite=overwrite)
+    from raw2rgb import render
+    method = options.pop("method")
+    given_inputs = _taken(options, [i.name for i in render.inputs()])
+    cfg, result = conv.convert_files(inputs, out_dir, method, device=device, jobs=_jobs(jobs), force=force,
+                                     progress=_progress(obj["quiet"]), overwrite=overwrite, **given_inputs,
+                                     **given(options, "cfg"))
     click.echo(conv.summary_line(cfg.method, result, out_dir), err=True)
     _finish(result)
 
 
 # -- evaluate -------------------------------------------------------------------------------------
 
-@main.command()
+@main.command(more_params=both(from_config("cfg", "raw2rgb.render", "ScoreConfig"), render_inputs))
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", help="Split to evaluate.")
-@method_options
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path), default=None, callback=output_path(True),
               metavar="DIR", help="Write per_image.csv and summary.json here.")
-@batch_option()
-@device_option
 @user_errors
-def evaluate(dataset, split, checkpoint, profile, method, out_dir, batch_size, device) -> None:
+def evaluate(dataset, out_dir, **options) -> None:
     """PSNR, SSIM and colour-corrected PSNR on a split of a prepared DATASET.
 
     PSNR as in the paper (255 scale, per image, averaged); SSIM with a Gaussian window (as
@@ -824,10 +619,12 @@ def evaluate(dataset, split, checkpoint, profile, method, out_dir, batch_size, d
       raw2rgb evaluate ds/ --method isp
       raw2rgb evaluate ds/ --profile runs/mine/profile.json
     """
+    from raw2rgb import config, render
     from raw2rgb.model import evaluate as ev
-    from raw2rgb.render import default_method
-    method = method or default_method(checkpoint, profile)
-    result = ev.evaluate(dataset, split, checkpoint, method, device, batch_size, profile=profile)
+    cfg = config.layered(render.ScoreConfig, [(None, given(options, "cfg"))])
+    method = options.pop("method")
+    result = ev.evaluate(dataset, cfg.split, method=method, device=cfg.device, batch_size=cfg.batch_size,
+                         **_taken(options, [i.name for i in render.inputs()]))
     if out_dir:
         ev.write(result, out_dir)
     click.echo(json.dumps(result.summary, indent=1))
@@ -835,37 +632,17 @@ def evaluate(dataset, split, checkpoint, profile, method, out_dir, batch_size, d
 
 # -- profile --------------------------------------------------------------------------------------
 
-def _profile_module():
-    from raw2rgb.pipeline import profile as colour_profile
-    return colour_profile
-
-
-def _wb_rules():
-    from raw2rgb.pipeline import whitebalance
-    return whitebalance.RULES
-
-
 @main.group(cls=_Group)
 def profile() -> None:
     """Colour profiles: the classical rendering → a target camera's look, fitted in seconds."""
 
 
-@profile.command("fit")
+@profile.command("fit", more_params=from_config("cfg", "raw2rgb.pipeline.profile_fit", "FitConfig"))
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), metavar="JSON",
               callback=output_path(False), help="The profile file to write.")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="train", help="Split to fit on.")
-@click.option("--model", type=LazyChoice(lambda: _profile_module().MODELS), default="poly3",
-              help="poly3: a cubic polynomial per channel (20 terms); lut: a 3-D lookup table (docs/benchmarks.md "
-                   "compares them).")
-@click.option("--lut-size", type=click.IntRange(min=2, max=33), default=9,  # profile.DEFAULT_LUT_SIZE
-              metavar="N", help="lut: nodes per axis.")
-@click.option("--white-balance", type=LazyChoice(_wb_rules), default="dataset",  # whitebalance.DEFAULT_RULE
-              show_default=True, help="For RAW files without a white balance (ZRR mosaics): dataset (one grey world "
-                                      "over the train split) or frame-* (an estimate over each whole frame); recorded "
-                                      "in the profile, which convert and evaluate follow (docs/training.md).")
 @user_errors
-def profile_fit(dataset, out, split, model, lut_size, white_balance) -> None:
+def profile_fit(dataset, out, **options) -> None:
     """Fit a colour profile on a split of a prepared DATASET and save it as JSON.
 
     Each patch is rendered by the classical pipeline with its RAW file's white balance and colour
@@ -878,11 +655,14 @@ def profile_fit(dataset, out, split, model, lut_size, white_balance) -> None:
       raw2rgb profile fit ds/ -o look.json
       raw2rgb convert shoot/ -o out/ --profile look.json
     """
-    colour_profile = _profile_module()
-    fitted = colour_profile.fit_dataset(dataset, split, model, lut_size, white_balance_rule=white_balance)
+    from raw2rgb import config
+    from raw2rgb.pipeline import profile as colour_profile
+    from raw2rgb.pipeline import profile_fit
+    cfg = config.layered(profile_fit.FitConfig, [(None, given(options, "cfg"))])
+    fitted = profile_fit.fit_on(dataset, cfg)
     colour_profile.save(fitted, out)
     click.echo(f"wrote {out}: {fitted.model} profile, scale {fitted.scale}, {fitted.fitted_on['samples']} samples "
-               f"of {split}, fit PSNR {fitted.fitted_on['fit_psnr']:.2f} dB, cameras: "
+               f"of {cfg.split}, fit PSNR {fitted.fitted_on['fit_psnr']:.2f} dB, cameras: "
                f"{', '.join(fitted.cameras) or 'unknown'}, white balance: {fitted.white_balance.describe()}", err=True)
 
 
@@ -930,7 +710,7 @@ def _captioned(ctx, param, values) -> list[tuple[str, Path]]:
 @click.option("--dataset", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A prepared DATASET: adds held-out samples (RAW | classical | model | target | saliency) and "
                    "the metrics of the model and of the classical pipeline.")
-@click.option("--split", type=click.Choice(["train", "val", "test"]), default="val", help="Held-out split.")
+@click.option("--split", type=click.Choice(SPLITS), default="val", help="Held-out split.")
 @click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               metavar="JSON", help="A fitted colour profile: shown and scored beside the model [default: the run's "
                                    "profile.json, when it has one].")
@@ -947,9 +727,6 @@ def report(run_dir, dataset, split, profile, images, out) -> None:
       raw2rgb report runs/paper --dataset ds/ -o runs/paper/report.html
     """
     from raw2rgb.model import report as rep
-    from raw2rgb.model import run
-    if profile is None and (run_dir / run.PROFILE).is_file():
-        profile = run_dir / run.PROFILE
     path = rep.write_report(run_dir, out, dataset, split, list(images), profile=profile)
     sheet = path.with_suffix(".png")  # none for an empty split: the page says so instead
     click.echo(f"wrote {path}" + (f" and {sheet}" if dataset and f'src="{sheet.name}"' in path.read_text() else ""))
@@ -957,44 +734,10 @@ def report(run_dir, dataset, split, profile, images, out) -> None:
 
 # -- synth ----------------------------------------------------------------------------------------
 
-def _synth():
-    from raw2rgb.pipeline import synth as virtual_camera
-    return virtual_camera
-
-
-@main.command()
+@main.command(more_params=from_config("cfg", "raw2rgb.pipeline.synth", "SynthConfig"))
 @out_option("Where to write the DNGs.")
-@click.option("--size", type=(click.IntRange(64, 8192), click.IntRange(64, 8192)), default=None,  # synth.MAX_SIDE
-              metavar="H W",
-              help="Sensor size in pixels, 64 to 8192 per side [default: 512 768; --zrr: 896 1344; "
-                   "--shoot: 2592 3888].")
-@click.option("--pairs", is_flag=True,
-              help="A two-camera dataset: every bundled scene and a colour chart, each JPEG rendered by another "
-                   "camera with its own look (what the demo trains on).")
-@click.option("--look", type=LazyChoice(lambda: _synth().LOOKS), default="plain",
-              help="--pairs: the other camera's look: plain (colour and tone) or dslr (also hue-dependent colour, "
-                   "sharpening, local contrast).")
-@click.option("--phone", is_flag=True, help="--pairs: the RAW from a small-sensor phone (lens blur, vignetting, "
-                                             "more noise).")
-@click.option("--zrr", is_flag=True, help="A ZRR-layout dataset: the phone's RAW as 10-bit one-plane PNG mosaics "
-                                           "without metadata and the other camera's JPEG, cut into aligned crops "
-                                           "(train|test/huawei_raw/N.png, canon/N.jpg; chelsea in test/).")
-@click.option("--light", type=LazyChoice(lambda: _synth().LIGHTS), default="steady", show_default=True,
-              help="--zrr: one light for every scene, or each scene under its own (the RAW carries its cast; the "
-                   "other camera white-balances on its own).")
-@click.option("--crop", type=click.IntRange(min=16), default=None, cls=LazyOption,
-              lazy_help=lambda: f"--zrr: crop size in sensor pixels (even) [default: {_synth().ZRR_CROP}].",
-              metavar="N")
-@click.option("--shoot", is_flag=True, help="A photographer's shoot: one camera's frame and its own JPEG, rendered "
-                                             "with --look (default here: dslr) and made --jpeg-scale times smaller, "
-                                             "as an M/S-size or embedded JPEG is.")
-@click.option("--jpeg-scale", type=click.FloatRange(1.0, 16.0), default=3.2, show_default=True, metavar="F",
-              help="--shoot: how much smaller the JPEG is than the sensor (the A7R III's preview: 3.2).")
-@click.option("--embedded", is_flag=True, help="--shoot: the JPEG inside each DNG (its preview), none beside it.")
-@seed_option
 @user_errors
-def synth(out_dir: Path, size: tuple[int, int] | None, pairs: bool, look: str, phone: bool, zrr: bool, light: str,
-          crop: int, shoot: bool, jpeg_scale: float, embedded: bool, seed: int) -> None:
+def synth(out_dir: Path, **options) -> None:
     """Write sample DNGs from a virtual camera, each with a JPEG beside it.
 
     Default: one DNG per CFA pattern with the camera's own JPEG. --pairs: every colour scene
@@ -1009,32 +752,11 @@ def synth(out_dir: Path, size: tuple[int, int] | None, pairs: bool, look: str, p
       raw2rgb synth -o zrr-like/ --zrr --light varying
       raw2rgb synth -o shoot/ --shoot --embedded                  # RAW alone, its JPEG inside
     """
-    virtual_camera = _synth()
-    if shoot:
-        looks = click.get_current_context().get_parameter_source("look") == click.core.ParameterSource.DEFAULT
-        made = virtual_camera.camera_shoot(out_dir, size=size or (2592, 3888), jpeg_scale=jpeg_scale,
-                                           embedded=embedded, seed=seed,
-                                           look=virtual_camera.LOOKS["dslr" if looks else look])
-        for p in made:
-            click.echo(str(p))
-        return
-    crop = crop or virtual_camera.ZRR_CROP
-    if zrr:
-        if crop % 2:
-            raise click.BadParameter(f"{crop}: the crops keep the mosaic's RGGB phase, so an even size",
-                                     param_hint="--crop")
-        size = size or (896, 1344)
-        if crop > min(size):
-            raise click.BadParameter(f"{crop} is larger than the frame {size[0]}×{size[1]}", param_hint="--crop")
-        records = virtual_camera.zrr_dataset(out_dir, size=size, crop=crop, seed=seed, look=virtual_camera.LOOKS[look],
-                                             light=light)
-        click.echo(f"wrote {len(records)} crops to {out_dir} (zrr layout, {light} light)")
-        return
-    size = size or (512, 768)
-    made = virtual_camera.paired_dngs(out_dir, size=size, seed=seed, look=virtual_camera.LOOKS[look], phone=phone) \
-        if pairs else virtual_camera.sample_dngs(out_dir, size=size, seed=seed)
-    for p in made:
-        click.echo(str(p))
+    from raw2rgb import config
+    from raw2rgb.pipeline import synth as virtual_camera
+    cfg = config.layered(virtual_camera.SynthConfig, [(None, given(options, "cfg"))])
+    for line in virtual_camera.write(out_dir, cfg):
+        click.echo(line)
 
 
 if __name__ == "__main__":

@@ -39,21 +39,35 @@ class FieldError(ConfigError):
 
 def checked(default: Any = dataclasses.MISSING, *, min: float | None = None, max: float | None = None,
             above: float | None = None, below: float | None = None, choices: Iterable[Any] | None = None,
-            rule: tuple[Callable[[Any], bool], str] | None = None, **kw: Any) -> Any:
+            rule: tuple[Callable[[Any], bool], str] | None = None, help: str | None = None,
+            metavar: str | None = None, option: bool = True, **kw: Any) -> Any:
     """A dataclass field with the values it accepts: ``min``/``max`` inclusive, ``above``/``below``
     exclusive (each element of a tuple), ``choices``, or ``rule`` (a predicate on the whole value
-    and what it asks for in words). ``None`` is always accepted where the type allows it."""
+    and what it asks for in words). ``None`` is always accepted where the type allows it.
+
+    The same declaration is the field's command-line option (``cli_options.py`` makes it): ``help``
+    is its help line (without the default and range, which are added from the field), ``metavar``
+    the placeholder shown for its value, and ``option=False`` marks a field that is deliberately no
+    option (resolved by the library, or set only through a preset or a config file)."""
     meta = {k: v for k, v in (("min", min), ("max", max), ("above", above), ("below", below),
                               ("rule", rule)) if v is not None}
     if choices is not None:  # a registry stays live: an entry added later is accepted
         meta["choices"] = choices if isinstance(choices, Registry) else tuple(choices)
-    return dataclasses.field(default=default, metadata={"accepts": meta}, **kw)
+    shown = {"help": help or "", "metavar": metavar, "option": option}
+    return dataclasses.field(default=default, metadata={"accepts": meta, "option": shown}, **kw)
+
+
+def field_option(f: dataclasses.Field) -> dict[str, Any]:
+    """How a field is shown as an option: ``help``, ``metavar``, ``option`` (see :func:`checked`); a
+    field declared without :func:`checked` is an option with no help line."""
+    return dict(f.metadata.get("option", {"help": "", "metavar": None, "option": True}))
 
 
 def accepted(name: str, meta: dict[str, Any]) -> str:
     """What a field accepts, in words: ``batch_size >= 1``, ``0 <= ema < 1``, ``one of step, cosine``."""
     if "choices" in meta:
-        return "one of " + ", ".join(str(c) for c in meta["choices"])
+        choices = meta["choices"]
+        return "one of " + ", ".join(str(c) for c in (choices.choices() if isinstance(choices, Registry) else choices))
     lo = f"{meta['min']:g} <= " if "min" in meta else f"{meta['above']:g} < " if "above" in meta else ""
     hi = f" <= {meta['max']:g}" if "max" in meta else f" < {meta['below']:g}" if "below" in meta else ""
     if lo and not hi:  # one bound reads better with the name first: batch_size >= 1

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,13 +28,11 @@ from raw2rgb.config import JsonConfig, checked
 from raw2rgb.device import resolve_device
 from raw2rgb.errors import InputError
 from raw2rgb.files import atomic_path, file_sha256
-from raw2rgb.model import run
-from raw2rgb.model.infer import TileConfig, load_generator, needed_overlap, plan_overlap
-from raw2rgb.model.renderers import depth
 from raw2rgb.pipeline import metadata, rawio
 from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline.stage import Context, Deferred, Item, ItemError, Stage, StageResult, run_stage
-from raw2rgb.render import RENDER_METHODS, default_method, source
+from raw2rgb.pipeline.unpack import collect_inputs
+from raw2rgb.render import RENDER_METHODS, inputs, pick
 
 log = logging.getLogger(__name__)
 
@@ -45,19 +44,22 @@ TILE = 512  # the default tile, packed pixels: memory bounded, few tiles per fra
 class ConvertConfig(JsonConfig):
     """Everything that decides the output pixels (the stage's params), plus where to run."""
 
-    method: str = checked("isp", choices=RENDER_METHODS)
-    checkpoint: str | None = None
-    checkpoint_sha256: str | None = None
-    profile: str | None = None
-    profile_sha256: str | None = None
-    tile: int = checked(TILE, min=16)
-    overlap: int | None = checked(None, min=0)  # None: what the model needs (infer.needed_overlap)
-    stats_pixels: int = checked(1 << 20, min=1)
-    precision: str = checked("fp32", choices=("fp32", "bf16"))  # the model's arithmetic: bf16 autocast on CUDA
-    # (other pixels, so part of the key)
-    format: str = checked("png", choices=FORMATS)
-    quality: int = checked(95, min=1, max=100)
-    zrr_levels: tuple[float, float] = rawio.ZRR_LEVELS[rawio.ZRR_DEFAULT_LEVELS]
+    # resolved from convert's --method and the input given (``auto`` is no method: :func:`resolve`)
+    method: str = checked("isp", rule=(lambda m: m in list(RENDER_METHODS), "a registered rendering method"),
+                          option=False)
+    source: str | None = checked(None, option=False)  # the file the method renders with (render.RenderInput)
+    source_sha256: str | None = checked(None, option=False)
+    tile: int = checked(TILE, min=16, metavar="N", help="Tile size, packed pixels.")
+    overlap: int | None = checked(None, min=0, metavar="N", help="Tile overlap, packed pixels (a multiple of 8) "
+                                  "[default: what the model needs for tiles to match one pass, measured once per "
+                                  "model].")
+    stats_pixels: int = checked(1 << 20, min=1, option=False)  # pixels of a frame's normalisation statistics
+    # the model's arithmetic: bf16 autocast on CUDA (other pixels, so part of the key); resolved from the device
+    precision: str = checked("fp32", choices=("fp32", "bf16"), option=False)
+    format: str = checked("png", choices=FORMATS, help="png and jpg: 8-bit sRGB; tiff16: 16-bit sRGB.")
+    quality: int = checked(95, min=1, max=100, metavar="Q", help="JPEG quality.")
+    zrr_levels: str = checked(rawio.ZRR_DEFAULT_LEVELS, choices=rawio.ZRR_LEVELS,
+                              help="Black/white level for ZRR mosaic PNG inputs: liteisp = 63/1020, pynet = 0/1020.")
 
 
 def write_image(path: Path, rgb: np.ndarray, fmt: str, quality: int = 95,
@@ -66,6 +68,8 @@ def write_image(path: Path, rgb: np.ndarray, fmt: str, quality: int = 95,
     already quantised to the format's depth (:func:`quantise`). Every file carries the sRGB ICC
     profile and EXIF: the RAW's fields in ``exif`` (date, exposure, lens), Orientation 1 (the
     pixels are upright), raw2rgb as the software."""
+    from raw2rgb.model.renderers import depth
+
     top, dtype = depth(fmt)
     if rgb.dtype != dtype:
         rgb = np.rint(np.clip(rgb, 0, 1) * top).astype(dtype)
@@ -93,7 +97,7 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
     cfg = ConvertConfig.from_json(dict(ctx.params))
     src = item.inputs[0]
     try:
-        frame = rawio.read_raw(src, zrr_levels=cfg.zrr_levels)
+        frame = rawio.read_raw(src, zrr_levels=rawio.ZRR_LEVELS[cfg.zrr_levels])
         packed = frame.packed(np.float32)
     except rawio.RawReadError as e:
         raise ItemError(str(e)) from None
@@ -105,8 +109,9 @@ def convert_item(item: Item, ctx: Context) -> tuple[list[str], dict]:
         info["warning"] = (f"{src}: no signal (every sample at or below the black level): a metadata-only or blank "
                            "file? the image is black")
         log.warning("%s", info["warning"])
-    renderer = RENDER_METHODS[cfg.method].open(ctx.options[RENDER_METHODS[cfg.method].needs or "none"],
-                                               ctx.options["device"])
+    from raw2rgb.model.infer import TileConfig
+
+    renderer = RENDER_METHODS[cfg.method].open(ctx.options["source"], ctx.options["device"])
     try:
         rgb = renderer.frame(frame, packed, info, fmt=cfg.format, tiles=TileConfig(
             tile=cfg.tile, overlap=cfg.overlap, stats_pixels=cfg.stats_pixels,
@@ -156,32 +161,32 @@ def convert_names(item: Item, params) -> list[str]:
 CONVERT = Stage("convert", 3, convert_item, deferred=True, keeps_others=True, names=convert_names)
 
 
-def resolve(method: str | None, checkpoint: os.PathLike | str | None, profile: os.PathLike | str | None = None,
-            **options: Any) -> ConvertConfig:
-    """The config for ``--method``/``--checkpoint``/``--profile``: ``model`` when a checkpoint is
-    given, ``profile`` when a profile is, else ``isp``.
+def resolve(method: str | None = None, checkpoint: os.PathLike | str | None = None, **options: Any) -> ConvertConfig:
+    """The config for ``--method`` (None: ``auto``, the first method whose input is given, else
+    ``isp``) and the inputs given, by name (``checkpoint``, ``profile=``: ``render.inputs()``); the
+    other ``options`` are ConvertConfig's fields.
 
     Raises:
         InputError: a method without what it needs, or a bad option.
         RunError, CheckpointError, ProfileError: a checkpoint or profile that is not one.
     """
-    method = method or default_method(checkpoint, profile)
-    given = source(method, checkpoint, profile, "convert")
+    given = {"checkpoint": checkpoint, **{i.name: options.pop(i.name) for i in inputs() if i.name in options}}
+    method, source = pick(method, given, "convert")
     if options.get("format", "png") not in FORMATS:
         raise InputError(f"unknown format {options['format']!r} ({', '.join(FORMATS)})")
-    pixels = {k: v for k, v in options.items() if k in ("format", "quality", "zrr_levels")}
-    needs = RENDER_METHODS[method].needs
-    if needs == "profile":
-        colour_profile.check_compatible(colour_profile.load(given), given, scale=2)  # convert writes scale 2
-        return ConvertConfig(method=method, profile=str(Path(given).resolve()), profile_sha256=file_sha256(given),
-                             **pixels)
-    if needs != "checkpoint":
-        return ConvertConfig(method=method, **pixels)
-    TileConfig(tile=options.get("tile", TILE), overlap=0).check()
+    found = {"source": source, "source_sha256": file_sha256(source) if source else None}
+    if not RENDER_METHODS[method].device:  # read now (cheap on the CPU): a bad file is refused before any frame
+        renderer = RENDER_METHODS[method].open(source, None)
+        if hasattr(renderer, "check"):
+            renderer.check(scale=2)  # the classical frame is at full sensor resolution
+        return ConvertConfig(method=method, **found,
+                             **{k: v for k, v in options.items() if k in ("format", "quality", "zrr_levels")})
+    from raw2rgb.model.infer import TileConfig
+
+    TileConfig(tile=options.get("tile", TILE), overlap=0).check()  # a network's tiles: planned in convert()
     if (options.get("overlap") or 0) % 8:
         raise InputError(f"--overlap {options['overlap']}: a non-negative multiple of 8")
-    path = run.checkpoint_file(given)
-    return ConvertConfig(method=method, checkpoint=str(path), checkpoint_sha256=file_sha256(path), **options)
+    return ConvertConfig(method=method, **found, **options)
 
 
 def convert(items: list[Item], out_dir: os.PathLike | str, cfg: ConvertConfig, device: str = "auto",
@@ -193,16 +198,29 @@ def convert(items: list[Item], out_dir: os.PathLike | str, cfg: ConvertConfig, d
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{out_dir}: the output folder is a file")
-    dev = resolve_device(device) if RENDER_METHODS[cfg.method].needs == "checkpoint" else None
+    dev = resolve_device(device) if RENDER_METHODS[cfg.method].device else None
     if dev is not None:
-        g, _ = load_generator(cfg.checkpoint, dev)
-        need, errors = needed_overlap(g, cfg.checkpoint_sha256 or "", dev)
+        from raw2rgb.model.infer import load_generator, needed_overlap, plan_overlap
+
+        g, _ = load_generator(cfg.source, dev)
+        need, errors = needed_overlap(g, cfg.source_sha256 or "", dev)
         tile, overlap = plan_overlap(cfg.tile, cfg.overlap, need, errors)
         cfg = dataclasses.replace(cfg, tile=tile, overlap=overlap, precision="bf16" if dev.type == "cuda" else "fp32")
         jobs = 1  # one process runs the model (and owns the GPU)
     params = cfg.to_json()
-    params.pop("checkpoint")  # the paths may move; the sha256 is what matters
-    params.pop("profile")
-    options = {"device": dev, "checkpoint": cfg.checkpoint, "profile": cfg.profile, "none": None}
+    params.pop("source")  # the path may move; the sha256 is what matters
+    options = {"device": dev, "source": cfg.source}
     return run_stage(CONVERT, items, out_dir, params, jobs=jobs, force=force, progress=progress, options=options,
                      overwrite=overwrite)
+
+
+def convert_files(inputs: Iterable[str], out_dir: os.PathLike | str, method: str | None = None, *,
+                  device: str = "auto", jobs: int = 1, force: bool = False, progress=None, overwrite: bool = False,
+                  **options: Any) -> tuple[ConvertConfig, StageResult]:
+    """``raw2rgb convert``: the RAW files among ``inputs`` (files, folders, glob patterns) converted into
+    ``out_dir`` by ``method`` (None: ``auto``) with what it renders with (``checkpoint=``,
+    ``profile=``: :func:`render.inputs`) and ConvertConfig's other fields as ``options``
+    (:func:`resolve`, :func:`convert`). Returns the config used and the stage's result."""
+    cfg = resolve(method, **options)
+    return cfg, convert(collect_inputs(inputs, out_dir), out_dir, cfg, device=device, jobs=jobs, force=force,
+                        progress=progress, overwrite=overwrite)

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from raw2rgb.config import JsonConfig, checked
-from raw2rgb.dataset import SOURCE, SPLITS, SPLITS_FILE, STAGES, SUMMARY, stage_folder
+from raw2rgb.dataset import PREPARE, SOURCE, SPLITS, SPLITS_FILE, STAGES, SUMMARY, stage_folder
 from raw2rgb.device import resolve_device
 from raw2rgb.errors import InputError
 from raw2rgb.files import FolderLock, write_json
@@ -36,39 +36,48 @@ from raw2rgb.pipeline import unpack as unpack_stage
 from raw2rgb.pipeline.pairs import PairError
 from raw2rgb.pipeline.shards import patch_id
 from raw2rgb.pipeline.stage import Item, Stage, StageResult, distributed, remove_outputs, run_stage
-from raw2rgb.salgan import label
+from raw2rgb.salgan.methods import SALIENCY_METHODS, resolve_method
 
 log = logging.getLogger(__name__)
 
 
-
-MAX_COPIES = 64
-
-
 @dataclass(frozen=True)
 class PrepareConfig(JsonConfig):
-    """Everything ``prepare`` does, resolved; saved as DATASET/prepare.json."""
+    """Everything ``prepare`` does; saved resolved (:func:`resolve`) as DATASET/prepare.json. Its
+    fields are ``raw2rgb prepare``'s options."""
 
-    src: str
-    out: str
-    layout: str = checked(choices=pairs_mod.LAYOUTS)  # a registered layout
-    pairs_csv: str | None = None
-    zrr_levels: str = checked(rawio.ZRR_DEFAULT_LEVELS, choices=rawio.ZRR_LEVELS)
+    src: str = checked(option=False)  # prepare's arguments
+    out: str = checked(option=False)
+    # Source
+    layout: str = checked("auto", choices=pairs_mod.LAYOUTS,
+                          help="How SRC is organised (docs/data.md: layouts):")
+    pairs_csv: str | None = checked(None, metavar="CSV",
+                                    help="pairs layout: a CSV with columns raw,rgb[,scene], paths inside SRC.")
+    zrr_levels: str = checked(rawio.ZRR_DEFAULT_LEVELS, choices=rawio.ZRR_LEVELS,
+                              help="ZRR black/white level: liteisp = 63/1020, pynet = 0/1020.")
+    # Patches
     patch: pairs_mod.PatchParams = field(default_factory=pairs_mod.PatchParams)
-    min_inliers: int = checked(25, min=4)
-    scale: int = checked(1, choices=(1, 2))  # output scale of the training shards
-    # offline augmentation: transformed copies per patch (1: none); 8 holds every flip and transpose, and memory and
-    # disk grow with each copy (100000 took 23 GB before writing anything)
-    copies: int = checked(1, min=1, max=MAX_COPIES)
-    crop: int | None = checked(None, min=8)  # shard patch size [default: patch size, or the largest 8k below]
-    split: tuple[float, float, float] = checked((0.9, 0.1, 0.0), min=0, rule=(lambda r: sum(r) > 0, "a sum above 0"))
-    seed: int = checked(0, min=0)
-    saliency_method: str = checked(label.AUTO, rule=(lambda m: m in label.method_choices(),
-                                                     "auto or a registered saliency method"))
-    weights: str | None = None
-    device: str = "auto"
-    batch_size: int = checked(8, min=1)
-    jobs: int = checked(1, min=1)
+    min_inliers: int = checked(25, min=4, metavar="N", help="Feature matches that must agree on a homography.")
+    # Shards
+    scale: int | None = checked(None, choices=(1, 2), help="Shards: target at packed resolution (1, the paper) or "
+                                "full sensor resolution (2) [default: the layout's; convert writes full-resolution "
+                                "photos].")
+    # memory and disk grow with each copy (100000 took 23 GB before writing anything)
+    copies: int = checked(1, min=1, max=shards.MAX_COPIES, metavar="K",
+                          help="Shards: K Bayer-safe transformed copies per patch (1: none; 8 holds every flip and "
+                               "transpose).")
+    crop: int | None = checked(None, min=8, metavar="C", help="Shards: patch size [default: the patch size; with "
+                               "--copies > 1 the largest multiple of 8 below it].")
+    # Splits
+    split: tuple[float, float, float] = checked((0.9, 0.1, 0.0), min=0, rule=(lambda r: sum(r) > 0, "a sum above 0"),
+                                                metavar="TR,VA,TE", help="Split ratios by scene.")
+    seed: int = checked(0, min=0, help="Random seed (splits, augmentation).")
+    # Saliency
+    saliency_method: str = checked("auto", choices=SALIENCY_METHODS, help="How to compute the maps:")
+    weights: str | None = checked(None, metavar="PT", help="SalGAN weights (see raw2rgb saliency --help).")
+    device: str = checked("auto", metavar="DEV", help="auto (CUDA when present), cpu, cuda or cuda:N.")
+    batch_size: int = checked(8, min=1, metavar="N", help="Saliency batch size.")
+    jobs: int | None = checked(None, min=1, option=False)  # the CLI's -j; None: min(4, cores)
 
 
 def _hash_position(scene: str, seed: int) -> float:
@@ -206,12 +215,51 @@ def check(cfg: PrepareConfig) -> None:
                          + (" (transformed copies lose one pixel)" if cfg.copies > 1 else ""))
 
 
-def resolve_layout(src: Path, layout: str) -> str:
-    return pairs_mod.detect_layout(src) if layout == "auto" else layout
+def resolve(cfg: PrepareConfig) -> PrepareConfig:
+    """The config a run uses: paths absolute, the layout detected when ``auto``, and where the config
+    leaves them to the layout, its output scale, patch size and stride; jobs ``min(4, cores)``.
+
+    Raises:
+        PairError: ``auto`` and SRC looks like no layout.
+    """
+    src, out = Path(cfg.src).resolve(), Path(cfg.out).resolve()
+    layout = pairs_mod.LAYOUTS.resolve(cfg.layout, src)
+    entry = pairs_mod.LAYOUTS[layout]
+    size = cfg.patch.size or entry.patch
+    patch = dataclasses.replace(cfg.patch, size=size, stride=cfg.patch.stride or max(1, round(size * entry.stride)))
+    return dataclasses.replace(cfg, src=str(src), out=str(out), layout=layout, patch=patch,
+                               scale=cfg.scale or int(entry.scale), jobs=cfg.jobs or default_jobs())
 
 
-def plan(cfg: PrepareConfig) -> tuple[list[pairs_mod.Pair], list[str]]:
-    return pairs_mod.find_pairs(cfg.src, cfg.layout, cfg.pairs_csv)
+@dataclass
+class Plan:
+    """What a run of ``prepare`` would do (``prepare --dry-run`` prints it): the resolved config, the
+    pairs found, the files without a partner, the stages to run and those forced."""
+
+    config: PrepareConfig
+    pairs: list[pairs_mod.Pair]
+    unpaired: list[str]
+    stages: tuple[str, ...]
+    force: frozenset[str] = frozenset()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"config": self.config.to_json(), "pairs": len(self.pairs), "unpaired": self.unpaired,
+                "stages": list(self.stages), "force": sorted(self.force)}
+
+
+def plan(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = frozenset(),
+         replace_source: bool = False) -> Plan:
+    """The run's own checks, in its order, and what it would do; nothing is written, so a plan that is
+    returned is one :func:`run` accepts.
+
+    Raises:
+        InputError, PairError, DeviceError: what :func:`run` would refuse.
+    """
+    cfg = resolve(cfg)
+    check(cfg)
+    found, unpaired = pairs_mod.find_pairs(cfg.src, cfg.layout, cfg.pairs_csv)
+    check_source(Path(cfg.out), source_record(cfg, found), replace_source)
+    return Plan(cfg, found, unpaired, STAGES[: STAGES.index(until) + 1], frozenset(force))
 
 
 def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = frozenset(),
@@ -224,6 +272,7 @@ def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = froze
         PairError: no pairs for the layout, or no patch kept (nothing to train on).
         InputError: options whose shards could not be trained on; DATASET built from another SRC.
     """
+    cfg = resolve(cfg)
     check(cfg)
     out = Path(cfg.out)
     with FolderLock(out, "raw2rgb prepare"):
@@ -232,7 +281,7 @@ def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = froze
 
 def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progress,
          replace_source: bool) -> PrepareResult:
-    found, unpaired = plan(cfg)
+    found, unpaired = pairs_mod.find_pairs(cfg.src, cfg.layout, cfg.pairs_csv)
     if not found:
         first = f", e.g. {unpaired[0]}" if unpaired else ""  # a CSV whose every row was refused says why
         raise PairError(f"{cfg.src}: no pairs found for layout {cfg.layout} ({len(unpaired)} files without a "
@@ -241,7 +290,7 @@ def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progr
     if check_source(out, source, replace_source):  # before anything is written: a refusal destroys nothing
         remove_old_source(out)
     write_json(out / SOURCE, source)
-    write_json(out / "prepare.json", cfg.to_json())
+    write_json(out / PREPARE, cfg.to_json())
     stages: dict[str, StageResult] = {}
     wanted = set(STAGES[: STAGES.index(until) + 1])
 
@@ -264,7 +313,9 @@ def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progr
     if "saliency" in wanted:  # saliency of every kept target patch
         images = [(patch_id(rel), str(stage_folder(out, "patches") / rel))
                   for r in stages["patches"].manifest.ok for rel in r.outputs if rel.startswith("rgb/")]
-        method = label.resolve_method(cfg.saliency_method, cfg.weights)
+        from raw2rgb.salgan import label  # torch: imported when the saliency stage runs
+
+        method = resolve_method(cfg.saliency_method, cfg.weights)
         if images:
             stages["saliency"] = label.label(images, stage_folder(out, "saliency"), method, batch_size=cfg.batch_size,
                                              device=cfg.device, force="saliency" in force, progress=progress)
@@ -328,7 +379,7 @@ def check_source(out: Path, source: dict[str, Any], replace: bool = False) -> bo
         InputError: DATASET holds another SRC's data and ``replace`` is not set; names both.
     """
     previous = _read_json(out / SOURCE) or {}
-    old = previous.get("src") or (_read_json(out / "prepare.json") or {}).get("src")
+    old = previous.get("src") or (_read_json(out / PREPARE) or {}).get("src")
     if not old or old == source["src"]:
         return False
     if previous.get("fingerprint") == source["fingerprint"]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from raw2rgb.model import train as train_module
+from raw2rgb.model import pace as pace_module
 from raw2rgb.pipeline import align, pairs, rawio, synth
 from tests.conftest import cli
 
@@ -190,9 +190,9 @@ def test_a_model_of_binned_data_converts_at_the_jpegs_resolution(shoot, prepared
 
 def test_training_says_its_pace_in_the_log_and_warns_of_a_long_run(prepared, tmp_path, monkeypatch):
     ds, _ = prepared
-    monkeypatch.setattr(train_module, "PROGRESS_EVERY", 0.0)
-    monkeypatch.setattr(train_module, "ESTIMATE_AFTER", (1, 0.0))
-    monkeypatch.setattr(train_module, "LONG_RUN", 1e-6)  # any run is "long": the advice shows
+    monkeypatch.setattr(pace_module, "PROGRESS_EVERY", 0.0)
+    monkeypatch.setattr(pace_module, "ESTIMATE_AFTER", (1, 0.0))
+    monkeypatch.setattr(pace_module, "LONG_RUN", 1e-6)  # any run is "long": the advice shows
     r = cli("train", ds, "-o", tmp_path / "run", *TINY)
     assert r.exit_code == 0, r.output
     log = (tmp_path / "run" / "log.txt").read_text()
@@ -203,13 +203,13 @@ def test_training_says_its_pace_in_the_log_and_warns_of_a_long_run(prepared, tmp
 
 
 def test_pace_counts_the_whole_run_and_the_time_left():
-    pace = train_module.Pace(total=100, done=0, device="cpu", preset="standard")
+    pace = pace_module.Pace(total=100, done=0, device="cpu", preset="standard")
     pace.first, pace.t_first = 10, 0.0
     import time
 
     pace.t_first = time.perf_counter() - 9.0  # 9 s for steps 10..19: about 1 step/s
     assert pace.rate(19) == pytest.approx(1.0, rel=0.05)
-    assert train_module._duration(3725) == "1 h 02 min" and train_module._duration(75) == "1 min 15 s"
+    assert pace_module._duration(3725) == "1 h 02 min" and pace_module._duration(75) == "1 min 15 s"
 
 
 def test_a_file_without_a_colour_matrix_says_so_on_the_console(tmp_path):

@@ -22,7 +22,7 @@ CONFIGS = [
     TrainConfig.preset_config("tiny", stage1_epochs=3, betas=(0.9, 0.99), crop=64),
     Runtime(stages="2", max_steps=7, vgg_weights="/w.pth"),
     TileConfig(tile=256, overlap=32, frame_norm=False),
-    ConvertConfig(method="model", checkpoint="c.pt", checkpoint_sha256="ab", zrr_levels=(0.0, 1020.0)),
+    ConvertConfig(method="model", source="c.pt", source_sha256="ab", zrr_levels="pynet"),
     PatchParams(size=128, stride=64, min_score=0.3),
     PrepareConfig(src="/s", out="/o", layout="pairs", patch=PatchParams(size=96), split=(0.8, 0.1, 0.1)),
     Camera(pattern="GBRG", black=(1, 2, 3, 4), wb_gains=(1.5, 1.0, 2.0)),

@@ -1,11 +1,9 @@
 """Each extension point is one entry in one place: a toy preset, layout, saliency method and
-rendering method, each added to its registry, is a choice in ``--help`` and is used; a toy loss term
-(one field and one function) enters the objective's total. The CLI loads lazily."""
+rendering method, each added to its registry, is a choice in ``--help`` and is used; a toy input kind
+is one declaration on its rendering method; a toy loss term (one entry and one field) enters the
+objective's total. (What the CLI imports: tests/test_imports.py.)"""
 
 import dataclasses
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,15 +11,14 @@ import torch
 from click.testing import CliRunner
 
 from raw2rgb.cli import main
-from raw2rgb.config import checked
-from raw2rgb.model import losses
+from raw2rgb.config import field_option
+from raw2rgb.errors import InputError
 from raw2rgb.model.presets import PRESETS, DiscriminatorConfig, GeneratorConfig, Preset
 from raw2rgb.model.recipe import TrainConfig, train_config
+from raw2rgb.model.terms import LOSS_TERMS, TERMS, LossTerm, LossWeights, StepTensors, objective, weight
 from raw2rgb.pipeline.pairs import LAYOUTS, Layout, find_pairs
-from raw2rgb.render import RENDER_METHODS, RenderMethod
-from raw2rgb.salgan.label import SALIENCY_METHODS, SaliencyMethod, resolve_method
-
-ROOT = Path(__file__).resolve().parents[1]
+from raw2rgb.render import RENDER_METHODS, RenderInput, RenderMethod, inputs
+from raw2rgb.salgan.methods import SALIENCY_METHODS, SaliencyMethod, resolve_method
 
 
 def _help(*command: str) -> str:
@@ -94,34 +91,44 @@ def test_a_toy_rendering_method_is_a_choice_for_convert_and_evaluate():
         RENDER_METHODS.remove("toy")
 
 
-def test_a_toy_loss_term_is_one_field_and_one_function():
-    @dataclasses.dataclass(frozen=True)
-    class Weights(losses.LossWeights):
-        brightness: float = checked(2.0, min=0)
-
-    losses.g_term("brightness")(lambda t: (t.rgb.mean() - t.y.mean()).abs())
+def test_a_toy_input_kind_is_one_declaration_on_its_method(tmp_path):
+    """A method that renders with a new kind of file: its input is an input of the library's commands
+    (and so the CLI's option), named in the message when missing, and its file is the stage's source."""
+    lut = RenderInput("lut", "CUBE", "A 3D LUT file.", "any .cube file")
+    RENDER_METHODS.add("toy", RenderMethod("a LUT after the classical pipeline", lambda source, device: None,
+                                           needs=lut))
     try:
+        assert [i.name for i in inputs()] == ["checkpoint", "profile", "lut"]
+        from raw2rgb.convert import resolve
+        with pytest.raises(InputError, match=r"convert --method toy needs --lut CUBE \(any \.cube file\)"):
+            resolve("toy")
+        (tmp_path / "look.cube").write_text("LUT_3D_SIZE 2\n")
+        cfg = resolve(lut=tmp_path / "look.cube")  # auto: the method whose input is given
+        assert (cfg.method, cfg.source) == ("toy", str(tmp_path / "look.cube")) and cfg.source_sha256
+        assert RENDER_METHODS.resolve("auto", {}) == "isp"
+    finally:
+        RENDER_METHODS.remove("toy")
+    assert [i.name for i in inputs()] == ["checkpoint", "profile"]
+
+
+def test_a_toy_loss_term_is_one_entry_and_one_field():
+    LOSS_TERMS.add("brightness", LossTerm("the error of the mean brightness",
+                                          lambda t: (t.rgb.mean() - t.y.mean()).abs()))
+    try:
+        @dataclasses.dataclass(frozen=True)
+        class Weights(LossWeights):
+            brightness: float = weight("brightness", 2.0)
+
         y = torch.rand(2, 3, 8, 8)
         rgb = y + 0.25
-        t = losses.StepTensors(x=torch.zeros(2, 4, 8, 8), y=y, s=torch.ones(2, 1, 8, 8), rgb=rgb,
-                               saliency=torch.ones(2, 1, 8, 8), stage=1)
-        terms, total = losses.objective(Weights(), t)
+        t = StepTensors(x=torch.zeros(2, 4, 8, 8), y=y, s=torch.ones(2, 1, 8, 8), rgb=rgb,
+                        saliency=torch.ones(2, 1, 8, 8), stage=1)
+        terms, total = objective(Weights(), t)
         assert set(terms) == {"rgb", "attention", "brightness"}  # stage 2's terms are not computed in stage 1
         assert terms["brightness"].item() == pytest.approx(0.25, abs=1e-6)
         assert total.item() == pytest.approx(0.25 + 0.5 * 0.25 + 2.0 * 0.25, abs=1e-5)
+        assert "brightness" in TERMS  # logged and plotted
+        assert "the error of the mean brightness" in field_option(dataclasses.fields(Weights)[-1])["help"]
     finally:
-        losses.G_TERMS.pop("brightness")
-
-
-def test_help_imports_no_torch_and_convert_never_imports_the_training_loop(tmp_path):
-    env = {"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-X", "importtime", "-m", "raw2rgb", "--help"], capture_output=True,
-                         text=True, env=env, cwd=tmp_path, check=True)
-    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
-    assert "torch" not in imported and "raw2rgb.cli" in imported
-    probe = ("import sys\nfrom click.testing import CliRunner\nfrom raw2rgb.cli import main\n"
-             "r = CliRunner().invoke(main, ['convert', 'missing.dng', '-o', 'out', '--checkpoint', '.'])\n"
-             "print('raw2rgb.model.convert_ran' if 'torch' in sys.modules else '', "
-             "'raw2rgb.model.train' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert out.stdout.split() == ["raw2rgb.model.convert_ran", "False"], out.stdout + out.stderr
+        LOSS_TERMS.remove("brightness")
+    assert "brightness" not in TERMS

@@ -29,8 +29,7 @@ from raw2rgb import errors
 from raw2rgb.config import FieldError
 from raw2rgb.errors import InputError
 from raw2rgb.files import FolderLock, atomic_path, write_json
-from raw2rgb.model import checkpoint, run
-from raw2rgb.model import train as train_module
+from raw2rgb.model import checkpoint, prior_fit, run
 from raw2rgb.model.presets import PRESETS, DiscriminatorConfig, GeneratorConfig
 from raw2rgb.model.recipe import TrainConfig, TrainError
 from raw2rgb.model.train import Runtime, train
@@ -1422,7 +1421,7 @@ def test_a_start_refused_while_setting_up_removes_what_it_wrote(shards, tmp_path
     def refuse(*args, **kwargs):
         raise TrainError("refused while setting up")
 
-    monkeypatch.setattr(train_module, "_fit_prior", refuse)  # after config.json and log.txt were written
+    monkeypatch.setattr(prior_fit, "fit_for_run", refuse)  # after config.json and log.txt were written
     with pytest.raises(TrainError, match="refused while setting up"):
         train(shards["a"], tmp_path / "new", tiny_config(), Runtime(workers=0))
     assert not (tmp_path / "new").exists()

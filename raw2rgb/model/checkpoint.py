@@ -9,9 +9,9 @@ average of G's weights, ``G_ema`` (what inference uses). It is written atomicall
 read with ``weights_only=True`` (no pickled code runs). ``sha256`` holds a content hash of each state
 dict and of the rest (``meta``), taken at save time and checked before anything is used: a file
 corrupted on disk is refused, not converted to garbage (a file from before the hashes loads with a
-warning). Inference reads only ``G`` and the
-generator's config: the file is memory-mapped, so the discriminator and the optimiser states (most
-of the file) are never read.
+warning). Inference reads one set of generator weights (``G_ema`` when the run kept one, else ``G``)
+and the generator's config: the file is memory-mapped, so the other weights, the discriminator and
+the optimiser states (most of the file) are never read.
 """
 
 from __future__ import annotations

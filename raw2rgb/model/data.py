@@ -1,9 +1,12 @@
-"""ShardDataset: training samples from HDF5 shards, as tensors in the model's ranges.
+"""ShardDataset: training samples from HDF5 shards, as tensors in the model's ranges; and what a
+training run asks of a shards folder (:func:`check_dataset`), its train and val sets
+(:func:`training_sets`) and how it loads their batches (:func:`loader`).
 
 Random access across the shards of one split. Each DataLoader worker opens its own h5py handles
 lazily; no open handle is pickled (``__getstate__`` drops them), as in NVlabs/edm's dataset.
 Samples are deterministic functions of (index, epoch, seed), augmentation included, so any
-number of workers, and ``DistributedSampler``, see the same data.
+number of workers, and any number of training processes (each takes its share of every global
+batch: ``distributed.epoch_batches``), see the same data.
 
 Returned tensors (docs/architecture.md: conventions): ``raw`` (4, h, w) in [-1, 1]; ``rgb`` (3, s·h, s·w) in [-1, 1];
 ``saliency`` (1, s·h, s·w) in [0, 1]; ``colour`` (12,) float32, the white balance and colour
@@ -19,6 +22,7 @@ between worker processes costs more than reading it (benchmarks/loader.py).
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -29,10 +33,15 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from raw2rgb.errors import one_line
+from raw2rgb.model.guards import ignore_stop_signals
+from raw2rgb.model.recipe import TrainConfig, TrainError
+from raw2rgb.model.run import colour_words
 from raw2rgb.pipeline import augment, bayer, shards, whitebalance
-from raw2rgb.pipeline.shards import ShardError, read_colours, read_ids, read_index, shards_root, validate
+from raw2rgb.pipeline.shards import ShardError, ShardIndex, read_colours, read_ids, read_index, shards_root, validate
 from raw2rgb.pipeline.shards import white_balance as white_balance_of
 from raw2rgb.pipeline.whitebalance import LEGACY_RULE, WhiteBalance
+
+log = logging.getLogger(__name__)
 
 
 class ShardDataset(Dataset):
@@ -214,7 +223,7 @@ def describe(path: os.PathLike | str, batch_size: int = 8) -> list[str]:
     validate(root, index)
     lines = [f"{root}: scale {index.scale}, crop {index.crop}, copies {index.copies}, "
              f"saliency {index.saliency_method or '?'}",
-             f"  colour: {shards.colour_words(shards.colour_source(root, index))}"]
+             f"  colour: {colour_words(shards.colour_source(root, index))}"]
     if index.binning and index.binning > 1:
         lines.append(f"  binning: {index.binning} (the RAW frames binned to the targets' resolution; a model trained "
                      "here converts frames binned alike)")
@@ -226,3 +235,57 @@ def describe(path: os.PathLike | str, batch_size: int = 8) -> list[str]:
                            for k in ("raw", "rgb", "saliency"))
         lines.append(f"  {split}: {entry.count} samples in {len(entry.shards)} shards; {ranges}")
     return lines
+
+
+# -- a training run's data ----------------------------------------------------------------------------
+
+def check_dataset(root: Path, cfg: TrainConfig, world: int = 1) -> ShardIndex:
+    """The index of a shards folder, once it is whole and fits the config: a train split with a
+    batch's worth of samples over ``world`` processes, the generator's binning and output scale,
+    and a crop the generator takes.
+
+    Raises:
+        TrainError: the first mismatch, with what to change.
+    """
+    index = read_index(root)
+    validate(root, index)
+    if index.count("train") == 0:
+        raise TrainError(f"{root}: the train split is empty (no training samples); check prepare's --split")
+    if index.count("train") < cfg.batch_size * world:  # the epoch would make no batch (the last partial one is dropped)
+        raise TrainError(f"{root}: {index.count('train')} training samples make no batch of {cfg.batch_size} × "
+                         f"{world} process(es); lower --batch-size")
+    if (index.binning or 1) != cfg.generator.binning:
+        raise TrainError(f"{root}: the shards' frames are binned by {index.binning or 1}, the config's generator "
+                         f"by {cfg.generator.binning}; leave generator.binning to the shards (train sets it from them)")
+    if index.scale != cfg.generator.scale:
+        raise TrainError(f"{root}: shards are at output scale {index.scale}, the config's generator at "
+                         f"{cfg.generator.scale}; rebuild the shards with --scale {cfg.generator.scale} or change "
+                         "the config")
+    size = index.crop
+    crop = cfg.crop or size
+    if crop and (crop % 8 or (size and crop > size)):
+        raise TrainError(f"{root}: patches of {crop} packed pixels; the generator needs a multiple of 8 no larger "
+                         f"than the shards' {size} (use --crop)")
+    return index
+
+
+def training_sets(root: Path, index: ShardIndex, cfg: TrainConfig, wb: WhiteBalance | str, main: bool = True
+                  ) -> tuple[ShardDataset, ShardDataset | None]:
+    """The train split as the config augments and crops it, and the val split as stored (None
+    without one: the run then validates nothing, which the main process (``main``) warns of)."""
+    train_set = ShardDataset(root, "train", augment=cfg.augment, crop=cfg.crop, seed=cfg.seed, compact=True,
+                             white_balance=wb)
+    val_set = ShardDataset(root, "val", compact=True, white_balance=wb) if index.count("val") else None
+    if val_set is None and main:
+        log.warning("%s: no val split; no validation (prepare with --split giving val a share)", root)
+    return train_set, val_set
+
+
+def loader(dataset: ShardDataset, batches: list[list[int]], device: torch.device, workers: int | None = None
+           ) -> DataLoader:
+    """A loader of the given batches of indices; ``workers`` processes (None: 2 on CUDA, where they
+    keep the GPU fed; none on a CPU, whose cores the step needs), pinned memory on CUDA, and workers
+    that leave stop signals to the training process."""
+    workers = workers if workers is not None else (2 if device.type == "cuda" else 0)
+    return DataLoader(dataset, batch_sampler=batches, num_workers=workers, pin_memory=device.type == "cuda",
+                      worker_init_fn=ignore_stop_signals)

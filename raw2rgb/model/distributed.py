@@ -5,7 +5,8 @@ CPU. One process makes no process group, unless ``RAW2RGB_PROCESS_GROUP=1`` asks
 1-rank group and DDP run exactly as with several (NCCL start-up, the reducer, the agreed flags, the
 barrier and the teardown), which is how one GPU rehearses a multi-GPU run. Every decision that
 ends or changes the loop (a stop request, a NaN loss) is agreed across ranks before anyone acts
-on it: a rank that stops alone leaves the others waiting in an all-reduce forever.
+on it: a rank that stops alone leaves the others waiting in an all-reduce forever. At the end
+every rank's weights are compared (:func:`compare_ranks`): DDP keeps them equal, or the run failed.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from raw2rgb.errors import ConfigError
+from raw2rgb.model.recipe import TrainError
+from raw2rgb.model.run import Stats
 
 FORCE_GROUP = "RAW2RGB_PROCESS_GROUP"  # "1": a process group (and DDP) even for a single process
 
@@ -137,3 +141,21 @@ def weights_digest(net: nn.Module) -> str:
         h.update(k.encode())
         h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
     return h.hexdigest()
+
+
+def compare_ranks(nets: list[nn.Module], wrapped: nn.Module, step: int, dist: Dist, stats: Stats) -> None:
+    """Under a process group every process must end with the same weights: record each rank's
+    digest of ``nets`` in stats.jsonl (with whether the step ran under DDP: ``wrapped``, what it
+    called, possibly compiled) and refuse a run whose ranks differ.
+
+    Raises:
+        TrainError: the ranks ended with different weights.
+    """
+    if not dist.grouped:
+        return
+    digests = gather(":".join(weights_digest(net) for net in nets), dist)
+    stats.write({"step": step, "event": "ranks", "backend": dist.backend,
+                 "ddp": isinstance(getattr(wrapped, "_orig_mod", wrapped), DistributedDataParallel),
+                 "weights_sha256": digests})
+    if len(set(digests)) != 1:
+        raise TrainError(f"the {dist.world} processes ended with different weights: {digests}")

@@ -25,12 +25,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from raw2rgb.device import resolve_device
-from raw2rgb.errors import InputError
 from raw2rgb.files import write_bytes, write_json
 from raw2rgb.model import metrics
 from raw2rgb.model.data import ShardDataset, to_model
 from raw2rgb.pipeline.shards import ShardError, read_index, shards_root
-from raw2rgb.render import RENDER_METHODS, source
+from raw2rgb.render import RENDER_METHODS, ScoreConfig, pick
+from raw2rgb.render import inputs as render_inputs
 
 log = logging.getLogger(__name__)
 
@@ -78,18 +78,22 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 # -- the command ------------------------------------------------------------------------------------
 
-def evaluate(dataset: os.PathLike | str, split: str = "val", checkpoint: os.PathLike | str | None = None,
-             method: str = "model", device: str = "auto", batch_size: int = 8, workers: int = 0,
-             profile: os.PathLike | str | None = None) -> Evaluation:
-    """Evaluate a checkpoint (``method="model"``), the classical pipeline (``"isp"``) or the classical
-    pipeline followed by a fitted colour profile (``"profile"``) on a split.
+def evaluate(dataset: os.PathLike | str, split: str = ScoreConfig.split, checkpoint: os.PathLike | str | None = None,
+             method: str = "auto", device: str = ScoreConfig.device, batch_size: int = ScoreConfig.batch_size,
+             workers: int = 0,
+             **inputs: os.PathLike | str | None) -> Evaluation:
+    """Evaluate a rendering method on a split: a checkpoint (``model``), the classical pipeline
+    (``isp``), the classical pipeline followed by a fitted colour profile (``profile=PATH``), or
+    any method of ``render.RENDER_METHODS``, given what it renders with by its input's name
+    (``render.inputs()``). ``auto``: the first method whose input is given, else ``isp``.
 
     Raises:
         ShardError: no such split or an unreadable shards folder.
-        InputError: a method without what it needs.
+        InputError: a method without what it needs, or a renderer of another output scale.
         CheckpointError, ProfileError: a bad checkpoint or profile file.
     """
-    given = source(method, checkpoint, profile, "evaluate")
+    inputs = {"checkpoint": checkpoint, **inputs}
+    method, given = pick(method, inputs, "evaluate")
     root = shards_root(dataset)
     index = read_index(root)
     if index.count(split) == 0:
@@ -97,9 +101,6 @@ def evaluate(dataset: os.PathLike | str, split: str = "val", checkpoint: os.Path
     dev = resolve_device(device)
     scale = index.scale
     renderer = RENDER_METHODS[method].open(given, dev)
-    if renderer.scale is not None and renderer.scale != scale:
-        raise InputError(f"{renderer.meta['path']}: a model of output scale {renderer.scale}, the shards are at "
-                         f"{scale}")
     if hasattr(renderer, "check"):
         renderer.check(scale=scale)
     wb = renderer.white_balance  # None: the default rule (whitebalance.DEFAULT_RULE)
@@ -112,7 +113,7 @@ def evaluate(dataset: os.PathLike | str, split: str = "val", checkpoint: os.Path
     rows = score(predict, loader, dev)
     h, w = ds[0]["rgb"].shape[-2:]
     summary = {**summarise(rows), "split": split, "method": method,
-               "checkpoint": str(checkpoint) if checkpoint else None, "profile": str(profile) if profile else None,
+               **{i.name: str(inputs[i.name]) if inputs.get(i.name) else None for i in render_inputs()},
                "dataset": str(root), "white_balance": ds.white_balance.to_json(),
                "protocol": {**metrics.PROTOCOL, "size": [int(h), int(w)], "dtype": "uint8", "crop": "none",
                             "averaging": "mean over images"}}

@@ -1,5 +1,6 @@
 """What stops a training run early: a stop request (Ctrl-C, SIGTERM), a loss term that is no longer
-finite, and the processes' agreement on both (under a process group every rank stops at the same step).
+finite, and the processes' agreement on both (under a process group every rank stops at the same step);
+and a GPU that runs out of memory, said in one line.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import contextlib
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +75,22 @@ class StopRequest:
     def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+# -- out of memory ----------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def out_of_memory(batch_size: int, device: torch.device) -> Iterator[None]:
+    """A step that runs out of GPU memory ends the run with what to lower, not a CUDA traceback.
+
+    Raises:
+        TrainError: naming the batch size and the device.
+    """
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise TrainError(f"out of GPU memory at batch size {batch_size} on {device}; lower --batch-size (or use "
+                         "--crop for smaller patches)") from None
 
 
 # -- NaN tracking -----------------------------------------------------------------------------------

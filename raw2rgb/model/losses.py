@@ -1,26 +1,40 @@
-"""The paper's losses as functions of tensors, their weights, and the VGG16 feature extractor of the
-perceptual term.
+"""The torch parts of the losses: the VGG16 feature extractor of the perceptual term
+(``|φ(G1(x)) − φ(y)|₁``, φ = VGG16 conv4_3 before its ReLU on ImageNet-normalised images) and how
+its weights are found.
 
-Eq. 1 ``L_rgb = |G1(x) − y|₁``; eq. 2 (attention) ``L_A = |G1(x)⊙G2(x) − y⊙s|₁``; eqs. 3–4 (LSGAN)
-``L_G = ½E[(D(x, G1(x)) − 1)²]``, ``L_D = ½E[(D(x, y) − 1)²] + ½E[D(x, G1(x))²]``; perceptual
-``|φ(G1(x)) − φ(y)|₁`` with φ = VGG16 conv4_3 before its ReLU on ImageNet-normalised images.
+The objective itself (the terms, their weights, the total and the paper's equations) is
+``model/terms.py``, which imports no torch; it is re-exported here under the names the training
+loop uses (``losses.objective``, ``losses.StepTensors``, ``losses.LossWeights``, ``losses.TERMS``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raw2rgb.config import JsonConfig, checked
 from raw2rgb.errors import UserError
+from raw2rgb.model.terms import (
+    LOSS_TERMS,
+    TERMS,
+    LossTerm,
+    LossWeights,
+    StepTensors,
+    attention,
+    l1,
+    lsgan_d,
+    lsgan_g,
+    objective,
+    weighted_total,
+)
+
+__all__ = ["LOSS_TERMS", "TERMS", "LossTerm", "LossWeights", "Perceptual", "StepTensors", "WeightsMissing",
+           "attention", "l1", "load_vgg_features", "lsgan_d", "lsgan_g", "objective", "vgg_cache_path",
+           "weighted_total"]
 
 log = logging.getLogger(__name__)
 
@@ -30,94 +44,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-@dataclass(frozen=True)
-class LossWeights(JsonConfig):
-    """The weight of each term in the generator's total, beside ``L_rgb`` (weight 1). A new term is
-    one field here and one function registered with :func:`g_term` under the field's name: the
-    objective (:func:`objective`), the CLI's ``--NAME-weight`` options and the logged terms all
-    read this list. Defaults are the paper's stage-2 weights (docs/paper.md)."""
-
-    attention: float = checked(0.5, min=0)  # the saliency head learns only through this term
-    adversarial: float = checked(0.01, min=0)  # stage 2
-    perceptual: float = checked(1.0, min=0)  # stage 2; needs VGG16 ImageNet weights
-
-
-STAGE2_TERMS = ("adversarial", "perceptual")  # terms only stage 2 computes
-# Every logged term and its label: the weighted ones, L_rgb, the total and the discriminator's loss.
-TERMS = {"rgb": "L1 (rgb)", **{f.name: f.name for f in dataclasses.fields(LossWeights)}, "d": "discriminator",
-         "total": "total"}
-
-
-@dataclass(frozen=True)
-class StepTensors:
-    """What a generator term is computed from in one training step: the batch's raw ``x``, target
-    ``y`` and its saliency ``s``; G's ``rgb`` and ``saliency``; the stage; the discriminator ``D``
-    (stage 2) and the perceptual module (None without VGG16)."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    s: torch.Tensor
-    rgb: torch.Tensor
-    saliency: torch.Tensor
-    stage: int
-    D: nn.Module | None = None
-    perceptual: nn.Module | None = None
-
-
-# The generator's weighted terms by LossWeights field: each gives its loss, or None where the step does
-# not compute it (a stage-2 term in stage 1, the perceptual term without VGG16).
-G_TERMS: dict[str, Callable[[StepTensors], torch.Tensor | None]] = {}
-
-
-def g_term(name: str):
-    """Register the function of the generator term ``name`` (a :class:`LossWeights` field)."""
-    def register(fn: Callable[[StepTensors], torch.Tensor | None]):
-        G_TERMS[name] = fn
-        return fn
-    return register
-
-
-def objective(weights: LossWeights, t: StepTensors) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """The generator's terms (``rgb`` and every field of ``weights`` the step computes) and their
-    weighted total (eq. 1 plus the weighted terms)."""
-    terms = {"rgb": l1(t.rgb.float(), t.y)}
-    for f in dataclasses.fields(weights):
-        value = G_TERMS[f.name](t)
-        if value is not None:
-            terms[f.name] = value
-    return terms, weighted_total(terms, weights)
-
-
-def weighted_total(terms: dict[str, torch.Tensor], weights: LossWeights) -> torch.Tensor:
-    """``L_rgb`` plus each weighted term present in ``terms``."""
-    total = terms["rgb"]
-    for f in dataclasses.fields(weights):
-        if f.name in terms:
-            total = total + getattr(weights, f.name) * terms[f.name]
-    return total
-
-
 class WeightsMissing(UserError):
     """Pretrained weights that are needed and cannot be found; the message says how to provide them."""
-
-
-def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a - b).abs().mean()
-
-
-def attention(rgb: torch.Tensor, saliency: torch.Tensor, target: torch.Tensor, target_saliency: torch.Tensor
-              ) -> torch.Tensor:
-    """Eq. 2: L1 between the output weighted by the predicted map and the target weighted by
-    SalGAN's map. Maps are (B, 1, H, W) in [0, 1] and broadcast over the colour channels."""
-    return l1(rgb * saliency, target * target_saliency)
-
-
-def lsgan_g(fake_score: torch.Tensor) -> torch.Tensor:
-    return 0.5 * ((fake_score.float() - 1.0) ** 2).mean()
-
-
-def lsgan_d(real_score: torch.Tensor, fake_score: torch.Tensor) -> torch.Tensor:
-    return 0.5 * ((real_score.float() - 1.0) ** 2).mean() + 0.5 * (fake_score.float() ** 2).mean()
 
 
 def vgg_cache_path() -> Path:
@@ -205,31 +133,3 @@ class Perceptual(nn.Module):
         with torch.no_grad():
             ref = self._phi(target)
         return F.l1_loss(self._phi(output).float(), ref.float())
-
-
-# -- the generator's terms ---------------------------------------------------------------------------
-
-@g_term("attention")
-def _attention_term(t: StepTensors) -> torch.Tensor:
-    return attention(t.rgb.float(), t.saliency.float(), t.y, t.s)
-
-
-@g_term("adversarial")
-def _adversarial_term(t: StepTensors) -> torch.Tensor | None:
-    if t.stage != 2 or t.D is None:
-        return None
-    # plain D (no DDP sync for this pass) in eval mode: its spectral norms reuse this step's power
-    # iteration (run in the D step) instead of iterating a second time; D has no other train/eval
-    # difference (InstanceNorm without running statistics)
-    t.D.eval()
-    try:
-        return lsgan_g(t.D(t.x, t.rgb))
-    finally:
-        t.D.train()
-
-
-@g_term("perceptual")
-def _perceptual_term(t: StepTensors) -> torch.Tensor | None:
-    if t.stage != 2 or t.perceptual is None:
-        return None
-    return t.perceptual(t.rgb, t.y)

@@ -12,7 +12,8 @@ the 3×3 demosaicing, so tiles stay seamless.
 The prior keeps the profile's white-balance rule (and the ``dataset`` rule's gains) beside its
 coefficients, so a checkpoint says how to white-balance a file without metadata: the colour it
 takes is made by ``whitebalance.colour_vector`` with that rule, in training, ``evaluate`` and
-``convert`` alike.
+``convert`` alike. Fitting the profile and the detail filter on shards is ``model/prior_fit.py``'s:
+inference, which builds the prior, loads no training data code.
 
 :class:`ColourBranch` (``GeneratorConfig.colour_branch="global"``) corrects that colour per image,
 for datasets whose light changes from scene to scene and whose files say nothing of it (ZRR): a
@@ -24,17 +25,10 @@ gets the same colour.
 
 from __future__ import annotations
 
-import math
-import os
-from collections.abc import Iterable
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
 
-from raw2rgb.model.data import ShardDataset, to_model
 from raw2rgb.pipeline.bayer import THUMB_SIZE
 from raw2rgb.pipeline.profile import DEFAULT_LUT_SIZE, MODELS, Profile, lut_corners, poly3_terms
 from raw2rgb.pipeline.whitebalance import LEGACY_RULE, RULES, WhiteBalance
@@ -95,7 +89,7 @@ def lut_trilinear(x: torch.Tensor, nodes: torch.Tensor, n: int) -> torch.Tensor:
 class ColourPrior(nn.Module):
     """The classical rendering followed by a fitted colour profile (``pipeline/profile.py``): a cubic
     (``poly3``, 20×3 coefficients) or a 3-D LUT (``lut``, n³×3 nodes); with ``detail`` = k > 0, then
-    a fitted k×k linear filter (3 → 3 channels and a bias: :func:`fit_detail`), the part of a camera's
+    a fitted k×k linear filter (3 → 3 channels and a bias: ``prior_fit.fit_detail``), the part of a camera's
     detail rendering — capture sharpening, the blur of its noise reduction — that is linear. The
     coefficients and the filter are buffers: saved with the generator, fixed in training."""
 
@@ -177,67 +171,6 @@ class ColourPrior(nn.Module):
             out = F.conv2d(F.pad(out, (pad,) * 4, mode="replicate"), self.detail_weight.float(),
                            self.detail_bias.float()).clamp(0, 1)
         return out * 2 - 1
-
-
-@dataclass(frozen=True)
-class PriorFit:
-    """What training fits for a colour prior before its first step: the profile, and the detail
-    filter's weight and bias where the prior has one."""
-
-    profile: Profile
-    detail: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def set_on(self, prior: ColourPrior) -> None:
-        prior.set_profile(self.profile)
-        if self.detail is not None:
-            prior.set_detail(*self.detail)
-
-
-DETAIL_PIXELS = 1024  # pixels per image in the detail filter's fit (a seeded draw: 148 unknowns, ample)
-DETAIL_RIDGE = 1e-6  # relative to the normal matrix's mean diagonal: only keeps the solve well posed
-
-
-def fit_detail_on_split(root: os.PathLike | str, profile: Profile, scale: int, k: int, split: str = "train",
-                        seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """:func:`fit_detail` of a k×k filter after ``profile`` (with its white-balance rule) on a split
-    of a shards folder: what training fits before its first step."""
-    prior = ColourPrior(scale, profile.model, profile.lut_size, detail=k)
-    prior.set_profile(profile)
-    samples = ShardDataset(root, split, compact=True, white_balance=profile.white_balance)
-    return fit_detail(prior, (to_model(b) for b in DataLoader(samples, batch_size=16)), seed=seed)
-
-
-@torch.no_grad()
-def fit_detail(prior: ColourPrior, batches: Iterable[dict], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """The prior's k×k detail filter by least squares: from the profiled rendering (every channel's
-    k×k neighbourhood and a constant) to the target, over model-range batches (``raw``, ``colour``,
-    ``rgb``), at most :data:`DETAIL_PIXELS` pixels an image. Returns the filter's weight (3, 3, k, k),
-    its bias (3,) and the fit's PSNR on those pixels (dB, [0, 1] values)."""
-    k = prior.detail
-    n = 3 * k * k + 1
-    ata, atb = torch.zeros(n, n, dtype=torch.float64), torch.zeros(n, 3, dtype=torch.float64)
-    yy, count = torch.zeros((), dtype=torch.float64), 0
-    gen = torch.Generator().manual_seed(seed)
-    for batch in batches:
-        x = F.pad(prior.profiled(batch["raw"].float(), batch["colour"].float()), (k // 2,) * 4, mode="replicate")
-        b, _, h, w = batch["rgb"].shape
-        take = min(DETAIL_PIXELS, h * w)
-        pick = torch.randperm(h * w, generator=gen)[:take]  # the same pixels of every image in a batch
-        ys, xs = pick // w, pick % w
-        # each picked pixel's k×k neighbourhood, in unfold's order (channel, then row, then column)
-        cols = torch.stack([x[:, :, ys + dy, xs + dx] for dy in range(k) for dx in range(k)], 2).reshape(b, -1, take)
-        a = torch.cat([cols, torch.ones(b, 1, take)], 1).transpose(1, 2).reshape(-1, n).double()
-        y = ((batch["rgb"].float()[:, :, ys, xs] + 1) * 0.5).transpose(1, 2).reshape(-1, 3).double()
-        ata += a.T @ a
-        atb += a.T @ y
-        yy += (y * y).sum()
-        count += b * take
-    ridge = DETAIL_RIDGE * ata.diagonal().mean()
-    solution = torch.linalg.solve(ata + ridge * torch.eye(n, dtype=torch.float64), atb)
-    sse = float(yy - 2 * (solution * atb).sum() + (solution * (ata @ solution)).sum())
-    psnr = 10 * math.log10(count * 3 / max(sse, 1e-12))
-    weight = solution[:-1].T.reshape(3, 3, k, k).float()
-    return weight, solution[-1].float(), psnr
 
 
 def model_white_balance(g: nn.Module) -> WhiteBalance:

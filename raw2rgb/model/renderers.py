@@ -1,7 +1,9 @@
 """The renderers of ``render.RENDER_METHODS``: :class:`ClassicalRenderer` (``isp``, and ``profile``
 with a fitted colour profile after it) and :class:`ModelRenderer` (``model``: a trained generator).
-Each renders a whole RAW frame (``frame``, for ``convert``) and a batch of model-range patches
-(``batch``, for ``evaluate`` and ``report``) the same way, under its own white-balance rule.
+Each is opened from the file its method's ``render.RenderInput`` names (or none), renders a whole
+RAW frame (``frame``, for ``convert``) and a batch of model-range patches (``batch``, for
+``evaluate`` and ``report``) the same way, under its own white-balance rule, and refuses data it
+cannot render (``check``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from raw2rgb.errors import InputError
 from raw2rgb.model.infer import TileConfig, load_generator, run_tiled
 from raw2rgb.model.prior import model_white_balance
 from raw2rgb.pipeline import bayer, develop, rawio, whitebalance
@@ -86,7 +89,11 @@ class ClassicalRenderer:
         self.white_balance = self.profile.white_balance if self.profile else None
 
     def check(self, scale: int | None = None, cameras: list[str] | None = None) -> None:
-        """Raises ProfileError: a profile of another output scale or camera."""
+        """Refuse data of an output scale or camera other than the profile's (any without one).
+
+        Raises:
+            ProfileError: naming the profile and the mismatch.
+        """
         if self.profile is not None:
             colour_profile.check_compatible(self.profile, self.path, scale=scale, cameras=cameras)
 
@@ -114,6 +121,15 @@ class ModelRenderer:
         self.g, self.meta = load_generator(checkpoint, self.device)
         self.scale = self.g.cfg.scale
         self.white_balance = model_white_balance(self.g)
+
+    def check(self, scale: int | None = None, cameras: list[str] | None = None) -> None:
+        """Refuse data of another output scale (a camera it was not trained on is a warning, by ``convert``).
+
+        Raises:
+            InputError: naming the checkpoint and both scales.
+        """
+        if scale is not None and scale != self.scale:
+            raise InputError(f"{self.meta['path']}: a model of output scale {self.scale}, the data is at {scale}")
 
     def batch(self, b: dict[str, Any], scale: int | None = None) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16,

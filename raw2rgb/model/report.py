@@ -103,12 +103,15 @@ def write_report(run_dir: os.PathLike | str, out: os.PathLike | str, dataset: os
                  split: str = "val", images: list[tuple[str, os.PathLike | str]] = (),
                  metrics: dict[str, dict] | None = None, profile: os.PathLike | str | None = None) -> Path:
     """An HTML page beside its pictures: the contact sheet (``<out stem>.png``), the training curve,
-    the metrics table (model, classical pipeline and, with ``profile``, the fitted profile on
-    ``split``, evaluated here unless given) and any ``images`` (caption, path), copied next to it
-    so the page stays whole when moved.
+    the metrics table (on ``split``, evaluated here unless given: every rendering method the report
+    has the input for — the classical pipeline, the fitted ``profile`` when given, the run's model)
+    and any ``images`` (caption, path), copied next to it so the page stays whole when moved.
+    ``profile`` None: the run's own profile.json, when it has one.
 
     Returns the HTML path."""
     out = Path(out)
+    if profile is None and (Path(run_dir) / run.PROFILE).is_file():
+        profile = Path(run_dir) / run.PROFILE
     assets = out.with_name(out.stem + "_files")
     identity = run.read_identity(run_dir)
     prof = colour_profile.load(profile) if profile else None
@@ -130,11 +133,13 @@ def write_report(run_dir: os.PathLike | str, out: os.PathLike | str, dataset: os
         shown = len(sheet_samples(count))
         parts.append(f"<h2>{title}</h2><p>{shown} of the split's {count} samples, one a row: {columns}</p>"
                      f"<img src=\"{sheet.name}\" alt=\"contact sheet\">")
-        if metrics is None:
-            metrics = {"classical pipeline": evaluate(dataset, split, None, "isp").summary}
-            if profile:
-                metrics["fitted profile"] = evaluate(dataset, split, None, "profile", profile=profile).summary
-            metrics["model"] = evaluate(dataset, split, run_dir, "model").summary
+        if metrics is None:  # every method the report has the input for (the run's checkpoint, the profile), the
+            # networks last: the classical renderings are what a model is read against
+            have = {"checkpoint": run_dir, "profile": profile}
+            metrics = {m.title or name: evaluate(dataset, split, method=name,
+                                                 **({m.needs.name: have[m.needs.name]} if m.needs else {})).summary
+                       for name, m in sorted(RENDER_METHODS.items(), key=lambda e: e[1].device)
+                       if m.needs is None or have.get(m.needs.name)}
     if metrics:
         parts.append(f"<h2>Metrics</h2>{_table(metrics)}")
     curve = training_curve(run_dir, assets / "training_curve.png")

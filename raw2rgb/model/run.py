@@ -29,7 +29,6 @@ from typing import Any
 
 from raw2rgb.errors import UserError
 from raw2rgb.files import LOCK_FILE, write_bytes, write_json
-from raw2rgb.pipeline.shards import colour_words
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +99,16 @@ def holds_run(run_dir: Path) -> bool:
 def took_a_step(run_dir: Path) -> bool:
     """Whether a run has anything to resume: a checkpoint (every one is saved after a step)."""
     return any(checkpoint(run_dir, name).is_file() for name in (LATEST, STAGE1, FINAL))
+
+
+def colour_words(colour: dict[str, Any] | None) -> str:
+    """A run identity's ``colour`` (``pipeline/shards.py``'s ``colour_source``: where its data's colour
+    comes from) in words; None: a run of before it."""
+    if not isinstance(colour, dict):
+        return "the unpack sidecars beside the shards (an older raw2rgb)"
+    gains = colour.get("dataset_gains")
+    return (f"{colour.get('stored')}, {colour.get('as_shot')} of {colour.get('samples')} samples with an as-shot white "
+            f"balance" + ("" if gains is None else ", dataset gains " + ", ".join(f"{g:.3f}" for g in gains)))
 
 
 def open_run(run_dir: Path, identity: dict[str, Any], force: bool) -> bool:
@@ -176,6 +185,15 @@ def remove_if_unused(run_dir: Path) -> None:
 
 
 # -- statistics ---------------------------------------------------------------------------------------
+
+def progress_record(event: str, step: int, stage: int, epoch: int, terms: dict[str, Any], **more: Any
+                    ) -> dict[str, Any]:
+    """A stats.jsonl record of the loop (``event``: ``step`` or ``epoch``): where the run is (the
+    global step, the stage, the epoch from 1), the loss terms (numbers or 0-d tensors, rounded to 6
+    places), then ``more`` (learning rates and the rate for a step, validation for an epoch)."""
+    return {"step": step, "event": event, "stage": stage, "epoch": epoch,
+            **{k: round(float(v), 6) for k, v in terms.items()}, **more}
+
 
 def truncate_stats(run_dir: Path, lines: int) -> None:
     """Keep the first ``lines`` lines of stats.jsonl: what was logged after the checkpoint is redone."""

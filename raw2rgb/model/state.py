@@ -1,5 +1,6 @@
 """A training run's state: the networks and G's moving average, the named optimisers and schedules,
-and where the run is; built fresh, resumed from RUN's latest checkpoint, and saved as a snapshot.
+and where the run is; built fresh, resumed from RUN's latest checkpoint, and saved as a snapshot
+(:class:`Snapshots`).
 
 What a checkpoint holds is ``model/checkpoint.py``'s; this module decides what goes in it and how a
 run picks it up again (the names of the state dicts, ``G``, ``D``, ``G_ema``, ``opt_G``, ``opt_D``,
@@ -14,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,9 +29,9 @@ from raw2rgb.model import checkpoint, losses, run
 from raw2rgb.model.discriminator import Discriminator
 from raw2rgb.model.distributed import Dist
 from raw2rgb.model.generator import Generator, init_weights
-from raw2rgb.model.prior import PriorFit
+from raw2rgb.model.prior_fit import PriorFit
 from raw2rgb.model.recipe import LR_DECAYS, Runtime, TrainConfig, TrainError
-from raw2rgb.pipeline.shards import colour_words
+from raw2rgb.model.run import colour_words
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,11 @@ class Nets:
     def G_eval(self) -> nn.Module:
         """The generator to validate and convert with: the average when there is one."""
         return self.G_ema if self.G_ema is not None else self.G
+
+    def update_average(self, decay: float, step: int) -> None:
+        """After step ``step``: G's moving average (:func:`update_ema`), when the run keeps one."""
+        if self.G_ema is not None:
+            update_ema(self.G_ema, self.G, decay, step)
 
 
 def build(cfg: TrainConfig, rt: Runtime, device: torch.device, dist: Dist, need_vgg: bool,
@@ -122,6 +129,16 @@ class Optimisers:
     def load(self, blob: dict[str, Any]) -> None:
         for name, obj in self.states().items():
             obj.load_state_dict(blob[name])
+
+    def step_schedules(self, stage: int) -> None:
+        """At an epoch's end: G's learning rate, and D's in stage 2 (D is idle in stage 1)."""
+        with warnings.catch_warnings():
+            # a run resumed at the end of its first epoch steps the schedule before this process
+            # has stepped the optimiser; the order is right (it stepped before the interruption)
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)`")
+            self.sched_G.step()
+            if stage == 2:
+                self.sched_D.step()
 
 
 def optimisers(nets: Nets, cfg: TrainConfig, stage: int, scaler_on: bool) -> Optimisers:
@@ -235,15 +252,26 @@ def resume(run_dir: Path, nets: Nets, cfg: TrainConfig, precision: str, dist: Di
     return progress, opts
 
 
-def snapshot(run_dir: Path, nets: Nets, opts: Optimisers, progress: Progress, cfg: TrainConfig, cameras: list[str],
-             world: int, precision: str, name: str | None = None, owner: dict[str, Any] | None = None) -> None:
-    """Save RUN/checkpoints/latest.pt, and copy it to ``name`` when given (one process writes).
-    ``owner``: the dataset's key and colour source, by which a resume knows the file is its run's."""
-    latest = run.checkpoint(run_dir)
-    ema = {"G_ema": nets.G_ema} if nets.G_ema is not None else {}
-    checkpoint.save(latest, {"G": nets.G, "D": nets.D, **ema, **opts.states()}, cfg.to_json(),
-                    dataclasses.asdict(progress), cameras, world, precision, run=owner)
-    if name:
-        partial = latest.with_name(f".{name}.partial")
-        shutil.copyfile(latest, partial)
-        os.replace(partial, latest.with_name(name))
+@dataclass(frozen=True)
+class Snapshots:
+    """Where a run's checkpoints go and what each records beside the state: the config, the
+    cameras of the data, the number of processes, the precision, and ``owner``, the dataset's key
+    and colour source, by which a resume knows the file is its run's (:func:`read_latest`)."""
+
+    run_dir: Path
+    cfg: TrainConfig
+    cameras: list[str]
+    world: int
+    precision: str
+    owner: dict[str, Any]
+
+    def save(self, nets: Nets, opts: Optimisers, progress: Progress, name: str | None = None) -> None:
+        """Save RUN/checkpoints/latest.pt, and copy it to ``name`` when given (one process writes)."""
+        latest = run.checkpoint(self.run_dir)
+        ema = {"G_ema": nets.G_ema} if nets.G_ema is not None else {}
+        checkpoint.save(latest, {"G": nets.G, "D": nets.D, **ema, **opts.states()}, self.cfg.to_json(),
+                        dataclasses.asdict(progress), self.cameras, self.world, self.precision, run=self.owner)
+        if name:
+            partial = latest.with_name(f".{name}.partial")
+            shutil.copyfile(latest, partial)
+            os.replace(partial, latest.with_name(name))

@@ -32,7 +32,7 @@ from raw2rgb.pipeline import bayer, rawio
 from raw2rgb.pipeline.align import AlignError, Alignment, align_target, area_resize, warp_target
 from raw2rgb.pipeline.develop import area_downsample, linear_to_srgb, luma
 from raw2rgb.pipeline.stage import ItemError
-from raw2rgb.registry import Registry
+from raw2rgb.registry import AUTO, Auto, Registry
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,22 @@ class Layout:
     stride: float = 1.0
 
 
-LAYOUTS: Registry[Layout] = Registry("layout", default="auto")
+def detect_layout(src: os.PathLike | str) -> str:
+    """The layout of a source folder (the ``auto`` of :data:`LAYOUTS`): the first whose ``detect`` says yes.
+
+    Raises:
+        PairError: nothing recognisable.
+    """
+    src = Path(src)
+    for name, layout in LAYOUTS.items():
+        if layout.detect(src):
+            return name
+    raise PairError(f"{src}: no known layout ({'; '.join(f'{n}: {e.help}' for n, e in LAYOUTS.items())}); "
+                    "choose one with --layout")
+
+
+LAYOUTS: Registry[Layout] = Registry("layout", default=AUTO, auto=Auto(
+    "the first layout below that SRC looks like", detect_layout))
 
 
 def _zrr(f: _Finder, pairs_csv: Path | None) -> None:
@@ -209,27 +224,17 @@ LAYOUTS.add("raw+embedded", Layout(
     help="RAW files alone: each one's target is the camera's JPEG inside it"))
 
 
-def detect_layout(src: Path) -> str:
-    """Guess the layout of a source folder: the first in :data:`LAYOUTS` whose ``detect`` says yes.
-
-    Raises:
-        PairError: nothing recognisable.
-    """
-    for name, layout in LAYOUTS.items():
-        if layout.detect(src):
-            return name
-    raise PairError(f"{src}: no known layout ({'; '.join(f'{n}: {e.help}' for n, e in LAYOUTS.items())}); "
-                    "choose one with --layout")
-
-
 def find_pairs(src: os.PathLike | str, layout: str, pairs_csv: os.PathLike | str | None = None
                ) -> tuple[list[Pair], list[str]]:
-    """The pairs of a source folder, sorted by scene, and one line per file left unpaired (or
-    refused: a scene that is not a name, see :func:`scene_problem`)."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
+    """The pairs of a source folder in ``layout`` (``auto``: detected), sorted by scene, and one line
+    per file left unpaired (or refused: a scene that is not a name, see :func:`scene_problem`).
+
+    Raises:
+        UnknownEntry: no such layout.
+        PairError: ``auto``, and SRC looks like no layout.
+    """
     finder = _Finder(Path(src))
-    LAYOUTS[layout].find(finder, Path(pairs_csv) if pairs_csv else None)
+    LAYOUTS[LAYOUTS.resolve(layout, src)].find(finder, Path(pairs_csv) if pairs_csv else None)
     pairs = []
     for p in finder.pairs:  # every layout's scenes, before anything is written under their names
         why = scene_problem(p.scene)
@@ -355,12 +360,18 @@ def ncc(a: np.ndarray, b: np.ndarray) -> float:
 class PatchParams(JsonConfig):
     """How patches are cut and which are kept."""
 
-    size: int = checked(224, min=8)  # packed pixels
-    stride: int = checked(224, min=1)
-    min_score: float = 0.5  # NCC of RAW preview luma and target luma (any finite value; above 1 keeps none)
-    max_clipped: float = checked(1.0, min=0, max=1)  # largest fraction of clipped RAW samples (1: keep all)
-    min_mean: float = checked(0.0, min=0, max=1)  # smallest mean RAW level (0: keep all)
-    max_shift: float | None = checked(2.0, min=0)  # largest local alignment residual, target pixels (None: keep all)
+    # None: the layout's (prepare.resolve); a stage always gets numbers
+    size: int | None = checked(None, min=8, metavar="P", help="Patch size, packed pixels [default: the layout's: "
+                               "224, the paper's; a camera's shoot 64].")
+    stride: int | None = checked(None, min=1, metavar="S", help="Patch stride, packed pixels [default: the layout's "
+                                 "share of the patch size: all of it; a camera's shoot half].")
+    # NCC of RAW preview luma and target luma (any finite value; above 1 keeps none)
+    min_score: float = checked(0.5, metavar="NCC", help="Drop patches scoring below.")
+    max_clipped: float = checked(1.0, min=0, max=1, metavar="FRAC",
+                                 help="Drop patches with more clipped RAW samples than this fraction.")
+    min_mean: float = checked(0.0, min=0, max=1, metavar="LEVEL", help="Drop patches whose mean RAW level is below.")
+    max_shift: float | None = checked(2.0, min=0, metavar="PX", help="Drop patches whose local alignment residual "
+                                      "(target pixels) is larger: parallax, motion.")  # None: keep all
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 A profile maps the classical pipeline's sRGB (as-shot white balance, the file's colour matrix,
 sRGB curve; ``develop.py``) to what the target camera makes of the same scene: its colour
-rendition and tone. It is fitted in seconds on a dataset's train split, with no GPU, and saved
-as a small JSON file. Two models, chosen by measurement (docs/benchmarks.md, quality):
+rendition and tone. It is fitted in seconds on a dataset's train split, with no GPU
+(``profile_fit.py``, which reads the shards: this module, which inference imports, does not), and
+saved as a small JSON file. Two models, chosen by measurement (docs/benchmarks.md, quality):
 
 - ``poly3``: a cubic polynomial in (r, g, b) per output channel (20 terms), the classic
   colour-correction fit;
@@ -19,12 +20,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
@@ -34,7 +34,6 @@ from raw2rgb.errors import ConfigError, UserError
 from raw2rgb.files import write_json
 from raw2rgb.pipeline import whitebalance
 from raw2rgb.pipeline.develop import GAMUTS, develop
-from raw2rgb.pipeline.shards import ShardError, read_colours, read_index, shards_root, white_balance
 from raw2rgb.pipeline.whitebalance import SampleColour, WhiteBalance
 
 # 2: the white-balance rule (and the dataset rule's gains) it was fitted with; 3: its input is the classical
@@ -49,8 +48,6 @@ MAX_LUT_SIZE = 33  # profile fit --lut-size's top: 33³ nodes, the size of the c
 # while no fit comes near it (measured: 20 on the test scenes, 1.8e3 on pixels all within ±0.01 of grey); a
 # hand-edited 1e308 became inf in float32 and NaN in the metrics (a LinAlgError in psnr_cc)
 COEFFICIENT_LIMIT = 1e6
-MAX_PIXELS = 2_000_000  # pixels a fit uses at most (an even sample beyond)
-MAX_SAMPLES = 2048  # patches a fit reads at most (an even sample beyond): seconds on any dataset
 SOURCE = ("classical pipeline: as-shot white balance (the white_balance rule where the file has none), the file's "
           "colour matrix (camera RGB where absent), sRGB")
 
@@ -180,38 +177,7 @@ def apply(profile: Profile, rgb: np.ndarray) -> np.ndarray:
     return np.clip(out, 0, 1).reshape(shape).astype(np.float32)
 
 
-# -- fitting on a dataset -----------------------------------------------------------------------------
-
-def _pairs_of_split(root: Path, split: str, render: Callable[[np.ndarray, SampleColour], np.ndarray],
-                    max_pixels: int, max_samples: int = MAX_SAMPLES) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(rendered pixels, target pixels, cameras) of an even sample of a split: at most ``max_samples``
-    samples, at most ``max_pixels`` pixels in all; each sample rendered with its stored colour."""
-    index = read_index(root)
-    if not index.count(split):
-        raise ShardError(f"{root}: the {split} split is empty; a profile is fitted on it")
-    shards = index.splits[split].shards
-    count = sum(s.count for s in shards)
-    wanted = set(np.linspace(0, count - 1, min(count, max_samples)).round().astype(int).tolist())
-    xs, ys, ids = [], [], []
-    start = 0
-    for s in shards:
-        local = sorted(k - start for k in wanted if start <= k < start + s.count)
-        start += s.count
-        if not local:
-            continue
-        with h5py.File(root / s.file, "r") as f:
-            colours, cameras = read_colours(f)
-            per_sample = int(np.prod(f["rgb"].shape[2:]))
-            step = max(1, int(np.ceil(len(wanted) * per_sample / max_pixels)))
-            for j in local:
-                raw = f["raw"][j].astype(np.float32) / 65535.0
-                rgb = f["rgb"][j].transpose(1, 2, 0).reshape(-1, 3).astype(np.float32) / 255.0
-                src = render(raw, colours[j]).reshape(-1, 3)
-                xs.append(src[j % step :: step])
-                ys.append(rgb[j % step :: step])
-                ids.append(cameras[j])
-    return np.concatenate(xs), np.concatenate(ys), ids
-
+# -- the rendering a profile takes --------------------------------------------------------------------
 
 def render_sample(raw: np.ndarray, colour: SampleColour, wb: WhiteBalance, scale: int, gamut: str = "extended"
                   ) -> np.ndarray:
@@ -220,32 +186,6 @@ def render_sample(raw: np.ndarray, colour: SampleColour, wb: WhiteBalance, scale
     the gamut clip (in [-1, 1]: ``develop.GAMUTS``)."""
     vector = whitebalance.colour_vector(colour, wb)
     return develop(raw, vector[:3], vector[3:].reshape(3, 3), scale=scale, gamut=gamut)
-
-
-def fit_dataset(dataset: os.PathLike | str, split: str = "train", model: str = DEFAULT_MODEL,
-                lut_size: int = DEFAULT_LUT_SIZE, max_pixels: int = MAX_PIXELS,
-                white_balance_rule: str = whitebalance.DEFAULT_RULE) -> Profile:
-    """Fit a profile on a split of a prepare DATASET (or shards folder): each patch rendered by the
-    classical pipeline with its RAW file's colours (stored in the shards; where a file had no white
-    balance, the gains ``white_balance_rule`` gives), against its target.
-
-    Raises:
-        ShardError: no such split or an unreadable shards folder.
-        ConfigError: an unknown white-balance rule.
-    """
-    root = shards_root(dataset)
-    index = read_index(root)
-    scale = index.scale
-    wb = white_balance(root, white_balance_rule, index)
-    src, dst, cameras = _pairs_of_split(root, split, lambda raw, c: render_sample(raw, c, wb, scale), max_pixels)
-    coef, n = fit(src, dst, model, lut_size)
-    profile = Profile(model=model, coefficients=coef, lut_size=n, scale=scale,
-                      cameras=tuple(sorted(set(cameras) - {""})), white_balance=wb)
-    fitted = apply(profile, src)
-    mse = float(np.mean((np.rint(fitted * 255) - np.rint(dst * 255)) ** 2))
-    return dataclasses.replace(profile, fitted_on={
-        "dataset": str(root), "split": split, "pixels": int(len(src)), "samples": len(cameras),
-        "fit_psnr": round(float(10 * np.log10(255**2 / max(mse, 1e-12))), 3)})
 
 
 # -- the file -----------------------------------------------------------------------------------------

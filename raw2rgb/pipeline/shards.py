@@ -22,6 +22,7 @@ samples/s at 602 kB/sample; lzf 487/s at 567 kB; gzip-1 289/s at 485 kB. Sensor 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
@@ -36,18 +37,21 @@ import h5py
 import imagecodecs
 import numpy as np
 
+from raw2rgb.config import JsonConfig, checked
+from raw2rgb.dataset import SPLITS_FILE, stage_folder
 from raw2rgb.errors import ConfigError, UserError, one_line, writing
 from raw2rgb.files import atomic_path, write_json
 from raw2rgb.pipeline import augment, bayer, rawio, whitebalance
 from raw2rgb.pipeline.bayer import THUMB_SIZE
 from raw2rgb.pipeline.stage import Context, Item, ItemError, Manifest, Stage, StageResult, run_stage
-from raw2rgb.pipeline.unpack import STAGE_FOLDER, camera_name
+from raw2rgb.pipeline.unpack import camera_name
 from raw2rgb.pipeline.whitebalance import SampleColour, WhiteBalance
 
 log = logging.getLogger(__name__)
 
 SHARD_FORMAT = 2  # 2: each sample's colour (white balance, matrix, frame estimates, camera) and frame thumbnail
 INDEX = "index.json"
+MAX_COPIES = 64  # transformed copies per patch: memory and disk grow with each (100000 took 23 GB)
 DEFAULT_SHARD_SIZE = 512
 
 
@@ -449,8 +453,8 @@ def samples_from(patches_dir: Path, saliency_dir: Path, splits: Mapping[str, str
 
 def shards_root(path: os.PathLike | str) -> Path:
     """The shards folder of ``path``: ``path`` itself or, for a prepare DATASET, its ``shards/``."""
-    path = Path(path)
-    return path / "shards" if (path / "shards" / INDEX).is_file() else path
+    folder = stage_folder(path, "shards")
+    return folder if (folder / INDEX).is_file() else Path(path)
 
 
 @dataclass(frozen=True)
@@ -677,23 +681,38 @@ def dataset_key(root: os.PathLike | str) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
+@dataclass(frozen=True)
+class ShardsConfig(JsonConfig):
+    """How ``raw2rgb shards`` writes the training shards (its options; ``prepare`` sets the same from
+    its own config)."""
+
+    scale: int = checked(1, choices=(1, 2), help="Target at packed (1) or sensor (2) size.")
+    copies: int = checked(1, min=1, max=MAX_COPIES, metavar="K", help="Transformed copies per patch.")
+    crop: int | None = checked(None, min=8, metavar="C", help="Patch size in the shards [default: the patch size; "
+                               "with --copies > 1 the largest multiple of 8 below it].")
+    seed: int = checked(0, min=0, help="Random seed (the transformed copies).")
+    shard_size: int = checked(512, min=1, metavar="N", help="Patches per shard.")
+
+
 def build_from_stages(patches_dir: os.PathLike | str, saliency_dir: os.PathLike | str, out_dir: os.PathLike | str,
                       splits_file: os.PathLike | str | None = None, unpack_dir: os.PathLike | str | None = None,
-                      **kwargs: Any) -> StageResult:
-    """The shards stage on its own: patches, saliency and unpack folders of ``prepare`` → training shards.
+                      cfg: ShardsConfig = ShardsConfig(), **kwargs: Any) -> StageResult:
+    """The shards stage on its own (``raw2rgb shards``): patches, saliency and unpack folders of
+    ``prepare`` → training shards, written as ``cfg`` says.
 
     ``splits_file`` defaults to ``splits.json`` beside the patches folder; without one every
     patch goes to ``train``. ``unpack_dir`` defaults to ``unpack/`` beside the patches folder.
-    Other arguments as :func:`build`."""
+    Other arguments (jobs, force, progress) as :func:`build`."""
     patches_dir, saliency_dir = Path(patches_dir), Path(saliency_dir)
-    splits_path = Path(splits_file) if splits_file else patches_dir.parent / "splits.json"
+    dataset = patches_dir.parent  # the stages' folders lie side by side in a prepare DATASET
+    splits_path = Path(splits_file) if splits_file else dataset / SPLITS_FILE
     recorded = json.loads(splits_path.read_text()) if splits_path.is_file() else {}
     splits = recorded.get("scenes", {})
     sal = Manifest.load(saliency_dir)
     samples, owners = samples_from(patches_dir, saliency_dir, splits, recorded.get("patches"))
     method = sal.params.get("method", "") if sal else ""
-    frames = frames_of(unpack_dir if unpack_dir is not None else patches_dir.parent / STAGE_FOLDER)
-    return build(samples, owners, out_dir, frames, saliency_method=method, **kwargs)
+    frames = frames_of(unpack_dir if unpack_dir is not None else stage_folder(dataset, "unpack"))
+    return build(samples, owners, out_dir, frames, saliency_method=method, **dataclasses.asdict(cfg), **kwargs)
 
 
 # -- colour of a shards folder ---------------------------------------------------------------------
@@ -741,7 +760,7 @@ def white_balance(root: os.PathLike | str, rule: str | WhiteBalance = whitebalan
 def colour_source(root: os.PathLike | str, index: ShardIndex | None = None) -> dict[str, Any]:
     """Where a shards folder's colour comes from, as a run records it in its identity: the shards
     themselves (format), how many samples carry an as-shot white balance, and the ``dataset``
-    rule's gains."""
+    rule's gains. In words: ``model/run.py``'s ``colour_words``."""
     root = Path(root)
     index = index if index is not None else read_index(root)
     known = total = 0
@@ -755,15 +774,6 @@ def colour_source(root: os.PathLike | str, index: ShardIndex | None = None) -> d
     gains = white_balance(root, "dataset", index).gains
     return {"stored": f"shards (format {SHARD_FORMAT})", "samples": total, "as_shot": known,
             "dataset_gains": None if gains is None else [round(g, 6) for g in gains]}
-
-
-def colour_words(colour: dict[str, Any] | None) -> str:
-    """A :func:`colour_source` (as a run's identity records it) in words; None: a run of before it."""
-    if not isinstance(colour, dict):
-        return "the unpack sidecars beside the shards (an older raw2rgb)"
-    gains = colour.get("dataset_gains")
-    return (f"{colour.get('stored')}, {colour.get('as_shot')} of {colour.get('samples')} samples with an as-shot white "
-            f"balance" + ("" if gains is None else ", dataset gains " + ", ".join(f"{g:.3f}" for g in gains)))
 
 
 def cameras(root: os.PathLike | str, index: ShardIndex | None = None) -> list[str]:

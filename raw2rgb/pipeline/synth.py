@@ -11,6 +11,7 @@ back exercises the same path as a real camera file.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from scipy.ndimage import gaussian_filter
 from skimage.color import hsv2rgb
 from skimage.transform import resize
 
-from raw2rgb.config import JsonConfig
+from raw2rgb.config import JsonConfig, checked
 from raw2rgb.errors import InputError
 from raw2rgb.pipeline import bayer, metadata
 from raw2rgb.pipeline.align import area_resize
@@ -329,7 +330,7 @@ def render_look(srgb: np.ndarray, look: Look = Look()) -> np.ndarray:
     return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
 
 
-def paired_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (384, 576), seed: int = 0,
+def paired_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (512, 768), seed: int = 0,
                 scenes: tuple[str, ...] = ALL_SCENES, look: Look = Look(), phone: bool = False) -> list[Path]:
     """A RAW+JPEG dataset of two cameras: each scene's DNG from the virtual camera (with noise, CFA
     patterns taking turns; ``phone``: a small sensor's lens blur, vignetting and noise) beside
@@ -349,7 +350,7 @@ def paired_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (384, 576), 
     return paths
 
 
-def camera_shoot(out_dir: os.PathLike | str, size: tuple[int, int] = (384, 576), jpeg_scale: float = 3.0,
+def camera_shoot(out_dir: os.PathLike | str, size: tuple[int, int] = (2592, 3888), jpeg_scale: float = 3.2,
                  embedded: bool = False, seed: int = 0, scenes: tuple[str, ...] = ("astronaut",),
                  look: Look = LOOKS["dslr"]) -> list[Path]:
     """A photographer's shoot: one camera's DNGs and its own JPEGs of the same frames, rendered with
@@ -468,3 +469,54 @@ def wall_with_object(h: int = 512, w: int = 768) -> np.ndarray:
     oh, ow = h * 5 // 16 // 2 * 2, w * 5 // 16 // 2 * 2  # about a tenth of the frame
     img[(h - oh) // 2 : (h + oh) // 2, (w - ow) // 2 : (w + ow) // 2] = scene("chelsea", (oh, ow))
     return img
+
+
+@dataclass(frozen=True)
+class SynthConfig(JsonConfig):
+    """What ``raw2rgb synth`` writes (its options): sample DNGs by default, or one of the datasets."""
+
+    size: tuple[int, int] | None = checked(None, min=64, max=MAX_SIDE, metavar="H W", help=(
+        "Sensor size in pixels [default: 512 768; --zrr: 896 1344; --shoot: 2592 3888]."))
+    pairs: bool = checked(False, help="A two-camera dataset: every bundled scene and a colour chart, each JPEG "
+                          "rendered by another camera with its own look (what the demo trains on).")
+    look: str | None = checked(None, choices=LOOKS, help="--pairs, --zrr, --shoot: the other camera's look: plain "
+                               "(colour and tone) or dslr (also hue-dependent colour, sharpening, local contrast) "
+                               "[default: plain; --shoot: dslr].")
+    phone: bool = checked(False, help="--pairs: the RAW from a small-sensor phone (lens blur, vignetting, more "
+                          "noise).")
+    zrr: bool = checked(False, help="A ZRR-layout dataset: the phone's RAW as 10-bit one-plane PNG mosaics without "
+                        "metadata and the other camera's JPEG, cut into aligned crops (train|test/huawei_raw/N.png, "
+                        "canon/N.jpg; chelsea in test/).")
+    light: str = checked("steady", choices=LIGHTS, help="--zrr: one light for every scene, or each scene under its "
+                         "own (the RAW carries its cast; the other camera white-balances on its own).")
+    crop: int = checked(ZRR_CROP, min=16, rule=(lambda c: c % 2 == 0, "even: the crops keep the mosaic's RGGB phase"),
+                        metavar="N", help="--zrr: crop size in sensor pixels.")
+    shoot: bool = checked(False, help="A photographer's shoot: one camera's frame and its own JPEG, rendered with "
+                          "--look and made --jpeg-scale times smaller, as an M/S-size or embedded JPEG is.")
+    jpeg_scale: float = checked(3.2, min=1.0, max=16.0, metavar="F", help="--shoot: how much smaller the JPEG is "
+                                "than the sensor (the A7R III's preview: 3.2).")
+    embedded: bool = checked(False, help="--shoot: the JPEG inside each DNG (its preview), none beside it.")
+    seed: int = checked(0, min=0, help="Random seed.")
+
+
+def write(out_dir: os.PathLike | str, cfg: SynthConfig = SynthConfig()) -> list[str]:
+    """Write what ``cfg`` asks for into ``out_dir``; returns a line per file written (one line for a
+    ZRR dataset's crops).
+
+    Raises:
+        InputError: a ZRR crop larger than the frame.
+    """
+    kw = {"size": cfg.size} if cfg.size else {}
+    if cfg.shoot:
+        return [str(p) for p in camera_shoot(out_dir, jpeg_scale=cfg.jpeg_scale, embedded=cfg.embedded,
+                                             seed=cfg.seed, look=LOOKS[cfg.look or "dslr"], **kw)]
+    look = LOOKS[cfg.look or "plain"]
+    if cfg.zrr:
+        size = cfg.size or inspect.signature(zrr_dataset).parameters["size"].default
+        if cfg.crop > min(size):
+            raise InputError(f"--crop {cfg.crop} is larger than the frame {size[0]}×{size[1]}")
+        records = zrr_dataset(out_dir, size=size, crop=cfg.crop, seed=cfg.seed, look=look, light=cfg.light)
+        return [f"wrote {len(records)} crops to {out_dir} (zrr layout, {cfg.light} light)"]
+    made = paired_dngs(out_dir, seed=cfg.seed, look=look, phone=cfg.phone, **kw) if cfg.pairs \
+        else sample_dngs(out_dir, seed=cfg.seed, **kw)
+    return [str(p) for p in made]

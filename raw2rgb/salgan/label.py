@@ -1,4 +1,5 @@
-"""The saliency stage: batched inference of saliency maps into HDF5 shards.
+"""The saliency stage: batched inference of saliency maps into HDF5 shards, by a method of
+``salgan/methods.py`` (re-exported here: ``SALIENCY_METHODS``, ``resolve_method``).
 
 Images are sorted by key and cut into shards of at most ``shard_size`` maps of one size (a new
 shard starts where the size changes). A shard is the stage's unit of work: it is computed in one
@@ -19,8 +20,7 @@ import signal
 import threading
 import time
 import warnings
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from raw2rgb.device import cached, resolve_device
-from raw2rgb.files import file_sha256
+from raw2rgb.device import resolve_device
+from raw2rgb.files import collect_files
 from raw2rgb.pipeline.pairs import PairError, read_rgb
 from raw2rgb.pipeline.shards import SaliencyShard, read_saliency_shard, write_saliency_shard
 from raw2rgb.pipeline.stage import (
@@ -46,82 +46,16 @@ from raw2rgb.pipeline.stage import (
     run_stage,
     stop_noted,
 )
-from raw2rgb.registry import Registry
-from raw2rgb.salgan.classical import spectral_residual
-from raw2rgb.salgan.model import Predictor
-from raw2rgb.salgan.weights import WeightsError, default_path, find_weights, load_salgan
+from raw2rgb.salgan.methods import SALIENCY_METHODS, Method, SaliencyConfig, SaliencyMethod, resolve_method
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"})
-DEFAULT_SHARD_SIZE = 1024
-AUTO = "auto"  # SalGAN when its weights are found, else spectral residual (resolve_method)
+DEFAULT_SHARD_SIZE = SaliencyConfig.shard_size
 
 
 def is_image_path(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_SUFFIXES
-
-
-@dataclass(frozen=True)
-class SaliencyMethod:
-    """A way to compute saliency maps: ``on_image`` maps one HWC uint8 image to its (H, W) map in
-    the loader's workers (numpy; a classical method), or ``predictor(weights, device)``
-    gives a callable on a batch of images on the device (a network; ``needs_weights`` then says
-    it needs a weights file, found as for SalGAN). ``help`` is one line for ``--method``."""
-
-    help: str
-    on_image: Callable[[np.ndarray], np.ndarray] | None = None
-    predictor: Callable[[str | None, str], Callable[[torch.Tensor], torch.Tensor]] | None = None
-    needs_weights: bool = False
-
-
-def _salgan(weights: str, device: str):
-    """A :class:`Predictor` for the weights on the device, loaded once per process."""
-    return cached(("salgan", weights, device), lambda: Predictor(load_salgan(weights, device)))
-
-
-SALIENCY_METHODS: Registry[SaliencyMethod] = Registry("saliency method", default=AUTO)
-SALIENCY_METHODS.add("salgan", SaliencyMethod(
-    "the paper's network (its weights: docs/weights.md)", predictor=_salgan, needs_weights=True))
-SALIENCY_METHODS.add("spectral-residual", SaliencyMethod(
-    "a weight-free classical method (Hou and Zhang 2007)", on_image=spectral_residual))
-
-
-def method_choices() -> list[str]:
-    """What ``--method`` accepts: ``auto`` and every registered method."""
-    return [AUTO, *SALIENCY_METHODS]
-
-
-@dataclass(frozen=True)
-class Method:
-    """The saliency method a run uses, resolved from ``auto`` and the weights found."""
-
-    name: str  # a SALIENCY_METHODS name
-    weights: str | None = None
-    weights_sha256: str = ""
-
-
-def resolve_method(method: str, weights: str | os.PathLike | None = None) -> Method:
-    """Pick the method: ``auto`` is SalGAN when weights are found, else spectral residual.
-
-    Raises:
-        WeightsError: a method that needs weights, and none are found (the message says where to
-            put them).
-    """
-    if method != AUTO and method not in SALIENCY_METHODS:
-        raise ValueError(f"unknown saliency method {method!r}: expected one of {', '.join(method_choices())}")
-    if method != AUTO and not SALIENCY_METHODS[method].needs_weights:
-        return Method(method)
-    try:
-        path = find_weights(weights)
-    except WeightsError:
-        if method != AUTO or weights:
-            raise
-        log.warning("no SalGAN weights found (--weights, $RAW2RGB_SALGAN_WEIGHTS, %s): using the "
-                    "weight-free spectral residual method; docs/weights.md says how to get "
-                    "them", default_path())
-        return Method("spectral-residual")
-    return Method("salgan" if method == AUTO else method, str(path), file_sha256(path))
 
 
 def _image_size(path: str) -> tuple[int, int] | None:
@@ -375,6 +309,17 @@ def _to_host(stacked: torch.Tensor) -> tuple[torch.Tensor, Any]:
 SALIENCY = Stage("saliency", 1, label_shard, deferred=True)
 
 
+def label_files(inputs: Iterable[str], out_dir: os.PathLike | str, cfg: SaliencyConfig = SaliencyConfig(),
+                force: bool = False, progress=None) -> StageResult:
+    """``raw2rgb saliency``: the images among ``inputs`` (files, folders, glob patterns) labelled into
+    ``out_dir`` as ``cfg`` says (``auto`` resolved: :func:`resolve_method`)."""
+    images = collect_files(inputs, is_image_path)
+    method = resolve_method(cfg.method, cfg.weights)
+    log.info("saliency: %d images, method %s", len(images), method.name)
+    return label(images, out_dir, method, shard_size=cfg.shard_size, batch_size=cfg.batch_size, device=cfg.device,
+                 workers=cfg.workers, force=force, progress=progress)
+
+
 def label(images: list[tuple[str, str]], out_dir: os.PathLike | str, method: Method,
           shard_size: int = DEFAULT_SHARD_SIZE, batch_size: int = 8, device: str = "auto",
           workers: int | None = None, force: bool = False, progress=None) -> StageResult:
@@ -401,4 +346,5 @@ def label(images: list[tuple[str, str]], out_dir: os.PathLike | str, method: Met
     return result
 
 
-__all__ = ["SaliencyShard", "label", "read_saliency_shard", "resolve_method", "plan_shards", "read_rgb"]
+__all__ = ["SALIENCY_METHODS", "Method", "SaliencyMethod", "SaliencyShard", "label", "plan_shards", "read_rgb",
+           "read_saliency_shard", "resolve_method"]

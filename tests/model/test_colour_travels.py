@@ -18,7 +18,7 @@ from raw2rgb.model import run as run_mod
 from raw2rgb.model.checkpoint import load as load_checkpoint
 from raw2rgb.model.data import ShardDataset
 from raw2rgb.model.train import Runtime, train
-from raw2rgb.pipeline import profile, shards, synth
+from raw2rgb.pipeline import profile, profile_fit, shards, synth
 from raw2rgb.pipeline.shards import ShardError
 from tests.conftest import cli
 from tests.model.conftest import tiny_config
@@ -56,7 +56,7 @@ def test_the_shards_hold_each_samples_colour(dataset_and_copy):
 
 def test_profile_fit_and_evaluate_on_the_copy_equal_the_dataset(dataset_and_copy, tmp_path):
     ds, copy = dataset_and_copy
-    on_ds, on_copy = profile.fit_dataset(ds), profile.fit_dataset(copy)
+    on_ds, on_copy = profile_fit.fit_dataset(ds), profile_fit.fit_dataset(copy)
     assert on_ds.coefficients == on_copy.coefficients
     assert on_ds.cameras == on_copy.cameras == ("raw2rgb Virtual Camera",)
     profile.save(on_ds, tmp_path / "p.json")
@@ -91,7 +91,7 @@ def test_old_format_shards_are_refused_in_one_line_naming_the_fix(dataset_and_co
     shutil.copytree(copy, old)
     index = json.loads((old / "index.json").read_text())
     (old / "index.json").write_text(json.dumps({**index, "format": 1}))
-    for use in (lambda: ShardDataset(old, "train"), lambda: profile.fit_dataset(old)):
+    for use in (lambda: ShardDataset(old, "train"), lambda: profile_fit.fit_dataset(old)):
         with pytest.raises(ShardError) as info:
             use()
         assert "\n" not in str(info.value) and "raw2rgb prepare SRC -o DATASET --force shards" in str(info.value)

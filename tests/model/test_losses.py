@@ -7,7 +7,9 @@ import dataclasses
 import pytest
 import torch
 
+from raw2rgb.config import FieldError
 from raw2rgb.model import losses
+from raw2rgb.model.terms import LOSS_TERMS, LossTerm
 
 
 def test_l1_and_attention_known_answers():
@@ -33,9 +35,29 @@ def test_weighted_total_reads_the_weights_and_skips_absent_terms():
 
 def test_every_weighted_term_is_listed_once():
     names = [f.name for f in dataclasses.fields(losses.LossWeights)]
-    assert set(names) <= set(losses.TERMS) and {"rgb", "d", "total"} <= set(losses.TERMS)
-    assert set(losses.STAGE2_TERMS) <= set(names)
+    assert names == list(LOSS_TERMS) and list(losses.TERMS) == ["rgb", *names, "d", "total"]
+    assert {n: LOSS_TERMS[n].stages for n in names} == {"attention": (1, 2), "adversarial": (2,), "perceptual": (2,)}
     assert losses.LossWeights() == losses.LossWeights(attention=0.5, adversarial=0.01, perceptual=1.0)  # the paper
+
+
+def test_a_term_is_registered_once_and_a_weight_needs_its_term():
+    with pytest.raises(ValueError, match="already registered"):
+        LOSS_TERMS.add("attention", LossTerm("again", lambda t: None))
+
+    @dataclasses.dataclass(frozen=True)
+    class Weights(losses.LossWeights):
+        sharpness: float = 1.0
+
+    with pytest.raises(FieldError, match=r"Weights\.sharpness: no loss term 'sharpness' is registered"):
+        Weights()  # refused when the config is made, not at the first step
+
+
+def test_the_objective_imports_no_torch():
+    import subprocess
+    import sys
+
+    probe = "import sys, raw2rgb.model.terms, raw2rgb.model.recipe; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
 
 
 def test_perceptual_is_zero_for_equal_images_and_positive_otherwise():

@@ -11,6 +11,7 @@ import torch
 
 from raw2rgb.config import FieldError
 from raw2rgb.model import prior as prior_mod
+from raw2rgb.model import prior_fit
 from raw2rgb.model.generator import Generator, GeneratorConfig, fold_spectral_norm, init_weights
 from raw2rgb.model.infer import TileConfig, run_tiled, run_whole
 from raw2rgb.model.presets import PRESETS
@@ -161,7 +162,7 @@ def test_the_detail_filter_starts_as_the_identity_and_its_fit_recovers_a_known_f
         return torch.nn.functional.conv2d(torch.nn.functional.pad(plain.profiled(raw, c), (2,) * 4, mode="replicate"),
                                           weight, bias)
 
-    got_w, got_b, psnr = prior_mod.fit_detail(filtered, _batches(packed, colour, render))
+    got_w, got_b, psnr = prior_fit.fit_detail(filtered, _batches(packed, colour, render))
     # the colour planes of a photograph are nearly collinear: the weights are found to 1e-2, what they render exactly
     torch.testing.assert_close(got_w, weight, rtol=0, atol=1e-2)
     torch.testing.assert_close(got_b, bias, rtol=0, atol=1e-2)

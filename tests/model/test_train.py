@@ -17,6 +17,7 @@ import torch
 from click.testing import CliRunner
 
 from raw2rgb.cli import main
+from raw2rgb.device import DeviceError
 from raw2rgb.errors import UserError
 from raw2rgb.model import losses
 from raw2rgb.model.checkpoint import load as load_checkpoint
@@ -359,7 +360,7 @@ def test_bf16_autocast_path_trains(tiny_shards, tmp_path):
     assert all(np.isfinite(v) for r in steps for k, v in r.items() if isinstance(v, float))
     final = load_checkpoint(tmp_path / "run" / "checkpoints" / "final.pt")
     assert all(v.dtype == torch.float32 for v in final["G"].values() if v.is_floating_point())
-    with pytest.raises(TrainError, match="fp16 needs CUDA"):
+    with pytest.raises(DeviceError, match="fp16 needs CUDA"):  # refused with the device, before RUN is touched
         train(tiny_shards, tmp_path / "run2", tiny(), rt(precision="fp16"))
 
 

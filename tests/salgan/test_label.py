@@ -74,6 +74,12 @@ def test_spectral_residual_method_is_recorded(images, tmp_path, monkeypatch):
     np.testing.assert_array_equal(s.maps[0], spectral_residual(label.read_rgb(str(images / "0_astronaut.png"))))
 
 
+def test_the_methods_load_without_torch():
+    """The CLI reads the methods for --method's choices and help: no torch, no scikit-image until used."""
+    probe = "import sys, raw2rgb.salgan.methods; print(sorted(m for m in ('torch', 'skimage') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
 def test_missing_weights_with_method_salgan_fails_clearly(images, tmp_path):
     env = {"XDG_CACHE_HOME": str(tmp_path / "empty-cache"), ENV_VAR: ""}
     result = _cli("saliency", images, "-o", tmp_path / "sal", "--method", "salgan", env=env)
