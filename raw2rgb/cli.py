@@ -1,9 +1,13 @@
-"""The ``raw2rgb`` command: parses options, builds configs and calls the library. Nothing else.
+"""The ``raw2rgb`` command: each command parses its options, calls one library function and prints
+what it returns. Its defaults, checks and policy are the library's.
 
-It loads lazily: a command's module is imported when the command runs, and choices, defaults and
-help lines that come from the library (the registries of presets, layouts, saliency and rendering
-methods; the profile models, white-balance rules, …) are read when a help page or a parse needs
-them. ``raw2rgb --help`` imports no torch; ``convert`` never imports the training loop.
+A command's options are its config's fields (``options.py``: default, range, choices and help come
+from the field's declaration), made when the command is first parsed or shown; what is declared
+here is the CLI's own: arguments, ``-o``, short flags, how a run goes (``--force``, ``--dry-run``,
+``--jobs``, ``--backend``), examples and the printed summaries. It loads lazily: a command's module
+is imported when the command runs, and registries (presets, layouts, saliency and rendering
+methods, loss terms) are read when a help page or a parse needs them. No ``--help`` imports torch;
+``convert`` never imports the training loop (tests/test_imports.py).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ def checked(default: Any = dataclasses.MISSING, *, min: float | None = None, max
     exclusive (each element of a tuple), ``choices``, or ``rule`` (a predicate on the whole value
     and what it asks for in words). ``None`` is always accepted where the type allows it.
 
-    The same declaration is the field's command-line option (``cli_options.py`` makes it): ``help``
+    The same declaration is the field's command-line option (``options.py`` makes it): ``help``
     is its help line (without the default and range, which are added from the field), ``metavar``
     the placeholder shown for its value, and ``option=False`` marks a field that is deliberately no
     option (resolved by the library, or set only through a preset or a config file)."""

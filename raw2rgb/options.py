@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from raw2rgb.config import JsonConfig, field_option
+from raw2rgb.config import JsonConfig, accepted, field_option
 from raw2rgb.registry import Registry
 
 _SEP = "__"  # joins a field's path into the option's destination: "cfg__patch__size"
@@ -188,6 +188,8 @@ def _option(f: dataclasses.Field, hint: Any, shown: dict[str, Any], tag: str, pa
         kinds = typing.get_args(hint)
         if kinds[0] is int:  # sizes: --size 512 768
             kw.update(type=tuple(_number(int, meta) for _ in kinds), nargs=len(kinds))
+            if meta:
+                kw["help"] = f"{kw['help']} ({accepted('each', meta)})".strip()
         else:  # ratios: --split 0.9,0.1,0
             kw["type"] = Numbers(len(kinds), kinds[0], _number(kinds[0], meta))
     elif hint in (int, float):

@@ -403,11 +403,12 @@ def test_the_options_are_checked_by_the_same_rules(small_shards, tmp_path):
 # -- 12. prepare's options: non-finite numbers never switch a filter off ------------------------------------
 
 @pytest.mark.parametrize("args,reason", [
-    (("--split", "nan,0.1,0"), "three non-negative ratios"),
-    (("--split", "inf,0.1,0"), "three non-negative ratios"),
-    (("--min-score", "nan"), "PatchParams.min_score: nan is not a finite number"),
-    (("--max-shift", "nan"), "PatchParams.max_shift: nan is not a finite number"),
-    (("--min-mean", "nan"), "PatchParams.min_mean: nan is not a finite number"),
+    (("--split", "nan,0.1,0"), "PrepareConfig.split: nan is not a finite number"),
+    (("--split", "inf,0.1,0"), "PrepareConfig.split: inf is not a finite number"),
+    (("--split", "0.9,0.1"), "3 comma-separated numbers expected"),
+    (("--min-score", "nan"), "PrepareConfig.patch.min_score: nan is not a finite number"),
+    (("--max-shift", "nan"), "PrepareConfig.patch.max_shift: nan is not a finite number"),
+    (("--min-mean", "nan"), "PrepareConfig.patch.min_mean: nan is not a finite number"),
 ])
 def test_prepare_refuses_non_finite_options_before_any_work(pairs_src, tmp_path, args, reason):
     for dry in (("--dry-run",), ()):
@@ -553,10 +554,10 @@ def test_export_onnx_prints_one_line_whatever_the_onnx_packages_log(tiny_run, tm
 # -- 17. messages state only what is true ------------------------------------------------------------------------
 
 def test_a_nan_loss_before_any_checkpoint_promises_none(small_shards, tmp_path, monkeypatch):
-    from raw2rgb.model import losses
+    from raw2rgb.model import terms
     from raw2rgb.model.train import TrainError
 
-    monkeypatch.setattr(losses, "l1", lambda a, b: (a - b).abs().mean() * float("nan"))
+    monkeypatch.setattr(terms, "l1", lambda a, b: (a - b).abs().mean() * float("nan"))
     with pytest.raises(TrainError, match="became NaN") as e:
         train(small_shards, tmp_path / "run", tiny_config(), Runtime(workers=0, log_every=1))
     assert "no checkpoint had been written yet" in str(e.value) and "is kept" not in str(e.value)
@@ -1116,7 +1117,7 @@ def test_synth_sizes_are_bounded_and_the_bound_is_in_the_help(tmp_path):
     r = cli("synth", "-o", tmp_path / "big", "--size", "100000", "100000")
     assert r.exit_code == 2 and "'--size': 100000 is not in the range 64<=x<=8192" in r.output, r.output
     assert not (tmp_path / "big").exists()
-    assert "64 to 8192 per side" in cli("synth", "--help").output
+    assert "64 <= each <= 8192" in " ".join(cli("synth", "--help").output.split())
     with pytest.raises(InputError, match="100000×100000 pixels: at most 8192 per side"):
         synth.sample_dngs(tmp_path / "lib", size=(100000, 100000))
     assert not (tmp_path / "lib").exists()

@@ -170,3 +170,36 @@ def test_shards_train_and_profile_library_equal_cli(labelled, tmp_path):
     assert cli("profile", "fit", tmp_path / "cli", "-o", tmp_path / "cli.json").exit_code == 0
     profile.save(profile_fit.fit_on(tmp_path / "cli"), tmp_path / "lib.json")
     assert json.loads((tmp_path / "cli.json").read_text()) == json.loads((tmp_path / "lib.json").read_text())
+
+
+def test_convert_library_equals_cli(tmp_path):
+    from raw2rgb import convert
+    synth.sample_dngs(tmp_path / "raw", size=(64, 96))
+    r = cli("convert", tmp_path / "raw", "-o", tmp_path / "cli", "-j", "1")
+    assert r.exit_code == 0, r.output
+    cfg, result = convert.convert_files([str(tmp_path / "raw")], tmp_path / "lib")
+    assert cfg.method == "isp" and not result.problems()
+    cli_files, lib_files = _tree(tmp_path / "cli"), _tree(tmp_path / "lib")
+    assert sorted(cli_files) == sorted(lib_files) and len([k for k in cli_files if k.endswith(".png")]) == 4
+    assert all(cli_files[k] == lib_files[k] for k in cli_files if k.endswith(".png"))
+
+
+def test_saliency_and_evaluate_library_equal_cli(labelled, tmp_path):
+    from raw2rgb.model import evaluate
+    from raw2rgb.pipeline import shards
+    from raw2rgb.salgan import label, methods
+    images = labelled / "patches" / "rgb"
+    r = cli("saliency", images, "-o", tmp_path / "cli", "--method", "spectral-residual")
+    assert r.exit_code == 0, r.output
+    label.label_files([str(images)], tmp_path / "lib", methods.SaliencyConfig(method="spectral-residual"))
+    maps = sorted(p.name for p in (tmp_path / "cli").glob("*.h5"))
+    assert maps and maps == sorted(p.name for p in (tmp_path / "lib").glob("*.h5"))
+    for name in maps:
+        a, b = shards.read_saliency_shard(tmp_path / "cli" / name), shards.read_saliency_shard(tmp_path / "lib" / name)
+        assert list(a.ids) == list(b.ids) and (a.maps[:] == b.maps[:]).all()
+
+    build_shards(labelled, tmp_path / "ds")
+    r = cli("evaluate", tmp_path / "ds")  # the default method with no input: the classical pipeline, on val
+    assert r.exit_code == 0, r.output
+    summary = evaluate.evaluate(tmp_path / "ds").summary
+    assert json.loads(r.output) == json.loads(json.dumps(summary)) and summary["method"] == "isp"

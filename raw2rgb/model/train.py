@@ -1,7 +1,7 @@
 """`raw2rgb train`: the two-stage recipe as one restartable run.
 
 Stage 1 trains G on ``L_rgb + 0.5 L_A``; stage 2 adds the discriminator, ``0.01 L_G`` and
-``1 L_p`` with the two time-scale learning rates (the weights live in ``losses.LossWeights``).
+``1 L_p`` with the two time-scale learning rates (the weights and terms: ``model/terms.py``).
 The file reads in the order a run goes: :func:`train` → :func:`check` → set up and resume →
 the stages and their epochs (:func:`_run_stages`) → an epoch's batches (:class:`_Loop`) → the D
 step and the G step (:func:`train_step`) → log → validate → snapshot.

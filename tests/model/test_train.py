@@ -279,9 +279,10 @@ def test_bad_inputs_are_one_line(tmp_path):
     assert r.exit_code == 1 and "train split is empty" in r.output
     outputs.append(r.output)
     scale2 = make_shards(tmp_path / "s2", {"train": 4}, scale=2)
-    r = _cli("train", scale2, "-o", tmp_path / "r2", "--preset", "tiny", "--scale", "1", "--perceptual-weight", "0")
-    assert r.exit_code == 1 and "output scale 2" in r.output
-    outputs.append(r.output)
+    # the CLI takes the generator's scale from the shards (recipe.train_config); a config of another is refused
+    from raw2rgb.model.train import check
+    with pytest.raises(TrainError, match="shards are at output scale 2, the config's generator at 1"):
+        check(scale2, tiny(), rt())
     r = _cli("train", tmp_path, "-o", tmp_path / "r3")
     assert r.exit_code == 1 and "index.json" in r.output
     outputs.append(r.output)
@@ -304,16 +305,17 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tiny_shards, tmp_path
 
 def _poison(tmp_path):
     """Make the next forward produce NaN, as a diverged run would."""
-    import raw2rgb.model.losses as L
+    import raw2rgb.model.terms as T
 
-    L.l1 = lambda a, b: (a - b).abs().mean() * float("nan")
+    T.l1 = lambda a, b: (a - b).abs().mean() * float("nan")
 
 
 @pytest.fixture(autouse=True)
 def _restore_l1():
-    original = losses.l1
+    from raw2rgb.model import terms
+    original = terms.l1
     yield
-    losses.l1 = original
+    terms.l1 = original
 
 
 def test_dry_run_prints_the_resolved_config(tiny_shards, tmp_path):
