@@ -58,9 +58,9 @@ from raw2rgb import prepare as prep  # noqa: E402
 from raw2rgb.model.data import ShardDataset, to_model  # noqa: E402
 from raw2rgb.model.evaluate import evaluate, score, summarise  # noqa: E402
 from raw2rgb.model.generator import GeneratorConfig  # noqa: E402
-from raw2rgb.model.losses import LossWeights  # noqa: E402
 from raw2rgb.model.prior import ColourPrior, demosaic_bilinear  # noqa: E402
 from raw2rgb.model.prior_fit import PriorFit, fit_detail_on_split  # noqa: E402
+from raw2rgb.model.terms import LossWeights  # noqa: E402
 from raw2rgb.model.train import Runtime, TrainConfig, train  # noqa: E402
 from raw2rgb.pipeline import profile, profile_fit, synth, whitebalance  # noqa: E402
 from raw2rgb.pipeline.pairs import PatchParams  # noqa: E402

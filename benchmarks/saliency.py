@@ -25,7 +25,7 @@ from _common import report  # noqa: E402
 
 from raw2rgb.device import resolve_device  # noqa: E402
 from raw2rgb.pipeline import synth  # noqa: E402
-from raw2rgb.salgan import label  # noqa: E402
+from raw2rgb.salgan import label, methods  # noqa: E402
 from raw2rgb.salgan.classical import spectral_residual  # noqa: E402
 from raw2rgb.salgan.model import SalGAN  # noqa: E402
 from raw2rgb.salgan.weights import save_weights  # noqa: E402
@@ -84,7 +84,7 @@ def main() -> None:
             spectral_residual(scenes[i % len(scenes)])
         classical = min(n, 256) / (time.perf_counter() - t0)
 
-        method = label.Method("salgan", str(weights), "bench")
+        method = methods.Method("salgan", str(weights), "bench")
         t0 = time.perf_counter()
         result = label.label(paths, work / "sal", method, batch_size=bs, device=device, workers=args.workers)
         _sync(device)

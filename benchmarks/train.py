@@ -102,7 +102,7 @@ def measure(device: torch.device, preset: str = "paper", batch: int | None = Non
     """Seconds per step, FLOPs (executed and paper-nominal) and peak memory of both stages, and the
     same-run matmul rate."""
     cuda = device.type == "cuda"
-    device = device_policy(device, Dist())
+    device = device_policy(device)
     batch = batch or (8 if cuda else 1)
     steps = steps or (20 if cuda else 2)
     dtype = torch.bfloat16 if cuda else torch.float32

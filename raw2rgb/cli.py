@@ -16,7 +16,6 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import sys
 import threading
 from inspect import cleandoc
@@ -25,7 +24,7 @@ from pathlib import Path
 import click
 
 from raw2rgb import __version__, files
-from raw2rgb.dataset import SPLITS
+from raw2rgb.device import DEVICE_HELP
 from raw2rgb.errors import Interrupted, UserError, environment_message, one_line, printable
 from raw2rgb.options import LazyChoice, LazyOption, config_options, given
 
@@ -187,10 +186,6 @@ def backend_options(fn):
     return wrapper
 
 
-def _jobs(jobs: int | None) -> int:
-    return jobs or min(4, os.cpu_count() or 1)
-
-
 def _progress(quiet: bool):
     """A tqdm factory for the stage machinery (bars only on a terminal)."""
     from tqdm import tqdm
@@ -223,19 +218,27 @@ class _ExamplesLast:
 
 
 class _Command(_ExamplesLast, click.Command):
-    """``more_params``: a function giving more options, called when the command is first parsed or
-    shown (options read from a module the command alone needs)."""
+    """``more_params``: a function giving more options (a config's), called when the command is first
+    parsed or shown (options read from a module the command alone needs); they go after the option
+    named ``more_after`` (default: after the arguments and ``-o``). Two options of one name are a
+    bug of the declarations (two configs, or a nested config and its parent), refused here."""
 
-    def __init__(self, *args, more_params=None, **kwargs) -> None:
-        self._more_params = more_params
+    def __init__(self, *args, more_params=None, more_after: str = "out_dir", **kwargs) -> None:
+        self._more_params, self._more_after = more_params, more_after
         super().__init__(*args, **kwargs)
 
     @property
     def params(self) -> list[click.Parameter]:
-        if self._more_params is not None:  # after the arguments and -o, before the command's own options
+        if self._more_params is not None:
             more, self._more_params = self._more_params, None
-            at = sum(1 for p in self._params if isinstance(p, click.Argument) or "-o" in p.opts)
+            names = [p.name for p in self._params]
+            at = names.index(self._more_after) + 1 if self._more_after in names else \
+                sum(1 for p in self._params if isinstance(p, click.Argument))
             self._params = self._params[:at] + more() + self._params[at:]
+            opts = [o for p in self._params for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])]
+            twice = sorted({o for o in opts if opts.count(o) > 1})
+            if twice:
+                raise RuntimeError(f"{self.name}: options declared twice: {', '.join(twice)}")
         return self._params
 
     @params.setter
@@ -336,7 +339,7 @@ def unpack(obj, inputs: tuple[str, ...], out_dir: Path, jobs: int | None, force:
     from raw2rgb import config
     from raw2rgb.pipeline import unpack as unpack_stage
     cfg = config.layered(unpack_stage.UnpackConfig, [(None, given(options, "cfg"))])
-    result = unpack_stage.unpack_files(inputs, out_dir, cfg, jobs=_jobs(jobs), force=force,
+    result = unpack_stage.unpack_files(inputs, out_dir, cfg, jobs=jobs, force=force,
                                        progress=_progress(obj["quiet"]), overwrite=overwrite)
     click.echo(f"wrote {len(result.manifest.ok)} packed PNGs to {out_dir}", err=True)
     _finish(result)
@@ -466,7 +469,7 @@ def shards_command(obj, patches, saliency_dir, out_dir, splits_file, jobs, force
     from raw2rgb.pipeline import shards as shard_stage
     cfg = config.layered(shard_stage.ShardsConfig, [(None, given(options, "cfg"))])
     result = shard_stage.build_from_stages(patches, saliency_dir, out_dir, splits_file=splits_file, cfg=cfg,
-                                           jobs=_jobs(jobs), force=force, progress=_progress(obj["quiet"]))
+                                           jobs=jobs, force=force, progress=_progress(obj["quiet"]))
     _finish(result)
 
 
@@ -506,7 +509,7 @@ def _pair(ctx, param, value: str | None) -> tuple[int, int] | None:
     return parts[0], parts[1]
 
 
-@main.command(more_params=both(
+@main.command(more_after="epochs", more_params=both(
     from_config("cfg", "raw2rgb.model.recipe", "TrainConfig", rename={"weights.*": "{}-weight"},
                 default="preset's; paper {}"),
     from_config("rt", "raw2rgb.model.recipe", "Runtime", rename={"stages": "stage"})))
@@ -568,7 +571,7 @@ def train(obj, dataset, out_dir, preset, config_file, epochs, force, dry_run, **
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @out_option("Output folder (one image per RAW file, manifest.json).")
 # Execution
-@click.option("--device", default="auto", metavar="DEV", help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.option("--device", default="auto", metavar="DEV", help=DEVICE_HELP)
 @jobs_option
 @force_option("Convert every file, even those up to date.")
 @overwrite_option
@@ -595,7 +598,7 @@ def convert(obj, inputs, out_dir, device, jobs, force, overwrite, **options) -> 
     from raw2rgb import render
     method = options.pop("method")
     given_inputs = _taken(options, [i.name for i in render.inputs()])
-    cfg, result = conv.convert_files(inputs, out_dir, method, device=device, jobs=_jobs(jobs), force=force,
+    cfg, result = conv.convert_files(inputs, out_dir, method, device=device, jobs=jobs, force=force,
                                      progress=_progress(obj["quiet"]), overwrite=overwrite, **given_inputs,
                                      **given(options, "cfg"))
     click.echo(conv.summary_line(cfg.method, result, out_dir), err=True)
@@ -641,7 +644,8 @@ def profile() -> None:
     """Colour profiles: the classical rendering → a target camera's look, fitted in seconds."""
 
 
-@profile.command("fit", more_params=from_config("cfg", "raw2rgb.pipeline.profile_fit", "FitConfig"))
+@profile.command("fit", more_after="out", more_params=from_config("cfg", "raw2rgb.pipeline.profile_fit",
+                                                                   "FitConfig"))
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), metavar="JSON",
               callback=output_path(False), help="The profile file to write.")
@@ -709,12 +713,12 @@ def _captioned(ctx, param, values) -> list[tuple[str, Path]]:
     return out
 
 
-@main.command()
+@main.command(more_after="dataset", more_params=from_config("cfg", "raw2rgb.render", "ScoreConfig",
+                                                            skip=("batch_size", "device")))
 @click.argument("run_dir", metavar="RUN", type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("--dataset", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
               help="A prepared DATASET: adds held-out samples (RAW | classical | model | target | saliency) and "
                    "the metrics of the model and of the classical pipeline.")
-@click.option("--split", type=click.Choice(SPLITS), default="val", help="Held-out split.")
 @click.option("--profile", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               metavar="JSON", help="A fitted colour profile: shown and scored beside the model [default: the run's "
                                    "profile.json, when it has one].")
@@ -723,15 +727,17 @@ def _captioned(ctx, param, values) -> list[tuple[str, Path]]:
 @click.option("-o", "--out", "out", required=True, type=click.Path(path_type=Path), callback=output_path(False),
               metavar="REPORT.html", help="The page; its pictures go beside it (REPORT.png, REPORT_files/).")
 @user_errors
-def report(run_dir, dataset, split, profile, images, out) -> None:
+def report(run_dir, dataset, profile, images, out, **options) -> None:
     """An HTML report of a training run: contact sheet, metrics, training curve.
 
     \b
     Example:
       raw2rgb report runs/paper --dataset ds/ -o runs/paper/report.html
     """
+    from raw2rgb import config, render
     from raw2rgb.model import report as rep
-    path = rep.write_report(run_dir, out, dataset, split, list(images), profile=profile)
+    cfg = config.layered(render.ScoreConfig, [(None, given(options, "cfg"))])
+    path = rep.write_report(run_dir, out, dataset, cfg.split, list(images), profile=profile)
     sheet = path.with_suffix(".png")  # none for an empty split: the page says so instead
     click.echo(f"wrote {path}" + (f" and {sheet}" if dataset and f'src="{sheet.name}"' in path.read_text() else ""))
 

@@ -39,14 +39,15 @@ class FieldError(ConfigError):
 
 def checked(default: Any = dataclasses.MISSING, *, min: float | None = None, max: float | None = None,
             above: float | None = None, below: float | None = None, choices: Iterable[Any] | None = None,
-            rule: tuple[Callable[[Any], bool], str] | None = None, help: str | None = None,
+            rule: tuple[Callable[[Any], bool], str] | None = None, help: str | Callable[[], str] | None = None,
             metavar: str | None = None, option: bool = True, **kw: Any) -> Any:
     """A dataclass field with the values it accepts: ``min``/``max`` inclusive, ``above``/``below``
     exclusive (each element of a tuple), ``choices``, or ``rule`` (a predicate on the whole value
     and what it asks for in words). ``None`` is always accepted where the type allows it.
 
     The same declaration is the field's command-line option (``options.py`` makes it): ``help``
-    is its help line (without the default and range, which are added from the field), ``metavar``
+    is its help line (without the default and range, which are added from the field; a function
+    giving it where it names what the library holds when the page is shown), ``metavar``
     the placeholder shown for its value, and ``option=False`` marks a field that is deliberately no
     option (resolved by the library, or set only through a preset or a config file)."""
     meta = {k: v for k, v in (("min", min), ("max", max), ("above", above), ("below", below),

@@ -30,7 +30,7 @@ from raw2rgb.errors import InputError
 from raw2rgb.files import atomic_path, file_sha256
 from raw2rgb.pipeline import metadata, rawio
 from raw2rgb.pipeline import profile as colour_profile
-from raw2rgb.pipeline.stage import Context, Deferred, Item, ItemError, Stage, StageResult, run_stage
+from raw2rgb.pipeline.stage import Context, Deferred, Item, ItemError, Stage, StageResult, default_jobs, run_stage
 from raw2rgb.pipeline.unpack import collect_inputs
 from raw2rgb.render import RENDER_METHODS, inputs, pick
 
@@ -58,8 +58,7 @@ class ConvertConfig(JsonConfig):
     precision: str = checked("fp32", choices=("fp32", "bf16"), option=False)
     format: str = checked("png", choices=FORMATS, help="png and jpg: 8-bit sRGB; tiff16: 16-bit sRGB.")
     quality: int = checked(95, min=1, max=100, metavar="Q", help="JPEG quality.")
-    zrr_levels: str = checked(rawio.ZRR_DEFAULT_LEVELS, choices=rawio.ZRR_LEVELS,
-                              help="Black/white level for ZRR mosaic PNG inputs: liteisp = 63/1020, pynet = 0/1020.")
+    zrr_levels: str = rawio.zrr_levels_field()
 
 
 def write_image(path: Path, rgb: np.ndarray, fmt: str, quality: int = 95,
@@ -215,12 +214,14 @@ def convert(items: list[Item], out_dir: os.PathLike | str, cfg: ConvertConfig, d
 
 
 def convert_files(inputs: Iterable[str], out_dir: os.PathLike | str, method: str | None = None, *,
-                  device: str = "auto", jobs: int = 1, force: bool = False, progress=None, overwrite: bool = False,
-                  **options: Any) -> tuple[ConvertConfig, StageResult]:
+                  device: str = "auto", jobs: int | None = None, force: bool = False, progress=None,
+                  overwrite: bool = False, **options: Any) -> tuple[ConvertConfig, StageResult]:
     """``raw2rgb convert``: the RAW files among ``inputs`` (files, folders, glob patterns) converted into
     ``out_dir`` by ``method`` (None: ``auto``) with what it renders with (``checkpoint=``,
     ``profile=``: :func:`render.inputs`) and ConvertConfig's other fields as ``options``
-    (:func:`resolve`, :func:`convert`). Returns the config used and the stage's result."""
+    (:func:`resolve`, :func:`convert`), by ``jobs`` processes (None: min(4, cores); one runs a model).
+    Returns the config used and the stage's result."""
     cfg = resolve(method, **options)
-    return cfg, convert(collect_inputs(inputs, out_dir), out_dir, cfg, device=device, jobs=jobs, force=force,
+    return cfg, convert(collect_inputs(inputs, out_dir), out_dir, cfg, device=device, jobs=jobs or default_jobs(),
+                        force=force,
                         progress=progress, overwrite=overwrite)

@@ -14,17 +14,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from raw2rgb.config import checked
 from raw2rgb.errors import UserError
 
 if TYPE_CHECKING:
     import torch
 
-    from raw2rgb.model.distributed import Dist
-
 
 class DeviceError(UserError):
     """A device that cannot be used here; the message says which and why."""
 
+
+
+DEVICE_HELP = "auto (CUDA when present), cpu, cuda or cuda:N."
+
+
+def device_field(default: str = "auto") -> Any:
+    """A config's ``device`` field: what every device option accepts (:func:`resolve_device`), declared once."""
+    return checked(default, metavar="DEV", help=DEVICE_HELP)
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """``auto`` → ``cuda`` when available, else ``cpu``; ``cpu``, ``cuda``, ``cuda:N`` checked."""
@@ -63,13 +70,13 @@ def autocast(device: torch.device, precision: str) -> torch.autocast:
                           enabled=precision != "fp32")
 
 
-def device_policy(device: torch.device, dist: Dist) -> torch.device:
-    """This process's device (its own GPU under DDP) and the CUDA kernel policy."""
+def device_policy(device: torch.device, local_rank: int | None = None) -> torch.device:
+    """This process's device (its own GPU under DDP: ``local_rank``) and the CUDA kernel policy."""
     import torch
 
     if device.type == "cuda":
-        if dist.grouped:
-            device = torch.device("cuda", dist.local_rank)
+        if local_rank is not None:
+            device = torch.device("cuda", local_rank)
             torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = True  # fixed patch sizes: pick the fastest kernels once
         torch.backends.cuda.matmul.allow_tf32 = True  # fp32 parts (losses, norms) on tensor cores

@@ -15,6 +15,7 @@ and the CLI may rename an option (its ``rename``: the CLI's own words, e.g. ``pa
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -65,14 +66,21 @@ class LazyOption(click.Option):
 
 
 class FieldOption(click.Option):
-    """An option of a config field: it defaults to None (not given), and its help shows the field's
-    default as the field declares it (``shown``), without click's parentheses around a text."""
+    """An option of a config field: it defaults to None (not given); its help shows the field's
+    default as the field declares it (``shown``, without click's parentheses around a text) and
+    what the field accepts beyond a range click shows itself (``accepts``: a rule, each of a tuple's
+    numbers), and lists a registry's entries as they are when the page is shown; a value against
+    the field's rule is refused naming the option, as click refuses one out of range."""
 
-    def __init__(self, *args, shown: str | None = None, registry: Registry | None = None, **kwargs) -> None:
-        self.shown, self.registry = shown, registry
+    def __init__(self, *args, shown: str | None = None, accepts: str | None = None,
+                 registry: Registry | None = None, rule=None, lazy_help=None, **kwargs) -> None:
+        self.shown, self.accepts, self.registry, self.rule = shown, accepts, registry, rule
+        self.lazy_help = lazy_help
         super().__init__(*args, **kwargs)
 
     def get_help_record(self, ctx):
+        if self.lazy_help is not None:  # a help line read from the library when shown
+            self.help, self.lazy_help = self.lazy_help(), None
         if self.registry is not None:  # the entries registered by now, each with its help line
             self.help = f"{self.help} {self.registry.help()}.".strip()
             self.registry = None
@@ -82,7 +90,19 @@ class FieldOption(click.Option):
         extra = super().get_help_extra(ctx)
         if self.shown is not None:
             extra["default"] = self.shown
+        if self.accepts:
+            extra["range"] = "; ".join(w for w in (extra.get("range"), self.accepts) if w)
         return extra
+
+    def process_value(self, ctx, value):
+        value = super().process_value(ctx, value)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float) and not math.isfinite(v):  # click's FLOAT takes nan and inf
+                raise click.BadParameter(f"{v} is not a finite number", ctx, self)
+        if value is not None and self.rule is not None and not self.rule[0](value):
+            raise click.BadParameter(f"{','.join(map(str, value)) if isinstance(value, tuple) else value}: "
+                                     f"{self.rule[1]} expected", ctx, self)
+        return value
 
 
 class Numbers(click.ParamType):
@@ -96,10 +116,14 @@ class Numbers(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
-        parts = str(value).split(",")
+        parts = [p.strip() for p in str(value).split(",")]
+        try:
+            [self.kind(p) for p in parts]
+        except ValueError:
+            parts = []
         if len(parts) != self.n:
             self.fail(f"{value!r}: {self.n} comma-separated numbers expected", param, ctx)
-        return tuple(self.element.convert(p.strip(), param, ctx) for p in parts)
+        return tuple(self.element.convert(p, param, ctx) for p in parts)
 
 
 def _number(kind: type, meta: dict[str, Any]) -> click.ParamType:
@@ -171,8 +195,10 @@ def _option(f: dataclasses.Field, hint: Any, shown: dict[str, Any], tag: str, pa
     dest = _SEP.join((tag, *path))
     kw: dict[str, Any] = {"default": None, "help": shown["help"], "metavar": shown["metavar"] or (
         None if "choices" in meta else {int: "N", float: "X"}.get(hint))}
+    if callable(shown["help"]):
+        kw.update(help=None, lazy_help=shown["help"])
     if "rule" in meta:
-        kw["help"] = f"{kw['help']} ({meta['rule'][1]})".strip()
+        kw.update(rule=meta["rule"], accepts=meta["rule"][1])
     if _shown(default) is not None:
         kw["shown"] = default_words.format(_shown(default))
     if hint is bool:
@@ -186,10 +212,10 @@ def _option(f: dataclasses.Field, hint: Any, shown: dict[str, Any], tag: str, pa
             kw["registry"] = choices
     elif typing.get_origin(hint) is tuple:
         kinds = typing.get_args(hint)
+        each = accepted("each", {k: v for k, v in meta.items() if k != "rule"})
+        kw["accepts"] = "; ".join(w for w in (each if each != "a finite number" else "", kw.get("accepts")) if w)
         if kinds[0] is int:  # sizes: --size 512 768
             kw.update(type=tuple(_number(int, meta) for _ in kinds), nargs=len(kinds))
-            if meta:
-                kw["help"] = f"{kw['help']} ({accepted('each', meta)})".strip()
         else:  # ratios: --split 0.9,0.1,0
             kw["type"] = Numbers(len(kinds), kinds[0], _number(kinds[0], meta))
     elif hint in (int, float):

@@ -27,7 +27,7 @@ import numpy as np
 
 from raw2rgb.config import JsonConfig, checked
 from raw2rgb.dataset import PREPARE, SOURCE, SPLITS, SPLITS_FILE, STAGES, SUMMARY, stage_folder
-from raw2rgb.device import resolve_device
+from raw2rgb.device import device_field, resolve_device
 from raw2rgb.errors import InputError
 from raw2rgb.files import FolderLock, write_json
 from raw2rgb.pipeline import pairs as pairs_mod
@@ -35,7 +35,7 @@ from raw2rgb.pipeline import rawio, shards
 from raw2rgb.pipeline import unpack as unpack_stage
 from raw2rgb.pipeline.pairs import PairError
 from raw2rgb.pipeline.shards import patch_id
-from raw2rgb.pipeline.stage import Item, Stage, StageResult, distributed, remove_outputs, run_stage
+from raw2rgb.pipeline.stage import Item, Stage, StageResult, default_jobs, distributed, remove_outputs, run_stage
 from raw2rgb.salgan.methods import SALIENCY_METHODS, resolve_method
 
 log = logging.getLogger(__name__)
@@ -53,8 +53,7 @@ class PrepareConfig(JsonConfig):
                           help="How SRC is organised (docs/data.md: layouts):")
     pairs_csv: str | None = checked(None, metavar="CSV",
                                     help="pairs layout: a CSV with columns raw,rgb[,scene], paths inside SRC.")
-    zrr_levels: str = checked(rawio.ZRR_DEFAULT_LEVELS, choices=rawio.ZRR_LEVELS,
-                              help="ZRR black/white level: liteisp = 63/1020, pynet = 0/1020.")
+    zrr_levels: str = rawio.zrr_levels_field()
     # Patches
     patch: pairs_mod.PatchParams = field(default_factory=pairs_mod.PatchParams)
     min_inliers: int = checked(25, min=4, metavar="N", help="Feature matches that must agree on a homography.")
@@ -75,7 +74,7 @@ class PrepareConfig(JsonConfig):
     # Saliency
     saliency_method: str = checked("auto", choices=SALIENCY_METHODS, help="How to compute the maps:")
     weights: str | None = checked(None, metavar="PT", help="SalGAN weights (see raw2rgb saliency --help).")
-    device: str = checked("auto", metavar="DEV", help="auto (CUDA when present), cpu, cuda or cuda:N.")
+    device: str = device_field()
     batch_size: int = checked(8, min=1, metavar="N", help="Saliency batch size.")
     jobs: int | None = checked(None, min=1, option=False)  # the CLI's -j; None: min(4, cores)
 
@@ -195,16 +194,21 @@ PATCHES = Stage("patches", 4, pairs_mod.patch_item)
 
 
 def check(cfg: PrepareConfig) -> None:
-    """Refuse, before any work, options whose shards training could not use, and a device that is not
-    there (the saliency stage needs it only after unpack and patches ran). ``run`` and ``--dry-run``
-    both call it, so a plan that is printed is one the run accepts.
+    """Refuse, before any work, options whose shards training could not use, a pairs CSV that is not
+    there, and a device that is not there (the saliency stage needs it only after unpack and patches
+    ran). ``run`` and ``--dry-run`` (:func:`plan`) both call it on the :func:`resolve`-d config, so a
+    plan that is printed is one the run accepts.
 
     Raises:
-        InputError: a shard size the generator cannot take (a multiple of 8 is needed).
+        InputError: a shard size the generator cannot take (a multiple of 8 is needed); no such CSV.
         DeviceError: an unknown device, or CUDA where there is none.
     """
+    if cfg.patch.size is None:
+        raise ValueError("prepare.check takes a resolved config (prepare.resolve)")
     if not (distributed() and cfg.device.startswith("cuda")):  # a cluster's workers pick their own GPUs
         resolve_device(cfg.device)
+    if cfg.pairs_csv is not None and not Path(cfg.pairs_csv).is_file():
+        raise InputError(f"{cfg.pairs_csv}: no such CSV file (--pairs-csv)")
     size = cfg.crop or (cfg.patch.size if cfg.copies == 1 else (cfg.patch.size - 1) // 8 * 8)
     if size % 8 or size < 8:
         hint = f", e.g. --crop {size // 8 * 8}" if size > 8 else ""
@@ -497,6 +501,3 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
                                             for k, v in summary["shards"].items()))
     return lines
 
-
-def default_jobs() -> int:
-    return max(1, min(4, os.cpu_count() or 1))

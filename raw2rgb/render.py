@@ -23,6 +23,7 @@ from typing import Any
 
 from raw2rgb.config import JsonConfig, checked
 from raw2rgb.dataset import SPLITS
+from raw2rgb.device import device_field
 from raw2rgb.errors import InputError
 from raw2rgb.registry import AUTO, Auto, Registry
 
@@ -152,4 +153,4 @@ class ScoreConfig(JsonConfig):
 
     split: str = checked("val", choices=SPLITS, help="Split to evaluate.")
     batch_size: int = checked(8, min=1, metavar="N", help="Images per batch.")
-    device: str = checked("auto", metavar="DEV", help="auto (CUDA when present), cpu, cuda or cuda:N.")
+    device: str = device_field()

@@ -394,7 +394,7 @@ def test_out_of_range_config_values_are_refused_naming_file_field_and_range(smal
 
 def test_the_options_are_checked_by_the_same_rules(small_shards, tmp_path):
     r = cli("train", small_shards, "-o", tmp_path / "run", "--preset", "tiny", "--perceptual-weight", "nan")
-    assert r.exit_code == 1 and "TrainConfig.weights.perceptual: nan is not a finite number" in r.output, r.output
+    assert r.exit_code == 2 and "'--perceptual-weight': nan is not a finite number" in r.output, r.output
     r = cli("train", small_shards, "-o", tmp_path / "run", "--preset", "tiny", "--epochs", "0,0")
     assert r.exit_code == 1 and "would train nothing" in r.output, r.output
     assert not (tmp_path / "run").exists()
@@ -403,12 +403,12 @@ def test_the_options_are_checked_by_the_same_rules(small_shards, tmp_path):
 # -- 12. prepare's options: non-finite numbers never switch a filter off ------------------------------------
 
 @pytest.mark.parametrize("args,reason", [
-    (("--split", "nan,0.1,0"), "PrepareConfig.split: nan is not a finite number"),
-    (("--split", "inf,0.1,0"), "PrepareConfig.split: inf is not a finite number"),
+    (("--split", "nan,0.1,0"), "'--split': nan is not a finite number"),
+    (("--split", "inf,0.1,0"), "'--split': inf is not a finite number"),
     (("--split", "0.9,0.1"), "3 comma-separated numbers expected"),
-    (("--min-score", "nan"), "PrepareConfig.patch.min_score: nan is not a finite number"),
-    (("--max-shift", "nan"), "PrepareConfig.patch.max_shift: nan is not a finite number"),
-    (("--min-mean", "nan"), "PrepareConfig.patch.min_mean: nan is not a finite number"),
+    (("--min-score", "nan"), "'--min-score': nan is not a finite number"),
+    (("--max-shift", "nan"), "'--max-shift': nan is not a finite number"),
+    (("--min-mean", "nan"), "'--min-mean': nan is not a finite number"),
 ])
 def test_prepare_refuses_non_finite_options_before_any_work(pairs_src, tmp_path, args, reason):
     for dry in (("--dry-run",), ()):
@@ -1247,7 +1247,7 @@ def test_ctrl_c_in_an_item_stops_prepare_with_130_and_a_rerun_resumes(pairs_src,
 SLOW_PREPARE = """
 import os, sys, time
 from pathlib import Path
-from raw2rgb.salgan import label
+from raw2rgb.salgan import methods
 from raw2rgb.salgan.classical import spectral_residual
 
 def slow(rgb):
@@ -1255,7 +1255,7 @@ def slow(rgb):
     time.sleep(float(os.environ["DELAY"]))
     return spectral_residual(rgb)
 
-label.SALIENCY_METHODS.add("slow", label.SaliencyMethod("a slow one", on_image=slow))
+methods.SALIENCY_METHODS.add("slow", methods.SaliencyMethod("a slow one", on_image=slow))
 from raw2rgb.cli import main
 main(sys.argv[1:], prog_name="raw2rgb")
 """
@@ -1766,3 +1766,17 @@ def test_a_users_own_config_json_is_no_run_and_is_never_replaced(small_shards, t
     assert r.exit_code == 1 and "is not empty and holds no run (config.json)" in r.output
     assert (run_dir / "config.json").read_text() == '{"mine": 1}\n' and sorted(p.name for p in run_dir.iterdir()) \
         in (["config.json"], [".raw2rgb.lock", "config.json"])
+
+
+# -- 35. files named in options the configs declare: a missing one is one line, before any work ---------------------
+
+def test_a_missing_file_named_in_an_option_is_one_line_before_any_work(pairs_src, small_shards, tmp_path):
+    for dry in (("--dry-run",), ()):
+        r = cli("prepare", pairs_src, "-o", tmp_path / "ds", "--layout", "pairs", "--pairs-csv",
+                tmp_path / "nope.csv", *dry)
+        assert r.exit_code == 1 and "nope.csv: no such CSV file (--pairs-csv)" in r.output, r.output
+        assert "Traceback" not in r.output and not (tmp_path / "ds").exists()
+        r = cli("train", small_shards, "-o", tmp_path / "run", "--preset", "tiny", "--vgg-weights",
+                tmp_path / "nope.pth", *dry)
+        assert r.exit_code == 1 and "nope.pth: no such VGG16 weights file (--vgg-weights)" in r.output, r.output
+        assert not (tmp_path / "run").exists()

@@ -19,14 +19,19 @@ from tests.conftest import build_shards, cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# command → its config classes (tag, module, class): every field is an option unless marked otherwise
+# command → its config classes (module, class, fields the command takes otherwise): every field is an
+# option unless marked otherwise
 CONFIGS = {
-    ("unpack",): [("raw2rgb.pipeline.unpack", "UnpackConfig")],
-    ("prepare",): [("raw2rgb.prepare", "PrepareConfig")],
-    ("shards",): [("raw2rgb.pipeline.shards", "ShardsConfig")],
-    ("train",): [("raw2rgb.model.recipe", "TrainConfig"), ("raw2rgb.model.recipe", "Runtime")],
-    ("profile", "fit"): [("raw2rgb.pipeline.profile_fit", "FitConfig")],
-    ("synth",): [("raw2rgb.pipeline.synth", "SynthConfig")],
+    ("unpack",): [("raw2rgb.pipeline.unpack", "UnpackConfig", ())],
+    ("saliency",): [("raw2rgb.salgan.methods", "SaliencyConfig", ())],
+    ("prepare",): [("raw2rgb.prepare", "PrepareConfig", ())],
+    ("shards",): [("raw2rgb.pipeline.shards", "ShardsConfig", ())],
+    ("train",): [("raw2rgb.model.recipe", "TrainConfig", ()), ("raw2rgb.model.recipe", "Runtime", ())],
+    ("convert",): [("raw2rgb.convert", "ConvertConfig", ())],
+    ("evaluate",): [("raw2rgb.render", "ScoreConfig", ())],
+    ("report",): [("raw2rgb.render", "ScoreConfig", ("batch_size", "device"))],
+    ("profile", "fit"): [("raw2rgb.pipeline.profile_fit", "FitConfig", ())],
+    ("synth",): [("raw2rgb.pipeline.synth", "SynthConfig", ())],
 }
 
 
@@ -61,9 +66,30 @@ def test_every_config_field_is_an_option_of_its_command(path):
     cmd = _command(path)
     dests = {p.name.split("__", 1)[1].replace("__", ".") for p in cmd.params if "__" in (p.name or "")}
     wanted = set()
-    for module, name in CONFIGS[path]:
-        wanted |= _fields(getattr(importlib.import_module(module), name))
+    for module, name, skip in CONFIGS[path]:
+        wanted |= _fields(getattr(importlib.import_module(module), name)) - set(skip)
     assert dests == wanted
+
+
+def _commands(group=main, path=()):
+    for name, cmd in group.commands.items():
+        if isinstance(cmd, click.Group):
+            yield from _commands(cmd, (*path, name))
+        else:
+            yield (*path, name), cmd
+
+
+def test_every_command_declares_each_option_once():
+    """Two configs of one command (or a nested config and its parent) naming one option would let
+    click keep either silently: the command refuses to load."""
+    for path, cmd in _commands():
+        opts = [o for p in cmd.params for o in getattr(p, "opts", []) + getattr(p, "secondary_opts", [])]
+        assert len(opts) == len(set(opts)), path
+    from raw2rgb.cli import _Command, from_config
+    twice = _Command("twice", more_params=from_config("cfg", "raw2rgb.render", "ScoreConfig"),
+                     params=[click.Option(["--split"])])
+    with pytest.raises(RuntimeError, match="twice: options declared twice: --split"):
+        _ = twice.params
 
 
 def test_a_field_becomes_an_option_with_its_default_range_and_help():

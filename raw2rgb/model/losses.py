@@ -3,8 +3,7 @@
 its weights are found.
 
 The objective itself (the terms, their weights, the total and the paper's equations) is
-``model/terms.py``, which imports no torch; it is re-exported here under the names the training
-loop uses (``losses.objective``, ``losses.StepTensors``, ``losses.LossWeights``, ``losses.TERMS``).
+``model/terms.py``, which imports no torch.
 """
 
 from __future__ import annotations
@@ -18,23 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from raw2rgb.errors import UserError
-from raw2rgb.model.terms import (
-    LOSS_TERMS,
-    TERMS,
-    LossTerm,
-    LossWeights,
-    StepTensors,
-    attention,
-    l1,
-    lsgan_d,
-    lsgan_g,
-    objective,
-    weighted_total,
-)
 
-__all__ = ["LOSS_TERMS", "TERMS", "LossTerm", "LossWeights", "Perceptual", "StepTensors", "WeightsMissing",
-           "attention", "l1", "load_vgg_features", "lsgan_d", "lsgan_g", "objective", "vgg_cache_path",
-           "weighted_total"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VGG_CONV4_3", "VGG_FILE", "Perceptual", "WeightsMissing",
+           "load_vgg_features", "vgg_cache_path"]
 
 log = logging.getLogger(__name__)
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from raw2rgb import config
 from raw2rgb.config import FieldError, JsonConfig, checked
+from raw2rgb.device import device_field
 from raw2rgb.errors import ConfigError, UserError
 from raw2rgb.model.presets import PRESETS, DiscriminatorConfig, GeneratorConfig
 from raw2rgb.model.terms import LossWeights
@@ -86,7 +87,7 @@ class Runtime(JsonConfig):
     """How to run, not what to learn: not part of a run's identity."""
 
     stages: str = checked("all", choices=STAGES, help="Stages to run.")
-    device: str = checked("auto", metavar="DEV", help="auto (CUDA when present), cpu, cuda or cuda:N.")
+    device: str = device_field()
     precision: str = checked("auto", choices=PRECISIONS, help="auto: bf16 autocast on CUDA, fp32 on CPU.")
     compile: bool = checked(False, help="torch.compile the networks.")
     channels_last: bool = checked(True, help="Channels-last memory format on CUDA.")

@@ -15,20 +15,20 @@ import torch
 from torch.utils.data import default_collate
 
 from raw2rgb.files import write_bytes
-from raw2rgb.model import losses, run
+from raw2rgb.model import run, terms
 from raw2rgb.model.data import ShardDataset, to_model
 from raw2rgb.model.evaluate import evaluate
 from raw2rgb.model.pictures import assemble, enlarge, raw_preview, saliency_tile, save_png, to_uint8
 from raw2rgb.model.renderers import ClassicalRenderer
 from raw2rgb.pipeline import profile as colour_profile
 from raw2rgb.pipeline.shards import ShardError, read_index, shards_root
-from raw2rgb.render import RENDER_METHODS
+from raw2rgb.render import RENDER_METHODS, ScoreConfig
 
 SHEET_ROWS = 4  # samples a contact sheet shows at most
 
 
 def training_curve(run_dir: os.PathLike | str, path: os.PathLike | str) -> Path:
-    """Every logged loss term (``losses.TERMS``) per step and validation PSNR per epoch, one PNG."""
+    """Every logged loss term (``terms.TERMS``) per step and validation PSNR per epoch, one PNG."""
     # matplotlib costs 0.3 s of import on every command's start and only this plot needs it
     import matplotlib
 
@@ -39,7 +39,7 @@ def training_curve(run_dir: os.PathLike | str, path: os.PathLike | str) -> Path:
     steps = [r for r in records if r.get("event") == "step"]
     epochs = [r for r in records if r.get("event") == "epoch" and "val_psnr" in r]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.6), dpi=100)
-    for term, label in losses.TERMS.items():
+    for term, label in terms.TERMS.items():
         pts = [(r["step"], r[term]) for r in steps if term in r and r[term] > 0]
         if pts and term != "total":
             ax1.plot(*zip(*pts), label=label, lw=1.2)
@@ -100,7 +100,7 @@ def _table(metrics: dict[str, dict[str, Any]]) -> str:
 
 
 def write_report(run_dir: os.PathLike | str, out: os.PathLike | str, dataset: os.PathLike | str | None = None,
-                 split: str = "val", images: list[tuple[str, os.PathLike | str]] = (),
+                 split: str = ScoreConfig.split, images: list[tuple[str, os.PathLike | str]] = (),
                  metrics: dict[str, dict] | None = None, profile: os.PathLike | str | None = None) -> Path:
     """An HTML page beside its pictures: the contact sheet (``<out stem>.png``), the training curve,
     the metrics table (on ``split``, evaluated here unless given: every rendering method the report

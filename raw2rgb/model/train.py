@@ -33,7 +33,7 @@ from torch.utils.data import default_collate
 
 from raw2rgb.device import autocast, device_policy, resolve_device, resolve_precision
 from raw2rgb.files import FolderLock
-from raw2rgb.model import checkpoint, distributed, guards, losses, prior_fit, run, state
+from raw2rgb.model import checkpoint, distributed, guards, prior_fit, run, state
 from raw2rgb.model.data import ShardDataset, check_dataset, loader, to_model, training_sets
 from raw2rgb.model.distributed import Dist
 from raw2rgb.model.evaluate import score, summarise
@@ -42,6 +42,7 @@ from raw2rgb.model.pictures import grid_rows, save_png
 from raw2rgb.model.prior import model_white_balance
 from raw2rgb.model.recipe import STAGES, Runtime, TrainConfig, TrainError
 from raw2rgb.model.state import Nets, Optimisers, Progress
+from raw2rgb.model.terms import LossWeights, StepTensors, lsgan_d, objective
 from raw2rgb.pipeline.shards import ShardIndex, cameras, colour_source, dataset_key, shards_root
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ def check(dataset: os.PathLike | str, cfg: TrainConfig, rt: Runtime, world: int 
     """
     device = resolve_device(rt.device)
     precision = resolve_precision(rt.precision, device)
+    if rt.vgg_weights is not None and not Path(rt.vgg_weights).is_file():
+        raise TrainError(f"{rt.vgg_weights}: no such VGG16 weights file (--vgg-weights)")
     root = shards_root(dataset)
     world = world if world is not None else int(os.environ.get("WORLD_SIZE", "1"))
     return root, check_dataset(root, cfg, world), device, precision
@@ -114,7 +117,7 @@ def _train(root: Path, index: ShardIndex, precision: str, run_dir: Path, cfg: Tr
            progress_bar) -> TrainResult:
     """This process's run: its device, RUN and the resumed state; nothing more when the run is
     done; else the data, the loop's bookkeeping, and the stages."""
-    device = device_policy(device, dist)
+    device = device_policy(device, dist.local_rank if dist.grouped else None)
     stages = STAGES[rt.stages]
     identity = {"format": checkpoint.FORMAT, "config": cfg.to_json(), "dataset": str(root),
                 "dataset_key": dataset_key(root), "colour": colour_source(root, index)}
@@ -358,7 +361,7 @@ class _Loop:
 # -- the step -----------------------------------------------------------------------------------------
 
 def train_step(nets: Nets, opts: Optimisers, batch: dict[str, torch.Tensor], stage: int,
-               weights: losses.LossWeights, amp: torch.autocast) -> dict[str, torch.Tensor]:
+               weights: LossWeights, amp: torch.autocast) -> dict[str, torch.Tensor]:
     """One optimisation step; returns the loss terms (detached). Stage 2: the D step on
     (real, fake.detach()) first, then the G step with D's gradients off (pix2pix)."""
     x, y, s = batch["raw"], batch["rgb"], batch["saliency"]
@@ -370,14 +373,14 @@ def train_step(nets: Nets, opts: Optimisers, batch: dict[str, torch.Tensor], sta
         _set_requires_grad(nets.D, True)
         with amp:  # real and fake in one batch: InstanceNorm is per image, so this is exact
             real, fake = nets.d_train(torch.cat([x, x]), torch.cat([y, rgb.detach()])).chunk(2)
-            loss_d = losses.lsgan_d(real, fake)
+            loss_d = lsgan_d(real, fake)
         opts.opt_D.zero_grad(set_to_none=True)
         scaler.scale(loss_d).backward()
         scaler.step(opts.opt_D)
         terms["d"] = loss_d.detach()
         _set_requires_grad(nets.D, False)
-    with amp:  # the G step: the objective's terms (losses.objective), D frozen
-        g_terms, total = losses.objective(weights, losses.StepTensors(
+    with amp:  # the G step: the objective's terms (model/terms.py), D frozen
+        g_terms, total = objective(weights, StepTensors(
             x, y, s, rgb, sal, stage, D=nets.D if stage == 2 else None, perceptual=nets.perceptual))
     terms.update(g_terms)
     opts.opt_G.zero_grad(set_to_none=True)

@@ -361,10 +361,12 @@ class PatchParams(JsonConfig):
     """How patches are cut and which are kept."""
 
     # None: the layout's (prepare.resolve); a stage always gets numbers
-    size: int | None = checked(None, min=8, metavar="P", help="Patch size, packed pixels [default: the layout's: "
-                               "224, the paper's; a camera's shoot 64].")
-    stride: int | None = checked(None, min=1, metavar="S", help="Patch stride, packed pixels [default: the layout's "
-                                 "share of the patch size: all of it; a camera's shoot half].")
+    size: int | None = checked(None, min=8, metavar="P", help=lambda: (
+        "Patch size, packed pixels [default: the layout's: " + ", ".join(f"{n} {e.patch}" for n, e in LAYOUTS.items())
+        + "]."))
+    stride: int | None = checked(None, min=1, metavar="S", help=lambda: (
+        "Patch stride, packed pixels [default: the layout's share of the patch size: "
+        + ", ".join(f"{n} {e.stride:g}" for n, e in LAYOUTS.items()) + "]."))
     # NCC of RAW preview luma and target luma (any finite value; above 1 keeps none)
     min_score: float = checked(0.5, metavar="NCC", help="Drop patches scoring below.")
     max_clipped: float = checked(1.0, min=0, max=1, metavar="FRAC",

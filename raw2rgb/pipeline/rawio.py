@@ -25,6 +25,7 @@ import rawpy
 import tifffile
 from PIL import Image
 
+from raw2rgb.config import checked
 from raw2rgb.errors import UserError, one_line
 from raw2rgb.pipeline import bayer, develop
 
@@ -41,6 +42,13 @@ ZRR_LEVELS = {
     "pynet": (0.0, 1020.0),  # PyNET: x / 1020
 }
 ZRR_DEFAULT_LEVELS = "liteisp"
+
+
+def zrr_levels_field() -> Any:
+    """A config's ``zrr_levels`` field: which black/white level ZRR's mosaic PNGs are read with (they
+    carry none), declared once for every command that reads them."""
+    return checked(ZRR_DEFAULT_LEVELS, choices=ZRR_LEVELS, help="Black/white level of ZRR mosaic PNGs: "
+                   + ", ".join(f"{k} = {lo:g}/{hi:g}" for k, (lo, hi) in ZRR_LEVELS.items()) + ".")
 
 # The most pixels raw2rgb decodes from one image (a RAW PNG counts its sensor pixels), checked from the
 # header before anything is allocated: above any camera's frame (150-MP medium format passes), far below

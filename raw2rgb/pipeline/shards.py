@@ -43,7 +43,7 @@ from raw2rgb.errors import ConfigError, UserError, one_line, writing
 from raw2rgb.files import atomic_path, write_json
 from raw2rgb.pipeline import augment, bayer, rawio, whitebalance
 from raw2rgb.pipeline.bayer import THUMB_SIZE
-from raw2rgb.pipeline.stage import Context, Item, ItemError, Manifest, Stage, StageResult, run_stage
+from raw2rgb.pipeline.stage import Context, Item, ItemError, Manifest, Stage, StageResult, default_jobs, run_stage
 from raw2rgb.pipeline.unpack import camera_name
 from raw2rgb.pipeline.whitebalance import SampleColour, WhiteBalance
 
@@ -702,7 +702,8 @@ def build_from_stages(patches_dir: os.PathLike | str, saliency_dir: os.PathLike 
 
     ``splits_file`` defaults to ``splits.json`` beside the patches folder; without one every
     patch goes to ``train``. ``unpack_dir`` defaults to ``unpack/`` beside the patches folder.
-    Other arguments (jobs, force, progress) as :func:`build`."""
+    Other arguments (jobs — None: min(4, cores) —, force, progress) as :func:`build`."""
+    kwargs["jobs"] = kwargs.get("jobs") or default_jobs()
     patches_dir, saliency_dir = Path(patches_dir), Path(saliency_dir)
     dataset = patches_dir.parent  # the stages' folders lie side by side in a prepare DATASET
     splits_path = Path(splits_file) if splits_file else dataset / SPLITS_FILE

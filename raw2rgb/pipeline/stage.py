@@ -466,6 +466,11 @@ def _finish_item(item: Item, out_dir: Path, key: str, inputs: dict, result) -> R
     return _journalled(out_dir, record)
 
 
+def default_jobs() -> int:
+    """Worker processes when none are asked for: min(4, cores) (each takes a core and its memory)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def run_stage(
     stage: Stage,
     items: Iterable[Item],

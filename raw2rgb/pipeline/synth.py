@@ -11,7 +11,6 @@ back exercises the same path as a real camera file.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import os
 from dataclasses import dataclass
@@ -45,6 +44,9 @@ SCENES = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "r
 # every fit extrapolates them (the cat's green iris came out amber).
 ALL_SCENES = SCENES + ("hubble_deep_field", "stereo_motorcycle", "chart")
 MAX_SIDE = 8192  # pixels per side of a synthetic frame: 1.6 GB of working memory at 8192²
+# the sensor sizes (pixels) of what synth writes: sample DNGs and a two-camera set; a ZRR-layout set (six crops
+# of 448 a scene); a photographer's shoot (a 10 MP frame)
+SAMPLE_SIZE, ZRR_SIZE, SHOOT_SIZE = (512, 768), (896, 1344), (2592, 3888)
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,7 @@ def scene(name: str = "astronaut", size: tuple[int, int] | None = None) -> np.nd
     return img
 
 
-def sample_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (512, 768),
+def sample_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = SAMPLE_SIZE,
                 seed: int = 0) -> list[Path]:
     """One DNG per CFA pattern, each of another scene, with distinct per-channel black levels,
     and beside each the camera's own JPEG of the scene (``NAME.jpg``), as a camera writes
@@ -330,7 +332,7 @@ def render_look(srgb: np.ndarray, look: Look = Look()) -> np.ndarray:
     return np.clip(np.rint(x * 255), 0, 255).astype(np.uint8)
 
 
-def paired_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (512, 768), seed: int = 0,
+def paired_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = SAMPLE_SIZE, seed: int = 0,
                 scenes: tuple[str, ...] = ALL_SCENES, look: Look = Look(), phone: bool = False) -> list[Path]:
     """A RAW+JPEG dataset of two cameras: each scene's DNG from the virtual camera (with noise, CFA
     patterns taking turns; ``phone``: a small sensor's lens blur, vignetting and noise) beside
@@ -350,7 +352,7 @@ def paired_dngs(out_dir: os.PathLike | str, size: tuple[int, int] = (512, 768), 
     return paths
 
 
-def camera_shoot(out_dir: os.PathLike | str, size: tuple[int, int] = (2592, 3888), jpeg_scale: float = 3.2,
+def camera_shoot(out_dir: os.PathLike | str, size: tuple[int, int] = SHOOT_SIZE, jpeg_scale: float = 3.2,
                  embedded: bool = False, seed: int = 0, scenes: tuple[str, ...] = ("astronaut",),
                  look: Look = LOOKS["dslr"]) -> list[Path]:
     """A photographer's shoot: one camera's DNGs and its own JPEGs of the same frames, rendered with
@@ -395,7 +397,7 @@ def illuminant_gains(rng: np.random.Generator) -> tuple[float, float, float]:
     return (float((1.4 + 1.4 * t) * np.exp(jitter[0])), 1.0, float((2.4 - 1.2 * t) * np.exp(jitter[1])))
 
 
-def zrr_dataset(out_dir: os.PathLike | str, size: tuple[int, int] = (896, 1344), crop: int = ZRR_CROP,
+def zrr_dataset(out_dir: os.PathLike | str, size: tuple[int, int] = ZRR_SIZE, crop: int = ZRR_CROP,
                 seed: int = 0, scenes: tuple[str, ...] = ALL_SCENES, look: Look = Look(), light: str = "steady",
                 test_scenes: tuple[str, ...] = ZRR_TEST_SCENES, camera: Camera = ZRR_CAMERA) -> list[dict]:
     """A ZRR-layout dataset from the virtual phone: each scene captured whole at ``size`` (sensor
@@ -476,7 +478,8 @@ class SynthConfig(JsonConfig):
     """What ``raw2rgb synth`` writes (its options): sample DNGs by default, or one of the datasets."""
 
     size: tuple[int, int] | None = checked(None, min=64, max=MAX_SIDE, metavar="H W", help=(
-        "Sensor size in pixels [default: 512 768; --zrr: 896 1344; --shoot: 2592 3888]."))
+        "Sensor size in pixels [default: {} {}; --zrr: {} {}; --shoot: {} {}].".format(*SAMPLE_SIZE, *ZRR_SIZE,
+                                                                                        *SHOOT_SIZE)))
     pairs: bool = checked(False, help="A two-camera dataset: every bundled scene and a colour chart, each JPEG "
                           "rendered by another camera with its own look (what the demo trains on).")
     look: str | None = checked(None, choices=LOOKS, help="--pairs, --zrr, --shoot: the other camera's look: plain "
@@ -489,8 +492,8 @@ class SynthConfig(JsonConfig):
                         "canon/N.jpg; chelsea in test/).")
     light: str = checked("steady", choices=LIGHTS, help="--zrr: one light for every scene, or each scene under its "
                          "own (the RAW carries its cast; the other camera white-balances on its own).")
-    crop: int = checked(ZRR_CROP, min=16, rule=(lambda c: c % 2 == 0, "even: the crops keep the mosaic's RGGB phase"),
-                        metavar="N", help="--zrr: crop size in sensor pixels.")
+    crop: int = checked(ZRR_CROP, min=16, metavar="N", help="--zrr: crop size in sensor pixels.",
+                        rule=(lambda c: c % 2 == 0, "an even size (the crops keep the mosaic's RGGB phase)"))
     shoot: bool = checked(False, help="A photographer's shoot: one camera's frame and its own JPEG, rendered with "
                           "--look and made --jpeg-scale times smaller, as an M/S-size or embedded JPEG is.")
     jpeg_scale: float = checked(3.2, min=1.0, max=16.0, metavar="F", help="--shoot: how much smaller the JPEG is "
@@ -512,7 +515,7 @@ def write(out_dir: os.PathLike | str, cfg: SynthConfig = SynthConfig()) -> list[
                                              seed=cfg.seed, look=LOOKS[cfg.look or "dslr"], **kw)]
     look = LOOKS[cfg.look or "plain"]
     if cfg.zrr:
-        size = cfg.size or inspect.signature(zrr_dataset).parameters["size"].default
+        size = cfg.size or ZRR_SIZE
         if cfg.crop > min(size):
             raise InputError(f"--crop {cfg.crop} is larger than the frame {size[0]}×{size[1]}")
         records = zrr_dataset(out_dir, size=size, crop=cfg.crop, seed=cfg.seed, look=look, light=cfg.light)

@@ -11,7 +11,7 @@ import numpy as np
 from raw2rgb.config import JsonConfig, checked
 from raw2rgb.files import collect_files, write_bytes, write_json
 from raw2rgb.pipeline import bayer, rawio
-from raw2rgb.pipeline.stage import Context, Item, ItemError, Stage, StageResult, own_outputs, run_stage
+from raw2rgb.pipeline.stage import Context, Item, ItemError, Stage, StageResult, default_jobs, own_outputs, run_stage
 
 SIDECAR_FORMAT = 1
 
@@ -76,16 +76,15 @@ class UnpackConfig(JsonConfig):
     """How ``raw2rgb unpack`` writes (its options)."""
 
     bit_depth: int = checked(16, choices=(16, 8), help="16: lossless; 8: the AIM-2019 form.")
-    zrr_levels: str = checked(rawio.ZRR_DEFAULT_LEVELS, choices=rawio.ZRR_LEVELS,
-                              help="Black/white level for ZRR mosaic PNGs: liteisp = 63/1020, pynet = 0/1020.")
+    zrr_levels: str = rawio.zrr_levels_field()
 
 
 def unpack_files(inputs: Iterable[str], out_dir: os.PathLike | str, cfg: UnpackConfig = UnpackConfig(),
-                 jobs: int = 1, force: bool = False, progress=None, overwrite: bool = False) -> StageResult:
+                 jobs: int | None = None, force: bool = False, progress=None, overwrite: bool = False) -> StageResult:
     """``raw2rgb unpack``: the RAW files among ``inputs`` (files, folders, glob patterns), unpacked into
-    ``out_dir`` (:func:`collect_inputs`, :func:`unpack`)."""
-    return unpack(collect_inputs(inputs, out_dir), out_dir, cfg.bit_depth, rawio.ZRR_LEVELS[cfg.zrr_levels], jobs=jobs,
-                  force=force, progress=progress, overwrite=overwrite)
+    ``out_dir`` (:func:`collect_inputs`, :func:`unpack`) by ``jobs`` processes (None: min(4, cores))."""
+    return unpack(collect_inputs(inputs, out_dir), out_dir, cfg.bit_depth, rawio.ZRR_LEVELS[cfg.zrr_levels],
+                  jobs=jobs or default_jobs(), force=force, progress=progress, overwrite=overwrite)
 
 
 def camera_name(frame: dict) -> str:

@@ -1,5 +1,5 @@
 """The saliency stage: batched inference of saliency maps into HDF5 shards, by a method of
-``salgan/methods.py`` (re-exported here: ``SALIENCY_METHODS``, ``resolve_method``).
+``salgan/methods.py`` (the registry, ``SALIENCY_METHODS``, and ``resolve_method`` are there).
 
 Images are sorted by key and cut into shards of at most ``shard_size`` maps of one size (a new
 shard starts where the size changes). A shard is the stage's unit of work: it is computed in one
@@ -41,12 +41,13 @@ from raw2rgb.pipeline.stage import (
     Stage,
     StageResult,
     check_stop,
+    default_jobs,
     distributed,
     quit_on_stop_signals,
     run_stage,
     stop_noted,
 )
-from raw2rgb.salgan.methods import SALIENCY_METHODS, Method, SaliencyConfig, SaliencyMethod, resolve_method
+from raw2rgb.salgan.methods import SALIENCY_METHODS, Method, SaliencyConfig, resolve_method
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +330,7 @@ def label(images: list[tuple[str, str]], out_dir: os.PathLike | str, method: Met
     log.debug("saliency: %d images in %d shards, planned in %.3f s", len(images), len(items),
               time.perf_counter() - t0)
     params = {"method": method.name, "weights_sha256": method.weights_sha256, "shard_size": shard_size}
-    workers = min(4, os.cpu_count() or 1) if workers is None else workers
+    workers = default_jobs() if workers is None else workers
     options = {"weights": method.weights, "batch_size": batch_size, "device": device, "workers": workers}
     if distributed():  # each Dask worker decodes its own shards (in its own process) and picks its device
         return run_stage(SALIENCY, items, out_dir, params, progress=progress, options={**options, "workers": 0},
@@ -346,5 +347,4 @@ def label(images: list[tuple[str, str]], out_dir: os.PathLike | str, method: Met
     return result
 
 
-__all__ = ["SALIENCY_METHODS", "Method", "SaliencyMethod", "SaliencyShard", "label", "plan_shards", "read_rgb",
-           "read_saliency_shard", "resolve_method"]
+__all__ = ["SaliencyShard", "label", "label_files", "plan_shards", "read_rgb", "read_saliency_shard"]

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from raw2rgb.config import JsonConfig, checked
+from raw2rgb.device import device_field
 from raw2rgb.files import file_sha256
 from raw2rgb.registry import AUTO, Auto, Registry
 
@@ -118,7 +119,7 @@ class SaliencyConfig(JsonConfig):
     weights: str | None = checked(None, metavar="PT", help="Converted SalGAN weights [default: "
                                   "$RAW2RGB_SALGAN_WEIGHTS, then ~/.cache/raw2rgb/salgan.pt].")
     batch_size: int = checked(8, min=1, metavar="N", help="Images per batch.")
-    device: str = checked("auto", metavar="DEV", help="auto (CUDA when present), cpu, cuda or cuda:N.")
+    device: str = device_field()
     workers: int | None = checked(None, min=0, metavar="N", help="Image-decoding processes [default: min(4, "
                                   "cores)].")
     shard_size: int = checked(1024, min=1, metavar="N", help="Maps per shard.")

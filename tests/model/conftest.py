@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from raw2rgb.files import write_json
-from raw2rgb.model.losses import LossWeights
+from raw2rgb.model.terms import LossWeights
 from raw2rgb.model.train import TrainConfig
 from raw2rgb.pipeline import bayer, shards, synth
 from raw2rgb.pipeline.develop import area_downsample

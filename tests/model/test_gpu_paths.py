@@ -148,7 +148,7 @@ def test_frame_norm_keeps_channels_last_and_equals_instance_norm():
 
 STOP_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    from raw2rgb.model.losses import LossWeights
+    from raw2rgb.model.terms import LossWeights
     from raw2rgb.model.train import Runtime, TrainConfig, train
     cfg = TrainConfig.preset_config("tiny", stage1_epochs=5, stage2_epochs=0, batch_size=1,
                                     weights=LossWeights(perceptual=0.0))

@@ -43,3 +43,9 @@ def test_report_of_a_tiny_run_references_every_image(tmp_path):
         ["classical pipeline", "fitted profile", "model"]
     assert "<th>PSNR (dB)</th>" in page
     assert "validation PSNR" in page and "after the last" in page
+    # the library with the CLI's defaults (the run's own profile, the val split) writes the same page
+    from raw2rgb.model.report import write_report
+    lib = write_report(tmp_path / "run", tmp_path / "lib" / "report.html", root,
+                       images=[(m, tmp_path / m / "photo.png") for m in colours])
+    assert lib.read_text().replace(str(tmp_path / "lib"), "") == page.replace(str(tmp_path / "rep"), "")
+    assert Image.open(lib.with_suffix(".png")).tobytes() == sheet.tobytes()

@@ -23,8 +23,8 @@ from raw2rgb.model import losses
 from raw2rgb.model.checkpoint import load as load_checkpoint
 from raw2rgb.model.distributed import weights_digest
 from raw2rgb.model.generator import GeneratorConfig
-from raw2rgb.model.losses import LossWeights
 from raw2rgb.model.run import iter_stats
+from raw2rgb.model.terms import LossWeights
 from raw2rgb.model.train import Runtime, TrainConfig, TrainError, train
 from tests.model.conftest import make_shards
 
@@ -129,7 +129,7 @@ def test_changed_dataset_is_refused(tmp_path):
 
 KILL_SCRIPT = textwrap.dedent("""
     import os, signal, sys
-    from raw2rgb.model.losses import LossWeights
+    from raw2rgb.model.terms import LossWeights
     from raw2rgb.model.train import Runtime, TrainConfig, train
     cfg = TrainConfig.preset_config("tiny", stage1_epochs=1, stage2_epochs=1, batch_size=4,
                                     weights=LossWeights(perceptual=0.0))

@@ -17,6 +17,7 @@ from raw2rgb.cli import main
 from raw2rgb.pipeline import synth
 from raw2rgb.salgan import label
 from raw2rgb.salgan.classical import spectral_residual
+from raw2rgb.salgan.methods import resolve_method
 from raw2rgb.salgan.model import predict
 from raw2rgb.salgan.weights import ENV_VAR, load_salgan
 from tests.conftest import kill_midway
@@ -37,7 +38,7 @@ def _cli(*args, env=None):
 
 def test_shards_equal_per_image_inference(images, tmp_path, weights_file):
     pairs = sorted((p.stem, str(p)) for p in images.iterdir())
-    method = label.resolve_method("salgan", weights_file)
+    method = resolve_method("salgan", weights_file)
     result = label.label(pairs, tmp_path / "sal", method, shard_size=2, batch_size=1,
                          device="cpu", workers=0)
     assert (result.done, len(result.failed)) == (2, 0)
