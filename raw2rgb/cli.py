@@ -26,7 +26,7 @@ import click
 from raw2rgb import __version__, files
 from raw2rgb.device import DEVICE_HELP
 from raw2rgb.errors import Interrupted, UserError, environment_message, one_line, printable
-from raw2rgb.options import LazyChoice, LazyOption, config_options, given
+from raw2rgb.options import LazyChoice, LazyOption, config_options, given, parsed
 
 log = logging.getLogger("raw2rgb")
 
@@ -336,9 +336,8 @@ def unpack(obj, inputs: tuple[str, ...], out_dir: Path, jobs: int | None, force:
     Example:
       raw2rgb unpack photos/ 'more/*.dng' -o packed/ -j 4
     """
-    from raw2rgb import config
     from raw2rgb.pipeline import unpack as unpack_stage
-    cfg = config.layered(unpack_stage.UnpackConfig, [(None, given(options, "cfg"))])
+    cfg = parsed(unpack_stage.UnpackConfig, options)
     result = unpack_stage.unpack_files(inputs, out_dir, cfg, jobs=jobs, force=force,
                                        progress=_progress(obj["quiet"]), overwrite=overwrite)
     click.echo(f"wrote {len(result.manifest.ok)} packed PNGs to {out_dir}", err=True)
@@ -365,9 +364,8 @@ def saliency(obj, inputs, out_dir, force, **options) -> None:
     Example:
       raw2rgb saliency canon/ -o saliency/ --weights salgan.pt
     """
-    from raw2rgb import config
     from raw2rgb.salgan import label, methods
-    cfg = config.layered(methods.SaliencyConfig, [(None, given(options, "cfg"))])
+    cfg = parsed(methods.SaliencyConfig, options)
     _finish(label.label_files(inputs, out_dir, cfg, force=force, progress=_progress(obj["quiet"])))
 
 
@@ -430,10 +428,8 @@ def prepare(obj, src, out_dir, until, force, replace_source, jobs, dry_run, **op
       raw2rgb prepare ZRR/ -o zrr-ds --layout zrr
       raw2rgb prepare my-pairs/ -o ds --layout pairs --patch-size 224 --split 0.8,0.1,0.1
     """
-    from raw2rgb import config
     from raw2rgb import prepare as prep
-    cfg = config.layered(prep.PrepareConfig, [(None, {"src": str(src), "out": str(out_dir), "jobs": jobs,
-                                                      **given(options, "cfg")})])
+    cfg = parsed(prep.PrepareConfig, options, src=str(src), out=str(out_dir), jobs=jobs)
     if dry_run:
         click.echo(json.dumps(prep.plan(cfg, until, frozenset(force), replace_source).to_json(), indent=1))
         return
@@ -465,9 +461,8 @@ def shards_command(obj, patches, saliency_dir, out_dir, splits_file, jobs, force
     Example:
       raw2rgb shards ds/patches ds/saliency -o ds/shards-x4 --copies 4
     """
-    from raw2rgb import config
     from raw2rgb.pipeline import shards as shard_stage
-    cfg = config.layered(shard_stage.ShardsConfig, [(None, given(options, "cfg"))])
+    cfg = parsed(shard_stage.ShardsConfig, options)
     result = shard_stage.build_from_stages(patches, saliency_dir, out_dir, splits_file=splits_file, cfg=cfg,
                                            jobs=jobs, force=force, progress=_progress(obj["quiet"]))
     _finish(result)
@@ -544,13 +539,12 @@ def train(obj, dataset, out_dir, preset, config_file, epochs, force, dry_run, **
       raw2rgb train zrr/ -o runs/paper --preset paper            # reproduce the paper
       torchrun --nproc_per_node 4 -m raw2rgb train ds/ -o runs/ddp
     """
-    from raw2rgb import config
     from raw2rgb.model import recipe
     changes = given(options, "cfg")
     if epochs:
         changes.update(stage1_epochs=epochs[0], stage2_epochs=epochs[1])
     cfg = recipe.train_config(preset, config_file, changes, dataset=dataset)
-    rt = config.layered(recipe.Runtime, [(None, given(options, "rt"))])
+    rt = parsed(recipe.Runtime, options, "rt")
     from raw2rgb.model import train as tr
     if dry_run:
         tr.check(dataset, cfg, rt)  # the run's own checks: the plan printed is one it accepts
@@ -626,9 +620,9 @@ def evaluate(dataset, out_dir, **options) -> None:
       raw2rgb evaluate ds/ --method isp
       raw2rgb evaluate ds/ --profile runs/mine/profile.json
     """
-    from raw2rgb import config, render
+    from raw2rgb import render
     from raw2rgb.model import evaluate as ev
-    cfg = config.layered(render.ScoreConfig, [(None, given(options, "cfg"))])
+    cfg = parsed(render.ScoreConfig, options)
     method = options.pop("method")
     result = ev.evaluate(dataset, cfg.split, method=method, device=cfg.device, batch_size=cfg.batch_size,
                          **_taken(options, [i.name for i in render.inputs()]))
@@ -663,10 +657,9 @@ def profile_fit(dataset, out, **options) -> None:
       raw2rgb profile fit ds/ -o look.json
       raw2rgb convert shoot/ -o out/ --profile look.json
     """
-    from raw2rgb import config
     from raw2rgb.pipeline import profile as colour_profile
     from raw2rgb.pipeline import profile_fit
-    cfg = config.layered(profile_fit.FitConfig, [(None, given(options, "cfg"))])
+    cfg = parsed(profile_fit.FitConfig, options)
     fitted = profile_fit.fit_on(dataset, cfg)
     colour_profile.save(fitted, out)
     click.echo(f"wrote {out}: {fitted.model} profile, scale {fitted.scale}, {fitted.fitted_on['samples']} samples "
@@ -734,9 +727,9 @@ def report(run_dir, dataset, profile, images, out, **options) -> None:
     Example:
       raw2rgb report runs/paper --dataset ds/ -o runs/paper/report.html
     """
-    from raw2rgb import config, render
+    from raw2rgb import render
     from raw2rgb.model import report as rep
-    cfg = config.layered(render.ScoreConfig, [(None, given(options, "cfg"))])
+    cfg = parsed(render.ScoreConfig, options)
     path = rep.write_report(run_dir, out, dataset, cfg.split, list(images), profile=profile)
     sheet = path.with_suffix(".png")  # none for an empty split: the page says so instead
     click.echo(f"wrote {path}" + (f" and {sheet}" if dataset and f'src="{sheet.name}"' in path.read_text() else ""))
@@ -762,9 +755,8 @@ def synth(out_dir: Path, **options) -> None:
       raw2rgb synth -o zrr-like/ --zrr --light varying
       raw2rgb synth -o shoot/ --shoot --embedded                  # RAW alone, its JPEG inside
     """
-    from raw2rgb import config
     from raw2rgb.pipeline import synth as virtual_camera
-    cfg = config.layered(virtual_camera.SynthConfig, [(None, given(options, "cfg"))])
+    cfg = parsed(virtual_camera.SynthConfig, options)
     for line in virtual_camera.write(out_dir, cfg):
         click.echo(line)
 

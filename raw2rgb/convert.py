@@ -25,7 +25,7 @@ import tifffile
 from PIL import Image
 
 from raw2rgb.config import JsonConfig, checked
-from raw2rgb.device import resolve_device
+from raw2rgb.device import resolve_device, resolve_precision
 from raw2rgb.errors import InputError
 from raw2rgb.files import atomic_path, file_sha256
 from raw2rgb.pipeline import metadata, rawio
@@ -204,7 +204,7 @@ def convert(items: list[Item], out_dir: os.PathLike | str, cfg: ConvertConfig, d
         g, _ = load_generator(cfg.source, dev)
         need, errors = needed_overlap(g, cfg.source_sha256 or "", dev)
         tile, overlap = plan_overlap(cfg.tile, cfg.overlap, need, errors)
-        cfg = dataclasses.replace(cfg, tile=tile, overlap=overlap, precision="bf16" if dev.type == "cuda" else "fp32")
+        cfg = dataclasses.replace(cfg, tile=tile, overlap=overlap, precision=resolve_precision("auto", dev))
         jobs = 1  # one process runs the model (and owns the GPU)
     params = cfg.to_json()
     params.pop("source")  # the path may move; the sha256 is what matters

@@ -152,13 +152,6 @@ def environment_message(e: BaseException) -> str | None:
     return f"{where}: {why}" if where else why
 
 
-def write_failed(path: os.PathLike | str, what: str, e: BaseException) -> OutOfResources | None:
-    """The one-line error of a write of ``what`` to ``path`` that the machine stopped (a full disk,
-    a quota, out of memory), or None when ``e`` is something else."""
-    why = out_of_space(e) or out_of_memory(e)
-    return None if why is None else OutOfResources(f"{path}: cannot write the {what} ({why})")
-
-
 @contextlib.contextmanager
 def writing(path: os.PathLike | str, what: str) -> Iterator[None]:
     """Name ``path`` and ``what`` in the error of a write in the block that the machine stops: the
@@ -173,10 +166,10 @@ def writing(path: os.PathLike | str, what: str) -> Iterator[None]:
     except OutOfResources:
         raise
     except Exception as e:
-        error = write_failed(path, what, e)
-        if error is None:
+        why = out_of_space(e) or out_of_memory(e)
+        if why is None:
             raise
-        raise error from e
+        raise OutOfResources(f"{path}: cannot write the {what} ({why})") from e
 
 
 def one_line(text: str) -> str:

@@ -19,12 +19,14 @@ import math
 import types
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
-from raw2rgb.config import JsonConfig, accepted, field_option
+from raw2rgb.config import JsonConfig, accepted, field_option, layered
 from raw2rgb.registry import Registry
+
+T = TypeVar("T", bound=JsonConfig)
 
 _SEP = "__"  # joins a field's path into the option's destination: "cfg__patch__size"
 
@@ -65,26 +67,16 @@ class LazyOption(click.Option):
         return super().get_help_record(ctx)
 
 
-class FieldOption(click.Option):
+class FieldOption(LazyOption):
     """An option of a config field: it defaults to None (not given); its help shows the field's
     default as the field declares it (``shown``, without click's parentheses around a text) and
     what the field accepts beyond a range click shows itself (``accepts``: a rule, each of a tuple's
-    numbers), and lists a registry's entries as they are when the page is shown; a value against
-    the field's rule is refused naming the option, as click refuses one out of range."""
+    numbers); a value against the field's rule is refused naming the option, as click refuses one
+    out of range."""
 
-    def __init__(self, *args, shown: str | None = None, accepts: str | None = None,
-                 registry: Registry | None = None, rule=None, lazy_help=None, **kwargs) -> None:
-        self.shown, self.accepts, self.registry, self.rule = shown, accepts, registry, rule
-        self.lazy_help = lazy_help
+    def __init__(self, *args, shown: str | None = None, accepts: str | None = None, rule=None, **kwargs) -> None:
+        self.shown, self.accepts, self.rule = shown, accepts, rule
         super().__init__(*args, **kwargs)
-
-    def get_help_record(self, ctx):
-        if self.lazy_help is not None:  # a help line read from the library when shown
-            self.help, self.lazy_help = self.lazy_help(), None
-        if self.registry is not None:  # the entries registered by now, each with its help line
-            self.help = f"{self.help} {self.registry.help()}.".strip()
-            self.registry = None
-        return super().get_help_record(ctx)
 
     def get_help_extra(self, ctx):
         extra = super().get_help_extra(ctx)
@@ -195,8 +187,9 @@ def _option(f: dataclasses.Field, hint: Any, shown: dict[str, Any], tag: str, pa
     dest = _SEP.join((tag, *path))
     kw: dict[str, Any] = {"default": None, "help": shown["help"], "metavar": shown["metavar"] or (
         None if "choices" in meta else {int: "N", float: "X"}.get(hint))}
-    if callable(shown["help"]):
-        kw.update(help=None, lazy_help=shown["help"])
+    text = shown["help"] if callable(shown["help"]) else (lambda: shown["help"])
+    if callable(shown["help"]):  # read from the library when the page is shown
+        kw.update(help=None, lazy_help=text)
     if "rule" in meta:
         kw.update(rule=meta["rule"], accepts=meta["rule"][1])
     if _shown(default) is not None:
@@ -208,8 +201,8 @@ def _option(f: dataclasses.Field, hint: Any, shown: dict[str, Any], tag: str, pa
         choices = meta["choices"]
         cast = hint if hint in (int, float) else str
         kw["type"] = LazyChoice(lambda: choices, cast)
-        if isinstance(choices, Registry):
-            kw["registry"] = choices
+        if isinstance(choices, Registry):  # the entries registered when the page is shown, each with its help
+            kw.update(help=None, lazy_help=lambda: f"{text()} {choices.help()}.".strip())
     elif typing.get_origin(hint) is tuple:
         kinds = typing.get_args(hint)
         each = accepted("each", {k: v for k, v in meta.items() if k != "rule"})
@@ -237,3 +230,9 @@ def given(values: dict[str, Any], tag: str) -> dict[str, Any]:
             node = node.setdefault(p, {})
         node[name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def parsed(cls: type[T], values: dict[str, Any], tag: str = "cfg", **fixed: Any) -> T:
+    """Config ``cls`` from the options of ``tag`` the user gave (taken out of ``values``) over its own
+    defaults, with ``fixed`` fields (a command's arguments); checked as it is made (``config.layered``)."""
+    return layered(cls, [(None, {**fixed, **given(values, tag)})])

@@ -245,6 +245,8 @@ class Plan:
     unpaired: list[str]
     stages: tuple[str, ...]
     force: frozenset[str] = frozenset()
+    source: dict[str, Any] = field(default_factory=dict)  # what DATASET/source.json will record (source_record)
+    replaces: bool = False  # DATASET holds another SRC's data, to be removed first (--replace-source)
 
     def to_json(self) -> dict[str, Any]:
         return {"config": self.config.to_json(), "pairs": len(self.pairs), "unpaired": self.unpaired,
@@ -261,9 +263,15 @@ def plan(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = froz
     """
     cfg = resolve(cfg)
     check(cfg)
+    return _planned(cfg, until, force, replace_source)
+
+
+def _planned(cfg: PrepareConfig, until: str, force: frozenset[str], replace_source: bool) -> Plan:
+    """:func:`plan` of a resolved and checked config."""
     found, unpaired = pairs_mod.find_pairs(cfg.src, cfg.layout, cfg.pairs_csv)
-    check_source(Path(cfg.out), source_record(cfg, found), replace_source)
-    return Plan(cfg, found, unpaired, STAGES[: STAGES.index(until) + 1], frozenset(force))
+    source = source_record(cfg, found)
+    replaces = check_source(Path(cfg.out), source, replace_source)
+    return Plan(cfg, found, unpaired, STAGES[: STAGES.index(until) + 1], frozenset(force), source, replaces)
 
 
 def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = frozenset(),
@@ -277,26 +285,16 @@ def run(cfg: PrepareConfig, until: str = "shards", force: frozenset[str] = froze
         InputError: options whose shards could not be trained on; DATASET built from another SRC.
     """
     cfg = resolve(cfg)
-    check(cfg)
-    out = Path(cfg.out)
-    with FolderLock(out, "raw2rgb prepare"):
-        return _run(cfg, out, until, force, progress, replace_source)
+    check(cfg)  # before DATASET is locked (made): a refused start leaves nothing behind
+    with FolderLock(Path(cfg.out), "raw2rgb prepare"):
+        return _run(_planned(cfg, until, force, replace_source), progress)
 
 
-def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progress,
-         replace_source: bool) -> PrepareResult:
-    found, unpaired = pairs_mod.find_pairs(cfg.src, cfg.layout, cfg.pairs_csv)
-    if not found:
-        first = f", e.g. {unpaired[0]}" if unpaired else ""  # a CSV whose every row was refused says why
-        raise PairError(f"{cfg.src}: no pairs found for layout {cfg.layout} ({len(unpaired)} files without a "
-                        f"partner or refused{first}); check --layout (docs/data.md)")
-    source = source_record(cfg, found)
-    if check_source(out, source, replace_source):  # before anything is written: a refusal destroys nothing
-        remove_old_source(out)
-    write_json(out / SOURCE, source)
-    write_json(out / PREPARE, cfg.to_json())
+def _run(planned: Plan, progress) -> PrepareResult:
+    cfg, out, force, wanted = planned.config, Path(planned.config.out), planned.force, set(planned.stages)
+    _claim(planned)
+    found, unpaired = planned.pairs, planned.unpaired
     stages: dict[str, StageResult] = {}
-    wanted = set(STAGES[: STAGES.index(until) + 1])
 
     # unpack: one packed PNG per RAW, keyed by scene
     items = [Item(p.scene, (str(Path(p.raw).resolve()),)) for p in found]
@@ -345,6 +343,25 @@ def _run(cfg: PrepareConfig, out: Path, until: str, force: frozenset[str], progr
         raise PairError(f"{out}: no patch was kept ({summary['patches_dropped'] or 'no pair aligned'}); see "
                         f"{out}/summary.json and docs/data.md (--patch-size, --min-score, --layout)")
     return PrepareResult(stages, summary)
+
+
+def _claim(planned: Plan) -> None:
+    """DATASET claimed for the plan's pairs: another SRC's data removed (``--replace-source``), then
+    ``source.json`` and ``prepare.json`` written.
+
+    Raises:
+        PairError: no pairs for the layout.
+    """
+    cfg, out = planned.config, Path(planned.config.out)
+    if not planned.pairs:
+        unpaired = planned.unpaired  # a CSV whose every row was refused says why
+        first = f", e.g. {unpaired[0]}" if unpaired else ""
+        raise PairError(f"{cfg.src}: no pairs found for layout {cfg.layout} ({len(unpaired)} files without a "
+                        f"partner or refused{first}); check --layout (docs/data.md)")
+    if planned.replaces:  # checked before anything is written: a refusal destroys nothing
+        remove_old_source(out)
+    write_json(out / SOURCE, planned.source)
+    write_json(out / PREPARE, cfg.to_json())
 
 
 def _splits(cfg: PrepareConfig, out: Path, found: list[pairs_mod.Pair], patches: StageResult | None

@@ -247,8 +247,7 @@ def check_dataset(root: Path, cfg: TrainConfig, world: int = 1) -> ShardIndex:
     Raises:
         TrainError: the first mismatch, with what to change.
     """
-    index = read_index(root)
-    validate(root, index)
+    index = read_index(root)  # the shards checked against the format (read_index)
     if index.count("train") == 0:
         raise TrainError(f"{root}: the train split is empty (no training samples); check prepare's --split")
     if index.count("train") < cfg.batch_size * world:  # the epoch would make no batch (the last partial one is dropped)

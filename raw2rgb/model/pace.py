@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,6 @@ class Pace:
     done: int  # steps done when this process started
     device: str
     preset: str
-    t0: float = field(default_factory=time.perf_counter)
     first: int | None = None  # the step the timing starts at (after the first, which compiles and warms)
     t_first: float = 0.0
     last_line: float = field(default_factory=time.perf_counter)
@@ -45,8 +45,9 @@ class Pace:
             return None
         return (step - self.first) / max(1e-9, time.perf_counter() - self.t_first)
 
-    def note(self, step: int, stage: int, epoch: int, epochs: int, per_step: int, loss: float) -> None:
-        """After step ``step`` (``per_step`` samples a step over every process; ``loss``: G's terms)."""
+    def note(self, step: int, stage: int, epoch: int, epochs: int, per_step: int, loss: Any) -> None:
+        """After step ``step`` (``per_step`` samples a step over every process; ``loss``: G's total, a
+        tensor read only when a line is printed: no device sync a step)."""
         now = time.perf_counter()
         if self.first is None:
             self.first, self.t_first = step, now
@@ -66,4 +67,4 @@ class Pace:
         if now - self.last_line >= PROGRESS_EVERY:
             self.last_line = now
             log.info("stage %d epoch %d/%d, step %d/%d: %.1f samples/s, loss %.4f, %s left", stage, epoch, epochs,
-                     step, self.total, (rate or 0.0) * per_step, loss, _duration(left))
+                     step, self.total, (rate or 0.0) * per_step, float(loss), _duration(left))

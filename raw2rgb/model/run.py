@@ -125,17 +125,18 @@ def open_run(run_dir: Path, identity: dict[str, Any], force: bool) -> bool:
             steps, or a folder that holds no run.
     """
     path = run_dir / CONFIG
-    if run_dir.exists() and not holds_run(run_dir):
+    held = holds_run(run_dir)
+    if run_dir.exists() and not held:
         others = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK_FILE)
         if others:
             raise RunError(f"{run_dir} is not empty and holds no run ({', '.join(others[:3])}"
                            f"{', …' if len(others) > 3 else ''}); choose an empty or new folder")
-    elif holds_run(run_dir) and not force and not took_a_step(run_dir):
+    elif held and not force and not took_a_step(run_dir):
         if _saved_identity(run_dir) == identity:
             return False  # the same run, not one step taken yet: it starts from its beginning
         log.info("%s: its run took no step yet; started over with the new options", run_dir)
         discard(run_dir)
-    elif holds_run(run_dir) and not force:
+    elif held and not force:
         saved = read_identity(run_dir)
         if saved.get("config") != identity["config"]:
             old, new = saved.get("config", {}), identity["config"]

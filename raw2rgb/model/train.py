@@ -42,7 +42,7 @@ from raw2rgb.model.pictures import grid_rows, save_png
 from raw2rgb.model.prior import model_white_balance
 from raw2rgb.model.recipe import STAGES, Runtime, TrainConfig, TrainError
 from raw2rgb.model.state import Nets, Optimisers, Progress
-from raw2rgb.model.terms import LossWeights, StepTensors, lsgan_d, objective
+from raw2rgb.model.terms import LOSS_TERMS, LossWeights, StepTensors, lsgan_d, objective
 from raw2rgb.pipeline.shards import ShardIndex, cameras, colour_source, dataset_key, shards_root
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def _train(root: Path, index: ShardIndex, precision: str, run_dir: Path, cfg: Tr
         opts = state.optimisers(nets, cfg, stages[0], precision == "fp16")
     owner = {"dataset_key": identity["dataset_key"], "colour": identity["colour"]}
     loop = _Loop(run_dir, cfg, rt, dist, device, autocast(device, precision), nets, opts, progress,
-                 state.Snapshots(run_dir, cfg, cameras(root), dist.world, precision, owner), stats,
+                 state.Snapshots(run_dir, cfg, cameras(root, index), dist.world, precision, owner), stats,
                  guards.FiniteTerms(run_dir, dist, device), pace)
     return _run_stages(loop, stages, train_set, val_set, on_step, progress_bar)
 
@@ -167,7 +167,8 @@ def _open(root: Path, run_dir: Path, identity: dict[str, Any], cfg: TrainConfig,
             run.log_to_file(run_dir)
         prior = prior_fit.fit_for_run(root, run_dir, cfg, dist)
         # a schedule without stage 2 (the tiny preset's) needs no VGG16, whatever the weights say
-        need_vgg = 2 in stages and cfg.stage2_epochs > 0 and cfg.weights.perceptual > 0
+        need_vgg = cfg.weights.perceptual > 0 and any(st in stages and _epochs(cfg, st) > 0
+                                                      for st in LOSS_TERMS["perceptual"].stages)
         nets = state.build(cfg, rt, device, dist, need_vgg=need_vgg, prior=prior)
         progress, opts = state.resume(run_dir, nets, cfg, precision, dist, latest)
     except BaseException:
@@ -262,8 +263,8 @@ class _Loop:
                 terms = self.step(stage, batch)
                 seen += per_step
                 if dist.main:
-                    loss = float(sum(v.item() for k, v in terms.items() if k != "d"))  # G's terms
-                    self.pace.note(progress.step, stage, progress.epoch + 1, _epochs(cfg, stage), per_step, loss)
+                    self.pace.note(progress.step, stage, progress.epoch + 1, _epochs(cfg, stage), per_step,
+                                   terms["total"])
                 # -- log
                 if bar is not None:
                     bar.update(1)
@@ -381,7 +382,7 @@ def train_step(nets: Nets, opts: Optimisers, batch: dict[str, torch.Tensor], sta
         _set_requires_grad(nets.D, False)
     with amp:  # the G step: the objective's terms (model/terms.py), D frozen
         g_terms, total = objective(weights, StepTensors(
-            x, y, s, rgb, sal, stage, D=nets.D if stage == 2 else None, perceptual=nets.perceptual))
+            x, y, s, rgb, sal, stage, D=nets.D, perceptual=nets.perceptual))  # a term runs in its own stages
     terms.update(g_terms)
     opts.opt_G.zero_grad(set_to_none=True)
     scaler.scale(total).backward()

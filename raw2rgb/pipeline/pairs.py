@@ -394,15 +394,16 @@ class Patch:
         return not self.reason
 
 
-def _as_good_unwarped(preview: np.ndarray, target: np.ndarray, warped: np.ndarray, cover: np.ndarray) -> bool:
-    """Whether a target already on the sensor grid matches the RAW's preview at least as well as its
-    fitted warp does (normalised cross-correlation of the lumas where the warp covers the frame). A
-    camera's own JPEG of the frame, binned to, is the frame: a fitted homography only adds its own
-    estimation error (0.1–0.7 px on exact synthetic pairs) and the interpolation's blur."""
+def _as_good_unwarped(preview: np.ndarray, plain: np.ndarray, warped: np.ndarray, cover: np.ndarray) -> bool:
+    """Whether a target already on the sensor grid (``plain``, float in [0, 1]) matches the RAW's
+    preview at least as well as its fitted warp does (normalised cross-correlation of the lumas where
+    the warp covers the frame). A camera's own JPEG of the frame, binned to, is the frame: a fitted
+    homography only adds its own estimation error (0.1–0.7 px on exact synthetic pairs) and the
+    interpolation's blur."""
     inside = area_downsample(cover.astype(np.float32)) >= 0.999
     if inside.sum() < 64:
         return False
-    plain = area_downsample(luma(target.astype(np.float32) / 255.0))
+    plain = area_downsample(luma(plain))
     fitted = area_downsample(luma(warped))
     return ncc(preview[inside], plain[inside]) >= ncc(preview[inside], fitted[inside])
 
@@ -530,8 +531,10 @@ def patch_item(item, ctx):
             alignment = align_target(preview, target, min_inliers=ctx.params["min_inliers"],
                                      name=f"{meta.get('source', packed_path)} ~ {rgb_path}")
             aligned, cover = warp_target(target, alignment.matrix, (h, w))
-            if target.shape[:2] == (2 * h, 2 * w) and _as_good_unwarped(preview, target, aligned, cover):
-                aligned, cover, alignment.snapped = target.astype(np.float32) / 255.0, None, True
+            if target.shape[:2] == (2 * h, 2 * w):
+                plain = target.astype(np.float32) / 255.0
+                if _as_good_unwarped(preview, plain, aligned, cover):
+                    aligned, cover, alignment.snapped = plain, None, True
         patches = cut_patches(packed, raw_norm, preview, aligned, cover, params, alignment)
     except (PairError, AlignError) as e:
         raise ItemError(str(e)) from None

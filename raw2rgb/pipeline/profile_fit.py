@@ -20,19 +20,28 @@ import numpy as np
 from raw2rgb.config import JsonConfig, checked
 from raw2rgb.dataset import SPLITS
 from raw2rgb.pipeline import whitebalance
-from raw2rgb.pipeline.profile import DEFAULT_LUT_SIZE, DEFAULT_MODEL, MODELS, Profile, apply, fit, render_sample
-from raw2rgb.pipeline.shards import ShardError, read_colours, read_index, shards_root, white_balance
+from raw2rgb.pipeline.profile import (
+    DEFAULT_LUT_SIZE,
+    DEFAULT_MODEL,
+    MAX_LUT_SIZE,
+    MODELS,
+    Profile,
+    apply,
+    fit,
+    render_sample,
+)
+from raw2rgb.pipeline.shards import ShardError, ShardIndex, read_colours, read_index, shards_root, white_balance
 from raw2rgb.pipeline.whitebalance import SampleColour
 
 MAX_PIXELS = 2_000_000  # pixels a fit uses at most (an even sample beyond)
 MAX_SAMPLES = 2048  # patches a fit reads at most (an even sample beyond): seconds on any dataset
 
 
-def _pairs_of_split(root: Path, split: str, render: Callable[[np.ndarray, SampleColour], np.ndarray],
-                    max_pixels: int, max_samples: int = MAX_SAMPLES) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _pairs_of_split(root: Path, index: ShardIndex, split: str,
+                    render: Callable[[np.ndarray, SampleColour], np.ndarray], max_pixels: int,
+                    max_samples: int = MAX_SAMPLES) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(rendered pixels, target pixels, cameras) of an even sample of a split: at most ``max_samples``
     samples, at most ``max_pixels`` pixels in all; each sample rendered with its stored colour."""
-    index = read_index(root)
     if not index.count(split):
         raise ShardError(f"{root}: the {split} split is empty; a profile is fitted on it")
     shards = index.splits[split].shards
@@ -66,7 +75,7 @@ class FitConfig(JsonConfig):
     split: str = checked("train", choices=SPLITS, help="Split to fit on.")
     model: str = checked(DEFAULT_MODEL, choices=MODELS, help="poly3: a cubic polynomial per channel (20 terms); lut: "
                          "a 3-D lookup table (docs/benchmarks.md compares them).")
-    lut_size: int = checked(DEFAULT_LUT_SIZE, min=2, max=33, metavar="N", help="lut: nodes per axis.")
+    lut_size: int = checked(DEFAULT_LUT_SIZE, min=2, max=MAX_LUT_SIZE, metavar="N", help="lut: nodes per axis.")
     white_balance: str = checked(whitebalance.DEFAULT_RULE, choices=whitebalance.RULES,
                                  help="For RAW files without a white balance (ZRR mosaics): dataset (one grey world "
                                       "over the train split) or frame-* (an estimate over each whole frame); recorded "
@@ -93,7 +102,7 @@ def fit_dataset(dataset: os.PathLike | str, split: str = "train", model: str = D
     index = read_index(root)
     scale = index.scale
     wb = white_balance(root, white_balance_rule, index)
-    src, dst, cameras = _pairs_of_split(root, split, lambda raw, c: render_sample(raw, c, wb, scale), max_pixels)
+    src, dst, cameras = _pairs_of_split(root, index, split, lambda raw, c: render_sample(raw, c, wb, scale), max_pixels)
     coef, n = fit(src, dst, model, lut_size)
     profile = Profile(model=model, coefficients=coef, lut_size=n, scale=scale,
                       cameras=tuple(sorted(set(cameras) - {""})), white_balance=wb)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import hashlib
 import json
 import logging
@@ -553,12 +552,7 @@ def read_index(root: os.PathLike | str) -> ShardIndex:
     """
     root = Path(root)
     index = _read_index_file(root)
-    try:
-        stamp = tuple((name, *_stat(root / name)) for name in (INDEX, *index.files()))
-    except OSError:  # a shard gone or unreadable: the check says which, uncached
-        check_shards(root, index)
-    else:
-        _checked_once(str(root), stamp)
+    _checked(root, index)
     return index
 
 
@@ -567,11 +561,23 @@ def _stat(path: Path) -> tuple[int, int, int]:
     return st.st_mtime_ns, st.st_size, st.st_ino
 
 
-@functools.lru_cache(maxsize=16)
-def _checked_once(root: str, stamp: tuple) -> tuple[int, int] | None:
-    """:func:`check_shards` of a folder whose index and shards have the stat ``stamp`` (a refusal is
-    not cached: it is raised again on the next read). Train and evaluate read the index several times."""
-    return check_shards(Path(root), _read_index_file(Path(root)))
+_CHECKED: dict[tuple, tuple[int, int] | None] = {}  # (folder, stat of its index and shards) → check_shards'
+_CHECKED_MAX = 16
+
+
+def _checked(root: Path, index: ShardIndex) -> tuple[int, int] | None:
+    """:func:`check_shards`, once per process while the folder's index and shards keep their stat (train
+    and evaluate read the index several times); a refusal is not kept: it is raised again next time."""
+    try:
+        key = (str(root), tuple((name, *_stat(root / name)) for name in (INDEX, *index.files())))
+    except OSError:  # a shard gone or unreadable: the check says which
+        return check_shards(root, index)
+    if key not in _CHECKED:
+        size = check_shards(root, index)
+        if len(_CHECKED) >= _CHECKED_MAX:
+            _CHECKED.pop(next(iter(_CHECKED)))
+        _CHECKED[key] = size
+    return _CHECKED[key]
 
 
 def _read_index_file(root: Path) -> ShardIndex:
@@ -604,7 +610,7 @@ def validate(root: os.PathLike | str, index: ShardIndex | None = None) -> tuple[
         ShardError: naming the shard and what is wrong, or a folder without shards.
     """
     root = Path(root)
-    size = check_shards(root, index if index is not None else _read_index_file(root))
+    size = _checked(root, index if index is not None else _read_index_file(root))
     if size is None:
         raise ShardError(f"{root}: no shards")
     return size
@@ -691,7 +697,7 @@ class ShardsConfig(JsonConfig):
     crop: int | None = checked(None, min=8, metavar="C", help="Patch size in the shards [default: the patch size; "
                                "with --copies > 1 the largest multiple of 8 below it].")
     seed: int = checked(0, min=0, help="Random seed (the transformed copies).")
-    shard_size: int = checked(512, min=1, metavar="N", help="Patches per shard.")
+    shard_size: int = checked(DEFAULT_SHARD_SIZE, min=1, metavar="N", help="Patches per shard.")
 
 
 def build_from_stages(patches_dir: os.PathLike | str, saliency_dir: os.PathLike | str, out_dir: os.PathLike | str,

@@ -532,8 +532,8 @@ def _run_stage(stage: Stage, items: list[Item], out_dir: Path, params: dict[str,
             else:
                 log.debug("failed: %s", record.reason)
             bar.update(1)
-            _check_stop()  # a Ctrl-C that a finaliser swallowed ("Exception ignored in …") stops here
-        _check_stop()
+            check_stop()  # a Ctrl-C that a finaliser swallowed ("Exception ignored in …") stops here
+        check_stop()
     except OutOfResources as e:
         raise OutOfResources(f"{e}; {stage.name} stopped, {_kept(manifest)}: a rerun resumes") from e
     except KeyboardInterrupt as e:
@@ -619,7 +619,8 @@ def _refuse_unsafe(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]],
     journal) or planned by a run killed before it could record it. Anything else is the user's (a
     camera's JPEG beside its RAW, a photo of the same name) and is never replaced unless ``overwrite``.
     """
-    own = {rel for rec in old.values() for rel in rec.outputs} | _read_planned(out_dir)
+    earlier = _read_planned(out_dir)
+    own = {rel for rec in old.values() for rel in rec.outputs} | earlier
     free, planned = [], set()
     for item, known in todo:
         names = stage.names(item, params) if stage.names is not None else []
@@ -637,7 +638,7 @@ def _refuse_unsafe(stage: Stage, todo: list[tuple[Item, dict[str, str | None]]],
             continue
         manifest.records[item.key] = Record(item.key, "failed", reason=reason)
     if planned:  # before the first write: a run killed after writing but before journalling owns the file
-        write_json(out_dir / JOURNAL / PLANNED, sorted(planned | _read_planned(out_dir)))
+        write_json(out_dir / JOURNAL / PLANNED, sorted(planned | earlier))
     return free
 
 
@@ -882,8 +883,6 @@ def check_stop() -> None:
     if _stop_signal is not None:
         _raise_stop()
 
-
-_check_stop = check_stop
 
 
 def stop_noted() -> bool:
